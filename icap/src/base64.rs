@@ -12,7 +12,10 @@ fn value(c: u8) -> Option<u32> {
 /// Decodes base64 with or without `=` padding; `None` if it is not base64.
 pub fn decode(input: &[u8]) -> Option<Vec<u8>> {
     let input = crate::syntax::trim_ows(input);
-    let data = input.strip_suffix(b"==").or_else(|| input.strip_suffix(b"=")).unwrap_or(input);
+    let data = input
+        .strip_suffix(b"==")
+        .or_else(|| input.strip_suffix(b"="))
+        .unwrap_or(input);
     if data.len() % 4 == 1 || (data.len() != input.len() && input.len() % 4 != 0) {
         return None;
     }
@@ -54,7 +57,10 @@ mod tests {
     #[test]
     fn round_trips_and_refuses_junk() {
         for s in ["", "a", "ab", "abc", "abcd", "WinNT://DOMAIN/alice"] {
-            assert_eq!(decode(encode(s.as_bytes()).as_bytes()).unwrap(), s.as_bytes());
+            assert_eq!(
+                decode(encode(s.as_bytes()).as_bytes()).unwrap(),
+                s.as_bytes()
+            );
         }
         assert_eq!(decode(b"YWxpY2U").unwrap(), b"alice");
         assert_eq!(encode(b"alice"), "YWxpY2U=");

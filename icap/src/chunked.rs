@@ -60,7 +60,10 @@ enum State {
     /// Expecting the CRLF after a chunk's data.
     DataEnd,
     /// After the last chunk's size line: trailer fields up to an empty line.
-    Trailers { ieof: bool, use_original_body: Option<u64> },
+    Trailers {
+        ieof: bool,
+        use_original_body: Option<u64>,
+    },
     /// The body ended; [`ChunkedDecoder::reset`] starts another.
     Done,
 }
@@ -79,13 +82,21 @@ pub struct ChunkedDecoder {
 impl ChunkedDecoder {
     /// A decoder for a whole body.
     pub fn new(limits: Limits) -> Self {
-        ChunkedDecoder { state: State::Size, limits, preview_left: None, total: 0 }
+        ChunkedDecoder {
+            state: State::Size,
+            limits,
+            preview_left: None,
+            total: 0,
+        }
     }
 
     /// A decoder for a preview of at most `size` bytes: more data than that is
     /// [`Error::PreviewExceeded`].
     pub fn preview(limits: Limits, size: u64) -> Self {
-        ChunkedDecoder { preview_left: Some(size), ..ChunkedDecoder::new(limits) }
+        ChunkedDecoder {
+            preview_left: Some(size),
+            ..ChunkedDecoder::new(limits)
+        }
     }
 
     /// Starts on the next chunked stream: after a preview ended with `0` and
@@ -124,10 +135,18 @@ impl ChunkedDecoder {
         loop {
             let rest = &input[pos..];
             match self.state {
-                State::Done => return Ok(Step { consumed: pos, event: None }),
+                State::Done => {
+                    return Ok(Step {
+                        consumed: pos,
+                        event: None,
+                    })
+                }
                 State::Size => {
                     let Some((line, used)) = self.line(rest, self.limits.max_chunk_line)? else {
-                        return Ok(Step { consumed: pos, event: None });
+                        return Ok(Step {
+                            consumed: pos,
+                            event: None,
+                        });
                     };
                     let (size, ext) = chunk_line(line)?;
                     pos += used;
@@ -148,34 +167,62 @@ impl ChunkedDecoder {
                 }
                 State::Data(left) => {
                     if rest.is_empty() {
-                        return Ok(Step { consumed: pos, event: None });
+                        return Ok(Step {
+                            consumed: pos,
+                            event: None,
+                        });
                     }
                     let n = rest.len().min(usize::try_from(left).unwrap_or(usize::MAX));
                     let left = left - n as u64;
                     self.total += n as u64;
-                    self.state = if left == 0 { State::DataEnd } else { State::Data(left) };
-                    return Ok(Step { consumed: pos + n, event: Some(Event::Data(&rest[..n])) });
+                    self.state = if left == 0 {
+                        State::DataEnd
+                    } else {
+                        State::Data(left)
+                    };
+                    return Ok(Step {
+                        consumed: pos + n,
+                        event: Some(Event::Data(&rest[..n])),
+                    });
                 }
                 State::DataEnd => match rest {
                     [b'\r', b'\n', ..] => {
                         pos += 2;
                         self.state = State::Size;
                     }
-                    [] | [b'\r'] => return Ok(Step { consumed: pos, event: None }),
+                    [] | [b'\r'] => {
+                        return Ok(Step {
+                            consumed: pos,
+                            event: None,
+                        })
+                    }
                     _ => return Err(Error::MissingChunkCrlf),
                 },
-                State::Trailers { ieof, use_original_body } => {
+                State::Trailers {
+                    ieof,
+                    use_original_body,
+                } => {
                     let mut trailers = HeaderMap::new();
                     let max = self.limits.max_headers;
                     let scan = trailer_section(rest, self.limits.max_trailers, |line| {
                         push_header(&mut trailers, line, max).map_err(|_| Error::InvalidTrailer)
                     })?;
                     let Some(used) = scan else {
-                        return Ok(Step { consumed: pos, event: None });
+                        return Ok(Step {
+                            consumed: pos,
+                            event: None,
+                        });
                     };
                     self.state = State::Done;
-                    let last = LastChunk { ieof, use_original_body, trailers };
-                    return Ok(Step { consumed: pos + used, event: Some(Event::End(last)) });
+                    let last = LastChunk {
+                        ieof,
+                        use_original_body,
+                        trailers,
+                    };
+                    return Ok(Step {
+                        consumed: pos + used,
+                        event: Some(Event::End(last)),
+                    });
                 }
             }
         }
@@ -243,12 +290,16 @@ fn chunk_line(line: &[u8]) -> Result<(u64, Extensions), Error> {
     if digits.len() > 16 {
         return Err(Error::ChunkSizeOverflow);
     }
-    let size = digits.iter().fold(0u64, |n, b| n << 4 | (*b as char).to_digit(16).unwrap_or(0) as u64);
+    let size = digits.iter().fold(0u64, |n, b| {
+        n << 4 | (*b as char).to_digit(16).unwrap_or(0) as u64
+    });
     // "1x": a size that goes on with something other than hex digits.
     if rest.first().is_some_and(|b| b.is_ascii_alphanumeric()) {
         return Err(Error::InvalidChunkSize);
     }
-    let (rest, exts) = many0(extension).parse(rest).map_err(|_| Error::InvalidChunkExtension)?;
+    let (rest, exts) = many0(extension)
+        .parse(rest)
+        .map_err(|_| Error::InvalidChunkExtension)?;
     if !rest.iter().all(|b| is_ows(*b)) {
         return Err(Error::InvalidChunkExtension);
     }
@@ -285,12 +336,12 @@ fn extension(i: &[u8]) -> IResult<&[u8], ExtPair<'_>, ()> {
 }
 
 fn ext_value(i: &[u8]) -> IResult<&[u8], &[u8], ()> {
-    let quoted = (tag("\""), take_while(|b: u8| b != b'"' && b != b'\\' && is_field_byte(b)), tag("\""));
-    nom::branch::alt((
-        quoted.map(|(_, v, _): (&[u8], &[u8], &[u8])| v),
-        token,
-    ))
-    .parse(i)
+    let quoted = (
+        tag("\""),
+        take_while(|b: u8| b != b'"' && b != b'\\' && is_field_byte(b)),
+        tag("\""),
+    );
+    nom::branch::alt((quoted.map(|(_, v, _): (&[u8], &[u8], &[u8])| v), token)).parse(i)
 }
 
 /// Writes one data chunk. An empty `data` writes nothing: a zero-size chunk
@@ -348,7 +399,10 @@ mod tests {
     use super::*;
 
     /// Feeds `input` in one piece and collects data and the end.
-    fn decode_all(dec: &mut ChunkedDecoder, input: &[u8]) -> Result<(Vec<u8>, Option<LastChunk>, usize), Error> {
+    fn decode_all(
+        dec: &mut ChunkedDecoder,
+        input: &[u8],
+    ) -> Result<(Vec<u8>, Option<LastChunk>, usize), Error> {
         let mut pos = 0;
         let mut data = Vec::new();
         loop {
@@ -383,8 +437,11 @@ mod tests {
     #[test]
     fn keeps_use_original_body_and_trailers() {
         let mut dec = ChunkedDecoder::new(Limits::DEFAULT);
-        let (_, last, _) =
-            decode_all(&mut dec, b"0; use-original-body=512\r\nX-Infection: yes\r\n\r\n").unwrap();
+        let (_, last, _) = decode_all(
+            &mut dec,
+            b"0; use-original-body=512\r\nX-Infection: yes\r\n\r\n",
+        )
+        .unwrap();
         let last = last.unwrap();
         assert_eq!(last.use_original_body, Some(512));
         assert_eq!(last.trailers["x-infection"], "yes");
@@ -401,23 +458,41 @@ mod tests {
             (b"3\nabc", Error::BareLineFeed),
             (b"3;\r\nabc", Error::InvalidChunkExtension),
             (b"3; ieof\r\nabc\r\n", Error::InvalidChunkExtension),
-            (b"0; use-original-body=x\r\n\r\n", Error::InvalidUseOriginalBody),
-            (b"0; use-original-body\r\n\r\n", Error::InvalidUseOriginalBody),
+            (
+                b"0; use-original-body=x\r\n\r\n",
+                Error::InvalidUseOriginalBody,
+            ),
+            (
+                b"0; use-original-body\r\n\r\n",
+                Error::InvalidUseOriginalBody,
+            ),
             (b"0\r\nbad trailer\r\n\r\n", Error::InvalidTrailer),
         ];
         for (input, want) in cases {
             let mut dec = ChunkedDecoder::new(Limits::DEFAULT);
-            assert_eq!(decode_all(&mut dec, input).map(|_| ()), Err(*want), "{:?}", String::from_utf8_lossy(input));
+            assert_eq!(
+                decode_all(&mut dec, input).map(|_| ()),
+                Err(*want),
+                "{:?}",
+                String::from_utf8_lossy(input)
+            );
         }
     }
 
     #[test]
     fn limits_hold() {
-        let limits = Limits { max_chunk_line: 8, max_trailers: 16, ..Limits::DEFAULT };
+        let limits = Limits {
+            max_chunk_line: 8,
+            max_trailers: 16,
+            ..Limits::DEFAULT
+        };
         let mut dec = ChunkedDecoder::new(limits);
         assert_eq!(dec.decode(b"1; a=bcdefgh"), Err(Error::ChunkLineTooLong));
         let mut dec = ChunkedDecoder::new(limits);
-        assert_eq!(decode_all(&mut dec, b"0\r\nX-Long: 0123456789").map(|_| ()), Err(Error::TrailerTooLarge));
+        assert_eq!(
+            decode_all(&mut dec, b"0\r\nX-Long: 0123456789").map(|_| ()),
+            Err(Error::TrailerTooLarge)
+        );
         let mut dec = ChunkedDecoder::preview(limits, 3);
         assert_eq!(dec.decode(b"4\r\nabcd\r\n"), Err(Error::PreviewExceeded));
     }
@@ -428,7 +503,13 @@ mod tests {
         encode_chunk(b"hello", &mut out);
         encode_chunk(b"", &mut out);
         encode_chunk(&[7u8; 300], &mut out);
-        encode_last_chunk(&LastChunk { ieof: true, ..LastChunk::default() }, &mut out);
+        encode_last_chunk(
+            &LastChunk {
+                ieof: true,
+                ..LastChunk::default()
+            },
+            &mut out,
+        );
         assert!(out.starts_with(b"5\r\nhello\r\n12c\r\n"));
         let mut dec = ChunkedDecoder::new(Limits::DEFAULT);
         let (data, last, used) = decode_all(&mut dec, &out).unwrap();
@@ -436,6 +517,9 @@ mod tests {
         assert!(last.unwrap().ieof);
         assert_eq!(used, out.len());
         assert!(dec.finish().is_ok());
-        assert_eq!(ChunkedDecoder::new(Limits::DEFAULT).finish(), Err(Error::Truncated));
+        assert_eq!(
+            ChunkedDecoder::new(Limits::DEFAULT).finish(),
+            Err(Error::Truncated)
+        );
     }
 }

@@ -105,7 +105,11 @@ pub struct Sections {
 
 impl Sections {
     /// No heads and no body: `Encapsulated: null-body=0`.
-    pub const NULL: Sections = Sections { request: None, response: None, body: Body::Null };
+    pub const NULL: Sections = Sections {
+        request: None,
+        response: None,
+        body: Body::Null,
+    };
 
     /// True when chunks follow the heads.
     pub fn has_body(&self) -> bool {
@@ -170,13 +174,16 @@ pub struct Encapsulated {
     entries: Vec<(Section, usize)>,
 }
 
-fn entry(i: &[u8]) -> IResult<&[u8], (&[u8], &[u8])> {
+fn entry(i: &[u8]) -> IResult<&[u8], RawEntry<'_>> {
     let name = take_while1(|b: u8| b.is_ascii_alphabetic() || b == b'-');
     let offset = take_while1(|b: u8| b.is_ascii_digit());
     (name, char('='), offset).map(|(n, _, o)| (n, o)).parse(i)
 }
 
-fn list(i: &[u8]) -> IResult<&[u8], Vec<(&[u8], &[u8])>> {
+/// A raw `name=offset` pair.
+type RawEntry<'a> = (&'a [u8], &'a [u8]);
+
+fn list(i: &[u8]) -> IResult<&[u8], Vec<RawEntry<'_>>> {
     let ows = || take_while_ows;
     separated_list1(delimited(ows(), char(','), ows()), entry).parse(i)
 }
@@ -189,7 +196,7 @@ impl Encapsulated {
     /// Parses and checks an `Encapsulated` value against the method's rules.
     pub(crate) fn parse(value: &[u8], rules: Rules) -> Result<Encapsulated, Error> {
         let raw = match list(value) {
-            Ok((rest, raw)) if rest.is_empty() => raw,
+            Ok((b"", raw)) => raw,
             _ => return Err(Error::InvalidEncapsulated("not a list of section=offset")),
         };
         let mut entries = Vec::with_capacity(raw.len());
@@ -244,7 +251,11 @@ impl Encapsulated {
     /// Parses the heads this list points at. `heads` must be exactly
     /// [`heads_len`](Self::heads_len) bytes long.
     pub(crate) fn parse_sections(&self, heads: &[u8], limits: &Limits) -> Result<Sections, Error> {
-        let mut sections = Sections { request: None, response: None, body: Body::Null };
+        let mut sections = Sections {
+            request: None,
+            response: None,
+            body: Body::Null,
+        };
         for pair in self.entries.windows(2) {
             let [(section, start), (_, end)] = [pair[0], pair[1]];
             let bytes = &heads[start..end];
@@ -280,28 +291,75 @@ mod tests {
     fn accepts_the_rfc_examples() {
         assert_eq!(
             parse("req-hdr=0, res-hdr=137, res-body=296", Rules::Respmod),
-            Ok(vec![(Section::ReqHdr, 0), (Section::ResHdr, 137), (Section::ResBody, 296)])
+            Ok(vec![
+                (Section::ReqHdr, 0),
+                (Section::ResHdr, 137),
+                (Section::ResBody, 296)
+            ])
         );
-        assert_eq!(parse("req-hdr=0,null-body=170", Rules::Reqmod).unwrap().len(), 2);
+        assert_eq!(
+            parse("req-hdr=0,null-body=170", Rules::Reqmod)
+                .unwrap()
+                .len(),
+            2
+        );
         assert_eq!(parse("null-body=0", Rules::Options).unwrap().len(), 1);
-        assert_eq!(parse("res-hdr=0, res-body=50", Rules::Response).unwrap().len(), 2);
+        assert_eq!(
+            parse("res-hdr=0, res-body=50", Rules::Response)
+                .unwrap()
+                .len(),
+            2
+        );
     }
 
     #[test]
     fn rejects_each_defect_with_its_own_error() {
         use Error::*;
         let r = Rules::Respmod;
-        assert_eq!(parse("", r), Err(InvalidEncapsulated("not a list of section=offset")));
-        assert_eq!(parse("req-hdr=0 res-body=9", r), Err(InvalidEncapsulated("not a list of section=offset")));
-        assert_eq!(parse("foo-hdr=0, null-body=5", r), Err(InvalidEncapsulated("unknown section name")));
-        assert_eq!(parse("req-hdr=0, res-body=99999999999999999999999", r), Err(InvalidEncapsulated("offset too large")));
-        assert_eq!(parse("req-hdr=0, req-hdr=5, null-body=9", r), Err(InvalidEncapsulated("section repeated")));
-        assert_eq!(parse("req-hdr=3, null-body=9", r), Err(EncapsulatedFirstOffset));
-        assert_eq!(parse("req-hdr=0, res-hdr=50, res-body=40", r), Err(EncapsulatedOutOfOrder));
-        assert_eq!(parse("res-hdr=0, req-hdr=50, res-body=90", r), Err(EncapsulatedSectionOrder));
-        assert_eq!(parse("res-body=0, res-hdr=10", r), Err(EncapsulatedSectionOrder));
+        assert_eq!(
+            parse("", r),
+            Err(InvalidEncapsulated("not a list of section=offset"))
+        );
+        assert_eq!(
+            parse("req-hdr=0 res-body=9", r),
+            Err(InvalidEncapsulated("not a list of section=offset"))
+        );
+        assert_eq!(
+            parse("foo-hdr=0, null-body=5", r),
+            Err(InvalidEncapsulated("unknown section name"))
+        );
+        assert_eq!(
+            parse("req-hdr=0, res-body=99999999999999999999999", r),
+            Err(InvalidEncapsulated("offset too large"))
+        );
+        assert_eq!(
+            parse("req-hdr=0, req-hdr=5, null-body=9", r),
+            Err(InvalidEncapsulated("section repeated"))
+        );
+        assert_eq!(
+            parse("req-hdr=3, null-body=9", r),
+            Err(EncapsulatedFirstOffset)
+        );
+        assert_eq!(
+            parse("req-hdr=0, res-hdr=50, res-body=40", r),
+            Err(EncapsulatedOutOfOrder)
+        );
+        assert_eq!(
+            parse("res-hdr=0, req-hdr=50, res-body=90", r),
+            Err(EncapsulatedSectionOrder)
+        );
+        assert_eq!(
+            parse("res-body=0, res-hdr=10", r),
+            Err(EncapsulatedSectionOrder)
+        );
         assert_eq!(parse("req-hdr=0, res-hdr=50", r), Err(EncapsulatedNoBody));
-        assert_eq!(parse("req-hdr=0, res-hdr=50, null-body=90", Rules::Reqmod), Err(EncapsulatedSectionNotAllowed));
-        assert_eq!(parse("opt-body=0", Rules::Respmod), Err(EncapsulatedSectionNotAllowed));
+        assert_eq!(
+            parse("req-hdr=0, res-hdr=50, null-body=90", Rules::Reqmod),
+            Err(EncapsulatedSectionNotAllowed)
+        );
+        assert_eq!(
+            parse("opt-body=0", Rules::Respmod),
+            Err(EncapsulatedSectionNotAllowed)
+        );
     }
 }

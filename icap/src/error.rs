@@ -137,9 +137,10 @@ impl fmt::Display for Error {
                 ("Encapsulated section not allowed for this method", None)
             }
             Error::EncapsulatedNoBody => ("Encapsulated names no body section", None),
-            Error::EncapsulatedOffsetMismatch => {
-                ("encapsulated HTTP head does not end at the next offset", None)
-            }
+            Error::EncapsulatedOffsetMismatch => (
+                "encapsulated HTTP head does not end at the next offset",
+                None,
+            ),
             Error::HttpHeadTooLarge => ("encapsulated HTTP heads too large", None),
             Error::InvalidHttpHead(c) => ("invalid encapsulated HTTP head", Some(c)),
             Error::InvalidChunkSize => ("invalid chunk size", None),

@@ -1,5 +1,5 @@
-//! What requests and responses share: reading the ICAP head, taking the typed
-//! headers out of it, and reading the encapsulated HTTP heads that follow.
+//! What requests and responses share: reading the ICAP head, reading its
+//! typed fields (`Encapsulated`, `Preview`, `Allow`), and reading the encapsulated HTTP heads that follow.
 //!
 //! Parsing is done in two passes. The first walks the lines only to find the
 //! end of the head, refusing bare LFs and checking the start line as soon as
@@ -8,82 +8,106 @@
 //! the same order whatever part of the message has arrived, so feeding a
 //! message in pieces gives the same answer as feeding it whole.
 
-use http::header::{HeaderMap, HeaderName};
+use http::header::HeaderMap;
 
-use crate::encapsulated::{Encapsulated, Rules, Sections, Section};
-use crate::syntax::{decimal, push_header, scan_head, Scan};
-use crate::{http_head, Error, Limits};
+use crate::encapsulated::{Encapsulated, Rules, Section, Sections};
+use crate::syntax::{decimal, header_field, memchr, push_field, scan_head, Scan};
+use crate::{http_head, Allow, Error, Limits};
 
-/// A complete ICAP head: the parsed start line and the header fields.
-pub(crate) struct Head<S> {
+/// A complete ICAP head: the parsed start line, the header fields, and the
+/// fields the codec reads itself instead of keeping as headers.
+pub(crate) struct Head<'a, S> {
     pub start: S,
     pub headers: HeaderMap,
     pub len: usize,
+    /// The `Encapsulated` value, when present.
+    pub encapsulated: Option<&'a [u8]>,
+    /// `Preview` (requests only).
+    pub preview: Option<u64>,
+    /// `Allow` (requests only).
+    pub allow: Allow,
+}
+
+/// Which header fields become typed values rather than entries of the map.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Fields {
+    /// Only `Encapsulated`: a response's `Preview` and `Allow` are what an
+    /// OPTIONS answer tells the client, and stay headers.
+    Response,
+    /// `Encapsulated`, `Preview` and `Allow`.
+    Request,
 }
 
 /// Reads the ICAP head at the start of `buf`.
-pub(crate) fn parse_head<S>(
-    buf: &[u8],
+pub(crate) fn parse_head<'a, S>(
+    buf: &'a [u8],
     limits: &Limits,
+    fields: Fields,
     start_line_error: Error,
     parse_start: impl Fn(&[u8]) -> Result<S, Error>,
-) -> Result<Option<Head<S>>, Error> {
+) -> Result<Option<Head<'a, S>>, Error> {
     let mut start = None;
     let mut first = 0;
-    let scan = scan_head(buf, limits.max_icap_head, start_line_error, Error::HeadTooLarge, |i, line| {
-        if i == 0 {
-            start = Some(parse_start(line)?);
-            // Remember where the start line ended (leading empty lines skipped).
-            first = line.as_ptr() as usize - buf.as_ptr() as usize + line.len() + 2;
-        }
-        Ok(())
-    })?;
+    let mut lines = 0;
+    let scan = scan_head(
+        buf,
+        limits.max_icap_head,
+        start_line_error,
+        Error::HeadTooLarge,
+        |i, line| {
+            if i == 0 {
+                start = Some(parse_start(line)?);
+                // Remember where the start line ended (leading empty lines skipped).
+                first = line.as_ptr() as usize - buf.as_ptr() as usize + line.len() + 2;
+            }
+            lines = i;
+            Ok(())
+        },
+    )?;
     let (Scan::Complete(len), Some(start)) = (scan, start) else {
         return Ok(None);
     };
-    let mut headers = HeaderMap::new();
+    let mut head = Head {
+        start,
+        headers: HeaderMap::with_capacity(lines),
+        len,
+        encapsulated: None,
+        preview: None,
+        allow: Allow::default(),
+    };
     let mut pos = first;
     while pos + 2 < len {
-        let end = pos + crate::syntax::memchr(b'\n', &buf[pos..len]).unwrap_or(0);
-        push_header(&mut headers, &buf[pos..end - 1], limits.max_headers)?;
+        let end = pos + memchr(b'\n', &buf[pos..len]).unwrap_or(0);
+        let line = &buf[pos..end - 1];
         pos = end + 1;
+        let (name, value) = header_field(line)?;
+        if name.eq_ignore_ascii_case(b"encapsulated") {
+            if head.encapsulated.replace(value).is_some() {
+                return Err(Error::DuplicateEncapsulated);
+            }
+        } else if fields == Fields::Request && name.eq_ignore_ascii_case(b"preview") {
+            let n = decimal(value).ok_or(Error::InvalidPreview)?;
+            if head.preview.replace(n).is_some_and(|p| p != n) {
+                return Err(Error::InvalidPreview);
+            }
+            if n > limits.max_preview {
+                return Err(Error::PreviewTooLarge);
+            }
+        } else if fields == Fields::Request && name.eq_ignore_ascii_case(b"allow") {
+            head.allow.add(value);
+        } else {
+            push_field(&mut head.headers, name, value, limits.max_headers)?;
+        }
     }
-    Ok(Some(Head { start, headers, len }))
+    Ok(Some(head))
 }
 
-/// Takes `Encapsulated` out of the headers and checks it. `None` when absent.
-pub(crate) fn take_encapsulated(
-    headers: &mut HeaderMap,
+/// Checks the `Encapsulated` value, if there was one.
+pub(crate) fn encapsulated(
+    value: Option<&[u8]>,
     rules: Rules,
 ) -> Result<Option<Encapsulated>, Error> {
-    let name = HeaderName::from_static("encapsulated");
-    let mut values = headers.get_all(&name).iter();
-    let Some(value) = values.next() else {
-        return Ok(None);
-    };
-    if values.next().is_some() {
-        return Err(Error::DuplicateEncapsulated);
-    }
-    let encapsulated = Encapsulated::parse(value.as_bytes(), rules)?;
-    headers.remove(&name);
-    Ok(Some(encapsulated))
-}
-
-/// Takes `Preview` out of the headers: its size, checked against the limit.
-pub(crate) fn take_preview(headers: &mut HeaderMap, limits: &Limits) -> Result<Option<u64>, Error> {
-    let mut size = None;
-    for value in headers.get_all("preview") {
-        let n = decimal(value.as_bytes()).ok_or(Error::InvalidPreview)?;
-        if size.is_some_and(|s| s != n) {
-            return Err(Error::InvalidPreview);
-        }
-        size = Some(n);
-    }
-    if size.is_some_and(|n| n > limits.max_preview) {
-        return Err(Error::PreviewTooLarge);
-    }
-    headers.remove("preview");
-    Ok(size)
+    value.map(|v| Encapsulated::parse(v, rules)).transpose()
 }
 
 /// Reads the encapsulated HTTP heads after an ICAP head of `head_len` bytes.

@@ -49,7 +49,10 @@ pub struct HttpResponseHead {
 const STACK_HEADERS: usize = 64;
 
 /// Parses exactly one HTTP request head that must fill `section` completely.
-pub(crate) fn parse_request_head(section: &[u8], limits: &Limits) -> Result<HttpRequestHead, Error> {
+pub(crate) fn parse_request_head(
+    section: &[u8],
+    limits: &Limits,
+) -> Result<HttpRequestHead, Error> {
     with_header_slots(limits, |slots| {
         let mut req = httparse::Request::new(slots);
         complete_status(req.parse(section), section.len())?;
@@ -93,7 +96,8 @@ fn with_header_slots<'b, T>(
     let stack = limits.max_headers.min(STACK_HEADERS);
     match parse(&mut slots[..stack]) {
         Err(Error::TooManyHeaders) if limits.max_headers > STACK_HEADERS => {
-            let mut heap: Vec<httparse::Header<'b>> = vec![httparse::EMPTY_HEADER; limits.max_headers];
+            let mut heap: Vec<httparse::Header<'b>> =
+                vec![httparse::EMPTY_HEADER; limits.max_headers];
             parse(&mut heap)
         }
         other => other,
@@ -126,7 +130,11 @@ fn prefix_status(
 
 /// Where an HTTP head that starts `bytes` ends, if it ends there; an error
 /// as soon as the bytes so far cannot begin a valid head.
-pub(crate) fn head_end(request: bool, bytes: &[u8], limits: &Limits) -> Result<Option<usize>, Error> {
+pub(crate) fn head_end(
+    request: bool,
+    bytes: &[u8],
+    limits: &Limits,
+) -> Result<Option<usize>, Error> {
     with_header_slots(limits, |slots| {
         if request {
             prefix_status(httparse::Request::new(slots).parse(bytes))
@@ -215,7 +223,8 @@ mod tests {
 
     #[test]
     fn request_head_fills_section() {
-        let raw = b"GET http://example.com/a?b HTTP/1.1\r\nHost: example.com\r\nX-A: 1\r\nX-A: 2\r\n\r\n";
+        let raw =
+            b"GET http://example.com/a?b HTTP/1.1\r\nHost: example.com\r\nX-A: 1\r\nX-A: 2\r\n\r\n";
         let head = parse_request_head(raw, &Limits::DEFAULT).unwrap();
         assert_eq!(head.method, Method::GET);
         assert_eq!(head.target, "http://example.com/a?b");
@@ -245,8 +254,20 @@ mod tests {
             raw.extend_from_slice(format!("X-{i}: v\r\n").as_bytes());
         }
         raw.extend_from_slice(b"\r\n");
-        assert_eq!(parse_response_head(&raw, &Limits::DEFAULT).unwrap().headers.len(), 100);
-        let tight = Limits { max_headers: 99, ..Limits::DEFAULT };
-        assert_eq!(parse_response_head(&raw, &tight), Err(Error::TooManyHeaders));
+        assert_eq!(
+            parse_response_head(&raw, &Limits::DEFAULT)
+                .unwrap()
+                .headers
+                .len(),
+            100
+        );
+        let tight = Limits {
+            max_headers: 99,
+            ..Limits::DEFAULT
+        };
+        assert_eq!(
+            parse_response_head(&raw, &tight),
+            Err(Error::TooManyHeaders)
+        );
     }
 }

@@ -14,7 +14,7 @@ use nom::combinator::rest;
 use nom::{IResult, Parser};
 
 use crate::encapsulated::{Rules, Sections};
-use crate::head::{parse_head, read_sections, take_encapsulated, take_preview};
+use crate::head::{encapsulated, parse_head, read_sections, Fields};
 use crate::syntax::token;
 use crate::{Error, IcapUri, Limits};
 
@@ -71,29 +71,30 @@ pub struct Allow {
 }
 
 impl Allow {
-    fn parse(headers: &HeaderMap) -> Allow {
-        let mut allow = Allow::default();
-        for value in headers.get_all("allow") {
-            for item in value.as_bytes().split(|b| *b == b',') {
-                match crate::syntax::trim_ows(item) {
-                    b"204" => allow.no_content = true,
-                    b"206" => allow.partial = true,
-                    t if t.eq_ignore_ascii_case(b"trailers") => allow.trailers = true,
-                    // Unknown values are ignored, as for any extensible list.
-                    _ => {}
-                }
+    /// Adds the items of one `Allow` value.
+    pub(crate) fn add(&mut self, value: &[u8]) {
+        for item in value.split(|b| *b == b',') {
+            match crate::syntax::trim_ows(item) {
+                b"204" => self.no_content = true,
+                b"206" => self.partial = true,
+                t if t.eq_ignore_ascii_case(b"trailers") => self.trailers = true,
+                // Unknown values are ignored, as for any extensible list.
+                _ => {}
             }
         }
-        allow
     }
 
     /// The header value, or `None` when nothing is allowed.
     pub fn to_header(self) -> Option<HeaderValue> {
-        let items: Vec<&str> = [(self.no_content, "204"), (self.partial, "206"), (self.trailers, "trailers")]
-            .iter()
-            .filter(|(on, _)| *on)
-            .map(|(_, s)| *s)
-            .collect();
+        let items: Vec<&str> = [
+            (self.no_content, "204"),
+            (self.partial, "206"),
+            (self.trailers, "trailers"),
+        ]
+        .iter()
+        .filter(|(on, _)| *on)
+        .map(|(_, s)| *s)
+        .collect();
         (!items.is_empty()).then(|| HeaderValue::from_str(&items.join(", ")).expect("ASCII"))
     }
 }
@@ -146,8 +147,14 @@ impl Request {
 
 /// `METHOD SP URI SP ICAP/1.0`
 fn request_line(line: &[u8]) -> Result<(Method, IcapUri), Error> {
-    let parsed: IResult<&[u8], _, ()> =
-        (token, char(' '), take_while1(|b: u8| b != b' '), char(' '), rest).parse(line);
+    let parsed: IResult<&[u8], _, ()> = (
+        token,
+        char(' '),
+        take_while1(|b: u8| b != b' '),
+        char(' '),
+        rest,
+    )
+        .parse(line);
     let Ok((_, (method, _, uri, _, version))) = parsed else {
         return Err(Error::InvalidRequestLine("expected METHOD URI VERSION"));
     };
@@ -178,16 +185,26 @@ pub(crate) fn check_version(v: &[u8]) -> Result<(), Error> {
 /// bytes are needed, or the error. Never asks for more than
 /// [`Limits::max_message_head`] bytes.
 pub fn parse_request(buf: &[u8], limits: &Limits) -> Result<Option<(Request, usize)>, Error> {
-    let Some(head) = parse_head(buf, limits, Error::StartLineTooLong, request_line)? else {
+    let Some(head) = parse_head(
+        buf,
+        limits,
+        Fields::Request,
+        Error::StartLineTooLong,
+        request_line,
+    )?
+    else {
         return Ok(None);
     };
     let (method, uri) = head.start;
-    let mut headers = head.headers;
-    let encapsulated = take_encapsulated(&mut headers, method.rules())?;
-    let preview = take_preview(&mut headers, limits)?;
-    let allow = Allow::parse(&headers);
-    headers.remove("allow");
-    let mut request = Request { method, uri, headers, preview, allow, sections: None };
+    let encapsulated = encapsulated(head.encapsulated, method.rules())?;
+    let mut request = Request {
+        method,
+        uri,
+        headers: head.headers,
+        preview: head.preview,
+        allow: head.allow,
+        sections: None,
+    };
     let Some(encapsulated) = encapsulated else {
         if method != Method::Options {
             return Err(Error::MissingEncapsulated);
@@ -224,23 +241,50 @@ mod tests {
 
     #[test]
     fn request_line_errors() {
-        assert_eq!(request_line(b"REQMOD icap://h/s"), Err(Error::InvalidRequestLine("expected METHOD URI VERSION")));
-        assert_eq!(request_line(b"REQMOD  icap://h/s ICAP/1.0"), Err(Error::InvalidRequestLine("expected METHOD URI VERSION")));
-        assert_eq!(request_line(b"GET icap://h/s ICAP/1.0"), Err(Error::UnknownMethod));
-        assert_eq!(request_line(b"reqmod icap://h/s ICAP/1.0"), Err(Error::UnknownMethod));
-        assert_eq!(request_line(b"REQMOD icap://h/s ICAP/2.0"), Err(Error::UnsupportedVersion));
-        assert_eq!(request_line(b"REQMOD icap://h/s HTTP/1.1"), Err(Error::InvalidVersion));
-        assert_eq!(request_line(b"REQMOD icap://h/s ICAP/1.0 "), Err(Error::InvalidVersion));
+        assert_eq!(
+            request_line(b"REQMOD icap://h/s"),
+            Err(Error::InvalidRequestLine("expected METHOD URI VERSION"))
+        );
+        assert_eq!(
+            request_line(b"REQMOD  icap://h/s ICAP/1.0"),
+            Err(Error::InvalidRequestLine("expected METHOD URI VERSION"))
+        );
+        assert_eq!(
+            request_line(b"GET icap://h/s ICAP/1.0"),
+            Err(Error::UnknownMethod)
+        );
+        assert_eq!(
+            request_line(b"reqmod icap://h/s ICAP/1.0"),
+            Err(Error::UnknownMethod)
+        );
+        assert_eq!(
+            request_line(b"REQMOD icap://h/s ICAP/2.0"),
+            Err(Error::UnsupportedVersion)
+        );
+        assert_eq!(
+            request_line(b"REQMOD icap://h/s HTTP/1.1"),
+            Err(Error::InvalidVersion)
+        );
+        assert_eq!(
+            request_line(b"REQMOD icap://h/s ICAP/1.0 "),
+            Err(Error::InvalidVersion)
+        );
         assert!(request_line(b"OPTIONS icap://h:1344/s ICAP/1.0").is_ok());
     }
 
     #[test]
     fn allow_lists() {
-        let mut h = HeaderMap::new();
-        h.append("allow", HeaderValue::from_static("204, trailers"));
-        h.append("allow", HeaderValue::from_static("206,x-future"));
-        let a = Allow::parse(&h);
-        assert_eq!(a, Allow { no_content: true, partial: true, trailers: true });
+        let mut a = Allow::default();
+        a.add(b"204, trailers");
+        a.add(b"206,x-future");
+        assert_eq!(
+            a,
+            Allow {
+                no_content: true,
+                partial: true,
+                trailers: true
+            }
+        );
         assert_eq!(a.to_header().unwrap(), "204, 206, trailers");
         assert_eq!(Allow::default().to_header(), None);
     }

@@ -14,11 +14,11 @@ use nom::combinator::rest;
 use nom::{IResult, Parser};
 
 use crate::encapsulated::{Rules, Sections};
-use crate::head::{parse_head, read_sections, take_encapsulated};
+use crate::head::{encapsulated, parse_head, read_sections, Fields};
 use crate::request::{check_version, Method};
 use crate::{Error, Limits};
 
-/// An ICAP status code.
+/// An ICAP status code: three digits, 100 to 999.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct StatusCode(pub u16);
 
@@ -94,7 +94,12 @@ pub struct Response {
 impl Response {
     /// A response with the status's canonical reason and nothing else.
     pub fn new(status: StatusCode) -> Response {
-        Response { status, reason: status.canonical_reason().to_owned(), headers: HeaderMap::new(), sections: None }
+        Response {
+            status,
+            reason: status.canonical_reason().to_owned(),
+            headers: HeaderMap::new(),
+            sections: None,
+        }
     }
 
     /// `100 Continue`: the preview was not enough, send the rest.
@@ -183,7 +188,11 @@ impl ServiceOptions {
         if let Some(n) = self.options_ttl {
             h.insert("options-ttl", HeaderValue::from(n));
         }
-        let allow = crate::Allow { no_content: self.allow_204, partial: self.allow_206, trailers: false };
+        let allow = crate::Allow {
+            no_content: self.allow_204,
+            partial: self.allow_206,
+            trailers: false,
+        };
         if let Some(v) = allow.to_header() {
             h.insert("allow", v);
         }
@@ -205,7 +214,16 @@ impl ServiceOptions {
 
 /// A header value from text: characters a header cannot hold become `?`.
 fn header(s: &str) -> HeaderValue {
-    let clean: String = s.chars().map(|c| if c.is_ascii_graphic() || c == ' ' { c } else { '?' }).collect();
+    let clean: String = s
+        .chars()
+        .map(|c| {
+            if c.is_ascii_graphic() || c == ' ' {
+                c
+            } else {
+                '?'
+            }
+        })
+        .collect();
     HeaderValue::from_str(&clean).expect("printable ASCII")
 }
 
@@ -225,8 +243,9 @@ pub fn http_date(t: SystemTime) -> String {
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = yoe + era * 400 + i64::from(month <= 2);
     const WEEKDAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
-    const MONTHS: [&str; 12] =
-        ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
     format!(
         "{}, {:02} {} {} {:02}:{:02}:{:02} GMT",
         WEEKDAYS[(days % 7) as usize],
@@ -258,7 +277,13 @@ fn status_line(line: &[u8]) -> Result<(StatusCode, String), Error> {
         _ => return Err(Error::InvalidStatusLine("status code is not three digits")),
     };
     let code = code.iter().fold(0u16, |n, d| n * 10 + u16::from(d - b'0'));
-    Ok((StatusCode(code), String::from_utf8_lossy(reason).into_owned()))
+    if code < 100 {
+        return Err(Error::InvalidStatusLine("status code below 100"));
+    }
+    Ok((
+        StatusCode(code),
+        String::from_utf8_lossy(reason).into_owned(),
+    ))
 }
 
 /// Parses a response head from the start of `buf`, as [`crate::parse_request`]
@@ -268,6 +293,7 @@ pub fn parse_response(buf: &[u8], limits: &Limits) -> Result<Option<(Response, u
     let Some(head) = parse_head(
         buf,
         limits,
+        Fields::Response,
         Error::InvalidStatusLine("status line too long"),
         status_line,
     )?
@@ -275,9 +301,13 @@ pub fn parse_response(buf: &[u8], limits: &Limits) -> Result<Option<(Response, u
         return Ok(None);
     };
     let (status, reason) = head.start;
-    let mut headers = head.headers;
-    let encapsulated = take_encapsulated(&mut headers, Rules::Response)?;
-    let mut response = Response { status, reason, headers, sections: None };
+    let encapsulated = encapsulated(head.encapsulated, Rules::Response)?;
+    let mut response = Response {
+        status,
+        reason,
+        headers: head.headers,
+        sections: None,
+    };
     let Some(encapsulated) = encapsulated else {
         return Ok(Some((response, head.len)));
     };
@@ -292,7 +322,7 @@ pub fn parse_response(buf: &[u8], limits: &Limits) -> Result<Option<(Response, u
 /// `Encapsulated`, then the HTTP heads. A body, if any, follows as chunks.
 pub fn encode_response(res: &Response, out: &mut Vec<u8>) {
     out.extend_from_slice(b"ICAP/1.0 ");
-    out.extend_from_slice(res.status.0.to_string().as_bytes());
+    out.extend_from_slice(format!("{:03}", res.status.0.min(999)).as_bytes());
     out.push(b' ');
     out.extend_from_slice(res.reason.as_bytes());
     out.extend_from_slice(b"\r\n");
@@ -340,18 +370,38 @@ mod tests {
 
     #[test]
     fn dates() {
-        assert_eq!(http_date(UNIX_EPOCH + Duration::from_secs(784_111_777)), "Sun, 06 Nov 1994 08:49:37 GMT");
+        assert_eq!(
+            http_date(UNIX_EPOCH + Duration::from_secs(784_111_777)),
+            "Sun, 06 Nov 1994 08:49:37 GMT"
+        );
         assert_eq!(http_date(UNIX_EPOCH), "Thu, 01 Jan 1970 00:00:00 GMT");
-        assert_eq!(http_date(UNIX_EPOCH + Duration::from_secs(951_782_400)), "Tue, 29 Feb 2000 00:00:00 GMT");
+        assert_eq!(
+            http_date(UNIX_EPOCH + Duration::from_secs(951_782_400)),
+            "Tue, 29 Feb 2000 00:00:00 GMT"
+        );
     }
 
     #[test]
     fn status_lines() {
-        assert_eq!(status_line(b"ICAP/1.0 204 No Content").unwrap(), (StatusCode::NO_CONTENT, "No Content".into()));
-        assert_eq!(status_line(b"ICAP/1.0 100").unwrap().0, StatusCode::CONTINUE);
-        assert_eq!(status_line(b"ICAP/1.0 2000 x"), Err(Error::InvalidStatusLine("status code is not three digits")));
-        assert_eq!(status_line(b"ICAP/1.0 abc x"), Err(Error::InvalidStatusLine("expected ICAP/1.0 CODE REASON")));
+        assert_eq!(
+            status_line(b"ICAP/1.0 204 No Content").unwrap(),
+            (StatusCode::NO_CONTENT, "No Content".into())
+        );
+        assert_eq!(
+            status_line(b"ICAP/1.0 100").unwrap().0,
+            StatusCode::CONTINUE
+        );
+        assert_eq!(
+            status_line(b"ICAP/1.0 2000 x"),
+            Err(Error::InvalidStatusLine("status code is not three digits"))
+        );
+        assert_eq!(
+            status_line(b"ICAP/1.0 abc x"),
+            Err(Error::InvalidStatusLine("expected ICAP/1.0 CODE REASON"))
+        );
         assert_eq!(status_line(b"HTTP/1.1 200 OK"), Err(Error::InvalidVersion));
+        // Found by fuzzing: "000" is three digits but no status.
+        assert_eq!(status_line(b"ICAP/1.0 000 OK"), Err(Error::InvalidStatusLine("status code below 100")));
     }
 
     #[test]
@@ -373,9 +423,17 @@ mod tests {
         let mut out = Vec::new();
         encode_response(&opts.response(), &mut out);
         let text = String::from_utf8(out.clone()).unwrap();
-        for want in ["ICAP/1.0 200 OK\r\n", "Methods: RESPMOD, REQMOD\r\n", "ISTag: \"sig-1\"\r\n",
-            "Allow: 204\r\n", "Preview: 1024\r\n", "Transfer-Preview: *\r\n", "Options-TTL: 60\r\n",
-            "Date: Thu, 01 Jan 1970 00:00:00 GMT\r\n", "Encapsulated: null-body=0\r\n\r\n"] {
+        for want in [
+            "ICAP/1.0 200 OK\r\n",
+            "Methods: RESPMOD, REQMOD\r\n",
+            "ISTag: \"sig-1\"\r\n",
+            "Allow: 204\r\n",
+            "Preview: 1024\r\n",
+            "Transfer-Preview: *\r\n",
+            "Options-TTL: 60\r\n",
+            "Date: Thu, 01 Jan 1970 00:00:00 GMT\r\n",
+            "Encapsulated: null-body=0\r\n\r\n",
+        ] {
             assert!(text.contains(want), "{want:?} missing from {text}");
         }
         let (parsed, used) = parse_response(&out, &Limits::DEFAULT).unwrap().unwrap();

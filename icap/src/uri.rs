@@ -69,9 +69,11 @@ impl IcapUri {
         if s.contains(&b'#') {
             return Err(Error::InvalidUri("fragment"));
         }
-        let (s, scheme) = scheme(s).map_err(|_| Error::InvalidUri("scheme is not icap or icaps"))?;
-        let (s, authority) =
-            take_while(|b| b != b'/' && b != b'?').parse(s).map_err(|_: nom::Err<()>| Error::InvalidUri("authority"))?;
+        let (s, scheme) =
+            scheme(s).map_err(|_| Error::InvalidUri("scheme is not icap or icaps"))?;
+        let (s, authority) = take_while(|b| b != b'/' && b != b'?')
+            .parse(s)
+            .map_err(|_: nom::Err<()>| Error::InvalidUri("authority"))?;
         if authority.contains(&b'@') {
             return Err(Error::InvalidUri("userinfo"));
         }
@@ -80,7 +82,11 @@ impl IcapUri {
             Some(q) => (Some(&s[q + 1..]), &s[..q]),
             None => (None, s),
         };
-        if !path.iter().chain(query.unwrap_or_default()).all(|b| is_uri_byte(*b)) {
+        if !path
+            .iter()
+            .chain(query.unwrap_or_default())
+            .all(|b| is_uri_byte(*b))
+        {
             return Err(Error::InvalidUri("character not allowed in a URI"));
         }
         let service = path.strip_prefix(b"/").unwrap_or(path);
@@ -117,10 +123,16 @@ fn scheme(i: &[u8]) -> IResult<&[u8], Scheme, ()> {
 }
 
 fn host_port(authority: &[u8]) -> Result<(&[u8], Option<u16>), Error> {
-    let ipv6 = delimited(char('['), take_while1(|b: u8| b.is_ascii_hexdigit() || b == b':' || b == b'.'), char(']'));
-    let host = alt((nom::combinator::recognize(ipv6), take_while1(is_reg_name_byte)));
-    let parsed: IResult<&[u8], (&[u8], Option<&[u8]>), ()> =
-        (host, opt(preceded(char(':'), rest))).parse(authority);
+    let ipv6 = delimited(
+        char('['),
+        take_while1(|b: u8| b.is_ascii_hexdigit() || b == b':' || b == b'.'),
+        char(']'),
+    );
+    let host = alt((
+        nom::combinator::recognize(ipv6),
+        take_while1(is_reg_name_byte),
+    ));
+    let parsed: IResult<&[u8], _, ()> = (host, opt(preceded(char(':'), rest))).parse(authority);
     let (rest, (host, port)) = parsed.map_err(|_| Error::InvalidUri("missing or invalid host"))?;
     if !rest.is_empty() {
         return Err(Error::InvalidUri("missing or invalid host"));
@@ -158,7 +170,10 @@ mod tests {
     #[test]
     fn parses_what_squid_and_c_icap_send() {
         let u = IcapUri::parse(b"icap://127.0.0.1:1344/av_resp").unwrap();
-        assert_eq!((u.host.as_str(), u.port, u.service.as_str()), ("127.0.0.1", Some(1344), "av_resp"));
+        assert_eq!(
+            (u.host.as_str(), u.port, u.service.as_str()),
+            ("127.0.0.1", Some(1344), "av_resp")
+        );
         let u = IcapUri::parse(b"ICAPS://[::1]/srv_clamav?allow204=on").unwrap();
         assert_eq!(u.scheme, Scheme::Icaps);
         assert_eq!(u.host, "[::1]");
@@ -181,7 +196,12 @@ mod tests {
             (b"icap://h/s\x7f", "character not allowed in a URI"),
         ];
         for (uri, why) in bad {
-            assert_eq!(IcapUri::parse(uri), Err(Error::InvalidUri(why)), "{}", String::from_utf8_lossy(uri));
+            assert_eq!(
+                IcapUri::parse(uri),
+                Err(Error::InvalidUri(why)),
+                "{}",
+                String::from_utf8_lossy(uri)
+            );
         }
     }
 }

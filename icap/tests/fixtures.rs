@@ -11,7 +11,9 @@ use icap::{encode_request, parse_request, Body, Limits, Method, Request, Respons
 use support::{bytewise, read_stream, Head, Seen};
 
 fn fixture(name: &str) -> Vec<u8> {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name);
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name);
     std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
@@ -72,7 +74,9 @@ fn heads(seen: &[Seen<Request>]) -> Vec<&Request> {
 }
 
 fn body_len(seen: &[Seen<Request>]) -> usize {
-    seen.iter().map(|s| if let Seen::Data(d) = s { d.len() } else { 0 }).sum()
+    seen.iter()
+        .map(|s| if let Seen::Data(d) = s { d.len() } else { 0 })
+        .sum()
 }
 
 #[test]
@@ -87,7 +91,10 @@ fn squid_options_has_no_encapsulated() {
 #[test]
 fn squid_reqmod_null_body_with_preview_zero_has_no_chunk() {
     let seen = whole::<Request>(&fixture("squid-0.client"));
-    let reqmods: Vec<_> = heads(&seen).into_iter().filter(|r| r.method == Method::Reqmod).collect();
+    let reqmods: Vec<_> = heads(&seen)
+        .into_iter()
+        .filter(|r| r.method == Method::Reqmod)
+        .collect();
     assert_eq!(reqmods.len(), 6);
     let first = reqmods[0];
     assert_eq!(first.preview, Some(0));
@@ -99,7 +106,13 @@ fn squid_reqmod_null_body_with_preview_zero_has_no_chunk() {
     assert!(http.target.starts_with("http://127.0.0.1:") && http.target.ends_with("/small.txt"));
     assert_eq!(http.version, Version::HTTP_11);
     // The long Cookie header arrives whole.
-    let long = reqmods[4].sections.as_ref().unwrap().request.as_ref().unwrap();
+    let long = reqmods[4]
+        .sections
+        .as_ref()
+        .unwrap()
+        .request
+        .as_ref()
+        .unwrap();
     assert_eq!(long.headers["cookie"].len(), 5002);
     // The upload carries its body, ended by `0; ieof` within the preview.
     let upload = reqmods[5];
@@ -115,7 +128,10 @@ fn squid_reqmod_null_body_with_preview_zero_has_no_chunk() {
 #[test]
 fn squid_respmod_covers_preview_continue_and_empty_bodies() {
     let seen = whole::<Request>(&fixture("squid-1.client"));
-    let respmods: Vec<_> = heads(&seen).into_iter().filter(|r| r.method == Method::Respmod).collect();
+    let respmods: Vec<_> = heads(&seen)
+        .into_iter()
+        .filter(|r| r.method == Method::Respmod)
+        .collect();
     assert_eq!(respmods.len(), 6);
     // The empty file: null-body after res-hdr, Preview: 0, no chunk.
     let empty = respmods[1];
@@ -129,7 +145,10 @@ fn squid_respmod_covers_preview_continue_and_empty_bodies() {
     assert_eq!(big.preview, Some(1024));
     let res = big.sections.as_ref().unwrap().response.as_ref().unwrap();
     assert_eq!(res.headers["content-length"], "204800");
-    let start = seen.iter().position(|s| matches!(s, Seen::Head(h) if h == big)).unwrap();
+    let start = seen
+        .iter()
+        .position(|s| matches!(s, Seen::Head(h) if h == big))
+        .unwrap();
     let body: usize = seen[start + 1..]
         .iter()
         .take_while(|s| !matches!(s, Seen::Head(_)))
@@ -142,7 +161,10 @@ fn squid_respmod_covers_preview_continue_and_empty_bodies() {
 fn c_icap_client_variants() {
     let preview = whole::<Request>(&fixture("c-icap-client-respmod-preview.client"));
     let req = heads(&preview)[1];
-    assert_eq!((req.method, req.preview, req.allow.no_content), (Method::Respmod, Some(1024), true));
+    assert_eq!(
+        (req.method, req.preview, req.allow.no_content),
+        (Method::Respmod, Some(1024), true)
+    );
     assert_eq!(body_len(&preview), 3400);
 
     let nopreview = whole::<Request>(&fixture("c-icap-client-respmod-nopreview.client"));
@@ -158,7 +180,16 @@ fn c_icap_client_variants() {
     let reqmod = whole::<Request>(&fixture("c-icap-client-reqmod.client"));
     let r = heads(&reqmod)[1];
     assert_eq!(r.method, Method::Reqmod);
-    assert_eq!(r.sections.as_ref().unwrap().request.as_ref().unwrap().method, http::Method::POST);
+    assert_eq!(
+        r.sections
+            .as_ref()
+            .unwrap()
+            .request
+            .as_ref()
+            .unwrap()
+            .method,
+        http::Method::POST
+    );
 
     let long = whole::<Request>(&fixture("c-icap-client-long-headers.client"));
     let r = heads(&long)[1];
@@ -172,13 +203,24 @@ fn c_icap_answers_parse_as_responses() {
     let seen = whole::<Response>(&fixture("squid-1.server"));
     let statuses: Vec<u16> = seen
         .iter()
-        .filter_map(|s| if let Seen::Head(h) = s { Some(h.status.0) } else { None })
+        .filter_map(|s| {
+            if let Seen::Head(h) = s {
+                Some(h.status.0)
+            } else {
+                None
+            }
+        })
         .collect();
     assert_eq!(statuses, [200, 204, 204, 100, 200, 204, 200, 204]);
-    let Seen::Head(options) = &seen[0] else { panic!() };
+    let Seen::Head(options) = &seen[0] else {
+        panic!()
+    };
     assert_eq!(options.headers["methods"], "RESPMOD, REQMOD");
     assert!(options.istag().is_some());
-    let continued = seen.iter().filter(|s| matches!(s, Seen::Head(h) if h.status == StatusCode::CONTINUE)).count();
+    let continued = seen
+        .iter()
+        .filter(|s| matches!(s, Seen::Head(h) if h.status == StatusCode::CONTINUE))
+        .count();
     assert_eq!(continued, 1);
 }
 

@@ -6,7 +6,10 @@
 
 #![allow(dead_code)]
 
-use icap::{parse_request, parse_response, ChunkedDecoder, Error, Event, LastChunk, Limits, Request, Response};
+use icap::{
+    parse_request, parse_response, ChunkedDecoder, Error, Event, LastChunk, Limits, Request,
+    Response,
+};
 
 /// One thing the reader saw.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -91,7 +94,11 @@ pub fn read_stream<H: Head>(pieces: &[&[u8]], limits: &Limits) -> Result<Vec<See
                             let more = dec.is_done() && !end.ieof && is_preview(&seen);
                             seen.push(Seen::End(end));
                             let dec = dec.clone();
-                            state = if more { State::AfterPreview(dec) } else { State::Head };
+                            state = if more {
+                                State::AfterPreview(dec)
+                            } else {
+                                State::Head
+                            };
                         }
                         None => {
                             buf.drain(..used);
@@ -121,7 +128,10 @@ pub fn read_stream<H: Head>(pieces: &[&[u8]], limits: &Limits) -> Result<Vec<See
         }
     }
     assert!(
-        peak <= limits.max_message_head().max(limits.max_chunk_line).max(limits.max_trailers),
+        peak <= limits
+            .max_message_head()
+            .max(limits.max_chunk_line)
+            .max(limits.max_trailers),
         "the reader had to keep {peak} bytes"
     );
     Ok(seen)
@@ -136,7 +146,12 @@ fn is_preview<H: Head>(seen: &[Seen<H>]) -> bool {
         return false;
     };
     // Only the first End after the head can end a preview.
-    let ends = seen.iter().rev().take_while(|s| !matches!(s, Seen::Head(_))).filter(|s| matches!(s, Seen::End(_))).count();
+    let ends = seen
+        .iter()
+        .rev()
+        .take_while(|s| !matches!(s, Seen::Head(_)))
+        .filter(|s| matches!(s, Seen::End(_)))
+        .count();
     head.preview().is_some() && ends == 0
 }
 

@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# The test command: installs what the tests need when it is missing, then runs
+# every test, and each fuzz target for a short while.
+#
+#   scripts/test.sh              everything (what CI runs)
+#   FUZZ_SECONDS=0 scripts/test.sh   skip the fuzzing
+#
+# Needs root (or passwordless sudo) only when a package is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+FUZZ_SECONDS=${FUZZ_SECONDS:-60}
+
+log() { printf '\n== %s\n' "$*"; }
+
+as_root() {
+  if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi
+}
+
+# Debian packages the tests start or drive, by the command that shows them.
+need_packages() {
+  local missing=()
+  while [ $# -gt 0 ]; do
+    command -v "$1" >/dev/null 2>&1 || missing+=("$2")
+    shift 2
+  done
+  if [ ${#missing[@]} -gt 0 ]; then
+    log "installing ${missing[*]}"
+    as_root apt-get update -qq
+    # Installing must not start the packaged daemons: the tests start their own.
+    as_root env DEBIAN_FRONTEND=noninteractive RUNLEVEL=1 \
+      apt-get install -y -qq --no-install-recommends "${missing[@]}"
+  fi
+}
+
+log "cargo test (workspace)"
+cargo test --workspace --locked
+
+if [ "$FUZZ_SECONDS" != 0 ]; then
+  if ! command -v cargo-fuzz >/dev/null 2>&1; then
+    log "installing cargo-fuzz"
+    cargo install cargo-fuzz --locked
+  fi
+  # cargo fuzz needs nightly features; the stable toolchain has them behind
+  # RUSTC_BOOTSTRAP, so no second toolchain is needed.
+  export RUSTC_BOOTSTRAP=1
+  log "fuzzing each target for ${FUZZ_SECONDS}s"
+  (
+    cd fuzz
+    cargo fuzz build
+    for target in head chunked round_trip; do
+      work=$(mktemp -d)
+      status=0
+      cargo fuzz run "$target" "$work" "corpus/$target" -- \
+        -max_total_time="$FUZZ_SECONDS" -print_final_stats=1 >"$work.log" 2>&1 || status=$?
+      grep -E '^(stat::number_of_executed_units|==[0-9]+== ERROR|SUMMARY|Done)' "$work.log" || true
+      [ "$status" = 0 ] || tail -n 40 "$work.log" >&2
+      rm -rf "$work" "$work.log"
+      if [ "$status" != 0 ]; then
+        echo "fuzz target $target failed (exit $status); the crashing input is under fuzz/artifacts/$target" >&2
+        exit 1
+      fi
+      echo "fuzz target $target: no crash in ${FUZZ_SECONDS}s"
+    done
+  )
+fi
+
+log "all tests passed"
