@@ -7,8 +7,7 @@
 
 use nom::bytes::complete::take_while1;
 use nom::character::complete::char;
-use nom::multi::separated_list1;
-use nom::sequence::delimited;
+use nom::sequence::{delimited, preceded};
 use nom::{IResult, Parser};
 
 use crate::http_head::{self, HttpRequestHead, HttpResponseHead};
@@ -168,11 +167,16 @@ impl Rules {
 }
 
 /// A checked `Encapsulated` list: heads in order, one body last, offsets
-/// strictly increasing from 0.
+/// strictly increasing from 0. A valid list has at most three entries
+/// (`req-hdr`, `res-hdr`, a body), so they are kept inline.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Encapsulated {
-    entries: Vec<(Section, usize)>,
+    entries: [(Section, usize); 3],
+    len: usize,
 }
+
+/// More raw entries than this cannot be valid (six section names exist).
+const MAX_RAW_ENTRIES: usize = 8;
 
 fn entry(i: &[u8]) -> IResult<&[u8], RawEntry<'_>> {
     let name = take_while1(|b: u8| b.is_ascii_alphabetic() || b == b'-');
@@ -183,9 +187,8 @@ fn entry(i: &[u8]) -> IResult<&[u8], RawEntry<'_>> {
 /// A raw `name=offset` pair.
 type RawEntry<'a> = (&'a [u8], &'a [u8]);
 
-fn list(i: &[u8]) -> IResult<&[u8], Vec<RawEntry<'_>>> {
-    let ows = || take_while_ows;
-    separated_list1(delimited(ows(), char(','), ows()), entry).parse(i)
+fn separator(i: &[u8]) -> IResult<&[u8], char> {
+    delimited(take_while_ows, char(','), take_while_ows).parse(i)
 }
 
 fn take_while_ows(i: &[u8]) -> IResult<&[u8], &[u8]> {
@@ -195,25 +198,37 @@ fn take_while_ows(i: &[u8]) -> IResult<&[u8], &[u8]> {
 impl Encapsulated {
     /// Parses and checks an `Encapsulated` value against the method's rules.
     pub(crate) fn parse(value: &[u8], rules: Rules) -> Result<Encapsulated, Error> {
-        let raw = match list(value) {
-            Ok((b"", raw)) => raw,
-            _ => return Err(Error::InvalidEncapsulated("not a list of section=offset")),
-        };
-        let mut entries = Vec::with_capacity(raw.len());
-        for (name, offset) in raw {
+        const SYNTAX: Error = Error::InvalidEncapsulated("not a list of section=offset");
+        let mut raw = [(&b""[..], &b""[..]); MAX_RAW_ENTRIES];
+        let (mut rest, first) = entry(value).map_err(|_| SYNTAX)?;
+        raw[0] = first;
+        let mut count = 1;
+        while let Ok((after, next)) = preceded(separator, entry).parse(rest) {
+            if count == MAX_RAW_ENTRIES {
+                return Err(Error::InvalidEncapsulated("too many sections"));
+            }
+            raw[count] = next;
+            count += 1;
+            rest = after;
+        }
+        if !rest.is_empty() {
+            return Err(SYNTAX);
+        }
+        let mut entries = [(Section::NullBody, 0); MAX_RAW_ENTRIES];
+        for (slot, (name, offset)) in entries.iter_mut().zip(&raw[..count]) {
             let section = Section::from_name(name)
                 .ok_or(Error::InvalidEncapsulated("unknown section name"))?;
             let offset = decimal(offset)
                 .and_then(|o| usize::try_from(o).ok())
                 .ok_or(Error::InvalidEncapsulated("offset too large"))?;
-            entries.push((section, offset));
+            *slot = (section, offset);
         }
-        Self::check(entries, rules)
+        Self::check(&entries[..count], rules)
     }
 
-    fn check(entries: Vec<(Section, usize)>, rules: Rules) -> Result<Encapsulated, Error> {
+    fn check(entries: &[(Section, usize)], rules: Rules) -> Result<Encapsulated, Error> {
         let mut previous: Option<(Section, usize)> = None;
-        for &(section, offset) in &entries {
+        for &(section, offset) in entries {
             if entries.iter().filter(|(s, _)| *s == section).count() > 1 {
                 return Err(Error::InvalidEncapsulated("section repeated"));
             }
@@ -233,19 +248,27 @@ impl Encapsulated {
             previous = Some((section, offset));
         }
         match previous {
-            Some((last, _)) if last.rank() == 2 => Ok(Encapsulated { entries }),
+            // Ranks strictly increase and end at a body: at most three entries.
+            Some((last, _)) if last.rank() == 2 => {
+                let mut kept = [(Section::NullBody, 0); 3];
+                kept[..entries.len()].copy_from_slice(entries);
+                Ok(Encapsulated {
+                    entries: kept,
+                    len: entries.len(),
+                })
+            }
             _ => Err(Error::EncapsulatedNoBody),
         }
     }
 
     /// The entries in order, with their offsets.
     pub fn entries(&self) -> &[(Section, usize)] {
-        &self.entries
+        &self.entries[..self.len]
     }
 
     /// Where the body (or null-body) starts: the total length of the heads.
     pub fn heads_len(&self) -> usize {
-        self.entries.last().map_or(0, |(_, offset)| *offset)
+        self.entries().last().map_or(0, |(_, offset)| *offset)
     }
 
     /// Parses the heads this list points at. `heads` must be exactly
@@ -256,7 +279,7 @@ impl Encapsulated {
             response: None,
             body: Body::Null,
         };
-        for pair in self.entries.windows(2) {
+        for pair in self.entries().windows(2) {
             let [(section, start), (_, end)] = [pair[0], pair[1]];
             let bytes = &heads[start..end];
             match section {
@@ -269,7 +292,7 @@ impl Encapsulated {
                 _ => unreachable!("check() puts the one body section last"),
             }
         }
-        sections.body = match self.entries.last().map(|(s, _)| *s) {
+        sections.body = match self.entries().last().map(|(s, _)| *s) {
             Some(Section::ReqBody) => Body::Request,
             Some(Section::ResBody) => Body::Response,
             Some(Section::OptBody) => Body::Options,
@@ -284,7 +307,7 @@ mod tests {
     use super::*;
 
     fn parse(v: &str, rules: Rules) -> Result<Vec<(Section, usize)>, Error> {
-        Encapsulated::parse(v.as_bytes(), rules).map(|e| e.entries)
+        Encapsulated::parse(v.as_bytes(), rules).map(|e| e.entries().to_vec())
     }
 
     #[test]

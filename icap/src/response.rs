@@ -401,7 +401,10 @@ mod tests {
         );
         assert_eq!(status_line(b"HTTP/1.1 200 OK"), Err(Error::InvalidVersion));
         // Found by fuzzing: "000" is three digits but no status.
-        assert_eq!(status_line(b"ICAP/1.0 000 OK"), Err(Error::InvalidStatusLine("status code below 100")));
+        assert_eq!(
+            status_line(b"ICAP/1.0 000 OK"),
+            Err(Error::InvalidStatusLine("status code below 100"))
+        );
     }
 
     #[test]
