@@ -1,0 +1,108 @@
+//! The page a user sees instead of a blocked file or upload.
+//!
+//! It says what happened in words a user can act on, shows the URL (escaped)
+//! and the scan id to quote to the help desk, and is never cached.
+
+use http::StatusCode;
+
+use crate::model::{BlockReason, ScanId};
+
+/// A rendered block page.
+#[derive(Debug, Clone)]
+pub struct BlockPage {
+    /// The HTTP status the user's browser gets.
+    pub status: StatusCode,
+    /// The HTML.
+    pub html: String,
+}
+
+/// Escapes text for HTML content and attribute values.
+pub fn escape_html(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 16);
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// Renders the page for a blocked message.
+pub fn render(reason: &BlockReason, url: &str, id: &ScanId) -> BlockPage {
+    let (status, title, detail) = match reason {
+        BlockReason::Infected(signatures) => (
+            StatusCode::FORBIDDEN,
+            "Blocked: malware found",
+            format!(
+                "The file you tried to transfer contains malware and was blocked.<br>Detected: <b>{}</b>",
+                escape_html(&signatures.join(", "))
+            ),
+        ),
+        BlockReason::TooLarge { limit } => (
+            StatusCode::FORBIDDEN,
+            "Blocked: too large to scan",
+            format!(
+                "The file is larger than the {} that can be scanned for malware, so it was blocked.",
+                escape_html(&human_size(*limit))
+            ),
+        ),
+        BlockReason::ScannerUnavailable => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Blocked: virus scanner unavailable",
+            "The virus scanner could not check this transfer, so it was blocked. Please try again in a few minutes."
+                .to_owned(),
+        ),
+    };
+    let html = format!(
+        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{title}</title>\
+         <style>body{{font-family:sans-serif;max-width:42em;margin:3em auto;padding:0 1em;color:#222}}\
+         h1{{color:#b00020;font-size:1.5em}}code{{word-break:break-all}}</style></head>\n\
+         <body><h1>{title}</h1>\n<p>{detail}</p>\n<p>URL: <code>{url}</code></p>\n\
+         <p>Reference: <code>{id}</code></p>\n<p><small>virus-scanner</small></p></body></html>\n",
+        url = escape_html(url),
+        id = escape_html(id.as_str()),
+    );
+    BlockPage { status, html }
+}
+
+/// `25 MiB`, `512 KiB`, `300 bytes`.
+pub fn human_size(n: u64) -> String {
+    const UNITS: [(u64, &str); 3] = [(1 << 30, "GiB"), (1 << 20, "MiB"), (1 << 10, "KiB")];
+    for (size, unit) in UNITS {
+        if n >= size && n % size == 0 {
+            return format!("{} {unit}", n / size);
+        }
+    }
+    format!("{n} bytes")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pages_escape_and_name_the_threat() {
+        let id = ScanId::next();
+        let page = render(
+            &BlockReason::Infected(vec!["Eicar-Test-Signature.UNOFFICIAL".into()]),
+            "http://x/<script>\"",
+            &id,
+        );
+        assert_eq!(page.status, StatusCode::FORBIDDEN);
+        assert!(page.html.contains("Eicar-Test-Signature.UNOFFICIAL"));
+        assert!(page.html.contains("http://x/&lt;script&gt;&quot;"));
+        assert!(!page.html.contains("<script>"));
+        assert!(page.html.contains(id.as_str()));
+        let page = render(&BlockReason::TooLarge { limit: 25 << 20 }, "u", &id);
+        assert!(page.html.contains("25 MiB"));
+        assert_eq!(
+            render(&BlockReason::ScannerUnavailable, "u", &id).status,
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+    }
+}

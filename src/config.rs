@@ -1,0 +1,255 @@
+//! Every setting, with its default, its flag and its environment variable.
+//!
+//! clap reads each from a flag or the environment (flags win); `validate()`
+//! checks what clap cannot, and a bad setting exits with code 64 (EX_USAGE)
+//! and a message that names it.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use clap::Args;
+
+use crate::policy::{FailureMode, HostPattern, Policy, TooLargeAction};
+use crate::scan::clamd::{ClamdAddr, ClamdOptions};
+
+/// Parses `25M`, `32K`, `1G` or a plain byte count (binary units).
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let (digits, unit) = match s.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => s.split_at(i),
+        None => (s, ""),
+    };
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size (e.g. 25M, 512K, 1048576)"))?;
+    let shift = match unit
+        .trim()
+        .to_ascii_uppercase()
+        .trim_end_matches("IB")
+        .trim_end_matches('B')
+    {
+        "" => 0,
+        "K" => 10,
+        "M" => 20,
+        "G" => 30,
+        _ => return Err(format!("{s:?}: unknown unit (use K, M or G)")),
+    };
+    n.checked_mul(1 << shift)
+        .ok_or_else(|| format!("{s:?} is too large"))
+}
+
+/// Parses `500ms`, `10s`, `2m`, `1h` or plain seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (digits, unit) = match s.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => s.split_at(i),
+        None => (s, "s"),
+    };
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration (e.g. 500ms, 10s, 2m)"))?;
+    Ok(match unit {
+        "ms" => Duration::from_millis(n),
+        "s" => Duration::from_secs(n),
+        "m" => Duration::from_secs(n * 60),
+        "h" => Duration::from_secs(n * 3600),
+        _ => return Err(format!("{s:?}: unknown unit (use ms, s, m or h)")),
+    })
+}
+
+fn parse_hosts(s: &str) -> Result<HostList, String> {
+    let hosts = s
+        .split(',')
+        .filter(|h| !h.trim().is_empty())
+        .map(str::parse)
+        .collect::<Result<Vec<HostPattern>, _>>()?;
+    Ok(HostList(hosts))
+}
+
+/// A comma-separated host list.
+#[derive(Debug, Clone, Default)]
+pub struct HostList(pub Vec<HostPattern>);
+
+/// Which ICAP methods the scanning services accept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Methods {
+    /// REQMOD (uploads) and RESPMOD (downloads).
+    Both,
+    /// Only REQMOD: RESPMOD gets 405.
+    Reqmod,
+    /// Only RESPMOD: REQMOD gets 405.
+    Respmod,
+}
+
+/// Settings of the scanning: clamd and policy.
+#[derive(Debug, Clone, Args)]
+pub struct ScanConfig {
+    /// clamd's address: tcp://host:port or unix:///path/to/clamd.sock.
+    #[arg(long, env = "CLAMD_URL", default_value = "tcp://127.0.0.1:3310", value_parser = str::parse::<ClamdAddr>)]
+    pub clamd_url: ClamdAddr,
+
+    /// Scans at once; keep at or below clamd's MaxThreads.
+    #[arg(long, env = "CLAMD_MAX_CONCURRENCY", default_value_t = 10)]
+    pub clamd_max_concurrency: usize,
+
+    /// Timeout for connecting to clamd and for each write to it.
+    #[arg(long, env = "CLAMD_CONNECT_TIMEOUT", default_value = "2s", value_parser = parse_duration)]
+    pub clamd_connect_timeout: Duration,
+
+    /// Timeout for clamd's verdict once the body is sent.
+    #[arg(long, env = "CLAMD_SCAN_TIMEOUT", default_value = "120s", value_parser = parse_duration)]
+    pub clamd_scan_timeout: Duration,
+
+    /// On a unix socket, complete bodies up to this size go to clamd as a
+    /// file descriptor (FILDES); larger ones stream (INSTREAM).
+    #[arg(long, env = "FILDES_MAX", default_value = "256K", value_parser = parse_size)]
+    pub fildes_max: u64,
+
+    /// The largest body scanned. Keep it at or below clamd's StreamMaxLength
+    /// (25M by default in clamd.conf).
+    #[arg(long, env = "MAX_SCAN_SIZE", default_value = "25M", value_parser = parse_size)]
+    pub max_scan_size: u64,
+
+    /// What to do with a body over MAX_SCAN_SIZE: block it with a page that
+    /// says why, or allow it unscanned (marked with a header and logged).
+    #[arg(long, env = "TOO_LARGE", value_enum, default_value = "block")]
+    pub too_large: TooLargeAction,
+
+    /// When clamd is down, slow or failing: closed blocks with a "scanner
+    /// unavailable" page; open lets the message through, marked and logged.
+    #[arg(long, env = "FAIL_MODE", value_enum, default_value = "closed")]
+    pub fail_mode: FailureMode,
+
+    /// Hosts not scanned, comma-separated: exact names or .suffix (for a
+    /// domain and all below it).
+    #[arg(long, env = "TRUSTED_HOSTS", default_value = "", value_parser = parse_hosts)]
+    pub trusted_hosts: HostList,
+}
+
+impl ScanConfig {
+    /// The clamd client options.
+    pub fn clamd_options(&self) -> ClamdOptions {
+        ClamdOptions {
+            connect_timeout: self.clamd_connect_timeout,
+            scan_timeout: self.clamd_scan_timeout,
+            max_concurrency: self.clamd_max_concurrency,
+            fildes_max: self.fildes_max as usize,
+        }
+    }
+
+    /// The policy.
+    pub fn policy(&self) -> Policy {
+        Policy {
+            trusted_hosts: self.trusted_hosts.0.clone(),
+            failure_mode: self.fail_mode,
+            too_large: self.too_large,
+            max_scan_size: self.max_scan_size,
+        }
+    }
+
+    /// Checks what clap cannot.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.max_scan_size == 0 {
+            return Err("MAX_SCAN_SIZE must be more than 0".into());
+        }
+        if self.clamd_max_concurrency == 0 {
+            return Err("CLAMD_MAX_CONCURRENCY must be at least 1".into());
+        }
+        if self.fildes_max > 64 << 20 {
+            return Err("FILDES_MAX must be at most 64M (the body is held in memory)".into());
+        }
+        Ok(())
+    }
+}
+
+/// Settings of the ICAP server.
+#[derive(Debug, Clone, Args)]
+pub struct IcapConfig {
+    /// Address to listen on.
+    #[arg(long, env = "LISTEN_ADDR", default_value = "0.0.0.0")]
+    pub listen_addr: IpAddr,
+
+    /// ICAP port.
+    #[arg(long, env = "ICAP_PORT", default_value_t = 1344)]
+    pub icap_port: u16,
+
+    /// Which methods the services accept (the other gets 405).
+    #[arg(long, env = "ICAP_METHODS", value_enum, default_value = "both")]
+    pub icap_methods: Methods,
+
+    /// Connections at once; beyond, the answer is 503. Advertised as
+    /// Max-Connections.
+    #[arg(long, env = "MAX_CONNECTIONS", default_value_t = 500)]
+    pub max_connections: usize,
+
+    /// Preview size advertised in OPTIONS.
+    #[arg(long, env = "PREVIEW_SIZE", default_value = "1K", value_parser = parse_size)]
+    pub preview_size: u64,
+
+    /// Options-TTL advertised in OPTIONS: how long Squid trusts the answer
+    /// (and the ISTag in it).
+    #[arg(long, env = "OPTIONS_TTL", default_value = "5m", value_parser = parse_duration)]
+    pub options_ttl: Duration,
+
+    /// For a body that must be sent back whole (no Allow: 204), how many
+    /// bytes are held before the answer starts; that many of the newest bytes
+    /// stay held back until the verdict. Smaller keeps Squid's downloads
+    /// flowing (Squid 5 stalls a server that waits for the whole body); a
+    /// body that ends within it can still get a block page, a larger one is
+    /// cut off before its end if infected.
+    #[arg(long, env = "ECHO_HOLD", default_value = "32K", value_parser = parse_size)]
+    pub echo_hold: u64,
+
+    /// Time allowed for a request head once its first byte has arrived.
+    #[arg(long, env = "HEAD_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub head_timeout: Duration,
+
+    /// Time allowed between two reads of a body.
+    #[arg(long, env = "BODY_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    pub body_timeout: Duration,
+
+    /// How long an idle connection is kept open.
+    #[arg(long, env = "IDLE_TIMEOUT", default_value = "10m", value_parser = parse_duration)]
+    pub idle_timeout: Duration,
+
+    /// On SIGTERM, how long transactions in flight may take to finish.
+    #[arg(long, env = "SHUTDOWN_GRACE", default_value = "30s", value_parser = parse_duration)]
+    pub shutdown_grace: Duration,
+
+    /// How often clamd's version is asked for (the ISTag follows it).
+    #[arg(long, env = "VERSION_REFRESH", default_value = "60s", value_parser = parse_duration)]
+    pub version_refresh: Duration,
+}
+
+impl IcapConfig {
+    /// Checks what clap cannot.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.max_connections == 0 {
+            return Err("MAX_CONNECTIONS must be at least 1".into());
+        }
+        if self.echo_hold == 0 || self.echo_hold > 16 << 20 {
+            return Err("ECHO_HOLD must be between 1 byte and 16M".into());
+        }
+        if self.preview_size > icap::Limits::DEFAULT.max_preview {
+            return Err("PREVIEW_SIZE must be at most 1M".into());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_and_durations() {
+        assert_eq!(parse_size("25M"), Ok(25 << 20));
+        assert_eq!(parse_size("32KiB"), Ok(32 << 10));
+        assert_eq!(parse_size("100"), Ok(100));
+        assert!(parse_size("12X").is_err());
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("10"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert!(parse_duration("soon").is_err());
+    }
+}

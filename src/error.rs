@@ -1,0 +1,74 @@
+//! Errors of the scanning service: where they came from, and whether trying
+//! again can help.
+//!
+//! Frontends do not match on these to pick a wire answer one by one: a scan
+//! error becomes a [`crate::model::Verdict::Error`], and the failure mode
+//! decides what the user sees.
+
+use std::io;
+use std::time::Duration;
+
+/// Who is at fault.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// The proxy or client sent something wrong.
+    Client,
+    /// The scanner (clamd) or the queue failed.
+    Backend,
+    /// A bug or resource problem here.
+    Internal,
+}
+
+/// Why a scan did not produce a verdict.
+#[derive(Debug, thiserror::Error)]
+pub enum ScanError {
+    /// clamd could not be reached.
+    #[error("cannot connect to clamd at {addr}: {source}")]
+    Connect {
+        /// The address tried.
+        addr: String,
+        /// The cause.
+        source: io::Error,
+    },
+    /// clamd took longer than allowed.
+    #[error("clamd {what} timed out after {after:?}")]
+    Timeout {
+        /// What was being waited for.
+        what: &'static str,
+        /// How long.
+        after: Duration,
+    },
+    /// The connection to clamd failed midway.
+    #[error("clamd connection failed: {0}")]
+    Io(#[from] io::Error),
+    /// clamd answered with an error line.
+    #[error("clamd error: {0}")]
+    Clamd(String),
+    /// clamd's answer could not be understood.
+    #[error("unexpected clamd reply: {0:?}")]
+    Protocol(String),
+}
+
+impl ScanError {
+    /// Where the error came from.
+    pub fn origin(&self) -> Origin {
+        Origin::Backend
+    }
+
+    /// Whether the same scan might succeed if tried again (on another
+    /// connection or after clamd restarts).
+    pub fn retryable(&self) -> bool {
+        !matches!(self, ScanError::Clamd(_) | ScanError::Protocol(_))
+    }
+
+    /// A short label for logs and metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ScanError::Connect { .. } => "connect",
+            ScanError::Timeout { .. } => "timeout",
+            ScanError::Io(_) => "io",
+            ScanError::Clamd(_) => "clamd_error",
+            ScanError::Protocol(_) => "protocol",
+        }
+    }
+}

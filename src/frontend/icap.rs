@@ -1,0 +1,892 @@
+//! The ICAP server: bytes from Squid, through the codec, into the scan
+//! pipeline, and an answer back (RFC 3507).
+//!
+//! One task per connection; connections are kept alive between
+//! transactions. For REQMOD and RESPMOD the body streams into the scanner as
+//! it arrives. The answer follows what Squid accepts (see
+//! `shared/PROTOCOL-NOTES.md`): 204 only as the answer to a preview or with
+//! `Allow: 204`, never `100 Continue` after `ieof`, and for a body that has to
+//! be sent back whole, the `200` starts before the scan ends (Squid 5 stalls
+//! otherwise) while the newest bytes are held back; an infected body that has
+//! started is cut off before its end, never completed.
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::header::{HeaderMap, HeaderName, HeaderValue};
+use icap::{
+    encode_chunk, encode_last_chunk, encode_response, Body, ChunkedDecoder, Event,
+    HttpResponseHead, LastChunk, Limits, Method, Request, Response, Sections, ServiceOptions,
+    StatusCode,
+};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Semaphore};
+use tokio::time::timeout;
+
+use crate::blockpage;
+use crate::config::{IcapConfig, Methods};
+use crate::model::{BlockReason, Decision, Direction, ScanId, ScanRequest, SkipReason, Verdict};
+use crate::policy::{Policy, TooLargeAction};
+use crate::scan::Scanner;
+
+/// Service names this server answers to: its own, and those of c-icap's
+/// virus_scan, c-icap's srv_clamav and squidclamav, so that an existing
+/// squid.conf keeps working.
+pub const SERVICES: &[&str] = &["avscan", "virus_scan", "srv_clamav", "squidclamav"];
+
+/// What every connection shares.
+pub struct IcapService {
+    config: IcapConfig,
+    scanner: Scanner,
+    policy: Policy,
+    limits: Limits,
+}
+
+impl IcapService {
+    /// A service scanning with `scanner` under `policy`.
+    pub fn new(config: IcapConfig, scanner: Scanner, policy: Policy) -> IcapService {
+        IcapService {
+            config,
+            scanner,
+            policy,
+            limits: Limits::DEFAULT,
+        }
+    }
+
+    /// The current ISTag: follows clamd's version (engine and signatures).
+    pub async fn istag(&self) -> String {
+        match self.scanner.version().await {
+            Some(v) => format!("VS-{:016x}", fnv1a(v.as_bytes())),
+            None => "VS-unknown".to_owned(),
+        }
+    }
+
+    fn offers(&self, method: Method) -> bool {
+        match (self.config.icap_methods, method) {
+            (_, Method::Options) => true,
+            (Methods::Both, _) => true,
+            (Methods::Reqmod, m) => m == Method::Reqmod,
+            (Methods::Respmod, m) => m == Method::Respmod,
+        }
+    }
+
+    async fn options(&self) -> Response {
+        let methods = match self.config.icap_methods {
+            Methods::Both => vec![Method::Respmod, Method::Reqmod],
+            Methods::Reqmod => vec![Method::Reqmod],
+            Methods::Respmod => vec![Method::Respmod],
+        };
+        ServiceOptions {
+            methods,
+            service: format!("virus-scanner/{} (ClamAV)", env!("CARGO_PKG_VERSION")),
+            istag: self.istag().await,
+            max_connections: Some(self.config.max_connections as u32),
+            options_ttl: Some(self.config.options_ttl.as_secs() as u32),
+            allow_204: true,
+            allow_206: false,
+            preview: Some(self.config.preview_size),
+            transfer_preview: Some("*".to_owned()),
+            transfer_ignore: None,
+            transfer_complete: None,
+            date: std::time::SystemTime::now(),
+        }
+        .response()
+    }
+}
+
+/// FNV-1a: a stable short hash for the ISTag.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// Serves ICAP on `listener` until `shutdown` completes, then lets the
+/// transactions in flight finish (within the configured grace) and returns.
+pub async fn run(
+    listener: TcpListener,
+    service: Arc<IcapService>,
+    shutdown: impl Future<Output = ()>,
+) -> io::Result<()> {
+    let max = service.config.max_connections;
+    let slots = Arc::new(Semaphore::new(max));
+    let (drain_tx, drain_rx) = watch::channel(false);
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of descriptors and the like: wait rather than spin.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let service = service.clone();
+        match slots.clone().try_acquire_owned() {
+            Ok(permit) => {
+                let drain = drain_rx.clone();
+                tokio::spawn(async move {
+                    Connection::new(stream, peer, service, drain).serve().await;
+                    drop(permit);
+                });
+            }
+            Err(_) => {
+                tracing::warn!(%peer, max, "connection refused: Max-Connections reached");
+                tokio::spawn(async move { refuse(stream, &service).await });
+            }
+        }
+    }
+    let _ = drain_tx.send(true);
+    drop(listener);
+    let grace = service.config.shutdown_grace;
+    tracing::info!(?grace, "shutting down: draining connections");
+    if timeout(grace, slots.acquire_many(max as u32))
+        .await
+        .is_err()
+    {
+        tracing::warn!("shutdown grace over with transactions still in flight");
+    }
+    Ok(())
+}
+
+/// Answers 503 to a connection over the limit, and closes it.
+async fn refuse<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, service: &IcapService) {
+    let mut res = Response::error(StatusCode::SERVICE_UNAVAILABLE, &service.istag().await);
+    res.headers
+        .insert("connection", HeaderValue::from_static("close"));
+    let mut out = Vec::new();
+    encode_response(&res, &mut out);
+    let _ = timeout(Duration::from_secs(5), stream.write_all(&out)).await;
+    let _ = stream.shutdown().await;
+}
+
+/// Why a transaction ended without a complete answer.
+#[derive(Debug)]
+enum Failure {
+    /// The client closed, or the socket failed.
+    Io(io::Error),
+    /// The client was too slow.
+    Timeout(&'static str),
+    /// The client sent something malformed.
+    Protocol(icap::Error),
+    /// An answer had started and cannot be completed (an infected body
+    /// that was being echoed): the connection is closed mid-answer.
+    Abort(&'static str),
+}
+
+impl From<io::Error> for Failure {
+    fn from(e: io::Error) -> Self {
+        Failure::Io(e)
+    }
+}
+
+impl From<icap::Error> for Failure {
+    fn from(e: icap::Error) -> Self {
+        Failure::Protocol(e)
+    }
+}
+
+/// Whether the connection stays open after a transaction.
+#[derive(Debug, PartialEq, Eq)]
+enum After {
+    KeepAlive,
+    Close,
+}
+
+struct Connection<S> {
+    io: S,
+    buf: BytesMut,
+    peer: SocketAddr,
+    service: Arc<IcapService>,
+    drain: watch::Receiver<bool>,
+    /// Whether any byte of the current transaction's answer has been written.
+    answered: bool,
+}
+
+/// The read size: a typical Squid chunk, and the codec's head limit fits.
+const READ_SIZE: usize = 64 * 1024;
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
+    fn new(
+        io: S,
+        peer: SocketAddr,
+        service: Arc<IcapService>,
+        drain: watch::Receiver<bool>,
+    ) -> Self {
+        Connection {
+            io,
+            buf: BytesMut::with_capacity(READ_SIZE),
+            peer,
+            service,
+            drain,
+            answered: false,
+        }
+    }
+
+    async fn serve(mut self) {
+        loop {
+            self.answered = false;
+            let outcome = match self.read_head().await {
+                Ok(Some((req, used))) => {
+                    self.buf.advance(used);
+                    self.transaction(req).await
+                }
+                Ok(None) => break,
+                Err(f) => Err(f),
+            };
+            match outcome {
+                Ok(After::KeepAlive) if !*self.drain.borrow() => continue,
+                Ok(_) => break,
+                Err(failure) => {
+                    self.fail(failure).await;
+                    break;
+                }
+            }
+        }
+        let _ = timeout(Duration::from_secs(1), self.io.shutdown()).await;
+    }
+
+    /// Logs a failed transaction and, when nothing was answered yet, says
+    /// why with the right status before closing.
+    async fn fail(&mut self, failure: Failure) {
+        let status = match &failure {
+            Failure::Io(e) => {
+                tracing::debug!(peer = %self.peer, error = %e, "connection closed");
+                None
+            }
+            Failure::Timeout(what) => {
+                tracing::warn!(peer = %self.peer, what, "ICAP client too slow");
+                Some(StatusCode::REQUEST_TIMEOUT)
+            }
+            Failure::Protocol(e) => {
+                tracing::warn!(peer = %self.peer, error = %e, status = e.status().0, "malformed ICAP request");
+                Some(e.status())
+            }
+            Failure::Abort(why) => {
+                tracing::warn!(peer = %self.peer, why, "answer cut off: connection closed mid-body");
+                None
+            }
+        };
+        if let (Some(status), false) = (status, self.answered) {
+            let mut res = Response::error(status, &self.service.istag().await);
+            res.headers
+                .insert("connection", HeaderValue::from_static("close"));
+            let _ = self.send(&res).await;
+        }
+    }
+
+    /// Reads more bytes before `deadline`; false at end of input.
+    async fn fill(&mut self, deadline: Instant, what: &'static str) -> Result<bool, Failure> {
+        self.buf.reserve(READ_SIZE);
+        let left = deadline.saturating_duration_since(Instant::now());
+        match timeout(left, self.io.read_buf(&mut self.buf)).await {
+            Ok(Ok(0)) => Ok(false),
+            Ok(Ok(_)) => Ok(true),
+            Ok(Err(e)) => Err(Failure::Io(e)),
+            Err(_) => Err(Failure::Timeout(what)),
+        }
+    }
+
+    /// Waits for the next request head: the idle timeout until its first
+    /// byte, the head timeout after. `None` when the client closed, went
+    /// idle for too long, or the server is draining.
+    async fn read_head(&mut self) -> Result<Option<(Request, usize)>, Failure> {
+        let config = &self.service.config;
+        if self.buf.is_empty() {
+            let idle = config.idle_timeout;
+            let mut drain = self.drain.clone();
+            if *drain.borrow() {
+                return Ok(None);
+            }
+            self.buf.reserve(READ_SIZE);
+            tokio::select! {
+                read = timeout(idle, self.io.read_buf(&mut self.buf)) => match read {
+                    Ok(Ok(0)) | Err(_) => return Ok(None),
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => return Err(Failure::Io(e)),
+                },
+                _ = drain.changed() => return Ok(None),
+            }
+        }
+        let deadline = Instant::now() + config.head_timeout;
+        loop {
+            if let Some(parsed) = icap::parse_request(&self.buf, &self.service.limits)? {
+                return Ok(Some(parsed));
+            }
+            if !self.fill(deadline, "head").await? {
+                return Err(Failure::Protocol(icap::Error::Truncated));
+            }
+        }
+    }
+
+    async fn write(&mut self, bytes: &[u8]) -> Result<(), Failure> {
+        self.answered = true;
+        let t = self.service.config.body_timeout;
+        match timeout(t, self.io.write_all(bytes)).await {
+            Ok(r) => r.map_err(Failure::Io),
+            Err(_) => Err(Failure::Timeout("write")),
+        }
+    }
+
+    async fn send(&mut self, res: &Response) -> Result<(), Failure> {
+        let mut out = Vec::with_capacity(512);
+        encode_response(res, &mut out);
+        self.write(&out).await
+    }
+
+    /// The next piece of body, or the last chunk.
+    async fn next_chunk(&mut self, dec: &mut ChunkedDecoder) -> Result<Chunk, Failure> {
+        let deadline = Instant::now() + self.service.config.body_timeout;
+        loop {
+            let step = dec.decode(&self.buf)?;
+            let consumed = step.consumed;
+            match step.event {
+                Some(Event::Data(d)) => {
+                    let n = d.len();
+                    let frame = self.buf.split_to(consumed).freeze();
+                    return Ok(Chunk::Data(frame.slice(consumed - n..)));
+                }
+                Some(Event::End(last)) => {
+                    self.buf.advance(consumed);
+                    return Ok(Chunk::End(last));
+                }
+                None => {
+                    self.buf.advance(consumed);
+                    if !self.fill(deadline, "body").await? {
+                        return Err(Failure::Protocol(icap::Error::Truncated));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Reads and drops the rest of a body the answer no longer needs.
+    async fn drain_body(&mut self, dec: &mut ChunkedDecoder) -> Result<(), Failure> {
+        while let Chunk::Data(_) = self.next_chunk(dec).await? {}
+        Ok(())
+    }
+
+    async fn transaction(&mut self, req: Request) -> Result<After, Failure> {
+        let service = self.service.clone();
+        let known = SERVICES.contains(&req.uri.service.as_str());
+        let status = if !known {
+            Some(StatusCode::NOT_FOUND)
+        } else if !service.offers(req.method) {
+            Some(StatusCode::METHOD_NOT_ALLOWED)
+        } else {
+            None
+        };
+        if let Some(status) = status {
+            tracing::info!(peer = %self.peer, method = req.method.as_str(), service = %req.uri.service, status = status.0, "refused");
+            // The body, if any, was never asked for; closing keeps the
+            // stream in step whatever the client sends next.
+            let mut res = Response::error(status, &service.istag().await);
+            res.headers
+                .insert("connection", HeaderValue::from_static("close"));
+            self.send(&res).await?;
+            return Ok(After::Close);
+        }
+        if req.method == Method::Options {
+            if req.has_body() {
+                let mut dec = ChunkedDecoder::new(service.limits);
+                self.drain_body(&mut dec).await?;
+            }
+            let res = service.options().await;
+            self.send(&res).await?;
+            return Ok(After::KeepAlive);
+        }
+        Transaction::new(self, req).run().await
+    }
+}
+
+/// A piece of body, or its end.
+enum Chunk {
+    Data(Bytes),
+    End(LastChunk),
+}
+
+/// One REQMOD or RESPMOD.
+struct Transaction<'c, S> {
+    conn: &'c mut Connection<S>,
+    req: Request,
+    scan: ScanRequest,
+    started: Instant,
+    /// Body bytes kept for an answer that must send the body back, and
+    /// whether that answer has begun.
+    echo: Echo,
+}
+
+/// The body an answer may have to send back (no `Allow: 204`).
+struct Echo {
+    /// Whether the body must be kept at all.
+    needed: bool,
+    held: std::collections::VecDeque<Bytes>,
+    held_len: usize,
+    /// The `200` head has gone out; from now on held bytes drain as they
+    /// exceed the hold.
+    started: bool,
+}
+
+impl<'c, S: AsyncRead + AsyncWrite + Unpin> Transaction<'c, S> {
+    fn new(conn: &'c mut Connection<S>, req: Request) -> Self {
+        let scan = scan_request(&req);
+        let needed = !req.allow.no_content;
+        Transaction {
+            conn,
+            req,
+            scan,
+            started: Instant::now(),
+            echo: Echo {
+                needed,
+                held: Default::default(),
+                held_len: 0,
+                started: false,
+            },
+        }
+    }
+
+    fn service(&self) -> Arc<IcapService> {
+        self.conn.service.clone()
+    }
+
+    async fn run(mut self) -> Result<After, Failure> {
+        let service = self.service();
+        let policy = &service.policy;
+        if !self.req.has_body() {
+            // null-body: with or without `Preview: 0`, no chunk follows.
+            return self
+                .finish(Verdict::NotScanned(SkipReason::NoBody), true)
+                .await;
+        }
+        let declared_too_large = self
+            .scan
+            .declared_length
+            .is_some_and(|n| n > policy.max_scan_size);
+        let skip = if policy.is_trusted(self.scan.host.as_deref()) {
+            Some(Verdict::NotScanned(SkipReason::Trusted))
+        } else if declared_too_large {
+            Some(Verdict::TooLarge {
+                limit: policy.max_scan_size,
+            })
+        } else {
+            None
+        };
+        let mut dec = match self.req.preview {
+            Some(p) => ChunkedDecoder::preview(service.limits, p),
+            None => ChunkedDecoder::new(service.limits),
+        };
+        if let Some(verdict) = skip {
+            return self.without_scan(verdict, &mut dec).await;
+        }
+        let mut session = service.scanner.session();
+        let mut whole_in_preview = false;
+        if self.req.preview.is_some() {
+            loop {
+                match self.conn.next_chunk(&mut dec).await? {
+                    Chunk::Data(data) => {
+                        session.write(&data).await;
+                        self.echo.push(data);
+                    }
+                    Chunk::End(last) => {
+                        whole_in_preview = last.ieof;
+                        break;
+                    }
+                }
+            }
+            if !whole_in_preview {
+                if session.is_too_large() && policy.too_large == TooLargeAction::Block {
+                    // Answering the preview: the client sends nothing more.
+                    return self.finish(session.finish().await, true).await;
+                }
+                self.conn.write(b"ICAP/1.0 100 Continue\r\n\r\n").await?;
+                dec.reset();
+            }
+        }
+        if !whole_in_preview {
+            loop {
+                match self.conn.next_chunk(&mut dec).await? {
+                    Chunk::Data(data) => {
+                        session.write(&data).await;
+                        if session.is_too_large()
+                            && policy.too_large == TooLargeAction::Block
+                            && !self.echo.started
+                        {
+                            let verdict = Verdict::TooLarge {
+                                limit: policy.max_scan_size,
+                            };
+                            self.finish(verdict, false).await?;
+                            self.conn.drain_body(&mut dec).await?;
+                            return Ok(After::KeepAlive);
+                        }
+                        self.echo.push(data);
+                        self.trickle().await?;
+                    }
+                    Chunk::End(_) => break,
+                }
+            }
+        }
+        let verdict = session.finish().await;
+        self.finish(verdict, whole_in_preview).await
+    }
+
+    /// Trusted hosts and bodies let through by size: no scan, the quickest
+    /// answer the protocol allows.
+    async fn without_scan(
+        mut self,
+        verdict: Verdict,
+        dec: &mut ChunkedDecoder,
+    ) -> Result<After, Failure> {
+        let decision = self.service().policy.decide(&verdict);
+        if self.req.preview.is_some() {
+            // Read the preview (it is on its way), then answer it.
+            while let Chunk::Data(data) = self.conn.next_chunk(dec).await? {
+                self.echo.push(data);
+            }
+            return self.answer(&verdict, decision, true).await;
+        }
+        if self.req.allow.no_content || matches!(decision, Decision::Block(_)) {
+            self.answer(&verdict, decision, false).await?;
+            self.conn.drain_body(dec).await?;
+            return Ok(After::KeepAlive);
+        }
+        // The body has to come back whole: pass it through as it arrives.
+        self.log(&verdict, &decision);
+        self.start_echo(&decision).await?;
+        loop {
+            match self.conn.next_chunk(dec).await? {
+                Chunk::Data(data) => {
+                    let mut out = Vec::with_capacity(data.len() + 16);
+                    encode_chunk(&data, &mut out);
+                    self.conn.write(&out).await?;
+                }
+                Chunk::End(_) => break,
+            }
+        }
+        let mut out = Vec::new();
+        encode_last_chunk(&LastChunk::default(), &mut out);
+        self.conn.write(&out).await?;
+        Ok(After::KeepAlive)
+    }
+
+    /// Once more than the hold is kept, starts the `200` and sends all but
+    /// the newest `ECHO_HOLD` bytes.
+    async fn trickle(&mut self) -> Result<(), Failure> {
+        let hold = self.service().config.echo_hold as usize;
+        if !self.echo.needed || self.echo.held_len <= hold {
+            return Ok(());
+        }
+        if !self.echo.started {
+            self.start_echo(&Decision::Allow { unscanned: None })
+                .await?;
+        }
+        let mut out = Vec::new();
+        while self.echo.held_len > hold {
+            let Some(front) = self.echo.held.pop_front() else {
+                break;
+            };
+            let excess = self.echo.held_len - hold;
+            if front.len() <= excess {
+                self.echo.held_len -= front.len();
+                encode_chunk(&front, &mut out);
+            } else {
+                let (send, keep) = (front.slice(..excess), front.slice(excess..));
+                self.echo.held_len -= excess;
+                encode_chunk(&send, &mut out);
+                self.echo.held.push_front(keep);
+            }
+        }
+        self.conn.write(&out).await
+    }
+
+    /// Writes the head of a `200` that sends the message back unchanged.
+    async fn start_echo(&mut self, decision: &Decision) -> Result<(), Failure> {
+        let sections = self
+            .req
+            .sections
+            .as_ref()
+            .expect("REQMOD and RESPMOD carry Encapsulated");
+        let echoed = match self.scan.direction {
+            Direction::Request => Sections {
+                request: sections.request.clone(),
+                response: None,
+                body: Body::Request,
+            },
+            Direction::Response => Sections {
+                request: None,
+                response: sections.response.clone(),
+                body: Body::Response,
+            },
+        };
+        let istag = self.service().istag().await;
+        let mut res = Response::with_istag(StatusCode::OK, &istag, echoed);
+        mark(&mut res.headers, decision);
+        self.echo.started = true;
+        self.conn.send(&res).await
+    }
+
+    /// Logs the verdict and answers.
+    async fn finish(&mut self, verdict: Verdict, answers_preview: bool) -> Result<After, Failure> {
+        let decision = self.service().policy.decide(&verdict);
+        self.answer(&verdict, decision, answers_preview).await
+    }
+
+    async fn answer(
+        &mut self,
+        verdict: &Verdict,
+        decision: Decision,
+        answers_preview: bool,
+    ) -> Result<After, Failure> {
+        self.log(verdict, &decision);
+        let istag = self.service().istag().await;
+        match decision {
+            Decision::Block(reason) if self.echo.started => {
+                let _ = reason;
+                Err(Failure::Abort("blocked after the answer had started"))
+            }
+            Decision::Block(reason) => {
+                let res = self.block_response(&reason, &istag);
+                let mut out = Vec::with_capacity(2048);
+                encode_response(&res.0, &mut out);
+                encode_chunk(res.1.as_bytes(), &mut out);
+                encode_last_chunk(&LastChunk::default(), &mut out);
+                self.conn.write(&out).await?;
+                Ok(After::KeepAlive)
+            }
+            Decision::Allow { .. } if self.echo.started => {
+                let mut out = Vec::new();
+                for piece in self.echo.held.drain(..) {
+                    encode_chunk(&piece, &mut out);
+                }
+                encode_last_chunk(&LastChunk::default(), &mut out);
+                self.conn.write(&out).await?;
+                Ok(After::KeepAlive)
+            }
+            decision @ Decision::Allow { .. } => {
+                // 204 answers a preview, or any request that allows it.
+                if answers_preview || self.req.allow.no_content {
+                    let mut res = Response::no_content(&istag);
+                    mark(&mut res.headers, &decision);
+                    self.conn.send(&res).await?;
+                    return Ok(After::KeepAlive);
+                }
+                // Otherwise the whole message goes back: it is all held.
+                if !self.req.has_body() {
+                    let sections = self
+                        .req
+                        .sections
+                        .clone()
+                        .expect("REQMOD and RESPMOD carry Encapsulated");
+                    let mut res = Response::with_istag(StatusCode::OK, &istag, sections);
+                    mark(&mut res.headers, &decision);
+                    self.conn.send(&res).await?;
+                    return Ok(After::KeepAlive);
+                }
+                self.start_echo(&decision).await?;
+                let mut out = Vec::with_capacity(self.echo.held_len + 64);
+                for piece in self.echo.held.drain(..) {
+                    encode_chunk(&piece, &mut out);
+                }
+                encode_last_chunk(&LastChunk::default(), &mut out);
+                self.conn.write(&out).await?;
+                Ok(After::KeepAlive)
+            }
+        }
+    }
+
+    /// A `200` whose encapsulated HTTP response is the block page.
+    fn block_response(&self, reason: &BlockReason, istag: &str) -> (Response, String) {
+        let page = blockpage::render(reason, &self.scan.url, &self.scan.id);
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            "content-type",
+            HeaderValue::from_static("text/html; charset=utf-8"),
+        );
+        headers.insert("content-length", HeaderValue::from(page.html.len()));
+        headers.insert("cache-control", HeaderValue::from_static("no-store"));
+        headers.insert(
+            HeaderName::from_static("x-virus-scanner-reference"),
+            HeaderValue::from_str(self.scan.id.as_str()).expect("ids are ASCII"),
+        );
+        let head = HttpResponseHead {
+            version: http::Version::HTTP_11,
+            status: page.status,
+            reason: page.status.canonical_reason().unwrap_or("").to_owned(),
+            headers,
+        };
+        let sections = Sections {
+            request: None,
+            response: Some(head),
+            body: Body::Response,
+        };
+        let mut res = Response::with_istag(StatusCode::OK, istag, sections);
+        if let BlockReason::Infected(signatures) = reason {
+            let threat = signatures.join(", ");
+            let clean = |s: String| {
+                HeaderValue::from_str(&s).unwrap_or_else(|_| HeaderValue::from_static("unknown"))
+            };
+            res.headers.insert(
+                "x-infection-found",
+                clean(format!("Type=0; Resolution=2; Threat={threat};")),
+            );
+            res.headers.insert("x-virus-id", clean(threat));
+        }
+        (res, page.html)
+    }
+
+    fn log(&self, verdict: &Verdict, decision: &Decision) {
+        let scan = &self.scan;
+        let signature = match verdict {
+            Verdict::Infected { signatures } => signatures.join(","),
+            _ => String::new(),
+        };
+        let error = match verdict {
+            Verdict::Error { message, .. } => message.as_str(),
+            _ => "",
+        };
+        let action = match decision {
+            Decision::Allow { unscanned: None } => "allow",
+            Decision::Allow { unscanned: Some(_) } => "allow-unscanned",
+            Decision::Block(_) => "block",
+        };
+        tracing::info!(
+            id = %scan.id,
+            frontend = "icap",
+            direction = scan.direction.as_str(),
+            client = %scan.client_ip.map(|i| i.to_string()).unwrap_or_default(),
+            user = scan.user.as_deref().unwrap_or(""),
+            url = %scan.url,
+            verdict = verdict.label(),
+            signature = %signature,
+            action,
+            error,
+            ms = self.started.elapsed().as_millis() as u64,
+            "verdict"
+        );
+        if let Decision::Allow {
+            unscanned: Some(reason),
+        } = decision
+        {
+            tracing::warn!(id = %scan.id, url = %scan.url, reason = reason.as_str(), "passed without a scan");
+        }
+    }
+}
+
+impl Echo {
+    fn push(&mut self, data: Bytes) {
+        if self.needed && !data.is_empty() {
+            self.held_len += data.len();
+            self.held.push_back(data);
+        }
+    }
+}
+
+/// Marks an answer that lets a message through unscanned.
+fn mark(headers: &mut HeaderMap, decision: &Decision) {
+    if let Decision::Allow {
+        unscanned: Some(reason),
+    } = decision
+    {
+        let value = format!("not scanned; reason={}", reason.as_str());
+        headers.insert(
+            "x-virus-scanner-warning",
+            HeaderValue::from_str(&value).expect("ASCII"),
+        );
+    }
+}
+
+/// Translates the ICAP request into the internal model.
+fn scan_request(req: &Request) -> ScanRequest {
+    let sections = req.sections.as_ref();
+    let http_req = sections.and_then(|s| s.request.as_ref());
+    let http_res = sections.and_then(|s| s.response.as_ref());
+    let direction = if req.method == Method::Reqmod {
+        Direction::Request
+    } else {
+        Direction::Response
+    };
+    let host_header = http_req
+        .and_then(|h| h.headers.get("host"))
+        .and_then(|v| v.to_str().ok());
+    let target = http_req.map(|h| h.target.as_str()).unwrap_or("");
+    let uri = http_req.and_then(|h| h.uri());
+    let host = uri
+        .as_ref()
+        .and_then(|u| u.host().map(str::to_owned))
+        .or_else(|| host_header.map(|h| strip_port(h).to_owned()))
+        .map(|h| h.trim_matches(['[', ']']).to_ascii_lowercase());
+    let url = match (uri.as_ref().and_then(|u| u.scheme_str()), host_header) {
+        (Some(_), _) | (None, None) => target.to_owned(),
+        (None, Some(h)) => format!("http://{h}{target}"),
+    };
+    let length_of = |headers: &HeaderMap| {
+        headers
+            .get("content-length")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+    };
+    let declared_length = match direction {
+        Direction::Request => http_req.and_then(|h| length_of(&h.headers)),
+        Direction::Response => http_res.and_then(|h| length_of(&h.headers)),
+    };
+    ScanRequest {
+        id: ScanId::next(),
+        direction,
+        method: http_req.map(|h| h.method.clone()),
+        url,
+        host,
+        request_headers: http_req.map(|h| h.headers.clone()),
+        response_status: http_res.map(|h| h.status),
+        declared_length,
+        client_ip: req.client_ip(),
+        user: req.client_username(),
+    }
+}
+
+fn strip_port(host: &str) -> &str {
+    if let Some(bracketed) = host.strip_prefix('[') {
+        return bracketed.split_once(']').map_or(host, |(h, _)| h);
+    }
+    host.rsplit_once(':').map_or(host, |(h, p)| {
+        if p.bytes().all(|b| b.is_ascii_digit()) {
+            h
+        } else {
+            host
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scan_requests_carry_url_host_and_length() {
+        let raw = b"RESPMOD icap://h/avscan ICAP/1.0\r\nX-Client-IP: 10.0.0.7\r\nEncapsulated: req-hdr=0, res-hdr=44, res-body=84\r\n\r\n\
+GET /a/b HTTP/1.1\r\nHost: Files.Example:8080\r\n\r\n\
+HTTP/1.1 200 OK\r\nContent-Length: 12345\r\n\r\n";
+        let (req, _) = icap::parse_request(raw, &Limits::DEFAULT).unwrap().unwrap();
+        let scan = scan_request(&req);
+        assert_eq!(scan.url, "http://Files.Example:8080/a/b");
+        assert_eq!(scan.host.as_deref(), Some("files.example"));
+        assert_eq!(scan.declared_length, Some(12345));
+        assert_eq!(scan.direction, Direction::Response);
+        assert_eq!(scan.client_ip, Some("10.0.0.7".parse().unwrap()));
+    }
+
+    #[test]
+    fn ports_come_off_hosts() {
+        assert_eq!(strip_port("a.b:80"), "a.b");
+        assert_eq!(strip_port("a.b"), "a.b");
+        assert_eq!(strip_port("[::1]:443"), "::1");
+    }
+}

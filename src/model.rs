@@ -1,0 +1,182 @@
+//! The internal model both frontends translate into: what is to be scanned,
+//! what the scanner found, and what the proxy is told to do.
+//!
+//! Nothing here knows ICAP or ext_proc. Preview, `Allow: 204`, ISTag and
+//! processing modes stay in the frontends; a body reaches the scanner as a
+//! stream of `Bytes` pushed into a [`crate::scan::ScanSession`], never as one
+//! buffer.
+
+use std::fmt;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use http::{HeaderMap, Method, StatusCode};
+
+/// Which HTTP message is being scanned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    /// The client's request (an upload): ICAP REQMOD.
+    Request,
+    /// The origin's response (a download): ICAP RESPMOD.
+    Response,
+}
+
+impl Direction {
+    /// `request` or `response`, for logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Direction::Request => "request",
+            Direction::Response => "response",
+        }
+    }
+}
+
+/// A scan's id: unique within a process run, sortable by start time, and
+/// printed on block pages so that a user's report can be found in the logs.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ScanId(String);
+
+impl ScanId {
+    /// The next id.
+    pub fn next() -> ScanId {
+        static COUNTER: AtomicU64 = AtomicU64::new(0);
+        static START: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+        let start = *START.get_or_init(|| {
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs())
+        });
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        ScanId(format!("{start:x}-{n:06x}"))
+    }
+
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for ScanId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// What the frontend knows about a message before its body arrives.
+#[derive(Debug, Clone)]
+pub struct ScanRequest {
+    /// This scan's id.
+    pub id: ScanId,
+    /// Upload or download.
+    pub direction: Direction,
+    /// The HTTP method of the request (also for responses: the request that
+    /// caused them), when known.
+    pub method: Option<Method>,
+    /// The URL, as absolute as the frontend could make it.
+    pub url: String,
+    /// The host the request went to, lower-cased, without port.
+    pub host: Option<String>,
+    /// The HTTP request's header fields, when the frontend has them.
+    pub request_headers: Option<HeaderMap>,
+    /// The HTTP response's status, for downloads.
+    pub response_status: Option<StatusCode>,
+    /// The body length the message declares (`Content-Length`), if any.
+    pub declared_length: Option<u64>,
+    /// The end user's address, as the proxy reported it.
+    pub client_ip: Option<IpAddr>,
+    /// The end user's name, as the proxy reported it.
+    pub user: Option<String>,
+}
+
+/// Why a message was let through without a scan.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SkipReason {
+    /// The host is on the trusted list.
+    Trusted,
+    /// The message has no body.
+    NoBody,
+    /// The body is larger than the scan limit, and policy lets it through.
+    TooLarge,
+    /// The scanner failed, and the failure mode is open.
+    ScannerFailed,
+}
+
+impl SkipReason {
+    /// A short label for logs, headers and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SkipReason::Trusted => "trusted",
+            SkipReason::NoBody => "no-body",
+            SkipReason::TooLarge => "too-large",
+            SkipReason::ScannerFailed => "scanner-failed",
+        }
+    }
+}
+
+/// What the scanner found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Scanned, nothing found.
+    Clean,
+    /// Scanned, and these signatures matched.
+    Infected {
+        /// The signature names, as clamd reports them.
+        signatures: Vec<String>,
+    },
+    /// The body exceeded the scan limit.
+    TooLarge {
+        /// The limit, in bytes.
+        limit: u64,
+    },
+    /// Not scanned, on purpose.
+    NotScanned(SkipReason),
+    /// The scan failed: no verdict.
+    Error {
+        /// A short label (`connect`, `timeout`, ...).
+        kind: &'static str,
+        /// What went wrong.
+        message: String,
+    },
+}
+
+impl Verdict {
+    /// A short label for logs and metrics.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Verdict::Clean => "clean",
+            Verdict::Infected { .. } => "infected",
+            Verdict::TooLarge { .. } => "too-large",
+            Verdict::NotScanned(_) => "not-scanned",
+            Verdict::Error { .. } => "error",
+        }
+    }
+}
+
+/// Why the user sees a block page.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BlockReason {
+    /// Malware was found.
+    Infected(Vec<String>),
+    /// The body was too large to scan, and policy blocks what it cannot scan.
+    TooLarge {
+        /// The limit, in bytes.
+        limit: u64,
+    },
+    /// The scanner failed, and the failure mode is closed.
+    ScannerUnavailable,
+}
+
+/// What the proxy is told to do with the message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// Let the message through unchanged. `warning` is set when it passes
+    /// without a clean scan (a failure with the failure mode open, an
+    /// oversized body allowed by policy): the frontend marks the answer.
+    Allow {
+        /// Why the message passes unscanned, if it does.
+        unscanned: Option<SkipReason>,
+    },
+    /// Replace the message with a block page.
+    Block(BlockReason),
+}

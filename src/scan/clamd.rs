@@ -1,0 +1,520 @@
+//! The clamd client: INSTREAM while a body arrives, FILDES for a body already
+//! in hand on a unix socket, VERSION for the ISTag, PING for readiness.
+//!
+//! Every command uses clamd's `z` form (NUL-terminated) on a connection of
+//! its own. A semaphore keeps the number of scans at once within clamd's
+//! MaxThreads, so that clamd queues nothing of ours behind its own limit.
+
+use std::fmt;
+use std::io::IoSlice;
+use std::mem::MaybeUninit;
+use std::os::fd::AsFd;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use rustix::net::{sendmsg, SendAncillaryBuffer, SendAncillaryMessage, SendFlags};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::{TcpStream, UnixStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::timeout;
+
+use crate::error::ScanError;
+use crate::model::Verdict;
+
+/// Where clamd listens: `tcp://host:port` or `unix:///path`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClamdAddr {
+    /// A TCP address, `host:port`.
+    Tcp(String),
+    /// A unix socket path.
+    Unix(PathBuf),
+}
+
+impl FromStr for ClamdAddr {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if let Some(path) = s.strip_prefix("unix://") {
+            if path.starts_with('/') {
+                return Ok(ClamdAddr::Unix(PathBuf::from(path)));
+            }
+            return Err(format!(
+                "{s:?}: a unix socket needs an absolute path, unix:///run/clamd.sock"
+            ));
+        }
+        let hostport = s.strip_prefix("tcp://").unwrap_or(s);
+        match hostport.rsplit_once(':') {
+            Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => {
+                Ok(ClamdAddr::Tcp(hostport.to_owned()))
+            }
+            _ => Err(format!("{s:?} is neither tcp://host:port nor unix:///path")),
+        }
+    }
+}
+
+impl fmt::Display for ClamdAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ClamdAddr::Tcp(a) => write!(f, "tcp://{a}"),
+            ClamdAddr::Unix(p) => write!(f, "unix://{}", p.display()),
+        }
+    }
+}
+
+/// Timeouts and limits of the client.
+#[derive(Debug, Clone, Copy)]
+pub struct ClamdOptions {
+    /// Connecting, and each write.
+    pub connect_timeout: Duration,
+    /// Waiting for the verdict once the whole body is sent.
+    pub scan_timeout: Duration,
+    /// Scans at once; keep at or below clamd's MaxThreads.
+    pub max_concurrency: usize,
+    /// On a unix socket, bodies up to this size that are already whole are
+    /// passed as a file descriptor (FILDES) instead of streamed.
+    pub fildes_max: usize,
+}
+
+/// A clamd connection over TCP or a unix socket.
+enum Stream {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Unix(s) => Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::Unix(s) => Pin::new(s).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Stream::Unix(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => Pin::new(s).poll_flush(cx),
+            Stream::Unix(s) => Pin::new(s).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Unix(s) => Pin::new(s).poll_shutdown(cx),
+        }
+    }
+}
+
+/// The clamd client. Cheap to clone.
+#[derive(Clone)]
+pub struct Clamd {
+    addr: Arc<ClamdAddr>,
+    options: ClamdOptions,
+    permits: Arc<Semaphore>,
+}
+
+impl fmt::Debug for Clamd {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Clamd({})", self.addr)
+    }
+}
+
+/// clamd replies are short lines; anything longer is not clamd.
+const MAX_REPLY: usize = 4096;
+
+impl Clamd {
+    /// A client for clamd at `addr`.
+    pub fn new(addr: ClamdAddr, options: ClamdOptions) -> Clamd {
+        Clamd {
+            addr: Arc::new(addr),
+            options,
+            permits: Arc::new(Semaphore::new(options.max_concurrency.max(1))),
+        }
+    }
+
+    /// The address.
+    pub fn addr(&self) -> &ClamdAddr {
+        &self.addr
+    }
+
+    /// Whether this client talks to clamd over a unix socket.
+    pub fn is_unix(&self) -> bool {
+        matches!(*self.addr, ClamdAddr::Unix(_))
+    }
+
+    /// The options.
+    pub fn options(&self) -> &ClamdOptions {
+        &self.options
+    }
+
+    async fn connect(&self) -> Result<Stream, ScanError> {
+        let connect = async {
+            match &*self.addr {
+                ClamdAddr::Tcp(a) => TcpStream::connect(a).await.map(|s| {
+                    let _ = s.set_nodelay(true);
+                    Stream::Tcp(s)
+                }),
+                ClamdAddr::Unix(p) => UnixStream::connect(p).await.map(Stream::Unix),
+            }
+        };
+        match timeout(self.options.connect_timeout, connect).await {
+            Ok(Ok(s)) => Ok(s),
+            Ok(Err(source)) => Err(ScanError::Connect {
+                addr: self.addr.to_string(),
+                source,
+            }),
+            Err(_) => Err(ScanError::Timeout {
+                what: "connect",
+                after: self.options.connect_timeout,
+            }),
+        }
+    }
+
+    /// Sends a one-word command and returns the reply line.
+    async fn command(&self, cmd: &str) -> Result<String, ScanError> {
+        let mut s = self.connect().await?;
+        let t = self.options.connect_timeout;
+        timeout(t, s.write_all(format!("z{cmd}\0").as_bytes()))
+            .await
+            .map_err(|_| ScanError::Timeout {
+                what: "command",
+                after: t,
+            })??;
+        read_reply(&mut s, t).await
+    }
+
+    /// `PING`: true when clamd answers `PONG`.
+    pub async fn ping(&self) -> Result<(), ScanError> {
+        match self.command("PING").await?.as_str() {
+            "PONG" => Ok(()),
+            other => Err(ScanError::Protocol(other.to_owned())),
+        }
+    }
+
+    /// `VERSION`: the engine and, with official databases, their version and
+    /// date (`ClamAV 1.4.6/27450/Thu Nov 26 ...`).
+    pub async fn version(&self) -> Result<String, ScanError> {
+        self.command("VERSION").await
+    }
+
+    /// Starts an INSTREAM scan; waits for a free scan slot first.
+    pub async fn instream(&self) -> Result<Instream, ScanError> {
+        let permit = self
+            .permits
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("the semaphore is never closed");
+        let mut stream = self.connect().await?;
+        let t = self.options.connect_timeout;
+        timeout(t, stream.write_all(b"zINSTREAM\0"))
+            .await
+            .map_err(|_| ScanError::Timeout {
+                what: "write",
+                after: t,
+            })??;
+        Ok(Instream {
+            stream,
+            _permit: permit,
+            options: self.options,
+            sent: 0,
+        })
+    }
+
+    /// Scans a body that is already whole: FILDES on a unix socket when it
+    /// is small enough, INSTREAM otherwise.
+    pub async fn scan_whole(&self, body: &[u8]) -> Result<Verdict, ScanError> {
+        if self.is_unix() && body.len() <= self.options.fildes_max {
+            return self.fildes(body).await;
+        }
+        let mut scan = self.instream().await?;
+        scan.send(body).await?;
+        scan.finish().await
+    }
+
+    /// `FILDES`: writes the body to an anonymous memory file and passes its
+    /// descriptor over the unix socket (SCM_RIGHTS). clamd reads it in place.
+    pub async fn fildes(&self, body: &[u8]) -> Result<Verdict, ScanError> {
+        let ClamdAddr::Unix(path) = &*self.addr else {
+            return Err(ScanError::Protocol("FILDES needs a unix socket".into()));
+        };
+        let _permit = self
+            .permits
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("the semaphore is never closed");
+        let file = rustix::fs::memfd_create("virus-scanner-body", rustix::fs::MemfdFlags::CLOEXEC)
+            .map_err(|e| ScanError::Io(e.into()))?;
+        let mut file = std::fs::File::from(file);
+        std::io::Write::write_all(&mut file, body)?;
+        std::io::Seek::rewind(&mut file)?;
+        let stream = match timeout(self.options.connect_timeout, UnixStream::connect(path)).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(source)) => {
+                return Err(ScanError::Connect {
+                    addr: self.addr.to_string(),
+                    source,
+                })
+            }
+            Err(_) => {
+                return Err(ScanError::Timeout {
+                    what: "connect",
+                    after: self.options.connect_timeout,
+                })
+            }
+        };
+        let t = self.options.connect_timeout;
+        let send = async {
+            let mut sent_cmd = false;
+            loop {
+                stream.writable().await?;
+                let res = stream.try_io(tokio::io::Interest::WRITABLE, || {
+                    if !sent_cmd {
+                        rustix::net::send(&stream, b"zFILDES\0", SendFlags::NOSIGNAL)?;
+                        sent_cmd = true;
+                    }
+                    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+                    let mut control = SendAncillaryBuffer::new(&mut space);
+                    let fds = [file.as_fd()];
+                    control.push(SendAncillaryMessage::ScmRights(&fds));
+                    // clamd wants one byte of data with the descriptor.
+                    sendmsg(
+                        &stream,
+                        &[IoSlice::new(b"\0")],
+                        &mut control,
+                        SendFlags::NOSIGNAL,
+                    )?;
+                    Ok(())
+                });
+                match res {
+                    Ok(()) => return Ok::<(), std::io::Error>(()),
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                    Err(e) => return Err(e),
+                }
+            }
+        };
+        timeout(t, send).await.map_err(|_| ScanError::Timeout {
+            what: "write",
+            after: t,
+        })??;
+        let mut stream = Stream::Unix(stream);
+        let reply = read_reply(&mut stream, self.options.scan_timeout).await?;
+        parse_scan_reply(&reply)
+    }
+}
+
+/// Reads one NUL- or newline-terminated reply, or until clamd closes.
+async fn read_reply(s: &mut Stream, limit: Duration) -> Result<String, ScanError> {
+    let mut reply = Vec::with_capacity(64);
+    let read = async {
+        let mut buf = [0u8; 512];
+        loop {
+            let n = s.read(&mut buf).await?;
+            if n == 0 {
+                break;
+            }
+            reply.extend_from_slice(&buf[..n]);
+            if reply.ends_with(b"\0") || reply.ends_with(b"\n") || reply.len() > MAX_REPLY {
+                break;
+            }
+        }
+        Ok::<(), std::io::Error>(())
+    };
+    timeout(limit, read)
+        .await
+        .map_err(|_| ScanError::Timeout {
+            what: "reply",
+            after: limit,
+        })??;
+    let text = String::from_utf8_lossy(&reply);
+    let text = text.trim_end_matches(['\0', '\n']).to_owned();
+    if text.is_empty() {
+        return Err(ScanError::Io(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            "clamd closed without a reply",
+        )));
+    }
+    Ok(text)
+}
+
+/// Reads `stream: OK`, `stream: Name FOUND`, `... ERROR` (also with the
+/// `fd[N]:` or path prefix of other commands).
+pub fn parse_scan_reply(reply: &str) -> Result<Verdict, ScanError> {
+    if let Some(rest) = reply.strip_suffix(" FOUND") {
+        let name = rest.rsplit_once(": ").map_or(rest, |(_, n)| n);
+        return Ok(Verdict::Infected {
+            signatures: vec![name.trim().to_owned()],
+        });
+    }
+    if reply.ends_with(" OK") || reply.ends_with(": OK") {
+        return Ok(Verdict::Clean);
+    }
+    if reply.ends_with("ERROR") {
+        return Err(ScanError::Clamd(reply.to_owned()));
+    }
+    Err(ScanError::Protocol(reply.to_owned()))
+}
+
+/// An INSTREAM scan under way: chunks go to clamd as they arrive.
+pub struct Instream {
+    stream: Stream,
+    _permit: OwnedSemaphorePermit,
+    options: ClamdOptions,
+    sent: u64,
+}
+
+/// The largest INSTREAM chunk: clamd's default StreamMaxLength is far above
+/// it, and it keeps each write to one frame.
+const MAX_CHUNK: usize = 1 << 20;
+
+impl Instream {
+    /// Sends body bytes.
+    pub async fn send(&mut self, data: &[u8]) -> Result<(), ScanError> {
+        for piece in data.chunks(MAX_CHUNK) {
+            let len = (piece.len() as u32).to_be_bytes();
+            let t = self.options.scan_timeout;
+            let write = async {
+                let (mut header, mut body) = (&len[..], piece);
+                while !header.is_empty() || !body.is_empty() {
+                    let n = self
+                        .stream
+                        .write_vectored(&[IoSlice::new(header), IoSlice::new(body)])
+                        .await?;
+                    if n == 0 {
+                        return Err(std::io::Error::from(std::io::ErrorKind::WriteZero));
+                    }
+                    let from_header = n.min(header.len());
+                    header = &header[from_header..];
+                    body = &body[n - from_header..];
+                }
+                Ok::<(), std::io::Error>(())
+            };
+            match timeout(t, write).await {
+                Ok(Ok(())) => {}
+                // clamd stops reading when the stream is over its limit and
+                // says why before closing: prefer its words to the broken pipe.
+                Ok(Err(e)) => return Err(self.reason_for(e).await),
+                Err(_) => {
+                    return Err(ScanError::Timeout {
+                        what: "write",
+                        after: t,
+                    })
+                }
+            }
+            self.sent += piece.len() as u64;
+        }
+        Ok(())
+    }
+
+    async fn reason_for(&mut self, e: std::io::Error) -> ScanError {
+        match read_reply(&mut self.stream, Duration::from_millis(500)).await {
+            Ok(reply) => match parse_scan_reply(&reply) {
+                Err(err) => err,
+                Ok(_) => ScanError::Io(e),
+            },
+            Err(_) => ScanError::Io(e),
+        }
+    }
+
+    /// Bytes sent so far.
+    pub fn sent(&self) -> u64 {
+        self.sent
+    }
+
+    /// Ends the stream and waits for the verdict.
+    pub async fn finish(mut self) -> Result<Verdict, ScanError> {
+        let t = self.options.scan_timeout;
+        match timeout(t, self.stream.write_all(&[0, 0, 0, 0])).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(self.reason_for(e).await),
+            Err(_) => {
+                return Err(ScanError::Timeout {
+                    what: "write",
+                    after: t,
+                })
+            }
+        }
+        let reply = read_reply(&mut self.stream, t).await?;
+        parse_scan_reply(&reply)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses() {
+        assert_eq!(
+            "tcp://127.0.0.1:3310".parse(),
+            Ok(ClamdAddr::Tcp("127.0.0.1:3310".into()))
+        );
+        assert_eq!(
+            "clamd:3310".parse(),
+            Ok(ClamdAddr::Tcp("clamd:3310".into()))
+        );
+        assert_eq!(
+            "unix:///run/clamav/clamd.ctl".parse(),
+            Ok(ClamdAddr::Unix("/run/clamav/clamd.ctl".into()))
+        );
+        assert!("unix://relative".parse::<ClamdAddr>().is_err());
+        assert!("tcp://nohost".parse::<ClamdAddr>().is_err());
+        assert!("tcp://h:99999".parse::<ClamdAddr>().is_err());
+    }
+
+    #[test]
+    fn replies() {
+        assert_eq!(parse_scan_reply("stream: OK").unwrap(), Verdict::Clean);
+        assert_eq!(
+            parse_scan_reply("stream: Eicar-Test-Signature.UNOFFICIAL FOUND").unwrap(),
+            Verdict::Infected {
+                signatures: vec!["Eicar-Test-Signature.UNOFFICIAL".into()]
+            }
+        );
+        assert_eq!(parse_scan_reply("fd[10]: OK").unwrap(), Verdict::Clean);
+        assert!(matches!(
+            parse_scan_reply("INSTREAM size limit exceeded. ERROR"),
+            Err(ScanError::Clamd(_))
+        ));
+        assert!(matches!(
+            parse_scan_reply("what?"),
+            Err(ScanError::Protocol(_))
+        ));
+    }
+}
