@@ -10,6 +10,15 @@ use crate::{
     parse_response, ChunkedDecoder, Error, Event, LastChunk, Limits, Request,
 };
 
+/// Limits for parsing again what was encoded: encoding may add a byte per
+/// field (`Name: value` where `Name:value` came in), so a head that just fit
+/// may grow past the default bounds.
+const ROOMY: Limits = Limits {
+    max_icap_head: 4 * Limits::DEFAULT.max_icap_head,
+    max_http_head: 4 * Limits::DEFAULT.max_http_head,
+    ..Limits::DEFAULT
+};
+
 /// Limits drawn from one byte, so that the fuzzer also reaches every bound.
 fn limits_from(seed: u8) -> Limits {
     if seed < 128 {
@@ -39,11 +48,12 @@ pub fn head(data: &[u8]) {
             let mut out = Vec::new();
             encode_request(&req, &mut out);
             // What was accepted once is accepted again, and means the same.
-            if let Ok(Some((again, n))) = parse_request(&out, &Limits::DEFAULT) {
-                assert_eq!(again, req);
-                assert_eq!(n, out.len());
-            } else if limits == Limits::DEFAULT {
-                panic!("a parsed request did not parse again after encoding");
+            match parse_request(&out, &ROOMY) {
+                Ok(Some((again, n))) => {
+                    assert_eq!(again, req);
+                    assert_eq!(n, out.len());
+                }
+                other => panic!("a parsed request did not parse again after encoding: {other:?}"),
             }
         }
         Err(e) => {
@@ -55,9 +65,7 @@ pub fn head(data: &[u8]) {
         Ok(Some((res, _))) => {
             let mut out = Vec::new();
             encode_response(&res, &mut out);
-            if limits == Limits::DEFAULT {
-                assert_eq!(parse_response(&out, &limits), Ok(Some((res, out.len()))));
-            }
+            assert_eq!(parse_response(&out, &ROOMY), Ok(Some((res, out.len()))));
         }
         Err(_) => {}
     }
@@ -113,7 +121,7 @@ pub fn chunked(data: &[u8]) {
 
 /// A whole message, head and body: decode, encode, decode gives the same.
 pub fn round_trip(data: &[u8]) {
-    let Some(first) = read_message(data) else {
+    let Some(first) = read_message(data, Limits::DEFAULT) else {
         return;
     };
     let mut out = Vec::new();
@@ -124,7 +132,7 @@ pub fn round_trip(data: &[u8]) {
         }
         encode_last_chunk(&part.1, &mut out);
     }
-    let again = read_message(&out).expect("an encoded message parses");
+    let again = read_message(&out, ROOMY).expect("an encoded message parses");
     assert_eq!(again, first);
 }
 
@@ -132,8 +140,7 @@ type Message = (Request, Vec<(Vec<u8>, LastChunk)>);
 
 /// One request and its body: the preview, then (when it ended without
 /// `ieof` and more chunks follow) the rest.
-fn read_message(data: &[u8]) -> Option<Message> {
-    let limits = Limits::DEFAULT;
+fn read_message(data: &[u8], limits: Limits) -> Option<Message> {
     let (req, used) = parse_request(data, &limits).ok()??;
     let mut rest = &data[used..];
     let mut parts = Vec::new();
