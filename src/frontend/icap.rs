@@ -211,6 +211,10 @@ struct Connection<S> {
     drain: watch::Receiver<bool>,
     /// Whether any byte of the current transaction's answer has been written.
     answered: bool,
+    /// Whether the current answer goes out before the body has been read: the
+    /// client may stop sending, so the connection closes after it
+    /// (`Connection: close`), rather than wait for a body that never ends.
+    closing: bool,
 }
 
 /// The read size: a typical Squid chunk, and the codec's head limit fits.
@@ -230,12 +234,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             service,
             drain,
             answered: false,
+            closing: false,
         }
     }
 
     async fn serve(mut self) {
         loop {
             self.answered = false;
+            self.closing = false;
             let outcome = match self.read_head().await {
                 Ok(Some((req, used))) => {
                     self.buf.advance(used);
@@ -245,7 +251,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                 Err(f) => Err(f),
             };
             match outcome {
-                Ok(After::KeepAlive) if !*self.drain.borrow() => continue,
+                Ok(After::KeepAlive) if !self.closing && !*self.drain.borrow() => continue,
                 Ok(_) => break,
                 Err(failure) => {
                     self.fail(failure).await;
@@ -253,7 +259,25 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                 }
             }
         }
+        self.linger().await;
+    }
+
+    /// Closes gracefully: sends FIN, then reads and drops what the client
+    /// is still sending for a moment. Closing with unread bytes would make the
+    /// kernel answer with a reset, which can destroy the answer just sent
+    /// before the client reads it.
+    async fn linger(&mut self) {
         let _ = timeout(Duration::from_secs(1), self.io.shutdown()).await;
+        let mut sink = [0u8; 16 * 1024];
+        let mut left: usize = 4 << 20;
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while left > 0 {
+            let wait = deadline.saturating_duration_since(Instant::now());
+            match timeout(wait, self.io.read(&mut sink)).await {
+                Ok(Ok(n)) if n > 0 => left = left.saturating_sub(n),
+                _ => break,
+            }
+        }
     }
 
     /// Logs a failed transaction and, when nothing was answered yet, says
@@ -340,8 +364,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
 
     async fn send(&mut self, res: &Response) -> Result<(), Failure> {
         let mut out = Vec::with_capacity(512);
-        encode_response(res, &mut out);
+        self.encode(res, &mut out);
         self.write(&out).await
+    }
+
+    /// Encodes a response head, saying `Connection: close` when the
+    /// connection ends after it.
+    fn encode(&self, res: &Response, out: &mut Vec<u8>) {
+        if self.closing {
+            let mut res = res.clone();
+            res.headers.insert("connection", HeaderValue::from_static("close"));
+            encode_response(&res, out);
+        } else {
+            encode_response(res, out);
+        }
     }
 
     /// The next piece of body, or the last chunk.
@@ -388,11 +424,23 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         };
         if let Some(status) = status {
             tracing::info!(peer = %self.peer, method = req.method.as_str(), service = %req.uri.service, status = status.0, "refused");
-            // The body, if any, was never asked for; closing keeps the
-            // stream in step whatever the client sends next.
-            let mut res = Response::error(status, &service.istag().await);
-            res.headers
-                .insert("connection", HeaderValue::from_static("close"));
+            let res = Response::error(status, &service.istag().await);
+            if !req.has_body() {
+                self.send(&res).await?;
+                return Ok(After::KeepAlive);
+            }
+            // Keep the stream in step: a preview is on its way and the answer
+            // ends it; without one, the body follows the answer and is dropped.
+            let mut dec = match req.preview {
+                Some(p) => ChunkedDecoder::preview(service.limits, p),
+                None => ChunkedDecoder::new(service.limits),
+            };
+            if req.preview.is_some() {
+                self.drain_body(&mut dec).await?;
+                self.send(&res).await?;
+                return Ok(After::KeepAlive);
+            }
+            self.closing = true;
             self.send(&res).await?;
             return Ok(After::Close);
         }
@@ -524,9 +572,8 @@ impl<'c, S: AsyncRead + AsyncWrite + Unpin> Transaction<'c, S> {
                             let verdict = Verdict::TooLarge {
                                 limit: policy.max_scan_size,
                             };
-                            self.finish(verdict, false).await?;
-                            self.conn.drain_body(&mut dec).await?;
-                            return Ok(After::KeepAlive);
+                            self.conn.closing = true;
+                            return self.finish(verdict, false).await;
                         }
                         self.echo.push(data);
                         self.trickle().await?;
@@ -555,9 +602,8 @@ impl<'c, S: AsyncRead + AsyncWrite + Unpin> Transaction<'c, S> {
             return self.answer(&verdict, decision, true).await;
         }
         if self.req.allow.no_content || matches!(decision, Decision::Block(_)) {
-            self.answer(&verdict, decision, false).await?;
-            self.conn.drain_body(dec).await?;
-            return Ok(After::KeepAlive);
+            self.conn.closing = true;
+            return self.answer(&verdict, decision, false).await;
         }
         // The body has to come back whole: pass it through as it arrives.
         self.log(&verdict, &decision);
@@ -656,7 +702,7 @@ impl<'c, S: AsyncRead + AsyncWrite + Unpin> Transaction<'c, S> {
             Decision::Block(reason) => {
                 let res = self.block_response(&reason, &istag);
                 let mut out = Vec::with_capacity(2048);
-                encode_response(&res.0, &mut out);
+                self.conn.encode(&res.0, &mut out);
                 encode_chunk(res.1.as_bytes(), &mut out);
                 encode_last_chunk(&LastChunk::default(), &mut out);
                 self.conn.write(&out).await?;

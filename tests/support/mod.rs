@@ -1,0 +1,438 @@
+//! Real programs for the tests, each started on a free loopback port and
+//! stopped when dropped: clamd (Debian's clamav-daemon, with the shipped
+//! EICAR signature), Squid (squid-openssl, with the configurations in
+//! `squid/`), c-icap-client, an HTTP origin, and this project's server.
+
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::net::{SocketAddr, TcpListener as StdListener, TcpStream as StdStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use clap::Parser;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use virus_scanner::config::{IcapConfig, ScanConfig};
+use virus_scanner::frontend::icap::{run, IcapService};
+use virus_scanner::scan::clamd::Clamd;
+use virus_scanner::scan::Scanner;
+
+/// The EICAR test string, assembled here so that the source itself is not
+/// flagged by scanners.
+pub fn eicar() -> Vec<u8> {
+    let mut v = b"X5O!P%@AP[4\\PZX54(P^)7CC)7}$".to_vec();
+    v.extend_from_slice(b"EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*");
+    v
+}
+
+/// The name clamd reports for it.
+pub const EICAR_NAME: &str = "Eicar-Test-Signature.UNOFFICIAL";
+
+pub fn project_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn fixture(name: &str) -> Vec<u8> {
+    std::fs::read(project_dir().join("tests/fixtures").join(name)).unwrap()
+}
+
+pub fn free_port() -> u16 {
+    StdListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Waits until something accepts connections on `port`.
+pub fn wait_port(port: u16, within: Duration) {
+    let end = Instant::now() + within;
+    while Instant::now() < end {
+        if StdStream::connect(("127.0.0.1", port)).is_ok() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("nothing listens on port {port} after {within:?}");
+}
+
+/// A directory removed when dropped.
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    pub fn new(prefix: &str) -> TempDir {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let path = std::env::temp_dir().join(format!(
+            "vs-{prefix}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&path).unwrap();
+        // Squid drops to its own user; it must be able to write here.
+        let _ = Command::new("chmod").arg("777").arg(&path).status();
+        TempDir(path)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn kill(child: &mut Child) {
+    let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+    let end = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < end {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// A real clamd with the shipped EICAR signature, on a free TCP port and a
+/// unix socket.
+pub struct ClamdProcess {
+    child: Option<Child>,
+    dir: TempDir,
+    pub port: u16,
+}
+
+impl ClamdProcess {
+    pub fn start() -> ClamdProcess {
+        let dir = TempDir::new("clamd");
+        let port = free_port();
+        let mut clamd = ClamdProcess { child: None, dir, port };
+        clamd.launch();
+        clamd
+    }
+
+    pub fn socket(&self) -> PathBuf {
+        self.dir.path().join("clamd.sock")
+    }
+
+    pub fn tcp_url(&self) -> String {
+        format!("tcp://127.0.0.1:{}", self.port)
+    }
+
+    pub fn unix_url(&self) -> String {
+        format!("unix://{}", self.socket().display())
+    }
+
+    fn launch(&mut self) {
+        let conf = self.dir.path().join("clamd.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "Foreground yes\nTCPSocket {port}\nTCPAddr 127.0.0.1\nLocalSocket {sock}\n\
+                 DatabaseDirectory {db}\nLogFile {dir}/clamd.log\nLogTime yes\n\
+                 StreamMaxLength 200M\nMaxFileSize 200M\nMaxScanSize 400M\nMaxThreads 8\n",
+                port = self.port,
+                sock = self.socket().display(),
+                db = project_dir().join("clamav/db").display(),
+                dir = self.dir.path().display(),
+            ),
+        )
+        .unwrap();
+        let child = Command::new("clamd")
+            .arg("-c")
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("clamd (Debian package clamav-daemon) is installed");
+        self.child = Some(child);
+        let end = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < end {
+            if ping(self.port) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("clamd did not answer PING: {}", std::fs::read_to_string(self.dir.path().join("clamd.log")).unwrap_or_default());
+    }
+
+    /// Stops clamd (SIGTERM, then SIGKILL).
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            kill(&mut child);
+        }
+        let _ = std::fs::remove_file(self.socket());
+    }
+
+    /// Starts clamd again on the same port and socket.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.launch();
+    }
+}
+
+impl Drop for ClamdProcess {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn ping(port: u16) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut s) = StdStream::connect(("127.0.0.1", port)) else { return false };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    if s.write_all(b"zPING\0").is_err() {
+        return false;
+    }
+    let mut buf = [0u8; 16];
+    matches!(s.read(&mut buf), Ok(n) if buf[..n].starts_with(b"PONG"))
+}
+
+/// The settings of a test server, as the command line would give them.
+#[derive(Parser)]
+struct Settings {
+    #[command(flatten)]
+    icap: IcapConfig,
+    #[command(flatten)]
+    scan: ScanConfig,
+}
+
+/// This project's ICAP server, in-process on a free port.
+pub struct TestServer {
+    pub addr: SocketAddr,
+    shutdown: Option<oneshot::Sender<()>>,
+    handle: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl TestServer {
+    /// Starts the server with `args` as command-line settings (for example
+    /// `["--clamd-url", url]`).
+    pub async fn start(args: &[&str]) -> TestServer {
+        let mut argv = vec!["virus-scanner", "--listen-addr", "127.0.0.1"];
+        argv.extend_from_slice(args);
+        let settings = Settings::try_parse_from(&argv).unwrap();
+        settings.icap.validate().unwrap();
+        settings.scan.validate().unwrap();
+        let clamd = Clamd::new(settings.scan.clamd_url.clone(), settings.scan.clamd_options());
+        let scanner = Scanner::new(clamd, settings.scan.max_scan_size);
+        let _ = scanner.refresh_version().await;
+        let service = Arc::new(IcapService::new(settings.icap, scanner, settings.scan.policy()));
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = oneshot::channel();
+        let handle = tokio::spawn(async move {
+            run(listener, service, async {
+                let _ = rx.await;
+            })
+            .await
+            .unwrap();
+        });
+        TestServer { addr, shutdown: Some(tx), handle: Some(handle) }
+    }
+
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    /// Stops accepting, lets transactions finish, and waits for the server.
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(h) = self.handle.take() {
+            h.await.unwrap();
+        }
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// Runs Debian's c-icap-client against `port` with `args`.
+pub async fn c_icap_client(port: u16, args: &[&str]) -> Output {
+    let port = port.to_string();
+    let mut cmd = tokio::process::Command::new("c-icap-client");
+    cmd.args(["-i", "127.0.0.1", "-p", &port]).args(args);
+    tokio::time::timeout(Duration::from_secs(60), cmd.output())
+        .await
+        .expect("c-icap-client finished within 60 s")
+        .expect("c-icap-client (Debian package c-icap) is installed")
+}
+
+/// Writes `data` to a file in `dir` and returns its path as text.
+pub fn write_file(dir: &TempDir, name: &str, data: &[u8]) -> String {
+    let path = dir.path().join(name);
+    std::fs::write(&path, data).unwrap();
+    path.display().to_string()
+}
+
+/// An HTTP/1.1 origin serving fixed bodies by path, and accepting uploads.
+pub struct Origin {
+    pub port: u16,
+    handle: tokio::task::JoinHandle<()>,
+}
+
+impl Origin {
+    pub async fn start(files: HashMap<String, Bytes>) -> Origin {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let files = Arc::new(files);
+        let handle = tokio::spawn(async move {
+            loop {
+                let Ok((mut stream, _)) = listener.accept().await else { continue };
+                let files = files.clone();
+                tokio::spawn(async move {
+                    let _ = serve_http(&mut stream, &files).await;
+                });
+            }
+        });
+        Origin { port, handle }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+}
+
+impl Drop for Origin {
+    fn drop(&mut self) {
+        self.handle.abort();
+    }
+}
+
+async fn serve_http(stream: &mut tokio::net::TcpStream, files: &HashMap<String, Bytes>) -> std::io::Result<()> {
+    let mut buf = Vec::new();
+    loop {
+        let mut chunk = [0u8; 16 * 1024];
+        let n = stream.read(&mut chunk).await?;
+        if n == 0 {
+            return Ok(());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        let mut headers = [httparse::EMPTY_HEADER; 64];
+        let mut req = httparse::Request::new(&mut headers);
+        let httparse::Status::Complete(head_len) = req.parse(&buf).unwrap() else { continue };
+        let length: usize = req
+            .headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case("content-length"))
+            .and_then(|h| std::str::from_utf8(h.value).ok()?.parse().ok())
+            .unwrap_or(0);
+        let method = req.method.unwrap().to_owned();
+        let path = req.path.unwrap().to_owned();
+        while buf.len() < head_len + length {
+            let n = stream.read(&mut chunk).await?;
+            if n == 0 {
+                return Ok(());
+            }
+            buf.extend_from_slice(&chunk[..n]);
+        }
+        let (status, body) = match (method.as_str(), files.get(&path)) {
+            ("POST" | "PUT", _) => ("201 Created", Bytes::from_static(b"stored\n")),
+            (_, Some(body)) => ("200 OK", body.clone()),
+            _ => ("404 Not Found", Bytes::from_static(b"no such file\n")),
+        };
+        let head = format!(
+            "HTTP/1.1 {status}\r\nContent-Type: application/octet-stream\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
+        );
+        stream.write_all(head.as_bytes()).await?;
+        if method != "HEAD" {
+            stream.write_all(&body).await?;
+        }
+        stream.shutdown().await?;
+        return Ok(());
+    }
+}
+
+/// Squid 5 (squid-openssl) with one of the configurations in `squid/`.
+pub struct Squid {
+    child: Option<Child>,
+    pub dir: TempDir,
+    pub port: u16,
+    conf: PathBuf,
+}
+
+impl Squid {
+    /// Starts Squid with `squid/<name>`, pointed at the ICAP server on `icap_port`.
+    pub fn start(name: &str, icap_port: u16) -> Squid {
+        let dir = TempDir::new("squid");
+        let port = free_port();
+        let template = std::fs::read_to_string(project_dir().join("squid").join(name)).unwrap();
+        let conf_text = template
+            .replace("@HTTP_PORT@", &port.to_string())
+            .replace("@ICAP_PORT@", &icap_port.to_string())
+            .replace("@DIR@", &dir.path().display().to_string());
+        let conf = dir.path().join("squid.conf");
+        std::fs::write(&conf, conf_text).unwrap();
+        let child = Command::new("squid")
+            .arg("-N")
+            .arg("-f")
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("squid (Debian package squid-openssl) is installed");
+        wait_port(port, Duration::from_secs(30));
+        Squid { child: Some(child), dir, port, conf }
+    }
+
+    pub fn cache_log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("cache.log")).unwrap_or_default()
+    }
+
+    /// Fetches `url` through Squid with curl; returns the status and body.
+    pub async fn fetch(&self, url: &str, upload: Option<&[u8]>) -> (u16, Vec<u8>) {
+        let out = self.dir.path().join(format!("body-{}", free_port()));
+        let mut cmd = tokio::process::Command::new("curl");
+        cmd.args(["-s", "-o"]).arg(&out).args(["-w", "%{http_code}", "--max-time", "120", "-x"]);
+        cmd.arg(format!("http://127.0.0.1:{}", self.port)).arg(url);
+        if let Some(data) = upload {
+            let file = self.dir.path().join(format!("upload-{}", free_port()));
+            std::fs::write(&file, data).unwrap();
+            cmd.arg("--data-binary").arg(format!("@{}", file.display()));
+            cmd.args(["-H", "Content-Type: application/octet-stream"]);
+        }
+        let output = cmd.output().await.expect("curl is installed");
+        let code = String::from_utf8_lossy(&output.stdout).trim().parse().unwrap_or(0);
+        let body = std::fs::read(&out).unwrap_or_default();
+        let _ = std::fs::remove_file(&out);
+        (code, body)
+    }
+}
+
+impl Drop for Squid {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("squid").arg("-f").arg(&self.conf).args(["-k", "shutdown"]).status();
+            let end = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < end {
+                if let Ok(Some(_)) = child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            kill(&mut child);
+        }
+    }
+}
+
+/// Sends raw bytes over a fresh connection and returns everything the
+/// server answers until it closes (or `wait` passes).
+pub async fn raw_exchange(addr: SocketAddr, bytes: &[u8], wait: Duration) -> Vec<u8> {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(bytes).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(wait, s.read_to_end(&mut out)).await;
+    out
+}
