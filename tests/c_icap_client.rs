@@ -17,15 +17,29 @@ async fn setup() -> Setup {
     let clamd = ClamdProcess::start();
     let server = TestServer::start(&["--clamd-url", &clamd.tcp_url()]).await;
     let dir = TempDir::new("cicap");
-    let clean = write_file(&dir, "clean.txt", &b"An ordinary, harmless text file.\n".repeat(200));
+    let clean = write_file(
+        &dir,
+        "clean.txt",
+        &b"An ordinary, harmless text file.\n".repeat(200),
+    );
     let mut bad = b"Some text before the test string.\n".to_vec();
     bad.extend_from_slice(&eicar());
     let infected = write_file(&dir, "eicar.com", &bad);
-    Setup { _clamd: clamd, server, dir, clean, infected }
+    Setup {
+        _clamd: clamd,
+        server,
+        dir,
+        clean,
+        infected,
+    }
 }
 
 fn text(out: &std::process::Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -35,7 +49,16 @@ async fn options_advertise_what_squid_needs() {
         let out = c_icap_client(s.server.port(), &["-s", service]).await;
         let t = text(&out);
         assert!(out.status.success(), "{t}");
-        for want in ["ICAP/1.0 200 OK", "Methods: RESPMOD, REQMOD", "Preview: 1024", "Allow 204: Yes", "ISTag: \"VS-", "Options-TTL: 300", "Max-Connections: 500", "Transfer-Preview: *"] {
+        for want in [
+            "ICAP/1.0 200 OK",
+            "Methods: RESPMOD, REQMOD",
+            "Preview: 1024",
+            "Allow 204: Yes",
+            "ISTag: \"VS-",
+            "Options-TTL: 300",
+            "Max-Connections: 500",
+            "Transfer-Preview: *",
+        ] {
             assert!(t.contains(want), "{service}: {want:?} missing in:\n{t}");
         }
     }
@@ -46,20 +69,46 @@ async fn respmod_clean_and_infected_with_and_without_preview() {
     let s = setup().await;
     for (i, preview) in [None, Some("-nopreview")].into_iter().enumerate() {
         let out_file = s.dir.path().join(format!("out{i}")).display().to_string();
-        let mut args = vec!["-s", "avscan", "-v", "-f", &s.clean, "-resp", "http://origin.test/clean.txt"];
+        let mut args = vec![
+            "-s",
+            "avscan",
+            "-v",
+            "-f",
+            &s.clean,
+            "-resp",
+            "http://origin.test/clean.txt",
+        ];
         args.extend(preview);
         let t = text(&c_icap_client(s.server.port(), &args).await);
         assert!(t.contains("ICAP/1.0 204"), "{preview:?}: {t}");
 
-        let mut args = vec!["-s", "avscan", "-v", "-f", &s.infected, "-o", &out_file, "-resp", "http://origin.test/eicar.com"];
+        let mut args = vec![
+            "-s",
+            "avscan",
+            "-v",
+            "-f",
+            &s.infected,
+            "-o",
+            &out_file,
+            "-resp",
+            "http://origin.test/eicar.com",
+        ];
         args.extend(preview);
         let t = text(&c_icap_client(s.server.port(), &args).await);
         assert!(t.contains("ICAP/1.0 200 OK"), "{preview:?}: {t}");
         assert!(t.contains("HTTP/1.1 403 Forbidden"), "{preview:?}: {t}");
-        assert!(t.contains(&format!("X-Infection-Found: Type=0; Resolution=2; Threat={EICAR_NAME};")), "{t}");
+        assert!(
+            t.contains(&format!(
+                "X-Infection-Found: Type=0; Resolution=2; Threat={EICAR_NAME};"
+            )),
+            "{t}"
+        );
         assert!(t.contains(&format!("X-Virus-ID: {EICAR_NAME}")), "{t}");
         let page = std::fs::read_to_string(&out_file).unwrap();
-        assert!(page.contains(EICAR_NAME) && page.contains("http://origin.test/eicar.com"), "{page}");
+        assert!(
+            page.contains(EICAR_NAME) && page.contains("http://origin.test/eicar.com"),
+            "{page}"
+        );
     }
 }
 
@@ -69,20 +118,50 @@ async fn no204_echoes_clean_bodies_byte_for_byte() {
     let out = |n: usize| s.dir.path().join(format!("echo{n}")).display().to_string();
     let mut n = 0;
     // Small (fits the hold) and large (the answer starts before the scan ends).
-    let big = write_file(&s.dir, "big.bin", &(0..600_000u32).map(|i| (i % 251) as u8).collect::<Vec<_>>());
+    let big = write_file(
+        &s.dir,
+        "big.bin",
+        &(0..600_000u32).map(|i| (i % 251) as u8).collect::<Vec<_>>(),
+    );
     for file in [&s.clean, &big] {
         for preview in [None, Some("-nopreview")] {
             n += 1;
             let out_file = out(n);
-            let mut args = vec!["-s", "avscan", "-v", "-no204", "-f", file, "-o", &out_file, "-resp", "http://origin.test/f"];
+            let mut args = vec![
+                "-s",
+                "avscan",
+                "-v",
+                "-no204",
+                "-f",
+                file,
+                "-o",
+                &out_file,
+                "-resp",
+                "http://origin.test/f",
+            ];
             args.extend(preview);
             let t = text(&c_icap_client(s.server.port(), &args).await);
             assert!(t.contains("ICAP/1.0 200 OK"), "{t}");
-            assert_eq!(std::fs::read(&out_file).unwrap(), std::fs::read(file).unwrap(), "{file} {preview:?}");
+            assert_eq!(
+                std::fs::read(&out_file).unwrap(),
+                std::fs::read(file).unwrap(),
+                "{file} {preview:?}"
+            );
         }
     }
     let out_file = out(0);
-    let args = ["-s", "avscan", "-v", "-no204", "-f", &s.infected, "-o", &out_file, "-resp", "http://origin.test/eicar.com"];
+    let args = [
+        "-s",
+        "avscan",
+        "-v",
+        "-no204",
+        "-f",
+        &s.infected,
+        "-o",
+        &out_file,
+        "-resp",
+        "http://origin.test/eicar.com",
+    ];
     let t = text(&c_icap_client(s.server.port(), &args).await);
     assert!(t.contains("HTTP/1.1 403 Forbidden"), "{t}");
 }
@@ -91,30 +170,97 @@ async fn no204_echoes_clean_bodies_byte_for_byte() {
 async fn reqmod_uploads_clean_and_infected() {
     let s = setup().await;
     let out_file = s.dir.path().join("upload-out").display().to_string();
-    let args = ["-s", "avscan", "-v", "-f", &s.clean, "-req", "http://origin.test/upload", "-method", "POST"];
+    let args = [
+        "-s",
+        "avscan",
+        "-v",
+        "-f",
+        &s.clean,
+        "-req",
+        "http://origin.test/upload",
+        "-method",
+        "POST",
+    ];
     let t = text(&c_icap_client(s.server.port(), &args).await);
     assert!(t.contains("ICAP/1.0 204"), "{t}");
-    let args = ["-s", "avscan", "-v", "-f", &s.infected, "-o", &out_file, "-req", "http://origin.test/upload", "-method", "POST"];
+    let args = [
+        "-s",
+        "avscan",
+        "-v",
+        "-f",
+        &s.infected,
+        "-o",
+        &out_file,
+        "-req",
+        "http://origin.test/upload",
+        "-method",
+        "POST",
+    ];
     let t = text(&c_icap_client(s.server.port(), &args).await);
     assert!(t.contains("HTTP/1.1 403 Forbidden"), "{t}");
-    assert!(std::fs::read_to_string(&out_file).unwrap().contains(EICAR_NAME));
+    assert!(std::fs::read_to_string(&out_file)
+        .unwrap()
+        .contains(EICAR_NAME));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_service_is_404() {
     let s = setup().await;
-    let t = text(&c_icap_client(s.server.port(), &["-s", "nosuchservice", "-v", "-f", &s.clean, "-resp", "http://x/"]).await);
+    let t = text(
+        &c_icap_client(
+            s.server.port(),
+            &[
+                "-s",
+                "nosuchservice",
+                "-v",
+                "-f",
+                &s.clean,
+                "-resp",
+                "http://x/",
+            ],
+        )
+        .await,
+    );
     assert!(t.contains("404"), "{t}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_method_the_service_does_not_offer_is_405() {
     let s = setup().await;
-    let server = TestServer::start(&["--clamd-url", &s._clamd.tcp_url(), "--icap-methods", "respmod"]).await;
+    let server = TestServer::start(&[
+        "--clamd-url",
+        &s._clamd.tcp_url(),
+        "--icap-methods",
+        "respmod",
+    ])
+    .await;
     // c-icap-client prints no headers for an error answer to a preview; its
     // debug output names the status.
-    let t = text(&c_icap_client(server.port(), &["-s", "avscan", "-d", "10", "-f", &s.clean, "-req", "http://x/up", "-method", "POST"]).await);
+    let t = text(
+        &c_icap_client(
+            server.port(),
+            &[
+                "-s",
+                "avscan",
+                "-d",
+                "10",
+                "-f",
+                &s.clean,
+                "-req",
+                "http://x/up",
+                "-method",
+                "POST",
+            ],
+        )
+        .await,
+    );
     assert!(t.contains("Preview response was with status: 405"), "{t}");
-    let t = text(&c_icap_client(server.port(), &["-s", "avscan", "-v", "-f", &s.clean, "-resp", "http://x/"]).await);
+    let t = text(
+        &c_icap_client(
+            server.port(),
+            &["-s", "avscan", "-v", "-f", &s.clean, "-resp", "http://x/"],
+        )
+        .await,
+    );
     assert!(t.contains("ICAP/1.0 204"), "{t}");
 }

@@ -11,7 +11,7 @@
 use http::header::HeaderMap;
 
 use crate::encapsulated::{Encapsulated, Rules, Section, Sections};
-use crate::syntax::{decimal, header_field, memchr, push_field, scan_head, Scan};
+use crate::syntax::{decimal, header_field, memchr, push_field, scan_head, Scan, StartLine};
 use crate::{http_head, Allow, Error, Limits};
 
 /// A complete ICAP head: the parsed start line, the header fields, and the
@@ -43,7 +43,7 @@ pub(crate) fn parse_head<'a, S>(
     buf: &'a [u8],
     limits: &Limits,
     fields: Fields,
-    start_line_error: Error,
+    start_line: &StartLine,
     parse_start: impl Fn(&[u8]) -> Result<S, Error>,
 ) -> Result<Option<Head<'a, S>>, Error> {
     let mut start = None;
@@ -52,7 +52,7 @@ pub(crate) fn parse_head<'a, S>(
     let scan = scan_head(
         buf,
         limits.max_icap_head,
-        start_line_error,
+        start_line,
         Error::HeadTooLarge,
         |i, line| {
             if i == 0 {

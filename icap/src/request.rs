@@ -15,7 +15,7 @@ use nom::{IResult, Parser};
 
 use crate::encapsulated::{Rules, Sections};
 use crate::head::{encapsulated, parse_head, read_sections, Fields};
-use crate::syntax::token;
+use crate::syntax::{token, StartLine};
 use crate::{Error, IcapUri, Limits};
 
 /// The three ICAP methods.
@@ -145,6 +145,14 @@ impl Request {
     }
 }
 
+/// A request line is printable ASCII and spaces: anything else (controls,
+/// bytes over 0x7f) is refused as soon as it arrives.
+const REQUEST_LINE: StartLine = StartLine {
+    too_long: Error::StartLineTooLong,
+    byte_ok: |b| (b' '..=b'~').contains(&b),
+    bad_byte: Error::InvalidRequestLine("character not allowed in a request line"),
+};
+
 /// `METHOD SP URI SP ICAP/1.0`
 fn request_line(line: &[u8]) -> Result<(Method, IcapUri), Error> {
     let parsed: IResult<&[u8], _, ()> = (
@@ -185,14 +193,7 @@ pub(crate) fn check_version(v: &[u8]) -> Result<(), Error> {
 /// bytes are needed, or the error. Never asks for more than
 /// [`Limits::max_message_head`] bytes.
 pub fn parse_request(buf: &[u8], limits: &Limits) -> Result<Option<(Request, usize)>, Error> {
-    let Some(head) = parse_head(
-        buf,
-        limits,
-        Fields::Request,
-        Error::StartLineTooLong,
-        request_line,
-    )?
-    else {
+    let Some(head) = parse_head(buf, limits, Fields::Request, &REQUEST_LINE, request_line)? else {
         return Ok(None);
     };
     let (method, uri) = head.start;

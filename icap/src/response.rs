@@ -16,6 +16,7 @@ use nom::{IResult, Parser};
 use crate::encapsulated::{Rules, Sections};
 use crate::head::{encapsulated, parse_head, read_sections, Fields};
 use crate::request::{check_version, Method};
+use crate::syntax::StartLine;
 use crate::{Error, Limits};
 
 /// An ICAP status code: three digits, 100 to 999.
@@ -258,6 +259,13 @@ pub fn http_date(t: SystemTime) -> String {
     )
 }
 
+/// A status line may carry obs-text in its reason phrase, but no controls.
+const STATUS_LINE: StartLine = StartLine {
+    too_long: Error::InvalidStatusLine("status line too long"),
+    byte_ok: |b| b == b'\t' || b >= b' ' && b != 0x7f,
+    bad_byte: Error::InvalidStatusLine("control character in the status line"),
+};
+
 /// `ICAP/1.0 SP 3DIGIT SP reason`
 fn status_line(line: &[u8]) -> Result<(StatusCode, String), Error> {
     let parsed: IResult<&[u8], _, ()> = (
@@ -290,14 +298,7 @@ fn status_line(line: &[u8]) -> Result<(StatusCode, String), Error> {
 /// does for requests. An absent `Encapsulated` is accepted on any status, since
 /// servers leave it off `100 Continue` and some error answers.
 pub fn parse_response(buf: &[u8], limits: &Limits) -> Result<Option<(Response, usize)>, Error> {
-    let Some(head) = parse_head(
-        buf,
-        limits,
-        Fields::Response,
-        Error::InvalidStatusLine("status line too long"),
-        status_line,
-    )?
-    else {
+    let Some(head) = parse_head(buf, limits, Fields::Response, &STATUS_LINE, status_line)? else {
         return Ok(None);
     };
     let (status, reason) = head.start;

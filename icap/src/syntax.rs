@@ -93,6 +93,18 @@ pub(crate) fn push_field(
     Ok(())
 }
 
+/// What may stand in a head's first line, and the errors for a first line
+/// that breaks the rules.
+pub(crate) struct StartLine {
+    /// Said when the first line does not end within the limit.
+    pub too_long: Error,
+    /// Whether a byte may appear in the first line.
+    pub byte_ok: fn(u8) -> bool,
+    /// Said for a byte that may not: at once, even before the line is
+    /// complete, so that binary junk is answered without waiting.
+    pub bad_byte: Error,
+}
+
 /// What [`scan_head`] found.
 pub(crate) enum Scan {
     /// The head ends here: the byte count includes the empty line.
@@ -112,20 +124,31 @@ pub(crate) enum Scan {
 pub(crate) fn scan_head(
     buf: &[u8],
     limit: usize,
-    first_line_error: Error,
+    start: &StartLine,
     too_large: Error,
     mut on_line: impl FnMut(usize, &[u8]) -> Result<(), Error>,
 ) -> Result<Scan, Error> {
     let window = &buf[..buf.len().min(limit)];
     let mut pos = 0;
     let mut index = 0;
+    let check_start = |line: &[u8]| {
+        if line.iter().all(|b| (start.byte_ok)(*b)) {
+            Ok(())
+        } else {
+            Err(start.bad_byte)
+        }
+    };
     loop {
         let Some(lf) = memchr(b'\n', &window[pos..]) else {
+            if index == 0 {
+                let partial = &window[pos..];
+                check_start(partial.strip_suffix(b"\r").unwrap_or(partial))?;
+            }
             if buf.len() <= limit {
                 return Ok(Scan::Partial);
             }
             return Err(if index == 0 {
-                first_line_error
+                start.too_long
             } else {
                 too_large
             });
@@ -141,6 +164,9 @@ pub(crate) fn scan_head(
                 continue;
             }
             return Ok(Scan::Complete(pos));
+        }
+        if index == 0 {
+            check_start(line)?;
         }
         on_line(index, line)?;
         index += 1;

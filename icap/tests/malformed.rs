@@ -88,6 +88,16 @@ fn cases() -> Vec<(&'static str, Vec<u8>, Error)> {
         ),
         ("endless request line", vec![b'A'; 20_000], StartLineTooLong),
         (
+            "binary junk",
+            vec![0xff; 64],
+            InvalidRequestLine("character not allowed in a request line"),
+        ),
+        (
+            "control character in the URI",
+            reqmod_line("REQMOD icap://h/s\x01 ICAP/1.0"),
+            InvalidRequestLine("character not allowed in a request line"),
+        ),
+        (
             "bare LF",
             b"OPTIONS icap://h/s ICAP/1.0\nHost: h\n\n".to_vec(),
             BareLineFeed,

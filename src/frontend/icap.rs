@@ -373,7 +373,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
     fn encode(&self, res: &Response, out: &mut Vec<u8>) {
         if self.closing {
             let mut res = res.clone();
-            res.headers.insert("connection", HeaderValue::from_static("close"));
+            res.headers
+                .insert("connection", HeaderValue::from_static("close"));
             encode_response(&res, out);
         } else {
             encode_response(res, out);

@@ -43,7 +43,11 @@ pub fn fixture(name: &str) -> Vec<u8> {
 }
 
 pub fn free_port() -> u16 {
-    StdListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    StdListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// Waits until something accepts connections on `port`.
@@ -87,7 +91,10 @@ impl Drop for TempDir {
 }
 
 fn kill(child: &mut Child) {
-    let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status();
     let end = Instant::now() + Duration::from_secs(10);
     while Instant::now() < end {
         if let Ok(Some(_)) = child.try_wait() {
@@ -111,7 +118,11 @@ impl ClamdProcess {
     pub fn start() -> ClamdProcess {
         let dir = TempDir::new("clamd");
         let port = free_port();
-        let mut clamd = ClamdProcess { child: None, dir, port };
+        let mut clamd = ClamdProcess {
+            child: None,
+            dir,
+            port,
+        };
         clamd.launch();
         clamd
     }
@@ -158,7 +169,10 @@ impl ClamdProcess {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        panic!("clamd did not answer PING: {}", std::fs::read_to_string(self.dir.path().join("clamd.log")).unwrap_or_default());
+        panic!(
+            "clamd did not answer PING: {}",
+            std::fs::read_to_string(self.dir.path().join("clamd.log")).unwrap_or_default()
+        );
     }
 
     /// Stops clamd (SIGTERM, then SIGKILL).
@@ -184,7 +198,9 @@ impl Drop for ClamdProcess {
 
 fn ping(port: u16) -> bool {
     use std::io::{Read, Write};
-    let Ok(mut s) = StdStream::connect(("127.0.0.1", port)) else { return false };
+    let Ok(mut s) = StdStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
     let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
     if s.write_all(b"zPING\0").is_err() {
         return false;
@@ -218,10 +234,17 @@ impl TestServer {
         let settings = Settings::try_parse_from(&argv).unwrap();
         settings.icap.validate().unwrap();
         settings.scan.validate().unwrap();
-        let clamd = Clamd::new(settings.scan.clamd_url.clone(), settings.scan.clamd_options());
+        let clamd = Clamd::new(
+            settings.scan.clamd_url.clone(),
+            settings.scan.clamd_options(),
+        );
         let scanner = Scanner::new(clamd, settings.scan.max_scan_size);
         let _ = scanner.refresh_version().await;
-        let service = Arc::new(IcapService::new(settings.icap, scanner, settings.scan.policy()));
+        let service = Arc::new(IcapService::new(
+            settings.icap,
+            scanner,
+            settings.scan.policy(),
+        ));
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (tx, rx) = oneshot::channel();
@@ -232,7 +255,11 @@ impl TestServer {
             .await
             .unwrap();
         });
-        TestServer { addr, shutdown: Some(tx), handle: Some(handle) }
+        TestServer {
+            addr,
+            shutdown: Some(tx),
+            handle: Some(handle),
+        }
     }
 
     pub fn port(&self) -> u16 {
@@ -289,7 +316,9 @@ impl Origin {
         let files = Arc::new(files);
         let handle = tokio::spawn(async move {
             loop {
-                let Ok((mut stream, _)) = listener.accept().await else { continue };
+                let Ok((mut stream, _)) = listener.accept().await else {
+                    continue;
+                };
                 let files = files.clone();
                 tokio::spawn(async move {
                     let _ = serve_http(&mut stream, &files).await;
@@ -310,7 +339,10 @@ impl Drop for Origin {
     }
 }
 
-async fn serve_http(stream: &mut tokio::net::TcpStream, files: &HashMap<String, Bytes>) -> std::io::Result<()> {
+async fn serve_http(
+    stream: &mut tokio::net::TcpStream,
+    files: &HashMap<String, Bytes>,
+) -> std::io::Result<()> {
     let mut buf = Vec::new();
     loop {
         let mut chunk = [0u8; 16 * 1024];
@@ -321,7 +353,9 @@ async fn serve_http(stream: &mut tokio::net::TcpStream, files: &HashMap<String, 
         buf.extend_from_slice(&chunk[..n]);
         let mut headers = [httparse::EMPTY_HEADER; 64];
         let mut req = httparse::Request::new(&mut headers);
-        let httparse::Status::Complete(head_len) = req.parse(&buf).unwrap() else { continue };
+        let httparse::Status::Complete(head_len) = req.parse(&buf).unwrap() else {
+            continue;
+        };
         let length: usize = req
             .headers
             .iter()
@@ -384,7 +418,12 @@ impl Squid {
             .spawn()
             .expect("squid (Debian package squid-openssl) is installed");
         wait_port(port, Duration::from_secs(30));
-        Squid { child: Some(child), dir, port, conf }
+        Squid {
+            child: Some(child),
+            dir,
+            port,
+            conf,
+        }
     }
 
     pub fn cache_log(&self) -> String {
@@ -395,7 +434,9 @@ impl Squid {
     pub async fn fetch(&self, url: &str, upload: Option<&[u8]>) -> (u16, Vec<u8>) {
         let out = self.dir.path().join(format!("body-{}", free_port()));
         let mut cmd = tokio::process::Command::new("curl");
-        cmd.args(["-s", "-o"]).arg(&out).args(["-w", "%{http_code}", "--max-time", "120", "-x"]);
+        cmd.args(["-s", "-o"])
+            .arg(&out)
+            .args(["-w", "%{http_code}", "--max-time", "120", "-x"]);
         cmd.arg(format!("http://127.0.0.1:{}", self.port)).arg(url);
         if let Some(data) = upload {
             let file = self.dir.path().join(format!("upload-{}", free_port()));
@@ -404,7 +445,10 @@ impl Squid {
             cmd.args(["-H", "Content-Type: application/octet-stream"]);
         }
         let output = cmd.output().await.expect("curl is installed");
-        let code = String::from_utf8_lossy(&output.stdout).trim().parse().unwrap_or(0);
+        let code = String::from_utf8_lossy(&output.stdout)
+            .trim()
+            .parse()
+            .unwrap_or(0);
         let body = std::fs::read(&out).unwrap_or_default();
         let _ = std::fs::remove_file(&out);
         (code, body)
@@ -414,7 +458,11 @@ impl Squid {
 impl Drop for Squid {
     fn drop(&mut self) {
         if let Some(mut child) = self.child.take() {
-            let _ = Command::new("squid").arg("-f").arg(&self.conf).args(["-k", "shutdown"]).status();
+            let _ = Command::new("squid")
+                .arg("-f")
+                .arg(&self.conf)
+                .args(["-k", "shutdown"])
+                .status();
             let end = Instant::now() + Duration::from_secs(10);
             while Instant::now() < end {
                 if let Ok(Some(_)) = child.try_wait() {

@@ -1,0 +1,353 @@
+//! What happens when things go wrong: clamd stopped and started again,
+//! malformed ICAP, slow and too many clients, oversized bodies, shutdown.
+
+mod support;
+
+use std::time::Duration;
+
+use support::{
+    c_icap_client, eicar, raw_exchange, write_file, ClamdProcess, TempDir, TestServer, EICAR_NAME,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+fn text(out: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clamd_down_fails_closed_and_recovery_is_automatic() {
+    let mut clamd = ClamdProcess::start();
+    let server = TestServer::start(&[
+        "--clamd-url",
+        &clamd.tcp_url(),
+        "--clamd-connect-timeout",
+        "1s",
+    ])
+    .await;
+    let dir = TempDir::new("down");
+    let clean = write_file(&dir, "clean.txt", &b"plain text\n".repeat(300));
+    let args = |out: &str| {
+        vec![
+            "-s".to_owned(),
+            "avscan".into(),
+            "-v".into(),
+            "-f".into(),
+            clean.clone(),
+            "-o".into(),
+            out.to_owned(),
+            "-resp".into(),
+            "http://origin.test/f".into(),
+        ]
+    };
+    let port = server.port();
+    let run = |n: u32| {
+        let out = dir.path().join(format!("out{n}")).display().to_string();
+        let a = args(&out);
+        async move {
+            let refs: Vec<&str> = a.iter().map(String::as_str).collect();
+            (
+                text(&c_icap_client(port, &refs).await),
+                std::fs::read_to_string(&out).unwrap_or_default(),
+            )
+        }
+    };
+    let (t, _) = run(1).await;
+    assert!(t.contains("ICAP/1.0 204"), "{t}");
+
+    clamd.stop();
+    let (t, page) = run(2).await;
+    assert!(
+        t.contains("HTTP/1.1 503 Service Unavailable"),
+        "clamd down must fail closed:\n{t}"
+    );
+    assert!(page.contains("virus scanner unavailable"), "{page}");
+
+    clamd.restart();
+    let (t, _) = run(3).await;
+    assert!(
+        t.contains("ICAP/1.0 204"),
+        "no recovery after clamd came back:\n{t}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fail_open_passes_marked() {
+    let mut clamd = ClamdProcess::start();
+    let server = TestServer::start(&["--clamd-url", &clamd.tcp_url(), "--fail-mode", "open"]).await;
+    clamd.stop();
+    let dir = TempDir::new("open");
+    let bad = write_file(&dir, "eicar.com", &eicar());
+    let t = text(
+        &c_icap_client(
+            server.port(),
+            &["-s", "avscan", "-v", "-f", &bad, "-resp", "http://x/e"],
+        )
+        .await,
+    );
+    assert!(t.contains("ICAP/1.0 204"), "{t}");
+    assert!(
+        t.contains("X-Virus-Scanner-Warning: not scanned; reason=scanner-failed"),
+        "{t}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_bodies_are_blocked_or_marked() {
+    let clamd = ClamdProcess::start();
+    let dir = TempDir::new("size");
+    let big = write_file(&dir, "big.bin", &vec![b'x'; 8192]);
+    let blocking =
+        TestServer::start(&["--clamd-url", &clamd.tcp_url(), "--max-scan-size", "4K"]).await;
+    // Content-Length says too large: the preview is answered at once with the
+    // page (c-icap-client only reports the status of an answer to a preview).
+    let t = text(
+        &c_icap_client(
+            blocking.port(),
+            &[
+                "-s",
+                "avscan",
+                "-d",
+                "10",
+                "-f",
+                &big,
+                "-resp",
+                "http://x/big.bin",
+            ],
+        )
+        .await,
+    );
+    assert!(t.contains("Preview response was with status: 200"), "{t}");
+    let out = dir.path().join("page").display().to_string();
+    let t = text(
+        &c_icap_client(
+            blocking.port(),
+            &[
+                "-s",
+                "avscan",
+                "-v",
+                "-nopreview",
+                "-f",
+                &big,
+                "-o",
+                &out,
+                "-resp",
+                "http://x/big.bin",
+            ],
+        )
+        .await,
+    );
+    assert!(t.contains("HTTP/1.1 403 Forbidden"), "{t}");
+    assert!(std::fs::read_to_string(&out)
+        .unwrap()
+        .contains("too large to scan"));
+    let allowing = TestServer::start(&[
+        "--clamd-url",
+        &clamd.tcp_url(),
+        "--max-scan-size",
+        "4K",
+        "--too-large",
+        "allow",
+    ])
+    .await;
+    let t = text(
+        &c_icap_client(
+            allowing.port(),
+            &[
+                "-s",
+                "avscan",
+                "-v",
+                "-f",
+                &big,
+                "-resp",
+                "http://x/big.bin",
+            ],
+        )
+        .await,
+    );
+    assert!(t.contains("ICAP/1.0 204"), "{t}");
+    assert!(
+        t.contains("X-Virus-Scanner-Warning: not scanned; reason=too-large"),
+        "{t}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trusted_hosts_skip_the_scan() {
+    let clamd = ClamdProcess::start();
+    let server = TestServer::start(&[
+        "--clamd-url",
+        &clamd.tcp_url(),
+        "--trusted-hosts",
+        ".updates.example, cdn.test",
+    ])
+    .await;
+    let dir = TempDir::new("trusted");
+    let bad = write_file(&dir, "eicar.com", &eicar());
+    for url in ["http://dl.updates.example/e", "http://cdn.test/e"] {
+        let t = text(
+            &c_icap_client(
+                server.port(),
+                &["-s", "avscan", "-v", "-f", &bad, "-resp", url],
+            )
+            .await,
+        );
+        assert!(t.contains("ICAP/1.0 204"), "{url}: {t}");
+    }
+    let t = text(
+        &c_icap_client(
+            server.port(),
+            &[
+                "-s",
+                "avscan",
+                "-v",
+                "-f",
+                &bad,
+                "-resp",
+                "http://notcdn.test/e",
+            ],
+        )
+        .await,
+    );
+    assert!(t.contains(EICAR_NAME), "{t}");
+}
+
+/// The status line of a raw answer.
+fn status_of(answer: &[u8]) -> String {
+    String::from_utf8_lossy(answer)
+        .lines()
+        .next()
+        .unwrap_or("")
+        .to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_icap_gets_its_status_while_others_are_served() {
+    let clamd = ClamdProcess::start();
+    let server =
+        TestServer::start(&["--clamd-url", &clamd.tcp_url(), "--head-timeout", "1s"]).await;
+    // A slow client holds a connection with half a head...
+    let mut slow = TcpStream::connect(server.addr).await.unwrap();
+    slow.write_all(b"RESPMOD icap://127.0.0.1/avscan ICAP/1.0\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    // ...while the malformed ones get their answers...
+    let cases: &[(&[u8], &str)] = &[
+        (b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", "ICAP/1.0 501"),
+        (b"REQMOD icap://h/avscan ICAP/2.0\r\nEncapsulated: null-body=0\r\n\r\n", "ICAP/1.0 505"),
+        (b"RESPMOD icap://h/avscan ICAP/1.0\r\nHost: h\r\n\r\n", "ICAP/1.0 400"),
+        (b"RESPMOD icap://h/avscan ICAP/1.0\r\nEncapsulated: res-hdr=0, res-body=9999999\r\n\r\n", "ICAP/1.0 400"),
+        (b"REQMOD icap://h/avscan ICAP/1.0\r\nEncapsulated: req-hdr=0, req-body=40\r\n\r\nPOST / HTTP/1.1\r\nHost: x\r\nA: b\r\n\r\nZZZ\r\n", "ICAP/1.0 400"),
+        (b"OPTIONS icap://h/avscan ICAP/1.0\nHost: x\n\n", "ICAP/1.0 400"),
+        (&[0xff; 64], "ICAP/1.0 400"),
+    ];
+    for (bytes, want) in cases {
+        let answer = raw_exchange(server.addr, bytes, Duration::from_secs(5)).await;
+        assert!(
+            status_of(&answer).starts_with(want),
+            "{:?} got {:?}",
+            String::from_utf8_lossy(bytes),
+            status_of(&answer)
+        );
+        assert!(String::from_utf8_lossy(&answer).contains("Connection: close"));
+    }
+    // ...and a well-behaved client is served meanwhile.
+    let t = text(&c_icap_client(server.port(), &["-s", "avscan"]).await);
+    assert!(t.contains("ICAP/1.0 200 OK"), "{t}");
+    // The slow one gets 408 once its head time is up.
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), slow.read_to_end(&mut answer))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        status_of(&answer).starts_with("ICAP/1.0 408"),
+        "{:?}",
+        status_of(&answer)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_beyond_the_maximum_get_503() {
+    let clamd = ClamdProcess::start();
+    let server =
+        TestServer::start(&["--clamd-url", &clamd.tcp_url(), "--max-connections", "2"]).await;
+    let _a = TcpStream::connect(server.addr).await.unwrap();
+    let _b = TcpStream::connect(server.addr).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let answer = raw_exchange(
+        server.addr,
+        b"OPTIONS icap://h/avscan ICAP/1.0\r\n\r\n",
+        Duration::from_secs(5),
+    )
+    .await;
+    assert!(
+        status_of(&answer).starts_with("ICAP/1.0 503"),
+        "{:?}",
+        status_of(&answer)
+    );
+    drop(_a);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let answer = raw_exchange(
+        server.addr,
+        b"OPTIONS icap://h/avscan ICAP/1.0\r\n\r\n",
+        Duration::from_millis(500),
+    )
+    .await;
+    assert!(
+        status_of(&answer).starts_with("ICAP/1.0 200"),
+        "{:?}",
+        status_of(&answer)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_the_transaction_in_flight() {
+    let clamd = ClamdProcess::start();
+    let port = support::free_port();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_virus-scanner"))
+        .arg("all")
+        .env("CLAMD_URL", clamd.tcp_url())
+        .env("ICAP_PORT", port.to_string())
+        .env("LISTEN_ADDR", "127.0.0.1")
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    support::wait_port(port, Duration::from_secs(10));
+    let head = b"RESPMOD icap://127.0.0.1/avscan ICAP/1.0\r\nHost: x\r\nAllow: 204\r\n\
+Encapsulated: res-hdr=0, res-body=38\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\n";
+    let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    s.write_all(head).await.unwrap();
+    s.write_all(b"4\r\nbody\r\n").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let pid = child.id().unwrap().to_string();
+    assert!(std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // New connections are refused once draining has begun...
+    assert!(TcpStream::connect(("127.0.0.1", port)).await.is_err());
+    // ...but the transaction in flight completes.
+    s.write_all(b"4\r\nmore\r\n0\r\n\r\n").await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut answer))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        status_of(&answer).starts_with("ICAP/1.0 204"),
+        "{:?}",
+        String::from_utf8_lossy(&answer)
+    );
+    let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+}

@@ -1,0 +1,111 @@
+//! Squid 5 (Debian's squid-openssl) as a forward proxy, sending REQMOD and
+//! RESPMOD to the server, which scans with a real clamd; curl fetches from a
+//! local origin through it.
+
+mod support;
+
+use std::collections::HashMap;
+
+use bytes::Bytes;
+use support::{eicar, fixture, ClamdProcess, Origin, Squid, TestServer, EICAR_NAME};
+
+/// A 50 MiB body that compresses poorly and repeats nowhere.
+fn big_body() -> Bytes {
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut v = Vec::with_capacity(50 << 20);
+    while v.len() < 50 << 20 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        v.extend_from_slice(&x.to_le_bytes());
+    }
+    Bytes::from(v)
+}
+
+fn icap_errors(log: &str) -> Vec<&str> {
+    log.lines()
+        .filter(|l| {
+            let l = l.to_ascii_lowercase();
+            l.contains("icap")
+                && (l.contains("error")
+                    || l.contains("fail")
+                    || l.contains("down")
+                    || l.contains("suspend"))
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn squid_downloads_and_uploads_are_scanned() {
+    let clamd = ClamdProcess::start();
+    let server =
+        TestServer::start(&["--clamd-url", &clamd.tcp_url(), "--max-scan-size", "100M"]).await;
+    let clean = Bytes::from(b"Nothing to see here, just text.\n".repeat(100));
+    let medium = Bytes::from(
+        (0..200_000u32)
+            .map(|i| (i * 7 % 256) as u8)
+            .collect::<Vec<_>>(),
+    );
+    let big = big_body();
+    let mut infected_big = big.slice(..5 << 20).to_vec();
+    infected_big.extend_from_slice(&eicar());
+    let files = HashMap::from([
+        ("/clean.txt".to_owned(), clean.clone()),
+        ("/medium.bin".to_owned(), medium.clone()),
+        ("/big.bin".to_owned(), big.clone()),
+        ("/empty".to_owned(), Bytes::new()),
+        ("/eicar.com".to_owned(), Bytes::from(eicar())),
+        ("/eicar.zip".to_owned(), Bytes::from(fixture("eicar.zip"))),
+        ("/infected-big.bin".to_owned(), Bytes::from(infected_big)),
+    ]);
+    let origin = Origin::start(files).await;
+    let squid = Squid::start("forward.conf", server.port());
+
+    for (path, want) in [
+        ("/clean.txt", &clean),
+        ("/medium.bin", &medium),
+        ("/empty", &Bytes::new()),
+        ("/big.bin", &big),
+    ] {
+        let (status, body) = squid.fetch(&origin.url(path), None).await;
+        assert_eq!(status, 200, "{path}");
+        assert!(
+            body == want.as_ref(),
+            "{path}: {} bytes arrived, {} expected",
+            body.len(),
+            want.len()
+        );
+    }
+    for path in ["/eicar.com", "/eicar.zip"] {
+        let (status, body) = squid.fetch(&origin.url(path), None).await;
+        let page = String::from_utf8_lossy(&body);
+        assert_eq!(status, 403, "{path}: {page}");
+        assert!(
+            page.contains(EICAR_NAME) && page.contains(path),
+            "{path}: {page}"
+        );
+    }
+    // A large infected download: the answer has started before the scan
+    // ends, so it is cut off, never completed.
+    let (_, body) = squid.fetch(&origin.url("/infected-big.bin"), None).await;
+    assert!(
+        body.len() < (5 << 20) + eicar().len(),
+        "the infected download arrived whole"
+    );
+    assert!(
+        !body.windows(eicar().len()).any(|w| w == eicar()),
+        "the test string reached the client"
+    );
+
+    let (status, body) = squid.fetch(&origin.url("/upload"), Some(&eicar())).await;
+    assert_eq!(status, 403, "{}", String::from_utf8_lossy(&body));
+    assert!(String::from_utf8_lossy(&body).contains(EICAR_NAME));
+    let (status, _) = squid.fetch(&origin.url("/upload"), Some(&clean)).await;
+    assert_eq!(status, 201);
+
+    let log = squid.cache_log();
+    assert!(
+        icap_errors(&log).is_empty(),
+        "ICAP errors in cache.log:\n{log}"
+    );
+}
