@@ -27,11 +27,26 @@ need_packages() {
   if [ ${#missing[@]} -gt 0 ]; then
     log "installing ${missing[*]}"
     as_root apt-get update -qq
-    # Installing must not start the packaged daemons: the tests start their own.
-    as_root env DEBIAN_FRONTEND=noninteractive RUNLEVEL=1 \
+    # Installing must not start the packaged daemons (clamd, freshclam,
+    # squid, c-icap): the tests start their own, on ports of their own.
+    local policy=/usr/sbin/policy-rc.d added=
+    if [ ! -e $policy ]; then
+      printf '#!/bin/sh\nexit 101\n' | as_root tee $policy >/dev/null
+      as_root chmod +x $policy
+      added=1
+    fi
+    as_root env DEBIAN_FRONTEND=noninteractive \
       apt-get install -y -qq --no-install-recommends "${missing[@]}"
+    [ -z "$added" ] || as_root rm -f $policy
   fi
 }
+
+# Each test starts the real program it needs, on a free loopback port.
+need_packages \
+  clamd clamav-daemon \
+  c-icap-client c-icap \
+  squid squid-openssl \
+  curl curl
 
 log "cargo test (workspace)"
 cargo test --workspace --locked

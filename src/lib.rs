@@ -19,8 +19,7 @@
 //! - [`config`]: every setting, as flags and environment variables.
 //! - [`error`]: scan errors, with their origin and retryability.
 //! - [`telemetry`]: logging.
-//! - `src/bin/virus-scanner.rs`: the command line (`all`, `bench`).
-//! - [`bench`]: the ICAP and clamd load generator behind `virus-scanner bench`.
+//! - `src/bin/virus-scanner.rs`: the command line.
 
 #![forbid(unsafe_code)]
 

@@ -562,25 +562,20 @@ impl<'c, S: AsyncRead + AsyncWrite + Unpin> Transaction<'c, S> {
             }
         }
         if !whole_in_preview {
-            loop {
-                match self.conn.next_chunk(&mut dec).await? {
-                    Chunk::Data(data) => {
-                        session.write(&data).await;
-                        if session.is_too_large()
-                            && policy.too_large == TooLargeAction::Block
-                            && !self.echo.started
-                        {
-                            let verdict = Verdict::TooLarge {
-                                limit: policy.max_scan_size,
-                            };
-                            self.conn.closing = true;
-                            return self.finish(verdict, false).await;
-                        }
-                        self.echo.push(data);
-                        self.trickle().await?;
-                    }
-                    Chunk::End(_) => break,
+            while let Chunk::Data(data) = self.conn.next_chunk(&mut dec).await? {
+                session.write(&data).await;
+                if session.is_too_large()
+                    && policy.too_large == TooLargeAction::Block
+                    && !self.echo.started
+                {
+                    let verdict = Verdict::TooLarge {
+                        limit: policy.max_scan_size,
+                    };
+                    self.conn.closing = true;
+                    return self.finish(verdict, false).await;
                 }
+                self.echo.push(data);
+                self.trickle().await?;
             }
         }
         let verdict = session.finish().await;
@@ -609,15 +604,10 @@ impl<'c, S: AsyncRead + AsyncWrite + Unpin> Transaction<'c, S> {
         // The body has to come back whole: pass it through as it arrives.
         self.log(&verdict, &decision);
         self.start_echo(&decision).await?;
-        loop {
-            match self.conn.next_chunk(dec).await? {
-                Chunk::Data(data) => {
-                    let mut out = Vec::with_capacity(data.len() + 16);
-                    encode_chunk(&data, &mut out);
-                    self.conn.write(&out).await?;
-                }
-                Chunk::End(_) => break,
-            }
+        while let Chunk::Data(data) = self.conn.next_chunk(dec).await? {
+            let mut out = Vec::with_capacity(data.len() + 16);
+            encode_chunk(&data, &mut out);
+            self.conn.write(&out).await?;
         }
         let mut out = Vec::new();
         encode_last_chunk(&LastChunk::default(), &mut out);
