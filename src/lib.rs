@@ -18,7 +18,7 @@
 //! - [`blockpage`]: the page users see instead of a blocked message.
 //! - [`config`]: every setting, as flags and environment variables.
 //! - [`error`]: scan errors, with their origin and retryability.
-//! - [`telemetry`]: logging.
+//! - [`telemetry`]: logging, one audit line per verdict.
 //! - `src/bin/virus-scanner.rs`: the command line.
 
 #![forbid(unsafe_code)]
