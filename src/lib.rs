@@ -19,12 +19,14 @@
 //! - [`config`]: every setting, as flags and environment variables.
 //! - [`error`]: scan errors, with their origin and retryability.
 //! - [`telemetry`]: logging, one audit line per verdict.
+//! - [`bench`]: the load generator behind `virus-scanner bench`.
 //! - `src/bin/virus-scanner.rs`: the command line.
 
 #![forbid(unsafe_code)]
 
 pub use icap;
 
+pub mod bench;
 pub mod blockpage;
 pub mod config;
 pub mod error;

@@ -1,0 +1,115 @@
+#!/usr/bin/env bash
+# The ICAP benchmark: this server, c-icap with its virus_scan service, and
+# clamd itself, on the same clamd, in one run; then the memory check with a
+# 1 GiB body. Prints figures and ratios; asserts nothing about time.
+#
+#   scripts/bench.sh                         defaults below
+#   DURATION=10s CONNECTIONS=8,64 SIZES=1K,64K,1M scripts/bench.sh
+#
+# Needs clamav-daemon, c-icap and libc-icap-mod-virus-scan (installed when
+# missing, as root or with sudo).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DURATION=${DURATION:-5s}
+CONNECTIONS=${CONNECTIONS:-8,64}
+SIZES=${SIZES:-1K,64K,1M}
+ONCE=${ONCE:-1G}
+
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+missing=()
+command -v clamd >/dev/null || missing+=(clamav-daemon)
+command -v c-icap >/dev/null || missing+=(c-icap)
+[ -e /usr/lib/x86_64-linux-gnu/c_icap/virus_scan.so ] || missing+=(libc-icap-mod-virus-scan)
+if [ ${#missing[@]} -gt 0 ]; then
+  as_root apt-get update -qq
+  printf '#!/bin/sh\nexit 101\n' | as_root tee /usr/sbin/policy-rc.d >/dev/null
+  as_root chmod +x /usr/sbin/policy-rc.d
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
+  as_root rm -f /usr/sbin/policy-rc.d
+fi
+
+cargo build --release --locked --bin virus-scanner
+bin=target/release/virus-scanner
+
+dir=$(mktemp -d /tmp/virus-scanner-bench.XXXXXX)
+chmod 777 "$dir"
+pids=()
+cleanup() { set +e; for p in "${pids[@]}"; do kill "$p" 2>/dev/null; done; wait 2>/dev/null; rm -rf "$dir"; }
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_port() { for _ in $(seq 1 200); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.1; done; echo "port $1 never opened" >&2; return 1; }
+
+clamd_port=$(free_port)
+cat >"$dir/clamd.conf" <<CONF
+Foreground yes
+TCPSocket $clamd_port
+TCPAddr 127.0.0.1
+LocalSocket $dir/clamd.sock
+DatabaseDirectory $PWD/clamav/db
+LogFile $dir/clamd.log
+MaxThreads 10
+StreamMaxLength 2000M
+MaxFileSize 2000M
+MaxScanSize 4000M
+CONF
+clamd -c "$dir/clamd.conf" >/dev/null 2>&1 & pids+=($!)
+wait_port "$clamd_port"
+
+cicap_port=$(free_port)
+cat >"$dir/c-icap.conf" <<CONF
+PidFile $dir/c-icap.pid
+CommandsSocket $dir/c-icap.ctl
+Port 127.0.0.1:$cicap_port
+StartServers 2
+MaxServers 2
+ThreadsPerChild 40
+MinSpareThreads 10
+MaxSpareThreads 80
+MaxKeepAliveRequests 0
+TmpDir $dir
+ModulesDir /usr/lib/x86_64-linux-gnu/c_icap
+ServicesDir /usr/lib/x86_64-linux-gnu/c_icap
+TemplateDir /usr/share/c_icap/templates/
+LoadMagicFile /etc/c-icap/c-icap.magic
+ServerLog $dir/c-icap-server.log
+AccessLog $dir/c-icap-access.log
+Module common clamd_mod.so
+clamd_mod.ClamdSocket $dir/clamd.sock
+Service virus_scan virus_scan.so
+virus_scan.DefaultEngine clamd
+virus_scan.ScanFileTypes TEXT DATA EXECUTABLE ARCHIVE GIF JPEG MSOFFICE
+virus_scan.MaxObjectSize 2000M
+virus_scan.Allow204Responces on
+Service echo srv_echo.so
+CONF
+c-icap -N -f "$dir/c-icap.conf" >/dev/null 2>&1 & pids+=($!)
+wait_port "$cicap_port"
+
+ours_port=$(free_port)
+CLAMD_URL="unix://$dir/clamd.sock" ICAP_PORT=$ours_port LISTEN_ADDR=127.0.0.1 \
+  MAX_SCAN_SIZE=2000M TRUSTED_HOSTS=trusted.test LOG_LEVEL=warn $bin all & ours=$!; pids+=($ours)
+wait_port "$ours_port"
+
+echo "## Scanning path (unique bodies, RESPMOD with preview and Allow: 204)"
+echo
+$bin bench --duration "$DURATION" --connections "$CONNECTIONS" --sizes "$SIZES" \
+  --target "virus-scanner=icap://127.0.0.1:$ours_port/avscan" \
+  --target "c-icap=icap://127.0.0.1:$cicap_port/virus_scan" \
+  --target "clamd-instream-tcp=instream+tcp://127.0.0.1:$clamd_port" \
+  --target "clamd-instream-unix=instream+unix://$dir/clamd.sock" \
+  --target "clamd-fildes=fildes+unix://$dir/clamd.sock"
+echo
+echo "## No-scan path (a trusted host answered from the preview; c-icap's echo service)"
+echo
+$bin bench --duration "$DURATION" --connections "$CONNECTIONS" --sizes "$SIZES" \
+  --target "virus-scanner=icap://127.0.0.1:$ours_port/avscan?http://trusted.test/file.bin" \
+  --target "c-icap-echo=icap://127.0.0.1:$cicap_port/echo"
+echo
+echo "## Memory: one $ONCE body scanned and sent back (no Allow: 204)"
+echo
+rss() { awk '/^VmHWM/ {print $2 " kB peak"} /^VmRSS/ {print $2 " kB now"}' /proc/"$1"/status | paste -sd' '; }
+echo "virus-scanner RSS before: $(rss $ours)"
+$bin bench --once "$ONCE" --target "virus-scanner=icap://127.0.0.1:$ours_port/avscan"
+echo "virus-scanner RSS after:  $(rss $ours)"
