@@ -99,7 +99,9 @@ $bin bench --duration "$DURATION" --connections "$CONNECTIONS" --sizes "$SIZES" 
   --target "c-icap=icap://127.0.0.1:$cicap_port/virus_scan" \
   --target "clamd-instream-tcp=instream+tcp://127.0.0.1:$clamd_port" \
   --target "clamd-instream-unix=instream+unix://$dir/clamd.sock" \
-  --target "clamd-fildes=fildes+unix://$dir/clamd.sock"
+  --target "clamd-fildes=fildes+unix://$dir/clamd.sock" \
+  --target "clamd-fildes-session=fildes-session+unix://$dir/clamd.sock" \
+  --target "clamd-instream-session=instream-session+unix://$dir/clamd.sock"
 echo
 echo "## No-scan path (a trusted host answered from the preview; c-icap's echo service)"
 echo

@@ -36,27 +36,37 @@ pub enum Target {
         /// trusted-host policies).
         url: String,
     },
-    /// clamd's INSTREAM, one connection per body.
-    Instream(ClamdAddr),
-    /// clamd's FILDES over a unix socket.
-    Fildes(ClamdAddr),
+    /// clamd's INSTREAM; in clamd sessions when the flag is set, else one
+    /// connection per body.
+    Instream(ClamdAddr, bool),
+    /// clamd's FILDES over a unix socket; sessions as for INSTREAM.
+    Fildes(ClamdAddr, bool),
 }
 
 impl FromStr for Target {
     type Err = String;
 
     /// `icap://host:port/service[?url]`, `instream+tcp://host:port`,
-    /// `instream+unix:///path`, `fildes+unix:///path`.
+    /// `instream+unix:///path`, `fildes+unix:///path`; `instream-session+`
+    /// and `fildes-session+` reuse clamd sessions.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        if let Some(rest) = s.strip_prefix("instream+") {
-            return Ok(Target::Instream(rest.parse()?));
-        }
-        if let Some(rest) = s.strip_prefix("fildes+") {
+        for (prefix, fildes, session) in [
+            ("instream+", false, false),
+            ("instream-session+", false, true),
+            ("fildes+", true, false),
+            ("fildes-session+", true, true),
+        ] {
+            let Some(rest) = s.strip_prefix(prefix) else {
+                continue;
+            };
             let addr: ClamdAddr = rest.parse()?;
+            if !fildes {
+                return Ok(Target::Instream(addr, session));
+            }
             if !matches!(addr, ClamdAddr::Unix(_)) {
                 return Err("FILDES needs a unix socket: fildes+unix:///path".into());
             }
-            return Ok(Target::Fildes(addr));
+            return Ok(Target::Fildes(addr, session));
         }
         let (uri, url) = s
             .split_once('?')
@@ -104,8 +114,8 @@ impl Stats {
     }
 }
 
-/// A body of `size` bytes that compresses poorly; [`unique`] makes each
-/// request's copy different.
+/// A body of `size` bytes that compresses poorly; a stamped counter makes
+/// each request's copy different.
 pub fn base_body(size: usize) -> Vec<u8> {
     let mut x: u64 = 0x2545_F491_4F6C_DD1D ^ size as u64;
     (0..size)
@@ -118,13 +128,11 @@ pub fn base_body(size: usize) -> Vec<u8> {
         .collect()
 }
 
-/// Stamps a counter into the start of the body.
-fn unique(base: &[u8], n: u64) -> Vec<u8> {
-    let mut body = base.to_vec();
-    let stamp = n.to_le_bytes();
-    let k = stamp.len().min(body.len());
-    body[..k].copy_from_slice(&stamp[..k]);
-    body
+/// Stamps a counter into the start of the body, making it unique.
+fn stamp(body: &mut [u8], n: u64) {
+    let bytes = n.to_le_bytes();
+    let k = bytes.len().min(body.len());
+    body[..k].copy_from_slice(&bytes[..k]);
 }
 
 static COUNTER: AtomicU64 = AtomicU64::new(1);
@@ -138,13 +146,14 @@ pub async fn measure(
 ) -> Stats {
     let base = Arc::new(base_body(size));
     let clamd = match target {
-        Target::Instream(a) | Target::Fildes(a) => Some(Clamd::new(
+        Target::Instream(a, sessions) | Target::Fildes(a, sessions) => Some(Clamd::new(
             a.clone(),
             ClamdOptions {
                 connect_timeout: Duration::from_secs(5),
                 scan_timeout: Duration::from_secs(120),
                 max_concurrency: connections,
                 fildes_max: usize::MAX,
+                sessions: *sessions,
             },
         )),
         Target::Icap { .. } => None,
@@ -162,18 +171,25 @@ pub async fn measure(
                 latencies: Vec::new(),
                 first_error: None,
             };
+            let mut body = base.to_vec();
+            let template = match &target {
+                Target::Icap { addr, service, url } => {
+                    Some(RespmodTemplate::new(*addr, service, url, &base, true))
+                }
+                _ => None,
+            };
             let mut conn: Option<IcapConn> = None;
             while Instant::now() < end {
-                let body = unique(&base, COUNTER.fetch_add(1, Ordering::Relaxed));
+                let n = COUNTER.fetch_add(1, Ordering::Relaxed);
                 let t0 = Instant::now();
-                let result = match (&target, &clamd) {
-                    (Target::Icap { addr, service, url }, _) => {
+                let result = match (&target, &clamd, &template) {
+                    (Target::Icap { addr, .. }, _, Some(t)) => {
                         if conn.is_none() {
                             conn = IcapConn::connect(*addr).await.ok();
                         }
                         match conn.as_mut() {
                             Some(c) => {
-                                let r = c.respmod(service, url, &body).await;
+                                let r = c.send(t, n).await;
                                 if r.is_err() {
                                     conn = None;
                                 }
@@ -182,13 +198,18 @@ pub async fn measure(
                             None => Err("cannot connect".to_owned()),
                         }
                     }
-                    (Target::Instream(_), Some(c)) => scan_instream(c, &body).await,
-                    (Target::Fildes(_), Some(c)) => c
-                        .fildes(&body)
-                        .await
-                        .map_err(|e| e.to_string())
-                        .and_then(clean),
-                    _ => unreachable!("clamd targets have a client"),
+                    (Target::Instream(..), Some(c), _) => {
+                        stamp(&mut body, n);
+                        scan_instream(c, &body).await
+                    }
+                    (Target::Fildes(..), Some(c), _) => {
+                        stamp(&mut body, n);
+                        c.fildes(&body)
+                            .await
+                            .map_err(|e| e.to_string())
+                            .and_then(clean)
+                    }
+                    _ => unreachable!("each target has its client"),
                 };
                 match result {
                     Ok(()) => {
@@ -238,43 +259,31 @@ async fn scan_instream(clamd: &Clamd, body: &[u8]) -> Result<(), String> {
     s.finish().await.map_err(|e| e.to_string()).and_then(clean)
 }
 
-/// A persistent ICAP connection that sends RESPMOD the way Squid does.
-pub struct IcapConn {
-    stream: TcpStream,
-    buf: BytesMut,
-    preview: usize,
+/// A RESPMOD encoded once, the way Squid sends it: the head and a preview
+/// of up to 1024 bytes (`ieof` when that is all), then the rest of the body
+/// in 64 KiB chunks after `100 Continue`.
+pub struct RespmodTemplate {
+    /// The head and the preview.
+    head: Vec<u8>,
+    /// Where the body's first byte is in `head`.
+    body_at: usize,
+    /// The rest of the body and the last chunk, when the preview is not all.
+    rest: Option<Vec<u8>>,
 }
 
-impl IcapConn {
-    /// Connects.
-    pub async fn connect(addr: SocketAddr) -> Result<IcapConn, String> {
-        let stream = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
-        let _ = stream.set_nodelay(true);
-        // Squid's default when the server asks for it; c-icap and this
-        // server both advertise 1024.
-        Ok(IcapConn {
-            stream,
-            buf: BytesMut::with_capacity(64 * 1024),
-            preview: 1024,
-        })
-    }
-
-    /// Sends a RESPMOD for `body` with a preview and `Allow: 204`, and
-    /// reads the answer to its end. Ok only for a clean answer (204 or 200).
-    pub async fn respmod(&mut self, service: &str, url: &str, body: &[u8]) -> Result<(), String> {
-        self.respmod_with(service, url, body, true).await
-    }
-
-    /// As [`respmod`](Self::respmod); without `Allow: 204` when `allow_204`
-    /// is false (the server must send the body back).
-    pub async fn respmod_with(
-        &mut self,
+impl RespmodTemplate {
+    /// Encodes a RESPMOD of `body` for `service` at `addr`; without
+    /// `Allow: 204` when `allow_204` is false (the server must send it back).
+    pub fn new(
+        addr: SocketAddr,
         service: &str,
         url: &str,
         body: &[u8],
         allow_204: bool,
-    ) -> Result<(), String> {
-        let preview = body.len().min(self.preview);
+    ) -> RespmodTemplate {
+        // Squid's default when the server asks for it; c-icap and this server
+        // both advertise 1024.
+        let preview = body.len().min(1024);
         let mut res_headers = http::HeaderMap::new();
         res_headers.insert(
             "content-type",
@@ -285,18 +294,14 @@ impl IcapConn {
         let host = url.split('/').nth(2).unwrap_or("bench.test");
         req_headers.insert(
             "host",
-            http::HeaderValue::from_str(host).map_err(|e| e.to_string())?,
+            http::HeaderValue::from_str(host)
+                .unwrap_or(http::HeaderValue::from_static("bench.test")),
         );
+        let uri = IcapUri::parse(format!("icap://{addr}/{service}").as_bytes())
+            .expect("a valid ICAP URI");
         let req = Request {
             method: Method::Respmod,
-            uri: IcapUri::parse(
-                format!(
-                    "icap://{}/{service}",
-                    self.stream.peer_addr().map_err(|e| e.to_string())?
-                )
-                .as_bytes(),
-            )
-            .map_err(|e| e.to_string())?,
+            uri,
             headers: http::HeaderMap::new(),
             preview: Some(preview as u64),
             allow: Allow {
@@ -320,36 +325,71 @@ impl IcapConn {
                 body: Body::Response,
             }),
         };
-        let mut out = Vec::with_capacity(1024 + preview);
-        encode_request(&req, &mut out);
-        encode_chunk(&body[..preview], &mut out);
+        let mut head = Vec::with_capacity(1024 + preview);
+        encode_request(&req, &mut head);
         let whole = preview == body.len();
+        let chunk_line = format!("{preview:x}\r\n").len();
+        let body_at = head.len() + if preview > 0 { chunk_line } else { 0 };
+        encode_chunk(&body[..preview], &mut head);
         encode_last_chunk(
             &LastChunk {
                 ieof: whole,
                 ..LastChunk::default()
             },
-            &mut out,
+            &mut head,
         );
+        let rest = (!whole).then(|| {
+            let rest = &body[preview..];
+            let mut out = Vec::with_capacity(rest.len() + rest.len() / 8192 + 16);
+            for piece in rest.chunks(64 * 1024) {
+                encode_chunk(piece, &mut out);
+            }
+            encode_last_chunk(&LastChunk::default(), &mut out);
+            out
+        });
+        RespmodTemplate {
+            head,
+            body_at,
+            rest,
+        }
+    }
+}
+
+/// A persistent ICAP connection that sends RESPMOD the way Squid does.
+pub struct IcapConn {
+    stream: TcpStream,
+    buf: BytesMut,
+}
+
+impl IcapConn {
+    /// Connects.
+    pub async fn connect(addr: SocketAddr) -> Result<IcapConn, String> {
+        let stream = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+        let _ = stream.set_nodelay(true);
+        Ok(IcapConn {
+            stream,
+            buf: BytesMut::with_capacity(64 * 1024),
+        })
+    }
+
+    /// Sends the template's RESPMOD with `n` stamped into its body, and
+    /// reads the answer to its end. Ok only for a clean answer (204 or 200).
+    pub async fn send(&mut self, t: &RespmodTemplate, n: u64) -> Result<(), String> {
+        let mut out = t.head.clone();
+        stamp(&mut out[t.body_at..], n);
         self.stream
             .write_all(&out)
             .await
             .map_err(|e| e.to_string())?;
         let mut status = self.read_answer().await?;
         if status == 100 {
-            if whole {
+            let Some(rest) = &t.rest else {
                 return Err("100 Continue after ieof".into());
-            }
-            // Send the rest in Squid-sized chunks while reading nothing yet:
-            // the answer may start early, so write and read together.
-            let rest = &body[preview..];
-            let mut writer_out = Vec::with_capacity(rest.len() + rest.len() / 16384 * 8 + 16);
-            for piece in rest.chunks(64 * 1024) {
-                encode_chunk(piece, &mut writer_out);
-            }
-            encode_last_chunk(&LastChunk::default(), &mut writer_out);
+            };
+            // The answer may start before the rest is sent: write and read
+            // together.
             let (mut rd, mut wr) = self.stream.split();
-            let write = async { wr.write_all(&writer_out).await.map_err(|e| e.to_string()) };
+            let write = async { wr.write_all(rest).await.map_err(|e| e.to_string()) };
             let read = read_answer_from(&mut rd, &mut self.buf);
             let (w, r) = tokio::join!(write, read);
             w?;

@@ -105,6 +105,11 @@ pub struct ScanConfig {
     #[arg(long, env = "FILDES_MAX", default_value = "256K", value_parser = parse_size)]
     pub fildes_max: u64,
 
+    /// Open a new clamd connection for every scan instead of reusing clamd
+    /// sessions (IDSESSION).
+    #[arg(long, env = "CLAMD_NO_SESSIONS", default_value_t = false)]
+    pub clamd_no_sessions: bool,
+
     /// The largest body scanned. Keep it at or below clamd's StreamMaxLength
     /// (25M by default in clamd.conf).
     #[arg(long, env = "MAX_SCAN_SIZE", default_value = "25M", value_parser = parse_size)]
@@ -134,6 +139,7 @@ impl ScanConfig {
             scan_timeout: self.clamd_scan_timeout,
             max_concurrency: self.clamd_max_concurrency,
             fildes_max: self.fildes_max as usize,
+            sessions: !self.clamd_no_sessions,
         }
     }
 

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use virus_scanner::bench::{measure, size_label, IcapConn, Target};
+use virus_scanner::bench::{measure, size_label, IcapConn, RespmodTemplate, Target};
 use virus_scanner::config::{IcapConfig, ScanConfig};
 use virus_scanner::frontend::icap::{run, IcapService};
 use virus_scanner::scan::clamd::Clamd;
@@ -152,9 +152,8 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
             };
             let start = std::time::Instant::now();
             let mut conn = IcapConn::connect(*addr).await.map_err(anyhow::Error::msg)?;
-            conn.respmod_with(service, url, &body, false)
-                .await
-                .map_err(anyhow::Error::msg)?;
+            let template = RespmodTemplate::new(*addr, service, url, &body, false);
+            conn.send(&template, 0).await.map_err(anyhow::Error::msg)?;
             let secs = start.elapsed().as_secs_f64();
             println!(
                 "{name}: {} through in {secs:.2} s ({:.0} MB/s)",

@@ -13,8 +13,9 @@ use std::path::PathBuf;
 use std::pin::Pin;
 use std::str::FromStr;
 use std::sync::Arc;
+use std::sync::Mutex;
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rustix::net::{sendmsg, SendAncillaryBuffer, SendAncillaryMessage, SendFlags};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
@@ -77,6 +78,9 @@ pub struct ClamdOptions {
     /// On a unix socket, bodies up to this size that are already whole are
     /// passed as a file descriptor (FILDES) instead of streamed.
     pub fildes_max: usize,
+    /// Whether scans run in reusable clamd sessions (IDSESSION), or each on a
+    /// connection of its own, as plain clients do.
+    pub sessions: bool,
 }
 
 /// A clamd connection over TCP or a unix socket.
@@ -141,11 +145,58 @@ impl AsyncWrite for Stream {
 }
 
 /// The clamd client. Cheap to clone.
+///
+/// Scans run in clamd sessions (`IDSESSION`): a connection carries one scan
+/// after another, so a scan costs no connect, accept and close on either
+/// side. Idle sessions wait in a pool; one that clamd has closed meanwhile
+/// is noticed before use, and a scan that finds its reused session dead
+/// before sending anything starts again on a fresh one.
 #[derive(Clone)]
 pub struct Clamd {
     addr: Arc<ClamdAddr>,
     options: ClamdOptions,
     permits: Arc<Semaphore>,
+    pool: Arc<Mutex<Vec<Session>>>,
+}
+
+/// An open clamd session.
+struct Session {
+    stream: Stream,
+    /// The number clamd gives the next command's reply.
+    next_id: u64,
+    idle_since: Instant,
+    reused: bool,
+}
+
+/// Sessions idle longer than this are closed rather than reused: clamd's
+/// own IdleTimeout (30 s by default) may be about to close them.
+const MAX_IDLE: Duration = Duration::from_secs(10);
+
+impl Session {
+    /// True when clamd has not closed the connection (nothing to read yet).
+    fn is_open(&self) -> bool {
+        let mut probe = [0u8; 1];
+        let read = match &self.stream {
+            Stream::Tcp(s) => s.try_read(&mut probe),
+            Stream::Unix(s) => s.try_read(&mut probe),
+        };
+        matches!(read, Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+    }
+
+    /// Reads the reply to the command just sent, without its `<id>: `
+    /// (a plain connection, numbered 0, has none).
+    async fn reply(&mut self, limit: Duration) -> Result<String, ScanError> {
+        let reply = read_reply(&mut self.stream, limit).await?;
+        if self.next_id == 0 {
+            return Ok(reply);
+        }
+        let id = self.next_id;
+        self.next_id += 1;
+        match reply.split_once(": ") {
+            Some((n, rest)) if n.parse() == Ok(id) => Ok(rest.to_owned()),
+            _ => Err(ScanError::Protocol(reply)),
+        }
+    }
 }
 
 impl fmt::Debug for Clamd {
@@ -164,6 +215,59 @@ impl Clamd {
             addr: Arc::new(addr),
             options,
             permits: Arc::new(Semaphore::new(options.max_concurrency.max(1))),
+            pool: Arc::new(Mutex::new(Vec::new())),
+        }
+    }
+
+    /// An open session: a pooled one that is still open, or a new one.
+    /// Without sessions, a plain connection for one command.
+    async fn session(&self, fresh: bool) -> Result<Session, ScanError> {
+        if !self.options.sessions {
+            let stream = self.connect().await?;
+            return Ok(Session {
+                stream,
+                next_id: 0,
+                idle_since: Instant::now(),
+                reused: false,
+            });
+        }
+        if !fresh {
+            loop {
+                let pooled = self.pool.lock().expect("pool lock").pop();
+                match pooled {
+                    Some(s) if s.idle_since.elapsed() < MAX_IDLE && s.is_open() => {
+                        return Ok(Session { reused: true, ..s })
+                    }
+                    Some(_) => continue,
+                    None => break,
+                }
+            }
+        }
+        let mut stream = self.connect().await?;
+        let t = self.options.connect_timeout;
+        timeout(t, stream.write_all(b"zIDSESSION\0"))
+            .await
+            .map_err(|_| ScanError::Timeout {
+                what: "write",
+                after: t,
+            })??;
+        Ok(Session {
+            stream,
+            next_id: 1,
+            idle_since: Instant::now(),
+            reused: false,
+        })
+    }
+
+    /// Returns a session whose last command was answered to the pool.
+    fn put_back(&self, mut session: Session) {
+        if !self.options.sessions {
+            return;
+        }
+        session.idle_since = Instant::now();
+        let mut pool = self.pool.lock().expect("pool lock");
+        if pool.len() < self.options.max_concurrency {
+            pool.push(session);
         }
     }
 
@@ -240,20 +344,30 @@ impl Clamd {
             .acquire_owned()
             .await
             .expect("the semaphore is never closed");
-        let mut stream = self.connect().await?;
         let t = self.options.connect_timeout;
-        timeout(t, stream.write_all(b"zINSTREAM\0"))
-            .await
-            .map_err(|_| ScanError::Timeout {
-                what: "write",
-                after: t,
-            })??;
-        Ok(Instream {
-            stream,
-            _permit: permit,
-            options: self.options,
-            sent: 0,
-        })
+        let mut fresh = false;
+        loop {
+            let mut session = self.session(fresh).await?;
+            match timeout(t, session.stream.write_all(b"zINSTREAM\0")).await {
+                Ok(Ok(())) => {
+                    return Ok(Instream {
+                        session: Some(session),
+                        clamd: self.clone(),
+                        _permit: permit,
+                        options: self.options,
+                        sent: 0,
+                    })
+                }
+                Ok(Err(_)) if session.reused => fresh = true,
+                Ok(Err(e)) => return Err(ScanError::Io(e)),
+                Err(_) => {
+                    return Err(ScanError::Timeout {
+                        what: "write",
+                        after: t,
+                    })
+                }
+            }
+        }
     }
 
     /// Scans a body that is already whole: FILDES on a unix socket when it
@@ -270,9 +384,9 @@ impl Clamd {
     /// `FILDES`: writes the body to an anonymous memory file and passes its
     /// descriptor over the unix socket (SCM_RIGHTS). clamd reads it in place.
     pub async fn fildes(&self, body: &[u8]) -> Result<Verdict, ScanError> {
-        let ClamdAddr::Unix(path) = &*self.addr else {
+        if !self.is_unix() {
             return Err(ScanError::Protocol("FILDES needs a unix socket".into()));
-        };
+        }
         let _permit = self
             .permits
             .clone()
@@ -284,20 +398,38 @@ impl Clamd {
         let mut file = std::fs::File::from(file);
         std::io::Write::write_all(&mut file, body)?;
         std::io::Seek::rewind(&mut file)?;
-        let stream = match timeout(self.options.connect_timeout, UnixStream::connect(path)).await {
-            Ok(Ok(s)) => s,
-            Ok(Err(source)) => {
-                return Err(ScanError::Connect {
-                    addr: self.addr.to_string(),
-                    source,
-                })
+        let mut fresh = false;
+        loop {
+            let mut session = self.session(fresh).await?;
+            let reused = session.reused;
+            match self.send_fd(&mut session, &file).await {
+                Ok(()) => {}
+                Err(_) if reused => {
+                    fresh = true;
+                    continue;
+                }
+                Err(e) => return Err(e),
             }
-            Err(_) => {
-                return Err(ScanError::Timeout {
-                    what: "connect",
-                    after: self.options.connect_timeout,
-                })
+            let reply = session.reply(self.options.scan_timeout).await;
+            let verdict = match reply {
+                Ok(reply) => parse_scan_reply(&reply),
+                Err(_) if reused => {
+                    fresh = true;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            if verdict.is_ok() {
+                self.put_back(session);
             }
+            return verdict;
+        }
+    }
+
+    /// Sends `FILDES` and the descriptor (SCM_RIGHTS) on a session.
+    async fn send_fd(&self, session: &mut Session, file: &std::fs::File) -> Result<(), ScanError> {
+        let Stream::Unix(stream) = &session.stream else {
+            return Err(ScanError::Protocol("FILDES needs a unix socket".into()));
         };
         let t = self.options.connect_timeout;
         let send = async {
@@ -306,7 +438,7 @@ impl Clamd {
                 stream.writable().await?;
                 let res = stream.try_io(tokio::io::Interest::WRITABLE, || {
                     if !sent_cmd {
-                        rustix::net::send(&stream, b"zFILDES\0", SendFlags::NOSIGNAL)?;
+                        rustix::net::send(stream, b"zFILDES\0", SendFlags::NOSIGNAL)?;
                         sent_cmd = true;
                     }
                     let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
@@ -315,7 +447,7 @@ impl Clamd {
                     control.push(SendAncillaryMessage::ScmRights(&fds));
                     // clamd wants one byte of data with the descriptor.
                     sendmsg(
-                        &stream,
+                        stream,
                         &[IoSlice::new(b"\0")],
                         &mut control,
                         SendFlags::NOSIGNAL,
@@ -333,9 +465,7 @@ impl Clamd {
             what: "write",
             after: t,
         })??;
-        let mut stream = Stream::Unix(stream);
-        let reply = read_reply(&mut stream, self.options.scan_timeout).await?;
-        parse_scan_reply(&reply)
+        Ok(())
     }
 }
 
@@ -393,7 +523,9 @@ pub fn parse_scan_reply(reply: &str) -> Result<Verdict, ScanError> {
 
 /// An INSTREAM scan under way: chunks go to clamd as they arrive.
 pub struct Instream {
-    stream: Stream,
+    /// `None` once the session has failed.
+    session: Option<Session>,
+    clamd: Clamd,
     _permit: OwnedSemaphorePermit,
     options: ClamdOptions,
     sent: u64,
@@ -404,16 +536,22 @@ pub struct Instream {
 const MAX_CHUNK: usize = 1 << 20;
 
 impl Instream {
+    fn session(&mut self) -> Result<&mut Session, ScanError> {
+        self.session
+            .as_mut()
+            .ok_or_else(|| ScanError::Protocol("the clamd session failed earlier".into()))
+    }
+
     /// Sends body bytes.
     pub async fn send(&mut self, data: &[u8]) -> Result<(), ScanError> {
+        let t = self.options.scan_timeout;
         for piece in data.chunks(MAX_CHUNK) {
             let len = (piece.len() as u32).to_be_bytes();
-            let t = self.options.scan_timeout;
+            let stream = &mut self.session()?.stream;
             let write = async {
                 let (mut header, mut body) = (&len[..], piece);
                 while !header.is_empty() || !body.is_empty() {
-                    let n = self
-                        .stream
+                    let n = stream
                         .write_vectored(&[IoSlice::new(header), IoSlice::new(body)])
                         .await?;
                     if n == 0 {
@@ -431,10 +569,11 @@ impl Instream {
                 // says why before closing: prefer its words to the broken pipe.
                 Ok(Err(e)) => return Err(self.reason_for(e).await),
                 Err(_) => {
+                    self.session = None;
                     return Err(ScanError::Timeout {
                         what: "write",
                         after: t,
-                    })
+                    });
                 }
             }
             self.sent += piece.len() as u64;
@@ -442,8 +581,12 @@ impl Instream {
         Ok(())
     }
 
+    /// The session is lost; clamd's last words, if any, say why.
     async fn reason_for(&mut self, e: std::io::Error) -> ScanError {
-        match read_reply(&mut self.stream, Duration::from_millis(500)).await {
+        let Some(mut session) = self.session.take() else {
+            return ScanError::Io(e);
+        };
+        match session.reply(Duration::from_millis(500)).await {
             Ok(reply) => match parse_scan_reply(&reply) {
                 Err(err) => err,
                 Ok(_) => ScanError::Io(e),
@@ -460,7 +603,8 @@ impl Instream {
     /// Ends the stream and waits for the verdict.
     pub async fn finish(mut self) -> Result<Verdict, ScanError> {
         let t = self.options.scan_timeout;
-        match timeout(t, self.stream.write_all(&[0, 0, 0, 0])).await {
+        let stream = &mut self.session()?.stream;
+        match timeout(t, stream.write_all(&[0, 0, 0, 0])).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => return Err(self.reason_for(e).await),
             Err(_) => {
@@ -470,8 +614,12 @@ impl Instream {
                 })
             }
         }
-        let reply = read_reply(&mut self.stream, t).await?;
-        parse_scan_reply(&reply)
+        let mut session = self.session.take().expect("checked above");
+        let verdict = parse_scan_reply(&session.reply(t).await?);
+        if verdict.is_ok() {
+            self.clamd.put_back(session);
+        }
+        verdict
     }
 }
 
