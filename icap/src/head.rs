@@ -1,17 +1,17 @@
 //! What requests and responses share: reading the ICAP head, reading its
 //! typed fields (`Encapsulated`, `Preview`, `Allow`), and reading the encapsulated HTTP heads that follow.
 //!
-//! Parsing is done in two passes. The first walks the lines only to find the
-//! end of the head, refusing bare LFs and checking the start line as soon as
-//! it is complete, so that garbage is answered at once. The second pass, run
-//! once the head is complete, builds the header map. Every check is made in
-//! the same order whatever part of the message has arrived, so feeding a
-//! message in pieces gives the same answer as feeding it whole.
+//! The head is read in one pass over its lines, in order: the start line
+//! first (checked even before it is complete, so that garbage is answered at
+//! once), then each header field. A head that is not complete yet is read
+//! again from its start when more bytes arrive. Every check is made in the
+//! same order whatever part of the message has arrived, so feeding a message
+//! in pieces gives the same answer as feeding it whole.
 
 use http::header::HeaderMap;
 
 use crate::encapsulated::{Encapsulated, Rules, Section, Sections};
-use crate::syntax::{decimal, header_field, memchr, push_field, scan_head, Scan, StartLine};
+use crate::syntax::{decimal, header_field, push_field, scan_head, Scan, StartLine};
 use crate::{http_head, Allow, Error, Limits};
 
 /// A complete ICAP head: the parsed start line, the header fields, and the
@@ -47,8 +47,10 @@ pub(crate) fn parse_head<'a, S>(
     parse_start: impl Fn(&[u8]) -> Result<S, Error>,
 ) -> Result<Option<Head<'a, S>>, Error> {
     let mut start = None;
-    let mut first = 0;
-    let mut lines = 0;
+    let mut headers = HeaderMap::new();
+    let mut encapsulated: Option<&'a [u8]> = None;
+    let mut preview: Option<u64> = None;
+    let mut allow = Allow::default();
     let scan = scan_head(
         buf,
         limits.max_icap_head,
@@ -57,49 +59,40 @@ pub(crate) fn parse_head<'a, S>(
         |i, line| {
             if i == 0 {
                 start = Some(parse_start(line)?);
-                // Remember where the start line ended (leading empty lines skipped).
-                first = line.as_ptr() as usize - buf.as_ptr() as usize + line.len() + 2;
+                return Ok(());
             }
-            lines = i;
+            let (name, value) = header_field(line)?;
+            if name.eq_ignore_ascii_case(b"encapsulated") {
+                if encapsulated.replace(value).is_some() {
+                    return Err(Error::DuplicateEncapsulated);
+                }
+            } else if fields == Fields::Request && name.eq_ignore_ascii_case(b"preview") {
+                let n = decimal(value).ok_or(Error::InvalidPreview)?;
+                if preview.replace(n).is_some_and(|p| p != n) {
+                    return Err(Error::InvalidPreview);
+                }
+                if n > limits.max_preview {
+                    return Err(Error::PreviewTooLarge);
+                }
+            } else if fields == Fields::Request && name.eq_ignore_ascii_case(b"allow") {
+                allow.add(value);
+            } else {
+                push_field(&mut headers, name, value, limits.max_headers)?;
+            }
             Ok(())
         },
     )?;
     let (Scan::Complete(len), Some(start)) = (scan, start) else {
         return Ok(None);
     };
-    let mut head = Head {
+    Ok(Some(Head {
         start,
-        headers: HeaderMap::with_capacity(lines),
+        headers,
         len,
-        encapsulated: None,
-        preview: None,
-        allow: Allow::default(),
-    };
-    let mut pos = first;
-    while pos + 2 < len {
-        let end = pos + memchr(b'\n', &buf[pos..len]).unwrap_or(0);
-        let line = &buf[pos..end - 1];
-        pos = end + 1;
-        let (name, value) = header_field(line)?;
-        if name.eq_ignore_ascii_case(b"encapsulated") {
-            if head.encapsulated.replace(value).is_some() {
-                return Err(Error::DuplicateEncapsulated);
-            }
-        } else if fields == Fields::Request && name.eq_ignore_ascii_case(b"preview") {
-            let n = decimal(value).ok_or(Error::InvalidPreview)?;
-            if head.preview.replace(n).is_some_and(|p| p != n) {
-                return Err(Error::InvalidPreview);
-            }
-            if n > limits.max_preview {
-                return Err(Error::PreviewTooLarge);
-            }
-        } else if fields == Fields::Request && name.eq_ignore_ascii_case(b"allow") {
-            head.allow.add(value);
-        } else {
-            push_field(&mut head.headers, name, value, limits.max_headers)?;
-        }
-    }
-    Ok(Some(head))
+        encapsulated,
+        preview,
+        allow,
+    }))
 }
 
 /// Checks the `Encapsulated` value, if there was one.

@@ -121,12 +121,12 @@ pub(crate) enum Scan {
 /// input is always consistent with the answer for the whole: the same lines
 /// are checked in the same order, and "too large" is only said once `limit`
 /// bytes have arrived without an end.
-pub(crate) fn scan_head(
-    buf: &[u8],
+pub(crate) fn scan_head<'b>(
+    buf: &'b [u8],
     limit: usize,
     start: &StartLine,
     too_large: Error,
-    mut on_line: impl FnMut(usize, &[u8]) -> Result<(), Error>,
+    mut on_line: impl FnMut(usize, &'b [u8]) -> Result<(), Error>,
 ) -> Result<Scan, Error> {
     let window = &buf[..buf.len().min(limit)];
     let mut pos = 0;

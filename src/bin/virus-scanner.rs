@@ -72,6 +72,9 @@ struct AllArgs {
     check_config: bool,
 }
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// BSD's EX_USAGE: the command was used wrongly (a bad setting).
 const EX_USAGE: u8 = 64;
 

@@ -908,9 +908,15 @@ mod tests {
 
     #[test]
     fn scan_requests_carry_url_host_and_length() {
-        let raw = b"RESPMOD icap://h/avscan ICAP/1.0\r\nX-Client-IP: 10.0.0.7\r\nEncapsulated: req-hdr=0, res-hdr=44, res-body=84\r\n\r\n\
-GET /a/b HTTP/1.1\r\nHost: Files.Example:8080\r\n\r\n\
-HTTP/1.1 200 OK\r\nContent-Length: 12345\r\n\r\n";
+        let req_head = "GET /a/b HTTP/1.1\r\nHost: Files.Example:8080\r\n\r\n";
+        let res_head = "HTTP/1.1 200 OK\r\nContent-Length: 12345\r\n\r\n";
+        let raw = format!(
+            "RESPMOD icap://h/avscan ICAP/1.0\r\nX-Client-IP: 10.0.0.7\r\n\
+             Encapsulated: req-hdr=0, res-hdr={}, res-body={}\r\n\r\n{req_head}{res_head}",
+            req_head.len(),
+            req_head.len() + res_head.len()
+        );
+        let raw = raw.as_bytes();
         let (req, _) = icap::parse_request(raw, &Limits::DEFAULT).unwrap().unwrap();
         let scan = scan_request(&req);
         assert_eq!(scan.url, "http://Files.Example:8080/a/b");
