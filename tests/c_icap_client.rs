@@ -3,7 +3,7 @@
 
 mod support;
 
-use support::{c_icap_client, eicar, write_file, ClamdProcess, TempDir, TestServer, EICAR_NAME};
+use support::{c_icap_text, eicar, write_file, ClamdProcess, TempDir, TestServer, EICAR_NAME};
 
 struct Setup {
     _clamd: ClamdProcess,
@@ -34,21 +34,11 @@ async fn setup() -> Setup {
     }
 }
 
-fn text(out: &std::process::Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn options_advertise_what_squid_needs() {
     let s = setup().await;
     for service in ["avscan", "virus_scan", "srv_clamav", "squidclamav"] {
-        let out = c_icap_client(s.server.port(), &["-s", service]).await;
-        let t = text(&out);
-        assert!(out.status.success(), "{t}");
+        let t = c_icap_text(s.server.port(), &["-s", service]).await;
         for want in [
             "ICAP/1.0 200 OK",
             "Methods: RESPMOD, REQMOD",
@@ -79,7 +69,7 @@ async fn respmod_clean_and_infected_with_and_without_preview() {
             "http://origin.test/clean.txt",
         ];
         args.extend(preview);
-        let t = text(&c_icap_client(s.server.port(), &args).await);
+        let t = c_icap_text(s.server.port(), &args).await;
         assert!(t.contains("ICAP/1.0 204"), "{preview:?}: {t}");
 
         let mut args = vec![
@@ -94,7 +84,7 @@ async fn respmod_clean_and_infected_with_and_without_preview() {
             "http://origin.test/eicar.com",
         ];
         args.extend(preview);
-        let t = text(&c_icap_client(s.server.port(), &args).await);
+        let t = c_icap_text(s.server.port(), &args).await;
         assert!(t.contains("ICAP/1.0 200 OK"), "{preview:?}: {t}");
         assert!(t.contains("HTTP/1.1 403 Forbidden"), "{preview:?}: {t}");
         assert!(
@@ -140,7 +130,7 @@ async fn no204_echoes_clean_bodies_byte_for_byte() {
                 "http://origin.test/f",
             ];
             args.extend(preview);
-            let t = text(&c_icap_client(s.server.port(), &args).await);
+            let t = c_icap_text(s.server.port(), &args).await;
             assert!(t.contains("ICAP/1.0 200 OK"), "{t}");
             assert_eq!(
                 std::fs::read(&out_file).unwrap(),
@@ -162,7 +152,7 @@ async fn no204_echoes_clean_bodies_byte_for_byte() {
         "-resp",
         "http://origin.test/eicar.com",
     ];
-    let t = text(&c_icap_client(s.server.port(), &args).await);
+    let t = c_icap_text(s.server.port(), &args).await;
     assert!(t.contains("HTTP/1.1 403 Forbidden"), "{t}");
 }
 
@@ -181,7 +171,7 @@ async fn reqmod_uploads_clean_and_infected() {
         "-method",
         "POST",
     ];
-    let t = text(&c_icap_client(s.server.port(), &args).await);
+    let t = c_icap_text(s.server.port(), &args).await;
     assert!(t.contains("ICAP/1.0 204"), "{t}");
     let args = [
         "-s",
@@ -196,7 +186,7 @@ async fn reqmod_uploads_clean_and_infected() {
         "-method",
         "POST",
     ];
-    let t = text(&c_icap_client(s.server.port(), &args).await);
+    let t = c_icap_text(s.server.port(), &args).await;
     assert!(t.contains("HTTP/1.1 403 Forbidden"), "{t}");
     assert!(std::fs::read_to_string(&out_file)
         .unwrap()
@@ -206,21 +196,19 @@ async fn reqmod_uploads_clean_and_infected() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_service_is_404() {
     let s = setup().await;
-    let t = text(
-        &c_icap_client(
-            s.server.port(),
-            &[
-                "-s",
-                "nosuchservice",
-                "-v",
-                "-f",
-                &s.clean,
-                "-resp",
-                "http://x/",
-            ],
-        )
-        .await,
-    );
+    let t = c_icap_text(
+        s.server.port(),
+        &[
+            "-s",
+            "nosuchservice",
+            "-v",
+            "-f",
+            &s.clean,
+            "-resp",
+            "http://x/",
+        ],
+    )
+    .await;
     assert!(t.contains("404"), "{t}");
 }
 
@@ -236,31 +224,27 @@ async fn a_method_the_service_does_not_offer_is_405() {
     .await;
     // c-icap-client prints no headers for an error answer to a preview; its
     // debug output names the status.
-    let t = text(
-        &c_icap_client(
-            server.port(),
-            &[
-                "-s",
-                "avscan",
-                "-d",
-                "10",
-                "-f",
-                &s.clean,
-                "-req",
-                "http://x/up",
-                "-method",
-                "POST",
-            ],
-        )
-        .await,
-    );
+    let t = c_icap_text(
+        server.port(),
+        &[
+            "-s",
+            "avscan",
+            "-d",
+            "10",
+            "-f",
+            &s.clean,
+            "-req",
+            "http://x/up",
+            "-method",
+            "POST",
+        ],
+    )
+    .await;
     assert!(t.contains("Preview response was with status: 405"), "{t}");
-    let t = text(
-        &c_icap_client(
-            server.port(),
-            &["-s", "avscan", "-v", "-f", &s.clean, "-resp", "http://x/"],
-        )
-        .await,
-    );
+    let t = c_icap_text(
+        server.port(),
+        &["-s", "avscan", "-v", "-f", &s.clean, "-resp", "http://x/"],
+    )
+    .await;
     assert!(t.contains("ICAP/1.0 204"), "{t}");
 }

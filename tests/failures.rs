@@ -6,18 +6,10 @@ mod support;
 use std::time::Duration;
 
 use support::{
-    c_icap_client, eicar, raw_exchange, write_file, ClamdProcess, TempDir, TestServer, EICAR_NAME,
+    c_icap_text, eicar, raw_exchange, write_file, ClamdProcess, TempDir, TestServer, EICAR_NAME,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-
-fn text(out: &std::process::Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clamd_down_fails_closed_and_recovery_is_automatic() {
@@ -51,7 +43,7 @@ async fn clamd_down_fails_closed_and_recovery_is_automatic() {
         async move {
             let refs: Vec<&str> = a.iter().map(String::as_str).collect();
             (
-                text(&c_icap_client(port, &refs).await),
+                c_icap_text(port, &refs).await,
                 std::fs::read_to_string(&out).unwrap_or_default(),
             )
         }
@@ -82,13 +74,11 @@ async fn fail_open_passes_marked() {
     clamd.stop();
     let dir = TempDir::new("open");
     let bad = write_file(&dir, "eicar.com", &eicar());
-    let t = text(
-        &c_icap_client(
-            server.port(),
-            &["-s", "avscan", "-v", "-f", &bad, "-resp", "http://x/e"],
-        )
-        .await,
-    );
+    let t = c_icap_text(
+        server.port(),
+        &["-s", "avscan", "-v", "-f", &bad, "-resp", "http://x/e"],
+    )
+    .await;
     assert!(t.contains("ICAP/1.0 204"), "{t}");
     assert!(
         t.contains("X-Virus-Scanner-Warning: not scanned; reason=scanner-failed"),
@@ -105,42 +95,38 @@ async fn oversized_bodies_are_blocked_or_marked() {
         TestServer::start(&["--clamd-url", &clamd.tcp_url(), "--max-scan-size", "4K"]).await;
     // Content-Length says too large: the preview is answered at once with the
     // page (c-icap-client only reports the status of an answer to a preview).
-    let t = text(
-        &c_icap_client(
-            blocking.port(),
-            &[
-                "-s",
-                "avscan",
-                "-d",
-                "10",
-                "-f",
-                &big,
-                "-resp",
-                "http://x/big.bin",
-            ],
-        )
-        .await,
-    );
+    let t = c_icap_text(
+        blocking.port(),
+        &[
+            "-s",
+            "avscan",
+            "-d",
+            "10",
+            "-f",
+            &big,
+            "-resp",
+            "http://x/big.bin",
+        ],
+    )
+    .await;
     assert!(t.contains("Preview response was with status: 200"), "{t}");
     let out = dir.path().join("page").display().to_string();
-    let t = text(
-        &c_icap_client(
-            blocking.port(),
-            &[
-                "-s",
-                "avscan",
-                "-v",
-                "-nopreview",
-                "-f",
-                &big,
-                "-o",
-                &out,
-                "-resp",
-                "http://x/big.bin",
-            ],
-        )
-        .await,
-    );
+    let t = c_icap_text(
+        blocking.port(),
+        &[
+            "-s",
+            "avscan",
+            "-v",
+            "-nopreview",
+            "-f",
+            &big,
+            "-o",
+            &out,
+            "-resp",
+            "http://x/big.bin",
+        ],
+    )
+    .await;
     assert!(t.contains("HTTP/1.1 403 Forbidden"), "{t}");
     assert!(std::fs::read_to_string(&out)
         .unwrap()
@@ -154,21 +140,19 @@ async fn oversized_bodies_are_blocked_or_marked() {
         "allow",
     ])
     .await;
-    let t = text(
-        &c_icap_client(
-            allowing.port(),
-            &[
-                "-s",
-                "avscan",
-                "-v",
-                "-f",
-                &big,
-                "-resp",
-                "http://x/big.bin",
-            ],
-        )
-        .await,
-    );
+    let t = c_icap_text(
+        allowing.port(),
+        &[
+            "-s",
+            "avscan",
+            "-v",
+            "-f",
+            &big,
+            "-resp",
+            "http://x/big.bin",
+        ],
+    )
+    .await;
     assert!(t.contains("ICAP/1.0 204"), "{t}");
     assert!(
         t.contains("X-Virus-Scanner-Warning: not scanned; reason=too-large"),
@@ -189,30 +173,26 @@ async fn trusted_hosts_skip_the_scan() {
     let dir = TempDir::new("trusted");
     let bad = write_file(&dir, "eicar.com", &eicar());
     for url in ["http://dl.updates.example/e", "http://cdn.test/e"] {
-        let t = text(
-            &c_icap_client(
-                server.port(),
-                &["-s", "avscan", "-v", "-f", &bad, "-resp", url],
-            )
-            .await,
-        );
+        let t = c_icap_text(
+            server.port(),
+            &["-s", "avscan", "-v", "-f", &bad, "-resp", url],
+        )
+        .await;
         assert!(t.contains("ICAP/1.0 204"), "{url}: {t}");
     }
-    let t = text(
-        &c_icap_client(
-            server.port(),
-            &[
-                "-s",
-                "avscan",
-                "-v",
-                "-f",
-                &bad,
-                "-resp",
-                "http://notcdn.test/e",
-            ],
-        )
-        .await,
-    );
+    let t = c_icap_text(
+        server.port(),
+        &[
+            "-s",
+            "avscan",
+            "-v",
+            "-f",
+            &bad,
+            "-resp",
+            "http://notcdn.test/e",
+        ],
+    )
+    .await;
     assert!(t.contains(EICAR_NAME), "{t}");
 }
 
@@ -256,7 +236,7 @@ async fn malformed_icap_gets_its_status_while_others_are_served() {
         assert!(String::from_utf8_lossy(&answer).contains("Connection: close"));
     }
     // ...and a well-behaved client is served meanwhile.
-    let t = text(&c_icap_client(server.port(), &["-s", "avscan"]).await);
+    let t = c_icap_text(server.port(), &["-s", "avscan"]).await;
     assert!(t.contains("ICAP/1.0 200 OK"), "{t}");
     // The slow one gets 408 once its head time is up.
     let mut answer = Vec::new();

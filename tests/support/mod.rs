@@ -296,6 +296,16 @@ pub async fn c_icap_client(port: u16, args: &[&str]) -> Output {
         .expect("c-icap-client (Debian package c-icap) is installed")
 }
 
+/// Runs c-icap-client and returns what it printed, both streams.
+pub async fn c_icap_text(port: u16, args: &[&str]) -> String {
+    let out = c_icap_client(port, args).await;
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
 /// Writes `data` to a file in `dir` and returns its path as text.
 pub fn write_file(dir: &TempDir, name: &str, data: &[u8]) -> String {
     let path = dir.path().join(name);
