@@ -174,7 +174,16 @@ pub async fn measure(
             let mut body = base.to_vec();
             let template = match &target {
                 Target::Icap { addr, service, url } => {
-                    Some(RespmodTemplate::new(*addr, service, url, &base, true))
+                    match IcapConn::preview_size(*addr, service).await {
+                        Ok(preview) => Some(RespmodTemplate::new(
+                            *addr, service, url, &base, true, preview,
+                        )),
+                        Err(e) => {
+                            stats.errors += 1;
+                            stats.first_error = Some(format!("OPTIONS: {e}"));
+                            return stats;
+                        }
+                    }
                 }
                 _ => None,
             };
@@ -260,8 +269,9 @@ async fn scan_instream(clamd: &Clamd, body: &[u8]) -> Result<(), String> {
 }
 
 /// A RESPMOD encoded once, the way Squid sends it: the head and a preview
-/// of up to 1024 bytes (`ieof` when that is all), then the rest of the body
-/// in 64 KiB chunks after `100 Continue`.
+/// of the size the server asked for in OPTIONS (`ieof` when that is all, no
+/// preview when it asked for none), then the rest of the body in 64 KiB
+/// chunks after `100 Continue`.
 pub struct RespmodTemplate {
     /// The head and the preview.
     head: Vec<u8>,
@@ -272,18 +282,19 @@ pub struct RespmodTemplate {
 }
 
 impl RespmodTemplate {
-    /// Encodes a RESPMOD of `body` for `service` at `addr`; without
-    /// `Allow: 204` when `allow_204` is false (the server must send it back).
+    /// Encodes a RESPMOD of `body` for `service` at `addr`, with a preview
+    /// of `preview` bytes (`None`: no preview, the whole body at once);
+    /// without `Allow: 204` when `allow_204` is false (the server must send
+    /// the body back).
     pub fn new(
         addr: SocketAddr,
         service: &str,
         url: &str,
         body: &[u8],
         allow_204: bool,
+        preview: Option<usize>,
     ) -> RespmodTemplate {
-        // Squid's default when the server asks for it; c-icap and this server
-        // both advertise 1024.
-        let preview = body.len().min(1024);
+        let preview = preview.map(|p| p.min(body.len()));
         let mut res_headers = http::HeaderMap::new();
         res_headers.insert(
             "content-type",
@@ -303,7 +314,7 @@ impl RespmodTemplate {
             method: Method::Respmod,
             uri,
             headers: http::HeaderMap::new(),
-            preview: Some(preview as u64),
+            preview: preview.map(|p| p as u64),
             allow: Allow {
                 no_content: allow_204,
                 partial: false,
@@ -325,21 +336,30 @@ impl RespmodTemplate {
                 body: Body::Response,
             }),
         };
-        let mut head = Vec::with_capacity(1024 + preview);
+        let first = preview.unwrap_or(body.len());
+        let mut head = Vec::with_capacity(1024 + first + first / 8192 * 8);
         encode_request(&req, &mut head);
-        let whole = preview == body.len();
-        let chunk_line = format!("{preview:x}\r\n").len();
-        let body_at = head.len() + if preview > 0 { chunk_line } else { 0 };
-        encode_chunk(&body[..preview], &mut head);
+        let first_chunk = first.min(64 * 1024);
+        let body_at = head.len()
+            + if first > 0 {
+                format!("{first_chunk:x}\r\n").len()
+            } else {
+                0
+            };
+        for piece in body[..first].chunks(64 * 1024) {
+            encode_chunk(piece, &mut head);
+        }
+        let whole = first == body.len();
+        let ieof = whole && preview.is_some();
         encode_last_chunk(
             &LastChunk {
-                ieof: whole,
+                ieof,
                 ..LastChunk::default()
             },
             &mut head,
         );
         let rest = (!whole).then(|| {
-            let rest = &body[preview..];
+            let rest = &body[first..];
             let mut out = Vec::with_capacity(rest.len() + rest.len() / 8192 + 16);
             for piece in rest.chunks(64 * 1024) {
                 encode_chunk(piece, &mut out);
@@ -362,6 +382,41 @@ pub struct IcapConn {
 }
 
 impl IcapConn {
+    /// Asks the service at `addr` for its OPTIONS, as Squid does, and
+    /// returns the preview size it wants (`None`: no preview).
+    pub async fn preview_size(addr: SocketAddr, service: &str) -> Result<Option<usize>, String> {
+        let mut conn = IcapConn::connect(addr).await?;
+        let req = format!("OPTIONS icap://{addr}/{service} ICAP/1.0\r\nHost: {addr}\r\n\r\n");
+        conn.stream
+            .write_all(req.as_bytes())
+            .await
+            .map_err(|e| e.to_string())?;
+        let limits = Limits::DEFAULT;
+        let res = loop {
+            if let Some((res, _)) =
+                icap::parse_response(&conn.buf, &limits).map_err(|e| e.to_string())?
+            {
+                break res;
+            }
+            if conn
+                .stream
+                .read_buf(&mut conn.buf)
+                .await
+                .map_err(|e| e.to_string())?
+                == 0
+            {
+                return Err("connection closed during OPTIONS".into());
+            }
+        };
+        if res.status.0 != 200 {
+            return Err(format!("OPTIONS answered {}", res.status));
+        }
+        Ok(res
+            .headers
+            .get("preview")
+            .and_then(|v| v.to_str().ok()?.trim().parse().ok()))
+    }
+
     /// Connects.
     pub async fn connect(addr: SocketAddr) -> Result<IcapConn, String> {
         let stream = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;

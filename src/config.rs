@@ -102,7 +102,7 @@ pub struct ScanConfig {
 
     /// On a unix socket, complete bodies up to this size go to clamd as a
     /// file descriptor (FILDES); larger ones stream (INSTREAM).
-    #[arg(long, env = "FILDES_MAX", default_value = "256K", value_parser = parse_size)]
+    #[arg(long, env = "FILDES_MAX", default_value = "2M", value_parser = parse_size)]
     pub fildes_max: u64,
 
     /// Open a new clamd connection for every scan instead of reusing clamd
@@ -188,8 +188,10 @@ pub struct IcapConfig {
     #[arg(long, env = "MAX_CONNECTIONS", default_value_t = 500)]
     pub max_connections: usize,
 
-    /// Preview size advertised in OPTIONS.
-    #[arg(long, env = "PREVIEW_SIZE", default_value = "1K", value_parser = parse_size)]
+    /// Preview size advertised in OPTIONS. A body that fits is sent whole
+    /// at once (`ieof`): no `100 Continue` round trip, and a clean verdict is
+    /// a 204 even without `Allow: 204`. Squid buffers 64K of a body anyway.
+    #[arg(long, env = "PREVIEW_SIZE", default_value = "64K", value_parser = parse_size)]
     pub preview_size: u64,
 
     /// Options-TTL advertised in OPTIONS: how long Squid trusts the answer

@@ -42,7 +42,7 @@ async fn options_advertise_what_squid_needs() {
         for want in [
             "ICAP/1.0 200 OK",
             "Methods: RESPMOD, REQMOD",
-            "Preview: 1024",
+            "Preview: 65536",
             "Allow 204: Yes",
             "ISTag: \"VS-",
             "Options-TTL: 300",
@@ -131,6 +131,12 @@ async fn no204_echoes_clean_bodies_byte_for_byte() {
             ];
             args.extend(preview);
             let t = c_icap_text(s.server.port(), &args).await;
+            if preview.is_none() && file == &s.clean {
+                // The whole file fits the preview (ieof): 204 answers a
+                // preview even without Allow: 204.
+                assert!(t.contains("ICAP/1.0 204"), "{t}");
+                continue;
+            }
             assert!(t.contains("ICAP/1.0 200 OK"), "{t}");
             assert_eq!(
                 std::fs::read(&out_file).unwrap(),

@@ -155,7 +155,10 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
             };
             let start = std::time::Instant::now();
             let mut conn = IcapConn::connect(*addr).await.map_err(anyhow::Error::msg)?;
-            let template = RespmodTemplate::new(*addr, service, url, &body, false);
+            let preview = IcapConn::preview_size(*addr, service)
+                .await
+                .map_err(anyhow::Error::msg)?;
+            let template = RespmodTemplate::new(*addr, service, url, &body, false, preview);
             conn.send(&template, 0).await.map_err(anyhow::Error::msg)?;
             let secs = start.elapsed().as_secs_f64();
             println!(

@@ -384,6 +384,13 @@ impl Clamd {
     /// `FILDES`: writes the body to an anonymous memory file and passes its
     /// descriptor over the unix socket (SCM_RIGHTS). clamd reads it in place.
     pub async fn fildes(&self, body: &[u8]) -> Result<Verdict, ScanError> {
+        let mut file = memfd()?;
+        std::io::Write::write_all(&mut file, body)?;
+        self.fildes_file(&mut file).await
+    }
+
+    /// `FILDES` of a file that holds the whole body (rewound first).
+    pub async fn fildes_file(&self, file: &mut std::fs::File) -> Result<Verdict, ScanError> {
         if !self.is_unix() {
             return Err(ScanError::Protocol("FILDES needs a unix socket".into()));
         }
@@ -393,11 +400,8 @@ impl Clamd {
             .acquire_owned()
             .await
             .expect("the semaphore is never closed");
-        let file = rustix::fs::memfd_create("virus-scanner-body", rustix::fs::MemfdFlags::CLOEXEC)
-            .map_err(|e| ScanError::Io(e.into()))?;
-        let mut file = std::fs::File::from(file);
-        std::io::Write::write_all(&mut file, body)?;
-        std::io::Seek::rewind(&mut file)?;
+        std::io::Seek::rewind(file)?;
+        let file = &*file;
         let mut fresh = false;
         loop {
             let mut session = self.session(fresh).await?;
@@ -467,6 +471,13 @@ impl Clamd {
         })??;
         Ok(())
     }
+}
+
+/// An anonymous in-memory file for a body on its way to clamd by FILDES.
+pub fn memfd() -> Result<std::fs::File, ScanError> {
+    let fd = rustix::fs::memfd_create("virus-scanner-body", rustix::fs::MemfdFlags::CLOEXEC)
+        .map_err(|e| ScanError::Io(e.into()))?;
+    Ok(std::fs::File::from(fd))
 }
 
 /// Reads one NUL- or newline-terminated reply, or until clamd closes.
