@@ -406,7 +406,7 @@ impl Clamd {
         loop {
             let mut session = self.session(fresh).await?;
             let reused = session.reused;
-            match self.send_fd(&mut session, &file).await {
+            match self.send_fd(&mut session, file).await {
                 Ok(()) => {}
                 Err(_) if reused => {
                     fresh = true;
