@@ -105,10 +105,12 @@ pub struct ScanConfig {
     #[arg(long, env = "FILDES_MAX", default_value = "2M", value_parser = parse_size)]
     pub fildes_max: u64,
 
-    /// Open a new clamd connection for every scan instead of reusing clamd
-    /// sessions (IDSESSION).
-    #[arg(long, env = "CLAMD_NO_SESSIONS", default_value_t = false)]
-    pub clamd_no_sessions: bool,
+    /// Reuse clamd connections across scans (IDSESSION) instead of opening
+    /// one per scan. Off by default: in a benchmark with 64 sessions against
+    /// a clamd with 10 threads, clamd once left four FILDES commands
+    /// unanswered, so it is not yet trusted.
+    #[arg(long, env = "CLAMD_SESSIONS", default_value_t = false)]
+    pub clamd_sessions: bool,
 
     /// The largest body scanned. Keep it at or below clamd's StreamMaxLength
     /// (25M by default in clamd.conf).
@@ -139,7 +141,7 @@ impl ScanConfig {
             scan_timeout: self.clamd_scan_timeout,
             max_concurrency: self.clamd_max_concurrency,
             fildes_max: self.fildes_max as usize,
-            sessions: !self.clamd_no_sessions,
+            sessions: self.clamd_sessions,
         }
     }
 

@@ -258,7 +258,14 @@ async fn a_method_the_service_does_not_offer_is_405() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clamd_over_a_unix_socket_with_fildes_and_instream() {
     let clamd = ClamdProcess::start();
-    let server = TestServer::start(&["--clamd-url", &clamd.unix_url(), "--fildes-max", "4K"]).await;
+    let server = TestServer::start(&[
+        "--clamd-url",
+        &clamd.unix_url(),
+        "--fildes-max",
+        "4K",
+        "--clamd-sessions",
+    ])
+    .await;
     let dir = TempDir::new("unix");
     // Under FILDES_MAX: passed as a descriptor; over it: streamed.
     for size in [100usize, 200_000] {

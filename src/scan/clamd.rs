@@ -146,11 +146,13 @@ impl AsyncWrite for Stream {
 
 /// The clamd client. Cheap to clone.
 ///
-/// Scans run in clamd sessions (`IDSESSION`): a connection carries one scan
-/// after another, so a scan costs no connect, accept and close on either
-/// side. Idle sessions wait in a pool; one that clamd has closed meanwhile
-/// is noticed before use, and a scan that finds its reused session dead
-/// before sending anything starts again on a fresh one.
+/// Each scan opens a connection of its own, as clamdscan and c-icap do.
+/// With `sessions`, scans run in clamd sessions (`IDSESSION`) instead: a
+/// connection carries one scan after another, so a scan costs no connect,
+/// accept and close on either side. Idle sessions wait in a pool; one that
+/// clamd has closed meanwhile is noticed before use, and a scan that finds
+/// its reused session dead before sending anything starts again on a fresh
+/// one.
 #[derive(Clone)]
 pub struct Clamd {
     addr: Arc<ClamdAddr>,
