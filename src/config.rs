@@ -192,8 +192,9 @@ pub struct IcapConfig {
 
     /// Preview size advertised in OPTIONS. A body that fits is sent whole
     /// at once (`ieof`): no `100 Continue` round trip, and a clean verdict is
-    /// a 204 even without `Allow: 204`. Squid buffers 64K of a body anyway.
-    #[arg(long, env = "PREVIEW_SIZE", default_value = "64K", value_parser = parse_size)]
+    /// a 204 even without `Allow: 204`. Keep it well under 64K: Squid 5
+    /// cannot gather a 64K preview in its 64K body buffer and stalls.
+    #[arg(long, env = "PREVIEW_SIZE", default_value = "32K", value_parser = parse_size)]
     pub preview_size: u64,
 
     /// Options-TTL advertised in OPTIONS: how long Squid trusts the answer

@@ -42,7 +42,7 @@ async fn options_advertise_what_squid_needs() {
         for want in [
             "ICAP/1.0 200 OK",
             "Methods: RESPMOD, REQMOD",
-            "Preview: 65536",
+            "Preview: 32768",
             "Allow 204: Yes",
             "ISTag: \"VS-",
             "Options-TTL: 300",
