@@ -32,7 +32,7 @@ fi
 cargo build --release --locked --bin virus-scanner
 bin=target/release/virus-scanner
 
-dir=$(mktemp -d /tmp/virus-scanner-bench.XXXXXX)
+dir=$(mktemp -d)
 chmod 777 "$dir"
 pids=()
 cleanup() { set +e; for p in "${pids[@]}"; do kill "$p" 2>/dev/null; done; wait 2>/dev/null; rm -rf "$dir"; }

@@ -35,7 +35,7 @@ if [ -z "${CLAMD_URL:-}" ]; then
     as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends clamav-daemon
     [ -z "$added" ] || as_root rm -f $policy
   fi
-  dir=$(mktemp -d /tmp/virus-scanner-run.XXXXXX)
+  dir=$(mktemp -d)
   chmod 755 "$dir"
   if compgen -G "/var/lib/clamav/*.c[lv]d" >/dev/null; then
     db=/var/lib/clamav
