@@ -90,20 +90,27 @@ impl Drop for TempDir {
     }
 }
 
+/// Waits up to `within` for `child` to exit; true if it did.
+fn wait_exit(child: &mut Child, within: Duration) -> bool {
+    let end = Instant::now() + within;
+    while Instant::now() < end {
+        if let Ok(Some(_)) = child.try_wait() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
+}
+
 fn kill(child: &mut Child) {
     let _ = Command::new("kill")
         .arg("-TERM")
         .arg(child.id().to_string())
         .status();
-    let end = Instant::now() + Duration::from_secs(10);
-    while Instant::now() < end {
-        if let Ok(Some(_)) = child.try_wait() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(20));
+    if !wait_exit(child, Duration::from_secs(10)) {
+        let _ = child.kill();
+        let _ = child.wait();
     }
-    let _ = child.kill();
-    let _ = child.wait();
 }
 
 /// A real clamd with the shipped EICAR signature, on a free TCP port and a
@@ -473,12 +480,8 @@ impl Drop for Squid {
                 .arg(&self.conf)
                 .args(["-k", "shutdown"])
                 .status();
-            let end = Instant::now() + Duration::from_secs(10);
-            while Instant::now() < end {
-                if let Ok(Some(_)) = child.try_wait() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(50));
+            if wait_exit(&mut child, Duration::from_secs(10)) {
+                return;
             }
             kill(&mut child);
         }
