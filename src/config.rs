@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use clap::Args;
 
-use crate::policy::{FailureMode, HostPattern, Policy, TooLargeAction};
+use crate::model::Priority;
+use crate::policy::{FailureMode, HostPattern, HostRule, Policy, Route, TooLargeAction};
 use crate::scan::clamd::{ClamdAddr, ClamdOptions};
 
 /// Parses `25M`, `32K`, `1G` or a plain byte count (binary units).
@@ -65,6 +66,19 @@ fn parse_hosts(s: &str) -> Result<HostList, String> {
         .collect::<Result<Vec<HostPattern>, _>>()?;
     Ok(HostList(hosts))
 }
+
+fn parse_rules(s: &str) -> Result<RuleList, String> {
+    let rules = s
+        .split(',')
+        .filter(|r| !r.trim().is_empty())
+        .map(str::parse)
+        .collect::<Result<Vec<HostRule>, _>>()?;
+    Ok(RuleList(rules))
+}
+
+/// A comma-separated list of host rules.
+#[derive(Debug, Clone, Default)]
+pub struct RuleList(pub Vec<HostRule>);
 
 /// A comma-separated host list.
 #[derive(Debug, Clone, Default)]
@@ -131,6 +145,22 @@ pub struct ScanConfig {
     /// domain and all below it).
     #[arg(long, env = "TRUSTED_HOSTS", default_value = "", value_parser = parse_hosts)]
     pub trusted_hosts: HostList,
+
+    /// Host rules, comma-separated, tried in order after TRUSTED_HOSTS:
+    /// `pattern=skip|low|normal|high`, where pattern is an exact name or
+    /// .suffix. `skip` is the same as a trusted host; the others pick the
+    /// queue lane.
+    #[arg(long, env = "PRIORITY_RULES", default_value = "", value_parser = parse_rules)]
+    pub priority_rules: RuleList,
+
+    /// The lane of a message no rule matches: high, normal or low.
+    #[arg(long, env = "DEFAULT_PRIORITY", default_value = "normal")]
+    pub default_priority: Priority,
+
+    /// Let the request's X-Priority header (high, normal, low) choose the
+    /// lane. Off by default: clients could otherwise jump the queue.
+    #[arg(long, env = "PRIORITY_HEADER", default_value_t = false)]
+    pub priority_header: bool,
 }
 
 impl ScanConfig {
@@ -148,7 +178,18 @@ impl ScanConfig {
     /// The policy.
     pub fn policy(&self) -> Policy {
         Policy {
-            trusted_hosts: self.trusted_hosts.0.clone(),
+            rules: self
+                .trusted_hosts
+                .0
+                .iter()
+                .map(|pattern| HostRule {
+                    pattern: pattern.clone(),
+                    route: Route::Skip,
+                })
+                .chain(self.priority_rules.0.iter().cloned())
+                .collect(),
+            default_priority: self.default_priority,
+            priority_header: self.priority_header,
             failure_mode: self.fail_mode,
             too_large: self.too_large,
             max_scan_size: self.max_scan_size,

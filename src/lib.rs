@@ -13,6 +13,11 @@
 //! - [`policy`]: trusted hosts, the scan limit, the failure mode.
 //! - [`scan`]: the scan pipeline ([`scan::Scanner`], [`scan::ScanSession`])
 //!   and the clamd client ([`scan::clamd`]).
+//! - [`pipeline`]: where a frontend sends a body: scanned in-process, or
+//!   queued through Redis.
+//! - [`queue`]: the Redis Streams queue: lanes, the task schema, the
+//!   producer side, bodies on the shared volume.
+//! - [`worker`]: the handler: dequeue, scan with clamd, publish, acknowledge.
 //! - [`frontend::icap`]: the ICAP server: connections, preview, streaming,
 //!   answers.
 //! - [`blockpage`]: the page users see instead of a blocked message.
@@ -20,7 +25,9 @@
 //! - [`error`]: scan errors, with their origin and retryability.
 //! - [`telemetry`]: logging, one audit line per verdict.
 //! - [`bench`]: the load generator behind `virus-scanner bench`.
-//! - `src/bin/virus-scanner.rs`: the command line.
+//! - `src/bin/`: the command line: `virus-scanner` (`all`, `producer`,
+//!   `handler`, `queue-status`, `bench`), and `virus-scanner-producer` and
+//!   `virus-scanner-handler`, the same commands under the original's names.
 
 #![forbid(unsafe_code)]
 
@@ -28,10 +35,14 @@ pub use icap;
 
 pub mod bench;
 pub mod blockpage;
+pub mod cli;
 pub mod config;
 pub mod error;
 pub mod frontend;
 pub mod model;
+pub mod pipeline;
 pub mod policy;
+pub mod queue;
 pub mod scan;
 pub mod telemetry;
+pub mod worker;

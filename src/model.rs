@@ -32,23 +32,35 @@ impl Direction {
     }
 }
 
-/// A scan's id: unique within a process run, sortable by start time, and
-/// printed on block pages so that a user's report can be found in the logs.
+/// A scan's id: unique across processes and hosts (it names the task on the
+/// queue), sortable by the producer's start time, and printed on block pages
+/// so that a user's report can be found in the logs.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct ScanId(String);
 
 impl ScanId {
-    /// The next id.
+    /// The next id: the process's start time, a random tag drawn once per
+    /// process, and a counter.
     pub fn next() -> ScanId {
+        use std::hash::{BuildHasher, Hasher};
         static COUNTER: AtomicU64 = AtomicU64::new(0);
-        static START: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
-        let start = *START.get_or_init(|| {
-            SystemTime::now()
+        static PREFIX: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+        let prefix = PREFIX.get_or_init(|| {
+            let start = SystemTime::now()
                 .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs())
+                .map_or(0, |d| d.as_secs());
+            // RandomState is seeded from the operating system's randomness.
+            let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+            h.write_u32(std::process::id());
+            format!("{start:x}-{:08x}", h.finish() as u32)
         });
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        ScanId(format!("{start:x}-{n:06x}"))
+        ScanId(format!("{prefix}-{n:06x}"))
+    }
+
+    /// An id received from elsewhere (a task on the queue).
+    pub fn from_wire(id: String) -> ScanId {
+        ScanId(id)
     }
 
     /// The id as text.
@@ -87,6 +99,45 @@ pub struct ScanRequest {
     pub client_ip: Option<IpAddr>,
     /// The end user's name, as the proxy reported it.
     pub user: Option<String>,
+}
+
+/// How urgently a message is scanned: the queue has one lane for each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Priority {
+    /// Scanned first (interactive traffic, say).
+    High,
+    /// The default.
+    Normal,
+    /// Scanned when the other lanes leave room, but never starved.
+    Low,
+}
+
+impl Priority {
+    /// Every priority, most urgent first.
+    pub const ALL: [Priority; 3] = [Priority::High, Priority::Normal, Priority::Low];
+
+    /// `high`, `normal` or `low`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Priority::High => "high",
+            Priority::Normal => "normal",
+            Priority::Low => "low",
+        }
+    }
+}
+
+impl std::str::FromStr for Priority {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "high" => Ok(Priority::High),
+            "normal" => Ok(Priority::Normal),
+            "low" => Ok(Priority::Low),
+            _ => Err(format!("{s:?} is not high, normal or low")),
+        }
+    }
 }
 
 /// Why a message was let through without a scan.

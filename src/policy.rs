@@ -1,12 +1,14 @@
-//! Policy: which messages are scanned, and what a verdict means for the user.
+//! Policy: which messages are scanned, how urgently, and what a verdict means
+//! for the user.
 //!
-//! Trusted hosts skip the scan. An oversized body is blocked unless policy
+//! Host rules send a message to a priority lane or let it skip the scan
+//! (trusted hosts are skip rules); the first rule that matches wins. An oversized body is blocked unless policy
 //! lets it through (marked). A scanner failure follows the failure mode:
 //! closed by default, so nothing passes unscanned in silence.
 
 use std::str::FromStr;
 
-use crate::model::{BlockReason, Decision, SkipReason, Verdict};
+use crate::model::{BlockReason, Decision, Priority, SkipReason, Verdict};
 
 /// What happens when the scanner cannot give a verdict.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -67,11 +69,62 @@ impl HostPattern {
     }
 }
 
+/// Where a host rule sends a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    /// Not scanned: logged and counted as trusted.
+    Skip,
+    /// Scanned in this lane.
+    Scan(Priority),
+}
+
+impl FromStr for Route {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "skip" => Ok(Route::Skip),
+            other => other
+                .parse()
+                .map(Route::Scan)
+                .map_err(|_| format!("{s:?} is not skip, low, normal or high")),
+        }
+    }
+}
+
+/// A host rule: `pattern=route`, e.g. `.windowsupdate.com=low`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostRule {
+    /// The hosts it applies to.
+    pub pattern: HostPattern,
+    /// Where they go.
+    pub route: Route,
+}
+
+impl FromStr for HostRule {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (pattern, route) = s
+            .split_once('=')
+            .ok_or_else(|| format!("{s:?} is not host=skip|low|normal|high"))?;
+        Ok(HostRule {
+            pattern: pattern.parse()?,
+            route: route.parse()?,
+        })
+    }
+}
+
 /// The policy in force.
 #[derive(Debug, Clone)]
 pub struct Policy {
-    /// Hosts whose messages are not scanned.
-    pub trusted_hosts: Vec<HostPattern>,
+    /// Host rules, tried in order; trusted hosts come first, as skip rules.
+    pub rules: Vec<HostRule>,
+    /// The lane of a message no rule matches.
+    pub default_priority: Priority,
+    /// Whether the request's `X-Priority` header (high, normal or low) may
+    /// choose the lane of a message that is scanned.
+    pub priority_header: bool,
     /// Failure mode.
     pub failure_mode: FailureMode,
     /// Oversized bodies.
@@ -81,9 +134,28 @@ pub struct Policy {
 }
 
 impl Policy {
+    /// Where a message to `host` goes; `header` is its `X-Priority` value,
+    /// heeded only when the configuration allows it, and never to skip.
+    pub fn route(&self, host: Option<&str>, header: Option<&str>) -> Route {
+        let matched = host.and_then(|h| self.rules.iter().find(|r| r.pattern.matches(h)));
+        match matched.map(|r| r.route) {
+            Some(Route::Skip) => Route::Skip,
+            by_rule => {
+                let by_header = header
+                    .filter(|_| self.priority_header)
+                    .and_then(|v| v.parse::<Priority>().ok());
+                let by_rule = by_rule.map(|r| match r {
+                    Route::Scan(p) => p,
+                    Route::Skip => unreachable!("handled above"),
+                });
+                Route::Scan(by_header.or(by_rule).unwrap_or(self.default_priority))
+            }
+        }
+    }
+
     /// Whether a message to `host` skips the scan.
     pub fn is_trusted(&self, host: Option<&str>) -> bool {
-        host.is_some_and(|h| self.trusted_hosts.iter().any(|p| p.matches(h)))
+        self.route(host, None) == Route::Skip
     }
 
     /// What the user gets for a verdict.
@@ -133,7 +205,9 @@ mod tests {
     #[test]
     fn failure_and_size_modes() {
         let mut p = Policy {
-            trusted_hosts: vec![],
+            rules: vec![],
+            default_priority: Priority::Normal,
+            priority_header: false,
             failure_mode: FailureMode::Closed,
             too_large: TooLargeAction::Block,
             max_scan_size: 10,
@@ -168,5 +242,62 @@ mod tests {
             p.decide(&Verdict::Clean),
             Decision::Allow { unscanned: None }
         );
+    }
+
+    #[test]
+    fn rules_route_to_lanes_first_match_wins() {
+        let mut p = Policy {
+            rules: [
+                "updates.example.com=skip",
+                ".example.com=low",
+                ".bank.test=high",
+            ]
+            .iter()
+            .map(|r| r.parse().unwrap())
+            .collect(),
+            default_priority: Priority::Normal,
+            priority_header: false,
+            failure_mode: FailureMode::Closed,
+            too_large: TooLargeAction::Block,
+            max_scan_size: 10,
+        };
+        assert_eq!(p.route(Some("updates.example.com"), None), Route::Skip);
+        assert_eq!(
+            p.route(Some("www.example.com"), None),
+            Route::Scan(Priority::Low)
+        );
+        assert_eq!(
+            p.route(Some("a.bank.test"), None),
+            Route::Scan(Priority::High)
+        );
+        assert_eq!(
+            p.route(Some("other.org"), None),
+            Route::Scan(Priority::Normal)
+        );
+        assert_eq!(p.route(None, None), Route::Scan(Priority::Normal));
+        // The header is ignored unless allowed, and never turns into a skip.
+        assert_eq!(
+            p.route(Some("other.org"), Some("high")),
+            Route::Scan(Priority::Normal)
+        );
+        p.priority_header = true;
+        assert_eq!(
+            p.route(Some("other.org"), Some("High")),
+            Route::Scan(Priority::High)
+        );
+        assert_eq!(
+            p.route(Some("www.example.com"), Some("high")),
+            Route::Scan(Priority::High)
+        );
+        assert_eq!(
+            p.route(Some("other.org"), Some("skip")),
+            Route::Scan(Priority::Normal)
+        );
+        assert_eq!(
+            p.route(Some("updates.example.com"), Some("high")),
+            Route::Skip
+        );
+        assert!("example.com".parse::<HostRule>().is_err());
+        assert!("example.com=urgent".parse::<HostRule>().is_err());
     }
 }

@@ -31,8 +31,9 @@ use tokio::time::timeout;
 use crate::blockpage;
 use crate::config::{IcapConfig, Methods};
 use crate::model::{BlockReason, Decision, Direction, ScanId, ScanRequest, SkipReason, Verdict};
+use crate::pipeline::Pipeline;
+use crate::policy::Route;
 use crate::policy::{Policy, TooLargeAction};
-use crate::scan::Scanner;
 
 /// Service names this server answers to: its own, and those of c-icap's
 /// virus_scan, c-icap's srv_clamav and squidclamav, so that an existing
@@ -42,17 +43,17 @@ pub const SERVICES: &[&str] = &["avscan", "virus_scan", "srv_clamav", "squidclam
 /// What every connection shares.
 pub struct IcapService {
     config: IcapConfig,
-    scanner: Scanner,
+    pipeline: Pipeline,
     policy: Policy,
     limits: Limits,
 }
 
 impl IcapService {
-    /// A service scanning with `scanner` under `policy`.
-    pub fn new(config: IcapConfig, scanner: Scanner, policy: Policy) -> IcapService {
+    /// A service scanning through `pipeline` under `policy`.
+    pub fn new(config: IcapConfig, pipeline: Pipeline, policy: Policy) -> IcapService {
         IcapService {
             config,
-            scanner,
+            pipeline,
             policy,
             limits: Limits::DEFAULT,
         }
@@ -60,7 +61,7 @@ impl IcapService {
 
     /// The current ISTag: follows clamd's version (engine and signatures).
     pub async fn istag(&self) -> String {
-        match self.scanner.version().await {
+        match self.pipeline.version().await {
             Some(v) => format!("VS-{:016x}", fnv1a(v.as_bytes())),
             None => "VS-unknown".to_owned(),
         }
@@ -521,7 +522,14 @@ impl<'c, S: AsyncRead + AsyncWrite + Unpin> Transaction<'c, S> {
             .scan
             .declared_length
             .is_some_and(|n| n > policy.max_scan_size);
-        let skip = if policy.is_trusted(self.scan.host.as_deref()) {
+        let priority_header = self
+            .scan
+            .request_headers
+            .as_ref()
+            .and_then(|h| h.get("x-priority"))
+            .and_then(|v| v.to_str().ok());
+        let route = policy.route(self.scan.host.as_deref(), priority_header);
+        let skip = if route == Route::Skip {
             Some(Verdict::NotScanned(SkipReason::Trusted))
         } else if declared_too_large {
             Some(Verdict::TooLarge {
@@ -537,7 +545,11 @@ impl<'c, S: AsyncRead + AsyncWrite + Unpin> Transaction<'c, S> {
         if let Some(verdict) = skip {
             return self.without_scan(verdict, &mut dec).await;
         }
-        let mut session = service.scanner.session();
+        let priority = match route {
+            Route::Scan(p) => p,
+            Route::Skip => unreachable!("skipped above"),
+        };
+        let mut session = service.pipeline.session(&self.scan, priority);
         let mut whole_in_preview = false;
         if self.req.preview.is_some() {
             loop {

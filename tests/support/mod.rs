@@ -249,7 +249,7 @@ impl TestServer {
         let _ = scanner.refresh_version().await;
         let service = Arc::new(IcapService::new(
             settings.icap,
-            scanner,
+            virus_scanner::pipeline::Pipeline::Local(scanner),
             settings.scan.policy(),
         ));
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();

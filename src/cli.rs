@@ -1,0 +1,372 @@
+//! The command line, shared by the three binaries: `virus-scanner all` runs
+//! the ICAP server and scans in-process; `producer` runs the ICAP server and
+//! queues to Redis; `handler` scans what is queued; `queue-status` shows the
+//! lanes; `bench` measures. `virus-scanner-producer` and
+//! `virus-scanner-handler` are `producer` and `handler` under the original
+//! project's names.
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use crate::bench::{measure, size_label, IcapConn, RespmodTemplate, Target};
+use crate::config::{IcapConfig, ScanConfig};
+use crate::frontend::icap::{run, IcapService};
+use crate::pipeline::Pipeline;
+use crate::queue::producer::{Producer, ProducerConfig};
+use crate::queue::RedisConfig;
+use crate::scan::clamd::Clamd;
+use crate::scan::Scanner;
+use crate::telemetry;
+use crate::worker::HandlerConfig;
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+/// Scans web traffic for malware: an ICAP server for Squid in front of clamd.
+#[derive(Parser)]
+#[command(name = "virus-scanner", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Runs the ICAP server and scans in the same process (no Redis).
+    All(AllArgs),
+    /// Runs the ICAP server and queues every scan to the handlers through
+    /// Redis (also installed as virus-scanner-producer).
+    Producer(ProducerArgs),
+    /// Scans what producers queue (also installed as
+    /// virus-scanner-handler).
+    Handler(HandlerArgs),
+    /// Prints each lane's depth, pending count and the dead-letter count.
+    QueueStatus(StatusArgs),
+    /// Measures ICAP servers and clamd side by side and prints the ratios.
+    Bench(BenchArgs),
+}
+
+#[derive(clap::Args)]
+struct BenchArgs {
+    /// A target as NAME=SPEC; SPEC is icap://IP:PORT/SERVICE[?URL],
+    /// instream+tcp://HOST:PORT, instream+unix:///PATH or fildes+unix:///PATH.
+    /// Ratios are of the first target's rate to each other's.
+    #[arg(long = "target", required = true, value_parser = parse_target)]
+    targets: Vec<(String, Target)>,
+    /// Body sizes, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "1K,64K,1M", value_parser = crate::config::parse_size)]
+    sizes: Vec<u64>,
+    /// Concurrent connections, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "8,64")]
+    connections: Vec<usize>,
+    /// How long each measurement runs.
+    #[arg(long, default_value = "10s", value_parser = crate::config::parse_duration)]
+    duration: std::time::Duration,
+    /// Instead of a rate: send one body of this size to each ICAP target,
+    /// without Allow: 204 (the server must send it all back), and report the
+    /// time. Watch the server's memory meanwhile.
+    #[arg(long, value_parser = crate::config::parse_size)]
+    once: Option<u64>,
+}
+
+fn parse_target(s: &str) -> Result<(String, Target), String> {
+    let (name, spec) = s.split_once('=').ok_or("a target is NAME=SPEC")?;
+    Ok((name.to_owned(), spec.parse()?))
+}
+
+#[derive(clap::Args)]
+struct AllArgs {
+    #[command(flatten)]
+    icap: IcapConfig,
+    #[command(flatten)]
+    scan: ScanConfig,
+    /// Log level: error, warn, info, debug or trace.
+    #[arg(long, env = "LOG_LEVEL", default_value = "info")]
+    log_level: String,
+    /// Check the settings and exit.
+    #[arg(long)]
+    check_config: bool,
+}
+
+#[derive(clap::Args)]
+struct ProducerArgs {
+    #[command(flatten)]
+    icap: IcapConfig,
+    #[command(flatten)]
+    scan: ScanConfig,
+    #[command(flatten)]
+    redis: RedisConfig,
+    #[command(flatten)]
+    producer: ProducerConfig,
+    /// Log level: error, warn, info, debug or trace.
+    #[arg(long, env = "LOG_LEVEL", default_value = "info")]
+    log_level: String,
+    /// Check the settings and exit.
+    #[arg(long)]
+    check_config: bool,
+}
+
+#[derive(clap::Args)]
+struct HandlerArgs {
+    #[command(flatten)]
+    scan: ScanConfig,
+    #[command(flatten)]
+    redis: RedisConfig,
+    #[command(flatten)]
+    handler: HandlerConfig,
+    /// Log level: error, warn, info, debug or trace.
+    #[arg(long, env = "LOG_LEVEL", default_value = "info")]
+    log_level: String,
+    /// Check the settings and exit.
+    #[arg(long)]
+    check_config: bool,
+}
+
+#[derive(clap::Args)]
+struct StatusArgs {
+    #[command(flatten)]
+    redis: RedisConfig,
+}
+
+/// BSD's EX_USAGE: the command was used wrongly (a bad setting).
+const EX_USAGE: u8 = 64;
+
+/// Runs the command line; `subcommand`, when given, is put in front of the
+/// arguments (how `virus-scanner-producer` becomes `virus-scanner producer`).
+pub fn main(subcommand: Option<&str>) -> ExitCode {
+    let mut args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if let Some(sub) = subcommand {
+        args.insert(1.min(args.len()), sub.into());
+    }
+    let cli = match Cli::try_parse_from(args) {
+        Ok(cli) => cli,
+        Err(e) if !e.use_stderr() => {
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(EX_USAGE);
+        }
+    };
+    match cli.command {
+        Command::Bench(args) => match bench(args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("virus-scanner bench: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::All(args) => {
+            let checked = args
+                .icap
+                .validate()
+                .and_then(|_| args.scan.validate())
+                .and_then(|_| telemetry::init(&args.log_level));
+            serve(checked, args.check_config, || all(args))
+        }
+        Command::Producer(args) => {
+            let checked = args
+                .icap
+                .validate()
+                .and_then(|_| args.scan.validate())
+                .and_then(|_| args.redis.validate())
+                .and_then(|_| args.producer.validate())
+                .and_then(|_| telemetry::init(&args.log_level));
+            serve(checked, args.check_config, || producer(args))
+        }
+        Command::Handler(args) => {
+            let checked = args
+                .scan
+                .validate()
+                .and_then(|_| args.redis.validate())
+                .and_then(|_| args.handler.validate())
+                .and_then(|_| telemetry::init(&args.log_level));
+            serve(checked, args.check_config, || handler(args))
+        }
+        Command::QueueStatus(args) => match args.redis.validate() {
+            Err(e) => {
+                eprintln!("virus-scanner: {e}");
+                ExitCode::from(EX_USAGE)
+            }
+            Ok(()) => match queue_status(args) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("virus-scanner queue-status: {e:#}");
+                    ExitCode::FAILURE
+                }
+            },
+        },
+    }
+}
+
+/// Exits 64 on a bad setting, 0 after `--check-config`, else runs `serve`.
+fn serve(
+    checked: Result<(), String>,
+    check_only: bool,
+    serve: impl FnOnce() -> anyhow::Result<()>,
+) -> ExitCode {
+    if let Err(e) = checked {
+        eprintln!("virus-scanner: {e}");
+        return ExitCode::from(EX_USAGE);
+    }
+    if check_only {
+        println!("configuration OK");
+        return ExitCode::SUCCESS;
+    }
+    match serve() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The clamd client and scanner the settings describe; says whether clamd
+/// answers yet.
+async fn scanner(scan: &ScanConfig) -> Scanner {
+    let clamd = Clamd::new(scan.clamd_url.clone(), scan.clamd_options());
+    let scanner = Scanner::new(clamd, scan.max_scan_size);
+    match scanner.refresh_version().await {
+        Ok(v) => tracing::info!(clamd = %scan.clamd_url, version = %v, "clamd reachable"),
+        Err(e) => {
+            tracing::warn!(clamd = %scan.clamd_url, error = %e, "clamd not reachable yet; scans fail {:?} until it is", scan.fail_mode)
+        }
+    }
+    scanner
+}
+
+/// Serves ICAP through `pipeline` until SIGTERM or SIGINT.
+async fn serve_icap(icap: IcapConfig, pipeline: Pipeline, scan: &ScanConfig) -> anyhow::Result<()> {
+    let addr = SocketAddr::new(icap.listen_addr, icap.icap_port);
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr} (ICAP_PORT)"))?;
+    tracing::info!(%addr, services = ?crate::frontend::icap::SERVICES, "ICAP server listening");
+    let service = Arc::new(IcapService::new(icap, pipeline, scan.policy()));
+    run(listener, service, shutdown_signal()).await?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+#[tokio::main]
+async fn all(args: AllArgs) -> anyhow::Result<()> {
+    let scanner = scanner(&args.scan).await;
+    tokio::spawn(scanner.clone().watch_version(args.icap.version_refresh));
+    serve_icap(args.icap, Pipeline::Local(scanner), &args.scan).await
+}
+
+#[tokio::main]
+async fn producer(args: ProducerArgs) -> anyhow::Result<()> {
+    let producer = Producer::start(&args.redis, args.producer, args.scan.max_scan_size)
+        .context("Redis settings")?;
+    match producer.ensure_groups().await {
+        Ok(()) => tracing::info!(redis = %args.redis.display_url(), "Redis reachable"),
+        Err(e) => {
+            tracing::warn!(redis = %args.redis.display_url(), error = %e, "Redis not reachable yet; scans fail {:?} until it is", args.scan.fail_mode)
+        }
+    }
+    serve_icap(args.icap, Pipeline::Queue(producer), &args.scan).await
+}
+
+#[tokio::main]
+async fn handler(args: HandlerArgs) -> anyhow::Result<()> {
+    let scanner = scanner(&args.scan).await;
+    crate::worker::run(args.redis, args.handler, scanner, shutdown_signal())
+        .await
+        .context("Redis settings")?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+#[tokio::main]
+async fn queue_status(args: StatusArgs) -> anyhow::Result<()> {
+    let mut conn = args.redis.connect(std::time::Duration::ZERO)?;
+    let keys = args.redis.keys();
+    let (lanes, dead) = crate::queue::depths(&mut conn, &keys)
+        .await
+        .with_context(|| format!("Redis at {}", args.redis.display_url()))?;
+    println!("lane\tstream\tlength\twaiting\tpending");
+    for (p, d) in lanes {
+        println!(
+            "{}\t{}\t{}\t{}\t{}",
+            p.as_str(),
+            keys.lane(p),
+            d.length,
+            d.waiting,
+            d.pending
+        );
+    }
+    println!("dead\t{}\t{dead}\t-\t-", keys.dead());
+    Ok(())
+}
+
+#[tokio::main]
+async fn bench(args: BenchArgs) -> anyhow::Result<()> {
+    if let Some(size) = args.once {
+        let body = crate::bench::base_body(size as usize);
+        for (name, target) in &args.targets {
+            let Target::Icap { addr, service, url } = target else {
+                continue;
+            };
+            let start = std::time::Instant::now();
+            let mut conn = IcapConn::connect(*addr).await.map_err(anyhow::Error::msg)?;
+            let preview = IcapConn::preview_size(*addr, service)
+                .await
+                .map_err(anyhow::Error::msg)?;
+            let template = RespmodTemplate::new(*addr, service, url, &body, false, preview);
+            conn.send(&template, 0).await.map_err(anyhow::Error::msg)?;
+            let secs = start.elapsed().as_secs_f64();
+            println!(
+                "{name}: {} through in {secs:.2} s ({:.0} MB/s)",
+                size_label(size as usize),
+                size as f64 / secs / 1e6
+            );
+        }
+        return Ok(());
+    }
+    let reference = &args.targets[0].0;
+    println!("| size | conns | target | req/s | p50 ms | p99 ms | errors | {reference} / target |");
+    println!("|---|---|---|---|---|---|---|---|");
+    for &size in &args.sizes {
+        for &conns in &args.connections {
+            let mut rates = Vec::new();
+            for (name, target) in &args.targets {
+                let stats = measure(target, size as usize, conns, args.duration).await;
+                if let Some(e) = &stats.first_error {
+                    eprintln!(
+                        "{name} ({} x{conns}): {} errors, first: {e}",
+                        size_label(size as usize),
+                        stats.errors
+                    );
+                }
+                rates.push((name.clone(), stats));
+            }
+            let first = rates[0].1.rate();
+            for (name, s) in &rates {
+                let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
+                println!(
+                    "| {} | {conns} | {name} | {:.0} | {:.2} | {:.2} | {} | {:.2} |",
+                    size_label(size as usize),
+                    s.rate(),
+                    ms(s.quantile(0.5)),
+                    ms(s.quantile(0.99)),
+                    s.errors,
+                    first / s.rate().max(f64::MIN_POSITIVE),
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Completes on SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT"),
+    }
+}

@@ -1,0 +1,69 @@
+//! Where a frontend sends a body: scanned in this process (`virus-scanner
+//! all`, the embedded default) or queued to the handlers through Redis
+//! (`virus-scanner-producer`). Both give the same [`Session`]: write the body
+//! as it arrives, then `finish` for the verdict.
+
+use crate::model::{Priority, ScanRequest, Verdict};
+use crate::queue::producer::{Producer, QueuedSession};
+use crate::scan::{ScanSession, Scanner};
+
+/// The scan pipeline a frontend uses.
+#[derive(Clone, Debug)]
+pub enum Pipeline {
+    /// clamd, from this process; the priority is not used.
+    Local(Scanner),
+    /// The Redis queue and its handlers.
+    Queue(Producer),
+}
+
+impl Pipeline {
+    /// Starts one scan.
+    pub fn session(&self, scan: &ScanRequest, priority: Priority) -> Session {
+        match self {
+            Pipeline::Local(scanner) => Session::Local(scanner.session()),
+            Pipeline::Queue(producer) => Session::Queued(producer.session(scan, priority)),
+        }
+    }
+
+    /// clamd's version line, as last seen (the ISTag follows it).
+    pub async fn version(&self) -> Option<String> {
+        match self {
+            Pipeline::Local(scanner) => scanner.version().await,
+            Pipeline::Queue(producer) => producer.version().await,
+        }
+    }
+}
+
+/// One body being scanned.
+pub enum Session {
+    /// Scanned here.
+    Local(ScanSession),
+    /// Queued.
+    Queued(QueuedSession),
+}
+
+impl Session {
+    /// Adds body bytes.
+    pub async fn write(&mut self, data: &[u8]) {
+        match self {
+            Session::Local(s) => s.write(data).await,
+            Session::Queued(s) => s.write(data).await,
+        }
+    }
+
+    /// True once the body has outgrown the scan limit.
+    pub fn is_too_large(&self) -> bool {
+        match self {
+            Session::Local(s) => s.is_too_large(),
+            Session::Queued(s) => s.is_too_large(),
+        }
+    }
+
+    /// Ends the body and returns the verdict.
+    pub async fn finish(self) -> Verdict {
+        match self {
+            Session::Local(s) => s.finish().await,
+            Session::Queued(s) => s.finish().await,
+        }
+    }
+}

@@ -1,0 +1,225 @@
+//! Bodies on the shared volume (`SCAN_MOUNT`): the disk data provider.
+//!
+//! The producer writes a body to a file of its own under the mount and puts
+//! only the file's name in the task; the handler opens that name under its
+//! own mount, streams it to clamd and removes it. A name is one path
+//! component of a fixed alphabet, opened relative to the mount directory
+//! without following symlinks, so a task can reach nothing outside the
+//! mount: no `..`, no absolute path, no symlink out of it, nothing but a
+//! regular file.
+
+use std::fs::File;
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+
+use rustix::fs::{AtFlags, FileType, Mode, OFlags};
+
+/// The shared volume.
+#[derive(Debug, Clone)]
+pub struct ScanMount {
+    path: PathBuf,
+}
+
+/// Why a body file could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum DiskError {
+    /// The name is not a plain file name of the allowed alphabet.
+    #[error("body file name {0:?} is not allowed (one component of [A-Za-z0-9_.-], not starting with a dot)")]
+    BadName(String),
+    /// The file is a symlink, a directory or anything but a regular file.
+    #[error("body file {0:?} is not a regular file inside the mount")]
+    NotRegular(String),
+    /// The operating system refused.
+    #[error("body file {name:?}: {source}")]
+    Io {
+        /// The file's name.
+        name: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+}
+
+impl ScanMount {
+    /// The mount at `path`.
+    pub fn new(path: impl Into<PathBuf>) -> ScanMount {
+        ScanMount { path: path.into() }
+    }
+
+    /// The mount's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Checks that the mount is a directory this process can write to.
+    pub fn check(&self) -> Result<(), String> {
+        let probe = format!(".probe-{}", std::process::id());
+        let dir = self
+            .dir()
+            .map_err(|e| format!("SCAN_MOUNT {:?}: {e}", self.path))?;
+        let made = rustix::fs::openat(
+            &dir,
+            probe.as_str(),
+            OFlags::CREATE | OFlags::WRONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::from_raw_mode(0o600),
+        );
+        match made {
+            Ok(_) => {
+                let _ = rustix::fs::unlinkat(&dir, probe.as_str(), AtFlags::empty());
+                Ok(())
+            }
+            Err(e) => Err(format!("SCAN_MOUNT {:?} is not writable: {e}", self.path)),
+        }
+    }
+
+    fn dir(&self) -> std::io::Result<OwnedFd> {
+        Ok(rustix::fs::open(
+            &self.path,
+            OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )?)
+    }
+
+    /// Creates a new body file named `name` (which must not exist).
+    pub fn create(&self, name: &str) -> Result<File, DiskError> {
+        check_name(name)?;
+        let io = |source: std::io::Error| DiskError::Io {
+            name: name.to_owned(),
+            source,
+        };
+        let dir = self.dir().map_err(io)?;
+        let fd = rustix::fs::openat(
+            &dir,
+            name,
+            OFlags::CREATE | OFlags::EXCL | OFlags::WRONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::from_raw_mode(0o640),
+        )
+        .map_err(|e| io(e.into()))?;
+        Ok(File::from(fd))
+    }
+
+    /// Opens the body file `name` for reading: only a regular file directly
+    /// inside the mount.
+    pub fn open(&self, name: &str) -> Result<File, DiskError> {
+        check_name(name)?;
+        let io = |source: std::io::Error| DiskError::Io {
+            name: name.to_owned(),
+            source,
+        };
+        let dir = self.dir().map_err(io)?;
+        let fd = rustix::fs::openat(
+            &dir,
+            name,
+            OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| match e {
+            // O_NOFOLLOW on a symlink.
+            rustix::io::Errno::LOOP => DiskError::NotRegular(name.to_owned()),
+            e => io(e.into()),
+        })?;
+        let stat = rustix::fs::fstat(&fd).map_err(|e| io(e.into()))?;
+        if FileType::from_raw_mode(stat.st_mode) != FileType::RegularFile {
+            return Err(DiskError::NotRegular(name.to_owned()));
+        }
+        Ok(File::from(fd))
+    }
+
+    /// Removes the body file `name`; a file already gone is fine.
+    pub fn remove(&self, name: &str) -> Result<(), DiskError> {
+        check_name(name)?;
+        let io = |source: std::io::Error| DiskError::Io {
+            name: name.to_owned(),
+            source,
+        };
+        let dir = self.dir().map_err(io)?;
+        match rustix::fs::unlinkat(&dir, name, AtFlags::empty()) {
+            Ok(()) | Err(rustix::io::Errno::NOENT) => Ok(()),
+            Err(e) => Err(io(e.into())),
+        }
+    }
+}
+
+/// One path component of `[A-Za-z0-9_.-]`, not starting with a dot (so
+/// neither `.`, `..` nor hidden files), at most 200 bytes.
+fn check_name(name: &str) -> Result<(), DiskError> {
+    let ok = !name.is_empty()
+        && name.len() <= 200
+        && !name.starts_with('.')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(DiskError::BadName(name.to_owned()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+
+    fn temp_mount(tag: &str) -> (ScanMount, PathBuf) {
+        let base = std::env::temp_dir().join(format!("vs-mount-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&base);
+        std::fs::create_dir_all(base.join("mount")).unwrap();
+        (ScanMount::new(base.join("mount")), base)
+    }
+
+    #[test]
+    fn write_read_remove() {
+        let (mount, base) = temp_mount("rw");
+        mount.check().unwrap();
+        mount
+            .create("abc-1.body")
+            .unwrap()
+            .write_all(b"hello")
+            .unwrap();
+        assert!(
+            mount.create("abc-1.body").is_err(),
+            "an existing file is never reused"
+        );
+        let mut s = String::new();
+        mount
+            .open("abc-1.body")
+            .unwrap()
+            .read_to_string(&mut s)
+            .unwrap();
+        assert_eq!(s, "hello");
+        mount.remove("abc-1.body").unwrap();
+        mount.remove("abc-1.body").unwrap();
+        assert!(mount.open("abc-1.body").is_err());
+        std::fs::remove_dir_all(base).unwrap();
+    }
+
+    #[test]
+    fn nothing_outside_the_mount_is_reachable() {
+        let (mount, base) = temp_mount("confine");
+        std::fs::write(base.join("secret"), b"outside").unwrap();
+        std::os::unix::fs::symlink(base.join("secret"), mount.path().join("link")).unwrap();
+        std::fs::create_dir(mount.path().join("sub")).unwrap();
+        for name in [
+            "../secret",
+            "/etc/passwd",
+            "..",
+            ".",
+            "",
+            "sub/x",
+            ".hidden",
+            "a b",
+        ] {
+            assert!(
+                matches!(mount.open(name), Err(DiskError::BadName(_))),
+                "{name:?} was not refused as a name"
+            );
+            assert!(mount.create(name).is_err() && mount.remove(name).is_err());
+        }
+        assert!(matches!(mount.open("link"), Err(DiskError::NotRegular(_))));
+        assert!(matches!(mount.open("sub"), Err(DiskError::NotRegular(_))));
+        // Creating through a symlink fails too, and the target is untouched.
+        assert!(mount.create("link").is_err());
+        assert_eq!(std::fs::read(base.join("secret")).unwrap(), b"outside");
+        std::fs::remove_dir_all(base).unwrap();
+    }
+}

@@ -1,0 +1,645 @@
+//! The producer side of the queue: turns a body arriving at a frontend into a
+//! task on a lane, and waits for the handler's result until the deadline.
+//!
+//! Which data provider a body takes is decided while it arrives:
+//! - it ends within `INLINE_MAX`: one stream entry holds task and body;
+//! - it outgrows `INLINE_MAX`: the task is queued at once and the body
+//!   follows as chunks in a stream of its own, so a handler scans while the
+//!   body is still arriving; an explicit entry ends it (or aborts it);
+//! - it outgrows `INLINE_MAX`, `SCAN_MOUNT` is set and the message declares
+//!   at least `DISK_MIN` bytes: the body is written to a file on the shared
+//!   volume, and the task names it once the body is complete.
+//!
+//! Results come back on one list per producer process: a single connection
+//! blocks on it (BLPOP) and hands each result to the transaction waiting for
+//! it, so waiting costs no connection per request. Each result is also kept
+//! under the task's own key for `RESULT_TTL`; a transaction whose deadline
+//! passes looks there once before the failure mode applies.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use redis::aio::ConnectionManager;
+use tokio::sync::{oneshot, RwLock};
+
+use super::disk::ScanMount;
+use super::task::{now_ms, Provider, Task, TaskResult};
+use super::{ensure_groups, Keys, RedisConfig};
+use crate::model::{Priority, ScanRequest, Verdict};
+
+/// Settings of the producer side.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ProducerConfig {
+    /// Bodies up to this size travel inside the task.
+    #[arg(long, env = "INLINE_MAX", default_value = "256K", value_parser = crate::config::parse_size)]
+    pub inline_max: u64,
+
+    /// Larger bodies stream to Redis in chunks of about this size.
+    #[arg(long, env = "STREAM_CHUNK", default_value = "64K", value_parser = crate::config::parse_size)]
+    pub stream_chunk: u64,
+
+    /// The shared volume for the disk provider (empty: disk provider off).
+    /// Handlers must mount the same volume at their SCAN_MOUNT.
+    #[arg(long, env = "SCAN_MOUNT", default_value = "")]
+    pub scan_mount: String,
+
+    /// With SCAN_MOUNT set, bodies declaring at least this many bytes go to
+    /// disk instead of streaming through Redis.
+    #[arg(long, env = "DISK_MIN", default_value = "8M", value_parser = crate::config::parse_size)]
+    pub disk_min: u64,
+
+    /// How long a transaction waits for its verdict once the body has been
+    /// handed over; then the failure mode applies.
+    #[arg(long, env = "SCAN_DEADLINE", default_value = "2m", value_parser = crate::config::parse_duration)]
+    pub scan_deadline: Duration,
+
+    /// Lifetime of a streamed body in Redis, renewed with every chunk.
+    #[arg(long, env = "BODY_TTL", default_value = "10m", value_parser = crate::config::parse_duration)]
+    pub body_ttl: Duration,
+
+    /// How often the ISTag's clamd version is read from Redis (handlers
+    /// publish it).
+    #[arg(long, env = "VERSION_REFRESH", default_value = "60s", value_parser = crate::config::parse_duration)]
+    pub version_refresh: Duration,
+}
+
+impl ProducerConfig {
+    /// Checks what clap cannot.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.inline_max > 64 << 20 {
+            return Err("INLINE_MAX must be at most 64M (Redis holds it in one entry)".into());
+        }
+        if self.stream_chunk == 0 || self.stream_chunk > 16 << 20 {
+            return Err("STREAM_CHUNK must be between 1 byte and 16M".into());
+        }
+        if self.scan_deadline.is_zero() {
+            return Err("SCAN_DEADLINE must be more than 0".into());
+        }
+        if !self.scan_mount.is_empty() {
+            ScanMount::new(&self.scan_mount).check()?;
+        }
+        Ok(())
+    }
+}
+
+type Waiters = Mutex<HashMap<String, oneshot::Sender<TaskResult>>>;
+
+/// Queues scans and waits for their results. Cheap to clone.
+#[derive(Clone)]
+pub struct Producer {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    conn: ConnectionManager,
+    keys: Keys,
+    config: ProducerConfig,
+    max_scan_size: u64,
+    mount: Option<ScanMount>,
+    reply_key: String,
+    waiters: Waiters,
+    version: RwLock<Option<String>>,
+}
+
+impl std::fmt::Debug for Producer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Producer")
+            .field("reply_key", &self.inner.reply_key)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Producer {
+    /// Connects (lazily: Redis may come later) and starts the result
+    /// dispatcher and the version watcher.
+    pub fn start(
+        redis: &RedisConfig,
+        config: ProducerConfig,
+        max_scan_size: u64,
+    ) -> Result<Producer, redis::RedisError> {
+        let keys = redis.keys();
+        let conn = redis.connect(Duration::ZERO)?;
+        let blocking = redis.connect(REPLY_BLOCK)?;
+        let host = hostname();
+        let reply_key = keys.reply(&format!("{host}-{}-{:x}", std::process::id(), now_ms()));
+        let mount = (!config.scan_mount.is_empty()).then(|| ScanMount::new(&config.scan_mount));
+        let producer = Producer {
+            inner: Arc::new(Inner {
+                conn,
+                keys,
+                config,
+                max_scan_size,
+                mount,
+                reply_key,
+                waiters: Mutex::new(HashMap::new()),
+                version: RwLock::new(None),
+            }),
+        };
+        tokio::spawn(dispatch(Arc::downgrade(&producer.inner), blocking));
+        tokio::spawn(watch_version(Arc::downgrade(&producer.inner)));
+        Ok(producer)
+    }
+
+    /// Creates the lanes and the consumer group if missing.
+    pub async fn ensure_groups(&self) -> Result<(), redis::RedisError> {
+        let mut conn = self.inner.conn.clone();
+        ensure_groups(&mut conn, &self.inner.keys).await
+    }
+
+    /// clamd's version as the handlers last published it.
+    pub async fn version(&self) -> Option<String> {
+        self.inner.version.read().await.clone()
+    }
+
+    /// The list this producer's results arrive on.
+    pub fn reply_key(&self) -> &str {
+        &self.inner.reply_key
+    }
+
+    /// Starts queuing one body.
+    pub fn session(&self, scan: &ScanRequest, priority: Priority) -> QueuedSession {
+        let task = Task::new(
+            scan,
+            priority,
+            Provider::Inline,
+            self.inner.reply_key.clone(),
+        );
+        QueuedSession {
+            producer: self.clone(),
+            task,
+            state: State::Buffer(Vec::new()),
+            received: 0,
+            waiting: None,
+        }
+    }
+
+    fn register(&self, id: &str) -> Waiting {
+        let (tx, rx) = oneshot::channel();
+        self.inner
+            .waiters
+            .lock()
+            .expect("waiters lock")
+            .insert(id.to_owned(), tx);
+        Waiting {
+            producer: self.clone(),
+            id: id.to_owned(),
+            rx: Some(rx),
+        }
+    }
+}
+
+/// How long one BLPOP on the reply list waits before it is sent again.
+const REPLY_BLOCK: Duration = Duration::from_secs(2);
+
+/// Pops results from this producer's reply list and hands each to its
+/// transaction. Ends when the producer is dropped.
+async fn dispatch(inner: std::sync::Weak<Inner>, mut conn: ConnectionManager) {
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        let Some(key) = inner.upgrade().map(|i| i.reply_key.clone()) else {
+            return;
+        };
+        let popped: Result<Option<(String, Vec<u8>)>, _> = redis::cmd("BLPOP")
+            .arg(&key)
+            .arg(REPLY_BLOCK.as_secs_f64())
+            .query_async(&mut conn)
+            .await;
+        let Some(inner) = inner.upgrade() else { return };
+        match popped {
+            Ok(Some((_, json))) => {
+                backoff = Duration::from_millis(50);
+                match TaskResult::from_json(&json) {
+                    Ok(result) => {
+                        let waiter = inner
+                            .waiters
+                            .lock()
+                            .expect("waiters lock")
+                            .remove(&result.id);
+                        match waiter {
+                            Some(tx) => {
+                                let _ = tx.send(result);
+                            }
+                            None => {
+                                tracing::debug!(id = %result.id, "result nobody waits for any more")
+                            }
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e, "unreadable result on the reply list"),
+                }
+            }
+            Ok(None) => backoff = Duration::from_millis(50),
+            Err(e) => {
+                tracing::warn!(error = %e, "waiting for results: Redis failed; retrying");
+                drop(inner);
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+            }
+        }
+    }
+}
+
+async fn watch_version(inner: std::sync::Weak<Inner>) {
+    loop {
+        let Some(i) = inner.upgrade() else { return };
+        let mut conn = i.conn.clone();
+        let got: Result<Option<String>, _> = redis::cmd("GET")
+            .arg(i.keys.clamd_version())
+            .query_async(&mut conn)
+            .await;
+        if let Ok(Some(v)) = got {
+            *i.version.write().await = Some(v);
+        }
+        let period = i.config.version_refresh;
+        drop(i);
+        tokio::time::sleep(period).await;
+    }
+}
+
+/// A transaction's claim on its result; unregisters itself when dropped.
+struct Waiting {
+    producer: Producer,
+    id: String,
+    rx: Option<oneshot::Receiver<TaskResult>>,
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        self.producer
+            .inner
+            .waiters
+            .lock()
+            .expect("waiters lock")
+            .remove(&self.id);
+    }
+}
+
+enum State {
+    /// Not queued yet: the body so far, while it may still go inline.
+    Buffer(Vec<u8>),
+    /// Queued; chunks follow in the body stream.
+    Stream { key: String, pending: Vec<u8> },
+    /// Being written to the shared volume.
+    Disk { file: std::fs::File, name: String },
+    /// Over the scan limit: nothing more is kept.
+    TooLarge,
+    /// The queue failed: the verdict will be an error.
+    Failed(String),
+    /// Handed over (or given up); nothing left to clean up.
+    Done,
+}
+
+/// One body on its way to the queue.
+pub struct QueuedSession {
+    producer: Producer,
+    task: Task,
+    state: State,
+    received: u64,
+    waiting: Option<Waiting>,
+}
+
+impl QueuedSession {
+    /// Body bytes received so far.
+    pub fn received(&self) -> u64 {
+        self.received
+    }
+
+    /// True once the body has outgrown the scan limit.
+    pub fn is_too_large(&self) -> bool {
+        self.received > self.producer.inner.max_scan_size
+    }
+
+    /// The data provider chosen so far (`inline` until the body outgrows
+    /// INLINE_MAX).
+    pub fn provider(&self) -> &'static str {
+        match &self.state {
+            State::Stream { .. } => "stream",
+            State::Disk { .. } => "disk",
+            _ => "inline",
+        }
+    }
+
+    /// Adds body bytes.
+    pub async fn write(&mut self, data: &[u8]) {
+        self.received += data.len() as u64;
+        if data.is_empty() {
+            return;
+        }
+        if self.is_too_large() {
+            self.give_up("body over the scan limit").await;
+            self.state = State::TooLarge;
+            return;
+        }
+        let inner = self.producer.inner.clone();
+        let result = match &mut self.state {
+            State::Buffer(buf) => {
+                buf.extend_from_slice(data);
+                if buf.len() as u64 > inner.config.inline_max {
+                    self.leave_buffer().await
+                } else {
+                    Ok(())
+                }
+            }
+            State::Stream { key, pending } => {
+                pending.extend_from_slice(data);
+                if pending.len() as u64 >= inner.config.stream_chunk {
+                    let chunk = std::mem::take(pending);
+                    let key = key.clone();
+                    self.send_chunk(&key, &chunk).await
+                } else {
+                    Ok(())
+                }
+            }
+            State::Disk { file, name } => std::io::Write::write_all(file, data)
+                .map_err(|e| format!("writing body file {name}: {e}")),
+            State::TooLarge | State::Failed(_) | State::Done => Ok(()),
+        };
+        if let Err(e) = result {
+            self.fail(e).await;
+        }
+    }
+
+    /// The buffer outgrew INLINE_MAX: to disk, or to a body stream.
+    async fn leave_buffer(&mut self) -> Result<(), String> {
+        let inner = self.producer.inner.clone();
+        let State::Buffer(buf) = std::mem::replace(&mut self.state, State::Done) else {
+            unreachable!("only called from the buffer state");
+        };
+        let to_disk = inner.mount.is_some()
+            && self
+                .task
+                .content_length
+                .is_some_and(|n| n >= inner.config.disk_min);
+        if let (true, Some(mount)) = (to_disk, inner.mount.as_ref()) {
+            let name = format!("{}.body", self.task.id);
+            let mut file = mount.create(&name).map_err(|e| e.to_string())?;
+            std::io::Write::write_all(&mut file, &buf)
+                .map_err(|e| format!("writing body file {name}: {e}"))?;
+            self.state = State::Disk { file, name };
+            return Ok(());
+        }
+        self.start_stream(&buf).await
+    }
+
+    /// Queues the task with the stream provider, its first chunk already
+    /// written, so that a handler can start at once.
+    async fn start_stream(&mut self, first: &[u8]) -> Result<(), String> {
+        let inner = self.producer.inner.clone();
+        let key = inner.keys.body(&self.task.id);
+        self.task.provider = Provider::Stream { key: key.clone() };
+        self.task.deadline_ms = now_ms() + inner.config.scan_deadline.as_millis() as u64;
+        self.waiting = Some(self.producer.register(&self.task.id));
+        let ttl = inner.config.body_ttl.as_secs().max(1);
+        let mut pipe = redis::pipe();
+        if !first.is_empty() {
+            pipe.cmd("XADD")
+                .arg(&key)
+                .arg("*")
+                .arg("d")
+                .arg(first)
+                .ignore();
+        }
+        pipe.cmd("EXPIRE").arg(&key).arg(ttl).ignore();
+        pipe.cmd("XADD")
+            .arg(inner.keys.lane(self.task.priority))
+            .arg("*")
+            .arg("task")
+            .arg(self.task.to_json())
+            .ignore();
+        let mut conn = inner.conn.clone();
+        pipe.query_async::<()>(&mut conn)
+            .await
+            .map_err(|e| format!("queueing the task: {e}"))?;
+        self.state = State::Stream {
+            key,
+            pending: Vec::new(),
+        };
+        Ok(())
+    }
+
+    async fn send_chunk(&self, key: &str, chunk: &[u8]) -> Result<(), String> {
+        self.stream_entry(key, "d", chunk).await
+    }
+
+    /// Appends one entry (`d`ata, `end` or `abort`) to the body stream and
+    /// renews its lifetime.
+    async fn stream_entry(&self, key: &str, field: &str, value: &[u8]) -> Result<(), String> {
+        let inner = &self.producer.inner;
+        let ttl = inner.config.body_ttl.as_secs().max(1);
+        let mut conn = inner.conn.clone();
+        redis::pipe()
+            .cmd("XADD")
+            .arg(key)
+            .arg("*")
+            .arg(field)
+            .arg(value)
+            .ignore()
+            .cmd("EXPIRE")
+            .arg(key)
+            .arg(ttl)
+            .ignore()
+            .query_async::<()>(&mut conn)
+            .await
+            .map_err(|e| format!("writing the body to Redis: {e}"))
+    }
+
+    /// Ends whatever was started: an abort entry for a streamed body (the
+    /// handler then stops with an explicit outcome), the file for a disk one.
+    async fn give_up(&mut self, why: &str) {
+        match std::mem::replace(&mut self.state, State::Done) {
+            State::Stream { key, .. } => {
+                let _ = self.stream_entry(&key, "abort", why.as_bytes()).await;
+            }
+            State::Disk { name, file } => {
+                drop(file);
+                if let Some(mount) = &self.producer.inner.mount {
+                    let _ = mount.remove(&name);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    async fn fail(&mut self, error: String) {
+        tracing::warn!(id = %self.task.id, error = %error, "queue failed");
+        self.give_up(&error).await;
+        self.state = State::Failed(error);
+    }
+
+    /// Ends the body, and waits for the verdict until the deadline.
+    pub async fn finish(mut self) -> Verdict {
+        if self.is_too_large() {
+            self.give_up("body over the scan limit").await;
+            return Verdict::TooLarge {
+                limit: self.producer.inner.max_scan_size,
+            };
+        }
+        let inner = self.producer.inner.clone();
+        let handed_over = match std::mem::replace(&mut self.state, State::Done) {
+            State::Buffer(buf) if inner.config.inline_max == 0 => {
+                // Everything streams: even an empty body gets its end entry.
+                match self.start_stream(&buf).await {
+                    Ok(()) => self.end_stream().await,
+                    Err(e) => Err(e),
+                }
+            }
+            State::Buffer(buf) => self.queue_whole(Provider::Inline, Some(&buf)).await,
+            state @ State::Stream { .. } => {
+                self.state = state;
+                self.end_stream().await
+            }
+            State::Disk { file, name } => {
+                let closed = file
+                    .sync_data()
+                    .map_err(|e| format!("writing body file {name}: {e}"));
+                drop(file);
+                let queued = match closed {
+                    Ok(()) => {
+                        self.queue_whole(Provider::Disk { name: name.clone() }, None)
+                            .await
+                    }
+                    Err(e) => Err(e),
+                };
+                if queued.is_err() {
+                    if let Some(mount) = &inner.mount {
+                        let _ = mount.remove(&name);
+                    }
+                }
+                queued
+            }
+            State::Failed(e) => Err(e),
+            State::TooLarge | State::Done => Err("body already given up".into()),
+        };
+        if let Err(message) = handed_over {
+            self.give_up(&message).await;
+            return Verdict::Error {
+                kind: "queue",
+                message,
+            };
+        }
+        self.wait().await
+    }
+
+    /// Flushes the last chunk and writes the end entry.
+    async fn end_stream(&mut self) -> Result<(), String> {
+        let State::Stream { key, pending } = &mut self.state else {
+            unreachable!("only called while streaming");
+        };
+        let (key, last) = (key.clone(), std::mem::take(pending));
+        if !last.is_empty() {
+            self.send_chunk(&key, &last).await?;
+        }
+        self.stream_entry(&key, "end", self.received.to_string().as_bytes())
+            .await?;
+        self.state = State::Done;
+        Ok(())
+    }
+
+    /// Queues a task whose body is complete (inline or on disk).
+    async fn queue_whole(&mut self, provider: Provider, body: Option<&[u8]>) -> Result<(), String> {
+        let inner = self.producer.inner.clone();
+        self.task.provider = provider;
+        self.task.content_length = Some(self.received);
+        self.task.deadline_ms = now_ms() + inner.config.scan_deadline.as_millis() as u64;
+        self.waiting = Some(self.producer.register(&self.task.id));
+        let mut cmd = redis::cmd("XADD");
+        cmd.arg(inner.keys.lane(self.task.priority))
+            .arg("*")
+            .arg("task")
+            .arg(self.task.to_json());
+        if let Some(body) = body {
+            cmd.arg("body").arg(body);
+        }
+        let mut conn = inner.conn.clone();
+        cmd.query_async::<String>(&mut conn)
+            .await
+            .map(drop)
+            .map_err(|e| format!("queueing the task: {e}"))
+    }
+
+    async fn wait(&mut self) -> Verdict {
+        let inner = self.producer.inner.clone();
+        let deadline = Instant::now() + inner.config.scan_deadline;
+        let Some(mut waiting) = self.waiting.take() else {
+            return Verdict::Error {
+                kind: "queue",
+                message: "task was never queued".into(),
+            };
+        };
+        let rx = waiting.rx.take().expect("result receiver");
+        match tokio::time::timeout_at(deadline.into(), rx).await {
+            Ok(Ok(result)) => return result.verdict.into_verdict(),
+            Ok(Err(_)) => {}
+            Err(_) => {}
+        }
+        // The reply may have been lost with a Redis restart: the task's own
+        // result key is the last place to look.
+        let mut conn = inner.conn.clone();
+        let stored: Result<Option<Vec<u8>>, _> = redis::cmd("GET")
+            .arg(inner.keys.result(&self.task.id))
+            .query_async(&mut conn)
+            .await;
+        if let Ok(Some(json)) = stored {
+            if let Ok(result) = TaskResult::from_json(&json) {
+                return result.verdict.into_verdict();
+            }
+        }
+        Verdict::Error {
+            kind: "deadline",
+            message: format!(
+                "no verdict from the queue within SCAN_DEADLINE ({:?})",
+                inner.config.scan_deadline
+            ),
+        }
+    }
+}
+
+impl Drop for QueuedSession {
+    fn drop(&mut self) {
+        // A transfer that ends without finish (the client went away): tell
+        // the handler, which is already scanning, so that it stops with an
+        // explicit outcome instead of waiting for the rest.
+        match std::mem::replace(&mut self.state, State::Done) {
+            State::Stream { key, .. } => {
+                let inner = self.producer.inner.clone();
+                let id = self.task.id.clone();
+                if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                    rt.spawn(async move {
+                        let ttl = inner.config.body_ttl.as_secs().max(1);
+                        let mut conn = inner.conn.clone();
+                        let sent = redis::pipe()
+                            .cmd("XADD")
+                            .arg(&key)
+                            .arg("*")
+                            .arg("abort")
+                            .arg("transfer aborted")
+                            .ignore()
+                            .cmd("EXPIRE")
+                            .arg(&key)
+                            .arg(ttl)
+                            .ignore()
+                            .query_async::<()>(&mut conn)
+                            .await;
+                        tracing::info!(id = %id, sent = sent.is_ok(), "transfer aborted; task cancelled");
+                    });
+                }
+            }
+            State::Disk { name, file } => {
+                drop(file);
+                if let Some(mount) = &self.producer.inner.mount {
+                    let _ = mount.remove(&name);
+                }
+                tracing::info!(id = %self.task.id, "transfer aborted before the task was queued");
+            }
+            _ => {}
+        }
+    }
+}
+
+/// This machine's name, for producer and handler names.
+pub fn hostname() -> String {
+    rustix::system::uname()
+        .nodename()
+        .to_string_lossy()
+        .into_owned()
+}
