@@ -259,8 +259,13 @@ async fn all(args: AllArgs) -> anyhow::Result<()> {
 
 #[tokio::main]
 async fn producer(args: ProducerArgs) -> anyhow::Result<()> {
-    let producer = Producer::start(&args.redis, args.producer, args.scan.max_scan_size)
-        .context("Redis settings")?;
+    let producer = Producer::start(
+        &args.redis,
+        args.producer,
+        args.scan.max_scan_size,
+        args.icap.version_refresh,
+    )
+    .context("Redis settings")?;
     match producer.ensure_groups().await {
         Ok(()) => tracing::info!(redis = %args.redis.display_url(), "Redis reachable"),
         Err(e) => {
@@ -368,5 +373,16 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = term.recv() => tracing::info!("SIGTERM"),
         _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_command_line_is_well_formed() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
     }
 }

@@ -191,6 +191,7 @@ pub async fn run(
             consumer: format!("{name}-{n}"),
             turn: n,
             stash: VecDeque::new(),
+            recheck_own: false,
             stop: stop_rx.clone(),
         };
         tasks.spawn(worker.run());
@@ -234,6 +235,9 @@ struct Worker {
     turn: usize,
     /// Entries a blocking read returned beyond the first.
     stash: VecDeque<Entry>,
+    /// After a Redis failure: tasks this worker was given whose delivery
+    /// it may never have seen (the answer was lost with the connection).
+    recheck_own: bool,
     stop: watch::Receiver<bool>,
 }
 
@@ -248,6 +252,7 @@ impl Worker {
                 }
                 Ok(None) => backoff = Duration::from_millis(100),
                 Err(e) => {
+                    self.recheck_own = true;
                     tracing::warn!(consumer = %self.consumer, error = %e, "reading tasks: Redis failed; retrying");
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(2));
@@ -263,6 +268,12 @@ impl Worker {
     async fn next(&mut self) -> Result<Option<Entry>, redis::RedisError> {
         if let Some(e) = self.stash.pop_front() {
             return Ok(Some(e));
+        }
+        if self.recheck_own {
+            if let Some(e) = self.own_pending().await? {
+                return Ok(Some(e));
+            }
+            self.recheck_own = false;
         }
         if let Some(e) = self.reclaim().await? {
             return Ok(Some(e));
@@ -304,6 +315,28 @@ impl Worker {
         entries.sort_by_key(|e| e.lane as u8);
         self.stash.extend(entries);
         Ok(self.stash.pop_front())
+    }
+
+    /// One task delivered to this worker and never acknowledged, if any.
+    async fn own_pending(&mut self) -> Result<Option<Entry>, redis::RedisError> {
+        for lane in Priority::ALL {
+            let reply: Value = redis::cmd("XREADGROUP")
+                .arg("GROUP")
+                .arg(GROUP)
+                .arg(&self.consumer)
+                .arg("COUNT")
+                .arg(1)
+                .arg("STREAMS")
+                .arg(self.shared.keys.lane(lane))
+                .arg("0")
+                .query_async(&mut self.conn)
+                .await?;
+            if let Some(e) = parse_read(&reply, &self.shared.keys).into_iter().next() {
+                tracing::info!(lane = lane.as_str(), entry = %e.id, "resuming a task whose delivery was interrupted");
+                return Ok(Some(e));
+            }
+        }
+        Ok(None)
     }
 
     /// Claims one task left pending too long by another worker, if any.
@@ -372,13 +405,25 @@ impl Worker {
 
     async fn process(&mut self, entry: Entry) {
         let started = Instant::now();
+        if entry.fields.is_empty() {
+            // Deleted after it was delivered (its result is out already):
+            // only the pending record is left to clear.
+            let result_of_nothing = TaskResult {
+                v: SCHEMA_VERSION,
+                id: String::new(),
+                verdict: WireVerdict::Clean,
+                handler: self.shared.name.clone(),
+                bytes: 0,
+                ms: 0,
+            };
+            return self.complete(&entry, None, &result_of_nothing).await;
+        }
         let task = match entry.field("task").map(Task::from_json) {
             Some(Ok(task)) => task,
             Some(Err(reason)) => return self.dead_letter(&entry, &reason, 1).await,
             None => return self.dead_letter(&entry, "entry has no task field", 1).await,
         };
-        let stale =
-            now_ms() > task.deadline_ms && !matches!(task.provider, Provider::Stream { .. });
+        let stale = now_ms() > task.deadline_ms;
         let (verdict, bytes) = if stale {
             (
                 Verdict::Error {
@@ -744,8 +789,8 @@ fn bytes_of(v: &Value) -> Option<Vec<u8>> {
 /// A stream entry's fields and values, in order.
 type Fields = Vec<(Vec<u8>, Vec<u8>)>;
 
-/// `[[id, [field, value, ...]], ...]` as (id, fields); entries deleted
-/// meanwhile (nil fields) are left out.
+/// `[[id, [field, value, ...]], ...]` as (id, fields); an entry deleted
+/// meanwhile (nil fields) comes with no fields.
 fn parse_entries(v: &Value) -> Vec<(String, Fields)> {
     let Value::Array(items) = v else {
         return Vec::new();
@@ -766,7 +811,7 @@ fn parse_entries(v: &Value) -> Vec<(String, Fields)> {
                     .iter()
                     .filter_map(|(k, v)| Some((bytes_of(k)?, bytes_of(v)?)))
                     .collect(),
-                _ => return None,
+                _ => Vec::new(),
             };
             Some((id, fields))
         })

@@ -57,18 +57,13 @@ pub struct ProducerConfig {
     /// Lifetime of a streamed body in Redis, renewed with every chunk.
     #[arg(long, env = "BODY_TTL", default_value = "10m", value_parser = crate::config::parse_duration)]
     pub body_ttl: Duration,
-
-    /// How often the ISTag's clamd version is read from Redis (handlers
-    /// publish it).
-    #[arg(long, env = "VERSION_REFRESH", default_value = "60s", value_parser = crate::config::parse_duration)]
-    pub version_refresh: Duration,
 }
 
 impl ProducerConfig {
     /// Checks what clap cannot.
     pub fn validate(&self) -> Result<(), String> {
-        if self.inline_max > 64 << 20 {
-            return Err("INLINE_MAX must be at most 64M (Redis holds it in one entry)".into());
+        if self.inline_max > 512 << 20 {
+            return Err("INLINE_MAX must be at most 512M (Redis's largest value)".into());
         }
         if self.stream_chunk == 0 || self.stream_chunk > 16 << 20 {
             return Err("STREAM_CHUNK must be between 1 byte and 16M".into());
@@ -98,6 +93,7 @@ struct Inner {
     max_scan_size: u64,
     mount: Option<ScanMount>,
     reply_key: String,
+    version_refresh: Duration,
     waiters: Waiters,
     version: RwLock<Option<String>>,
 }
@@ -117,6 +113,7 @@ impl Producer {
         redis: &RedisConfig,
         config: ProducerConfig,
         max_scan_size: u64,
+        version_refresh: Duration,
     ) -> Result<Producer, redis::RedisError> {
         let keys = redis.keys();
         let conn = redis.connect(Duration::ZERO)?;
@@ -132,6 +129,7 @@ impl Producer {
                 max_scan_size,
                 mount,
                 reply_key,
+                version_refresh,
                 waiters: Mutex::new(HashMap::new()),
                 version: RwLock::new(None),
             }),
@@ -250,7 +248,7 @@ async fn watch_version(inner: std::sync::Weak<Inner>) {
         if let Ok(Some(v)) = got {
             *i.version.write().await = Some(v);
         }
-        let period = i.config.version_refresh;
+        let period = i.version_refresh;
         drop(i);
         tokio::time::sleep(period).await;
     }

@@ -1,7 +1,8 @@
 //! Real programs for the tests, each started on a free loopback port and
 //! stopped when dropped: clamd (Debian's clamav-daemon, with the shipped
-//! EICAR signature), Squid (squid-openssl, with the configurations in
-//! `squid/`), c-icap-client, an HTTP origin, and this project's server.
+//! EICAR signature), redis-server, Squid (squid-openssl, with the
+//! configurations in `squid/`), c-icap-client, an HTTP origin, and this
+//! project's server (in-process, or its binaries as child processes).
 
 #![allow(dead_code)]
 
@@ -153,7 +154,7 @@ impl ClamdProcess {
             format!(
                 "Foreground yes\nTCPSocket {port}\nTCPAddr 127.0.0.1\nLocalSocket {sock}\n\
                  DatabaseDirectory {db}\nLogFile {dir}/clamd.log\nLogTime yes\n\
-                 StreamMaxLength 200M\nMaxFileSize 200M\nMaxScanSize 400M\nMaxThreads 8\n",
+                 StreamMaxLength 300M\nMaxFileSize 300M\nMaxScanSize 400M\nMaxThreads 8\n",
                 port = self.port,
                 sock = self.socket().display(),
                 db = project_dir().join("clamav/db").display(),
@@ -496,4 +497,309 @@ pub async fn raw_exchange(addr: SocketAddr, bytes: &[u8], wait: Duration) -> Vec
     let mut out = Vec::new();
     let _ = tokio::time::timeout(wait, s.read_to_end(&mut out)).await;
     out
+}
+
+/// A real redis-server on a free port.
+pub struct RedisProcess {
+    child: Option<Child>,
+    dir: TempDir,
+    durable: bool,
+    pub port: u16,
+}
+
+impl RedisProcess {
+    /// Keeping nothing on disk.
+    pub fn start() -> RedisProcess {
+        Self::start_with(false)
+    }
+
+    /// Writing every command to its append-only file before answering, so
+    /// that a restart loses nothing it acknowledged.
+    pub fn start_durable() -> RedisProcess {
+        Self::start_with(true)
+    }
+
+    fn start_with(durable: bool) -> RedisProcess {
+        let mut redis = RedisProcess {
+            child: None,
+            dir: TempDir::new("redis"),
+            durable,
+            port: free_port(),
+        };
+        redis.launch();
+        redis
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    fn launch(&mut self) {
+        let child = Command::new("redis-server")
+            .args(["--bind", "127.0.0.1", "--port", &self.port.to_string()])
+            .args(if self.durable {
+                ["--appendonly", "yes", "--appendfsync", "always"]
+            } else {
+                ["--appendonly", "no", "--appendfsync", "no"]
+            })
+            .args(["--save", ""])
+            .arg("--dir")
+            .arg(self.dir.path())
+            .args(["--logfile", "redis.log", "--daemonize", "no"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server (Debian package redis-server) is installed");
+        self.child = Some(child);
+        wait_port(self.port, Duration::from_secs(20));
+    }
+
+    /// Stops redis-server (SIGTERM: it finishes its append-only file).
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            kill(&mut child);
+        }
+    }
+
+    /// Starts it again on the same port, from the same files.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.launch();
+    }
+
+    /// A connection for the test's own checks.
+    pub async fn conn(&self) -> redis::aio::MultiplexedConnection {
+        redis::Client::open(self.url())
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap()
+    }
+
+    /// Every key of the project's must expire by itself, except the lanes
+    /// and the dead-letter stream (permanent, and emptied or capped). Returns
+    /// the keys seen.
+    pub async fn assert_keys_expire(&self) -> Vec<String> {
+        let mut conn = self.conn().await;
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg("vs:*")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        for key in &keys {
+            let permanent = key.starts_with("vs:tasks:") || key == "vs:dead";
+            let ttl: i64 = redis::cmd("TTL")
+                .arg(key)
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            if permanent {
+                let len: u64 = redis::cmd("XLEN")
+                    .arg(key)
+                    .query_async(&mut conn)
+                    .await
+                    .unwrap();
+                assert!(
+                    key == "vs:dead" || len == 0,
+                    "lane {key} still holds {len} entries"
+                );
+            } else {
+                assert!(ttl > 0, "key {key} has no TTL ({ttl})");
+            }
+        }
+        keys
+    }
+}
+
+impl Drop for RedisProcess {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// One of this project's binaries, as a child process with its log in a
+/// file.
+pub struct Service {
+    child: Option<Child>,
+    log: PathBuf,
+    _dir: TempDir,
+}
+
+impl Service {
+    /// Starts `bin` (a path from `env!("CARGO_BIN_EXE_...")`) with `env`.
+    pub fn start(bin: &str, env: &[(&str, String)]) -> Service {
+        let dir = TempDir::new("service");
+        let log = dir.path().join("service.log");
+        let mut cmd = Command::new(bin);
+        cmd.env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("LISTEN_ADDR", "127.0.0.1")
+            .env("LOG_LEVEL", "info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().unwrap();
+        Service {
+            child: Some(child),
+            log,
+            _dir: dir,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
+    /// What it has logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits until its log contains `text` at least `times` times.
+    pub async fn wait_log(&self, text: &str, times: usize, within: Duration) {
+        let end = Instant::now() + within;
+        while Instant::now() < end {
+            if self.log().matches(text).count() >= times {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("log never showed {text:?} {times} times:\n{}", self.log());
+    }
+
+    /// SIGKILL: no chance to clean up.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            kill(&mut child);
+        }
+    }
+}
+
+/// What an ICAP server answered to a RESPMOD.
+#[derive(Debug)]
+pub struct IcapAnswer {
+    pub icap_status: u16,
+    /// The HTTP status inside a 200 (a block page's 403 or 503).
+    pub http_status: Option<u16>,
+    /// The ICAP and HTTP heads, as text.
+    pub head: String,
+}
+
+impl IcapAnswer {
+    pub fn is_clean(&self) -> bool {
+        self.icap_status == 204
+    }
+
+    pub fn is_infected(&self) -> bool {
+        self.http_status == Some(403) && self.head.contains(EICAR_NAME)
+    }
+
+    pub fn is_unavailable(&self) -> bool {
+        self.http_status == Some(503)
+    }
+}
+
+/// The start of a RESPMOD with `Allow: 204` and no preview, for a body of
+/// `len` bytes (declared by Content-Length) from `url`; `extra` are more HTTP
+/// request header lines.
+pub fn respmod_head(port: u16, url: &str, len: usize, extra: &str) -> Vec<u8> {
+    let host = url.split('/').nth(2).unwrap_or("origin.test");
+    let req = format!("GET {url} HTTP/1.1\r\nHost: {host}\r\n{extra}\r\n");
+    let res = format!("HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: {len}\r\n\r\n");
+    format!(
+        "RESPMOD icap://127.0.0.1:{port}/avscan ICAP/1.0\r\nHost: 127.0.0.1\r\nAllow: 204\r\n\
+         Encapsulated: req-hdr=0, res-hdr={}, res-body={}\r\n\r\n{req}{res}",
+        req.len(),
+        req.len() + res.len()
+    )
+    .into_bytes()
+}
+
+/// `data` as ICAP chunks of at most 64 KiB.
+pub fn chunked(data: &[u8], last: bool) -> Vec<u8> {
+    let mut out = Vec::with_capacity(data.len() + data.len() / 4096 + 16);
+    for piece in data.chunks(64 * 1024) {
+        out.extend_from_slice(format!("{:x}\r\n", piece.len()).as_bytes());
+        out.extend_from_slice(piece);
+        out.extend_from_slice(b"\r\n");
+    }
+    if last {
+        out.extend_from_slice(b"0\r\n\r\n");
+    }
+    out
+}
+
+/// Sends `body` for scanning as a download from `url` and reads the whole
+/// answer.
+pub async fn icap_respmod(
+    port: u16,
+    url: &str,
+    body: &[u8],
+    extra: &str,
+) -> Result<IcapAnswer, String> {
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut out = respmod_head(port, url, body.len(), extra);
+    out.extend_from_slice(&chunked(body, true));
+    let (mut rd, mut wr) = s.split();
+    let write = async {
+        // The server may answer (and close) before reading everything.
+        let _ = wr.write_all(&out).await;
+    };
+    let (_, answer) = tokio::join!(write, read_icap_answer(&mut rd));
+    answer
+}
+
+/// Reads one ICAP answer: head, and the encapsulated body if there is one.
+pub async fn read_icap_answer<R: tokio::io::AsyncRead + Unpin>(
+    rd: &mut R,
+) -> Result<IcapAnswer, String> {
+    let limits = icap::Limits::DEFAULT;
+    let mut buf = bytes::BytesMut::new();
+    let (res, used) = loop {
+        if let Some(parsed) = icap::parse_response(&buf, &limits).map_err(|e| e.to_string())? {
+            break parsed;
+        }
+        if rd.read_buf(&mut buf).await.map_err(|e| e.to_string())? == 0 {
+            return Err("connection closed before an answer".into());
+        }
+    };
+    let head = String::from_utf8_lossy(&buf[..used]).into_owned();
+    let _ = buf.split_to(used);
+    let sections = res.sections.as_ref();
+    let http_status = sections
+        .and_then(|s| s.response.as_ref())
+        .map(|h| h.status.as_u16());
+    if sections.is_some_and(icap::Sections::has_body) {
+        let mut dec = icap::ChunkedDecoder::new(limits);
+        loop {
+            let step = dec.decode(&buf).map_err(|e| e.to_string())?;
+            let end = matches!(step.event, Some(icap::Event::End(_)));
+            let more = step.event.is_none();
+            let _ = buf.split_to(step.consumed);
+            if end {
+                break;
+            }
+            if more && rd.read_buf(&mut buf).await.map_err(|e| e.to_string())? == 0 {
+                return Err("connection closed inside the answer's body".into());
+            }
+        }
+    }
+    Ok(IcapAnswer {
+        icap_status: res.status.0,
+        http_status,
+        head,
+    })
 }

@@ -1,0 +1,532 @@
+//! Split mode against the real programs: redis-server, clamd, and this
+//! project's producer and handler binaries as separate processes, driven
+//! over ICAP by c-icap-client and by the tests' own client.
+
+mod support;
+
+use std::time::Duration;
+
+use support::{
+    c_icap_text, chunked, eicar, icap_respmod, read_icap_answer, respmod_head, write_file,
+    ClamdProcess, IcapAnswer, RedisProcess, Service, TempDir,
+};
+use tokio::io::AsyncWriteExt;
+
+const PRODUCER: &str = env!("CARGO_BIN_EXE_virus-scanner-producer");
+const HANDLER: &str = env!("CARGO_BIN_EXE_virus-scanner-handler");
+
+/// `size` bytes no other call returns (clamd's cache must not answer), with
+/// EICAR at the very end when `infected`.
+fn body(size: usize, seed: u64, infected: bool) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut v = Vec::with_capacity(size);
+    while v.len() < size {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        v.extend_from_slice(&x.to_le_bytes());
+    }
+    v.truncate(size);
+    if infected {
+        let e = eicar();
+        let at = size.saturating_sub(e.len());
+        v.truncate(at);
+        v.extend_from_slice(&e);
+    }
+    v
+}
+
+/// Environment shared by producers and handlers.
+fn common(redis: &RedisProcess, clamd: &ClamdProcess) -> Vec<(&'static str, String)> {
+    vec![
+        ("REDIS_HOST", "127.0.0.1".into()),
+        ("REDIS_PORT", redis.port.to_string()),
+        ("CLAMD_URL", clamd.tcp_url()),
+        ("MAX_SCAN_SIZE", "300M".into()),
+    ]
+}
+
+fn producer(
+    redis: &RedisProcess,
+    clamd: &ClamdProcess,
+    extra: &[(&'static str, &str)],
+) -> (Service, u16) {
+    let port = support::free_port();
+    let mut env = common(redis, clamd);
+    env.push(("ICAP_PORT", port.to_string()));
+    env.extend(extra.iter().map(|(k, v)| (*k, v.to_string())));
+    let service = Service::start(PRODUCER, &env);
+    support::wait_port(port, Duration::from_secs(20));
+    (service, port)
+}
+
+fn handler(redis: &RedisProcess, clamd: &ClamdProcess, extra: &[(&'static str, &str)]) -> Service {
+    let mut env = common(redis, clamd);
+    env.extend(extra.iter().map(|(k, v)| (*k, v.to_string())));
+    Service::start(HANDLER, &env)
+}
+
+async fn scan(port: u16, n: u64, size: usize, infected: bool) -> IcapAnswer {
+    let url = format!("http://origin.test/file-{n}");
+    icap_respmod(port, &url, &body(size, n, infected), "")
+        .await
+        .unwrap_or_else(|e| panic!("scan {n}: {e}"))
+}
+
+fn assert_verdict(answer: &IcapAnswer, infected: bool, what: &str) {
+    if infected {
+        assert!(
+            answer.is_infected(),
+            "{what}: expected a block page, got {answer:?}"
+        );
+    } else {
+        assert!(answer.is_clean(), "{what}: expected 204, got {answer:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn split_mode_end_to_end() {
+    let redis = RedisProcess::start();
+    let clamd = ClamdProcess::start();
+    let (producer, port) = producer(&redis, &clamd, &[]);
+    let h1 = handler(&redis, &clamd, &[]);
+    let h2 = handler(&redis, &clamd, &[]);
+
+    // c-icap-client, which nobody here wrote: RESPMOD and REQMOD.
+    let dir = TempDir::new("split");
+    let clean = write_file(
+        &dir,
+        "clean.txt",
+        &b"plain text, nothing to see\n".repeat(100),
+    );
+    let mut bad = b"prefix\n".to_vec();
+    bad.extend_from_slice(&eicar());
+    let infected = write_file(&dir, "eicar.com", &bad);
+    for mode in ["-resp", "-req"] {
+        let t = c_icap_text(
+            port,
+            &[
+                "-s",
+                "avscan",
+                "-v",
+                "-f",
+                &clean,
+                mode,
+                "http://origin.test/c",
+            ],
+        )
+        .await;
+        assert!(t.contains("ICAP/1.0 204"), "{mode} clean: {t}");
+        let t = c_icap_text(
+            port,
+            &[
+                "-s",
+                "avscan",
+                "-v",
+                "-f",
+                &infected,
+                mode,
+                "http://origin.test/e",
+            ],
+        )
+        .await;
+        assert!(t.contains("HTTP/1.1 403 Forbidden"), "{mode} infected: {t}");
+        assert!(t.contains(support::EICAR_NAME), "{mode} infected: {t}");
+    }
+    // OPTIONS carries the ISTag from the version the handlers publish.
+    let t = c_icap_text(port, &["-s", "avscan"]).await;
+    assert!(t.contains("ISTag: \"VS-"), "{t}");
+
+    // The project's own client, 40 at once, both handlers taking part.
+    let answers = futures_join((0..40u64).map(|n| async move {
+        let infected = n % 4 == 0;
+        (
+            scan(port, 100 + n, 2000 + n as usize * 5000, infected).await,
+            infected,
+        )
+    }))
+    .await;
+    for (n, (answer, infected)) in answers.iter().enumerate() {
+        assert_verdict(answer, *infected, &format!("scan {n}"));
+    }
+    for h in [&h1, &h2] {
+        assert!(
+            h.log().contains("scanned"),
+            "a handler did no work:\n{}",
+            h.log()
+        );
+    }
+    assert!(!producer.log().contains("ERROR"), "{}", producer.log());
+
+    // Queue depth for monitoring: everything done, nothing pending.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_virus-scanner"))
+        .args(["queue-status", "--redis-url", &redis.url()])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    for lane in [
+        "high\tvs:tasks:high\t0\t0\t0",
+        "normal\tvs:tasks:normal\t0\t0\t0",
+        "low\tvs:tasks:low\t0\t0\t0",
+    ] {
+        assert!(text.contains(lane), "{lane:?} missing in:\n{text}");
+    }
+    redis.assert_keys_expire().await;
+}
+
+/// Runs the futures concurrently and returns their outputs in order.
+async fn futures_join<F: std::future::Future + Send + 'static>(
+    futs: impl Iterator<Item = F>,
+) -> Vec<F::Output>
+where
+    F::Output: Send + 'static,
+{
+    let handles: Vec<_> = futs.map(tokio::spawn).collect();
+    let mut out = Vec::new();
+    for h in handles {
+        out.push(h.await.unwrap());
+    }
+    out
+}
+
+/// Sends the first part of a body, pauses, then the rest: while the client
+/// pauses, the handlers hold streamed tasks whose bodies have not ended.
+async fn paused_scan(
+    port: u16,
+    n: u64,
+    size: usize,
+    infected: bool,
+    pause: Duration,
+) -> IcapAnswer {
+    let data = body(size, n, infected);
+    let url = format!("http://origin.test/paused-{n}");
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let (first, rest) = data.split_at(size / 2);
+    let mut out = respmod_head(port, &url, size, "");
+    out.extend_from_slice(&chunked(first, false));
+    s.write_all(&out).await.unwrap();
+    tokio::time::sleep(pause).await;
+    s.write_all(&chunked(rest, true)).await.unwrap();
+    let (mut rd, _wr) = s.split();
+    read_icap_answer(&mut rd).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_handler_loses_no_scan() {
+    let redis = RedisProcess::start();
+    let clamd = ClamdProcess::start();
+    // Small INLINE_MAX: every body streams, so a task is taken before its
+    // body has ended.
+    let (_producer, port) = producer(&redis, &clamd, &[("INLINE_MAX", "16K")]);
+    let settings = [("HANDLER_CONCURRENCY", "6"), ("CLAIM_IDLE", "2s")];
+    let mut doomed = handler(&redis, &clamd, &settings);
+    let survivor = handler(&redis, &clamd, &settings);
+    doomed
+        .wait_log("handler started", 1, Duration::from_secs(20))
+        .await;
+    survivor
+        .wait_log("handler started", 1, Duration::from_secs(20))
+        .await;
+
+    let pause = Duration::from_secs(3);
+    let scans: Vec<_> = (0..200u64)
+        .map(|n| {
+            let infected = n % 7 == 3;
+            tokio::spawn(async move {
+                (
+                    paused_scan(port, n, 40_000 + n as usize * 37, infected, pause).await,
+                    infected,
+                )
+            })
+        })
+        .collect();
+    // Mid-pause: every worker of both handlers holds a task.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let mut conn = redis.conn().await;
+    let (_, _, _, consumers): (
+        u64,
+        Option<String>,
+        Option<String>,
+        Option<Vec<(String, u64)>>,
+    ) = redis::cmd("XPENDING")
+        .arg("vs:tasks:normal")
+        .arg("vs-handlers")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let doomed_name = format!("-{}-", doomed.pid());
+    let held: u64 = consumers
+        .iter()
+        .flatten()
+        .filter(|(name, _)| name.contains(&doomed_name))
+        .map(|(_, n)| n)
+        .sum();
+    assert_eq!(
+        held, 6,
+        "the handler to be killed should hold one task per worker: {consumers:?}"
+    );
+    doomed.kill9();
+
+    let mut wrong = Vec::new();
+    for (n, scan) in scans.into_iter().enumerate() {
+        let (answer, infected) = scan.await.unwrap();
+        let right = if infected {
+            answer.is_infected()
+        } else {
+            answer.is_clean()
+        };
+        if !right {
+            wrong.push((n, infected, answer));
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "{} of 200 wrong: {:?}",
+        wrong.len(),
+        &wrong[..wrong.len().min(5)]
+    );
+    assert!(
+        survivor
+            .log()
+            .contains("took over a task left pending by another worker"),
+        "{}",
+        survivor.log()
+    );
+    redis.assert_keys_expire().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_restart_under_load_never_passes_infected() {
+    let mut redis = RedisProcess::start_durable();
+    let clamd = ClamdProcess::start();
+    let (_producer, port) = producer(&redis, &clamd, &[("SCAN_DEADLINE", "5s")]);
+    let _handler = handler(&redis, &clamd, &[("CLAIM_IDLE", "2s")]);
+    // Warm up: the split works before the restart.
+    assert_verdict(&scan(port, 1, 3000, false).await, false, "before");
+
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut load = Vec::new();
+    for client in 0..4u64 {
+        let stop = stop.clone();
+        load.push(tokio::spawn(async move {
+            let mut seen = Vec::new();
+            let mut n = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                n += 1;
+                let infected = n % 3 == 0;
+                let id = 10_000 * (client + 1) + n;
+                match icap_respmod(
+                    port,
+                    &format!("http://origin.test/{id}"),
+                    &body(4000, id, infected),
+                    "",
+                )
+                .await
+                {
+                    Ok(a) => seen.push((infected, a)),
+                    Err(e) => panic!("no ICAP answer during the restart: {e}"),
+                }
+            }
+            seen
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    redis.restart();
+    // The service recovers by itself: clean and infected verdicts again.
+    let mut recovered = false;
+    for _ in 0..200 {
+        let clean = scan(port, 7, 3000, false).await;
+        let bad = scan(port, 8, 3000, true).await;
+        if clean.is_clean() && bad.is_infected() {
+            recovered = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(recovered, "no verdicts 20 s after Redis came back");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (mut total, mut unavailable) = (0, 0);
+    for l in load {
+        for (infected, a) in l.await.unwrap() {
+            total += 1;
+            if infected {
+                assert!(!a.is_clean(), "an infected body was answered clean: {a:?}");
+                assert!(a.is_infected() || a.is_unavailable(), "{a:?}");
+            } else {
+                assert!(a.is_clean() || a.is_unavailable(), "{a:?}");
+            }
+            unavailable += a.is_unavailable() as usize;
+        }
+    }
+    eprintln!("{total} scans during the restart, {unavailable} failed closed");
+    // Every task Redis acknowledged is still scanned, even those whose
+    // answers were lost with the connection.
+    let mut conn = redis.conn().await;
+    for _ in 0..100 {
+        let left: u64 = redis::cmd("XLEN")
+            .arg("vs:tasks:normal")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        if left == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    redis.assert_keys_expire().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_data_provider_small_and_large() {
+    let redis = RedisProcess::start();
+    let clamd = ClamdProcess::start();
+    let mount = TempDir::new("mount");
+    let mount_path = mount.path().display().to_string();
+    let handler = handler(&redis, &clamd, &[("SCAN_MOUNT", &mount_path)]);
+    let providers = [
+        ("inline", vec![("INLINE_MAX", "300M")]),
+        ("stream", vec![("INLINE_MAX", "0")]),
+        (
+            "disk",
+            vec![
+                ("INLINE_MAX", "0"),
+                ("DISK_MIN", "0"),
+                ("SCAN_MOUNT", mount_path.as_str()),
+            ],
+        ),
+    ];
+    let mut seed = 500;
+    for (provider, settings) in providers {
+        let (p, port) = producer(&redis, &clamd, &settings);
+        for (size, infected) in [
+            (1024, false),
+            (1024, true),
+            (5 << 20, false),
+            (5 << 20, true),
+            (200 << 20, true),
+        ] {
+            seed += 1;
+            let answer = scan(port, seed, size, infected).await;
+            assert_verdict(&answer, infected, &format!("{provider}, {size} bytes"));
+        }
+        let tag = format!("provider=\"{provider}\"");
+        handler.wait_log(&tag, 5, Duration::from_secs(10)).await;
+        drop(p);
+    }
+    let left: Vec<_> = std::fs::read_dir(mount.path()).unwrap().collect();
+    assert!(left.is_empty(), "body files left on the mount: {left:?}");
+    redis.assert_keys_expire().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn empty_aborted_and_late_scans_end_explicitly() {
+    let redis = RedisProcess::start();
+    let clamd = ClamdProcess::start();
+    let (_streaming, port) = producer(
+        &redis,
+        &clamd,
+        &[
+            ("INLINE_MAX", "0"),
+            ("SCAN_DEADLINE", "2s"),
+            ("PRIORITY_HEADER", "true"),
+        ],
+    );
+
+    // A missed deadline: no handler runs. The answer is the failure mode
+    // (closed), in time.
+    let started = std::time::Instant::now();
+    let late = icap_respmod(
+        port,
+        "http://origin.test/late",
+        b"late body",
+        "X-Priority: high\r\n",
+    )
+    .await
+    .unwrap();
+    assert!(late.is_unavailable(), "{late:?}");
+    assert!(started.elapsed() < Duration::from_secs(10));
+    let mut conn = redis.conn().await;
+    let high: u64 = redis::cmd("XLEN")
+        .arg("vs:tasks:high")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(high, 1, "X-Priority: high put the task in the high lane");
+
+    // The handler that comes later drops the stale task with a reason.
+    let handler = handler(&redis, &clamd, &[("BODY_TIMEOUT", "5s")]);
+    handler
+        .wait_log("verdict=\"error\"", 1, Duration::from_secs(20))
+        .await;
+
+    // An empty body: the end of the stream is explicit, and clamd says clean.
+    let empty = icap_respmod(port, "http://origin.test/empty", b"", "")
+        .await
+        .unwrap();
+    assert!(empty.is_clean(), "{empty:?}");
+
+    // An aborted transfer: the handler stops with "aborted", not a verdict.
+    {
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .unwrap();
+        let mut out = respmod_head(port, "http://origin.test/aborted", 1 << 20, "");
+        out.extend_from_slice(&chunked(&body(300_000, 9, false), false));
+        s.write_all(&out).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    handler
+        .wait_log("transfer aborted", 1, Duration::from_secs(20))
+        .await;
+    // Nothing is left behind but keys that expire.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let keys = redis.assert_keys_expire().await;
+    assert!(
+        !keys.iter().any(|k| k.starts_with("vs:body:")),
+        "body streams left: {keys:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_that_keeps_failing_goes_to_dead_letter() {
+    let redis = RedisProcess::start();
+    let clamd = ClamdProcess::start();
+    let (_producer, port) = producer(&redis, &clamd, &[("INLINE_MAX", "16K")]);
+    let settings = [
+        ("CLAIM_IDLE", "1s"),
+        ("MAX_DELIVERIES", "1"),
+        ("HANDLER_CONCURRENCY", "1"),
+    ];
+    let mut first = handler(&redis, &clamd, &settings);
+    first
+        .wait_log("handler started", 1, Duration::from_secs(20))
+        .await;
+    // The body stalls halfway; the handler that took it dies.
+    let scan = tokio::spawn(paused_scan(port, 1, 100_000, false, Duration::from_secs(4)));
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    first.kill9();
+    // The next delivery is one too many: dead letter, and the producer
+    // gets an explicit error, which fails closed.
+    let second = handler(&redis, &clamd, &settings);
+    second
+        .wait_log(
+            "task moved to the dead-letter stream",
+            1,
+            Duration::from_secs(20),
+        )
+        .await;
+    let answer = scan.await.unwrap();
+    assert!(answer.is_unavailable(), "{answer:?}");
+    let mut conn = redis.conn().await;
+    let dead: u64 = redis::cmd("XLEN")
+        .arg("vs:dead")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(dead, 1);
+    redis.assert_keys_expire().await;
+}
