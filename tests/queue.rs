@@ -190,6 +190,14 @@ where
     out
 }
 
+/// XPENDING's summary: count, lowest and highest id, and per consumer.
+type PendingSummary = (
+    u64,
+    Option<String>,
+    Option<String>,
+    Option<Vec<(String, u64)>>,
+);
+
 /// Sends the first part of a body, pauses, then the rest: while the client
 /// pauses, the handlers hold streamed tasks whose bodies have not ended.
 async fn paused_scan(
@@ -246,12 +254,7 @@ async fn killed_handler_loses_no_scan() {
     // Mid-pause: every worker of both handlers holds a task.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let mut conn = redis.conn().await;
-    let (_, _, _, consumers): (
-        u64,
-        Option<String>,
-        Option<String>,
-        Option<Vec<(String, u64)>>,
-    ) = redis::cmd("XPENDING")
+    let (_, _, _, consumers): PendingSummary = redis::cmd("XPENDING")
         .arg("vs:tasks:normal")
         .arg("vs-handlers")
         .query_async(&mut conn)
@@ -316,7 +319,7 @@ async fn redis_restart_under_load_never_passes_infected() {
             let mut n = 0u64;
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                 n += 1;
-                let infected = n % 3 == 0;
+                let infected = n.is_multiple_of(3);
                 let id = 10_000 * (client + 1) + n;
                 match icap_respmod(
                     port,
