@@ -28,7 +28,7 @@ need_packages() {
     log "installing ${missing[*]}"
     as_root apt-get update -qq
     # Installing must not start the packaged daemons (clamd, freshclam,
-    # squid, c-icap): the tests start their own, on ports of their own.
+    # squid, c-icap, redis): the tests start their own, on ports of their own.
     local policy=/usr/sbin/policy-rc.d added=
     if [ ! -e $policy ]; then
       printf '#!/bin/sh\nexit 101\n' | as_root tee $policy >/dev/null
@@ -46,6 +46,7 @@ need_packages \
   clamd clamav-daemon \
   c-icap-client c-icap \
   squid squid-openssl \
+  redis-server redis-server \
   curl curl
 
 log "cargo test (workspace)"

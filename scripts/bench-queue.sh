@@ -1,0 +1,105 @@
+#!/usr/bin/env bash
+# The queue benchmark: raw clamd INSTREAM, `virus-scanner all` (in-process)
+# and split mode (one producer, two handlers, through Redis), on the same
+# clamd, in one run; then the producer's memory with 1,000 scans queued.
+# Prints figures and ratios; asserts nothing about time.
+#
+#   scripts/bench-queue.sh
+#   DURATION=10s CONNECTIONS=8,64 SIZES=4K,1M scripts/bench-queue.sh
+#
+# Needs clamav-daemon and redis-server (installed when missing, as root or
+# with sudo).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DURATION=${DURATION:-5s}
+CONNECTIONS=${CONNECTIONS:-8,64}
+SIZES=${SIZES:-4K,1M}
+QUEUED=${QUEUED:-1000}
+
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+missing=()
+command -v clamd >/dev/null || missing+=(clamav-daemon)
+command -v redis-server >/dev/null || missing+=(redis-server)
+if [ ${#missing[@]} -gt 0 ]; then
+  as_root apt-get update -qq
+  printf '#!/bin/sh\nexit 101\n' | as_root tee /usr/sbin/policy-rc.d >/dev/null
+  as_root chmod +x /usr/sbin/policy-rc.d
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
+  as_root rm -f /usr/sbin/policy-rc.d
+fi
+
+cargo build --release --locked --bins
+bin=target/release
+
+dir=$(mktemp -d)
+pids=()
+cleanup() { set +e; for p in "${pids[@]}"; do kill "$p" 2>/dev/null; done; wait 2>/dev/null; rm -rf "$dir"; }
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_port() { for _ in $(seq 1 200); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.1; done; echo "port $1 never opened" >&2; return 1; }
+rss() { awk '/^VmRSS/ {print $2}' /proc/"$1"/status; }
+
+clamd_port=$(free_port)
+cat >"$dir/clamd.conf" <<CONF
+Foreground yes
+TCPSocket $clamd_port
+TCPAddr 127.0.0.1
+DatabaseDirectory $PWD/clamav/db
+LogFile $dir/clamd.log
+MaxThreads 10
+StreamMaxLength 100M
+CONF
+clamd -c "$dir/clamd.conf" >/dev/null 2>&1 & pids+=($!)
+wait_port "$clamd_port"
+
+redis_port=$(free_port)
+redis-server --bind 127.0.0.1 --port "$redis_port" --save "" --appendonly no \
+  --dir "$dir" --logfile redis.log & pids+=($!)
+wait_port "$redis_port"
+
+export CLAMD_URL="tcp://127.0.0.1:$clamd_port" REDIS_HOST=127.0.0.1 REDIS_PORT=$redis_port \
+  LISTEN_ADDR=127.0.0.1 LOG_LEVEL=warn
+
+all_port=$(free_port)
+ICAP_PORT=$all_port $bin/virus-scanner all & pids+=($!)
+wait_port "$all_port"
+
+split_port=$(free_port)
+ICAP_PORT=$split_port $bin/virus-scanner-producer & producer=$!; pids+=($producer)
+wait_port "$split_port"
+# Two handlers sharing clamd's 10 threads.
+for _ in 1 2; do
+  HANDLER_CONCURRENCY=5 CLAMD_MAX_CONCURRENCY=5 $bin/virus-scanner-handler & pids+=($!)
+done
+sleep 1
+
+echo "## Raw clamd, all mode and split mode (unique bodies; ICAP: RESPMOD with preview and Allow: 204)"
+echo
+$bin/virus-scanner bench --duration "$DURATION" --connections "$CONNECTIONS" --sizes "$SIZES" \
+  --target "clamd-instream=instream+tcp://127.0.0.1:$clamd_port" \
+  --target "all=icap://127.0.0.1:$all_port/avscan" \
+  --target "split=icap://127.0.0.1:$split_port/avscan"
+echo
+
+echo "## Producer memory with $QUEUED scans queued (a producer of its own, no handler)"
+echo
+lonely_prefix=bench$$
+lonely_port=$(free_port)
+ICAP_PORT=$lonely_port REDIS_PREFIX=$lonely_prefix $bin/virus-scanner-producer & lonely=$!; pids+=($lonely)
+wait_port "$lonely_port"
+$bin/virus-scanner bench --duration 2s --connections 8 --sizes 4K \
+  --target "warm-up=icap://127.0.0.1:$lonely_port/avscan" >/dev/null 2>&1 || true
+before=$(rss $lonely)
+$bin/virus-scanner bench --duration 15s --connections "$QUEUED" --sizes 4K \
+  --target "queued=icap://127.0.0.1:$lonely_port/avscan" >/dev/null 2>&1 & load=$!
+for _ in $(seq 1 100); do
+  depth=$(REDIS_PREFIX=$lonely_prefix $bin/virus-scanner queue-status | awk '$1=="normal" {print $3}')
+  [ "${depth:-0}" -ge "$QUEUED" ] && break
+  sleep 0.2
+done
+during=$(rss $lonely)
+echo "queued: $depth tasks; producer RSS before: ${before} kB, with them queued: ${during} kB"
+kill $load 2>/dev/null || true
+wait $load 2>/dev/null || true
