@@ -533,3 +533,66 @@ async fn a_task_that_keeps_failing_goes_to_dead_letter() {
     assert_eq!(dead, 1);
     redis.assert_keys_expire().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_high_lane_does_not_starve_the_low_lane() {
+    let redis = RedisProcess::start();
+    let clamd = ClamdProcess::start();
+    let (_producer, port) = producer(&redis, &clamd, &[("PRIORITY_HEADER", "true")]);
+    // Queue 21 high and 7 low tasks while no handler runs.
+    let mut scans = Vec::new();
+    for n in 0..28u64 {
+        let lane = if n % 4 == 3 { "low" } else { "high" };
+        scans.push(tokio::spawn(async move {
+            let url = format!("http://origin.test/{lane}-{n}");
+            icap_respmod(
+                port,
+                &url,
+                &body(2000, 900 + n, false),
+                &format!("X-Priority: {lane}\r\n"),
+            )
+            .await
+            .unwrap()
+        }));
+    }
+    let mut conn = redis.conn().await;
+    for _ in 0..100 {
+        let high: u64 = redis::cmd("XLEN")
+            .arg("vs:tasks:high")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        let low: u64 = redis::cmd("XLEN")
+            .arg("vs:tasks:low")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        if (high, low) == (21, 7) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // One worker takes them one by one.
+    let handler = handler(&redis, &clamd, &[("HANDLER_CONCURRENCY", "1")]);
+    for scan in scans {
+        assert!(scan.await.unwrap().is_clean());
+    }
+    handler
+        .wait_log("scanned", 28, Duration::from_secs(10))
+        .await;
+    let order: Vec<bool> = handler
+        .log()
+        .lines()
+        .filter(|l| l.contains("scanned"))
+        .map(|l| l.contains("lane=\"low\""))
+        .collect();
+    // Four high tasks at most before each low one, while both lanes hold
+    // work.
+    let first_low = order.iter().position(|low| *low).unwrap();
+    assert!(
+        first_low <= 4,
+        "the first low task came {first_low}th: {order:?}"
+    );
+    let lows_in_first_14 = order[..14].iter().filter(|low| **low).count();
+    assert!(lows_in_first_14 >= 2, "{order:?}");
+}
