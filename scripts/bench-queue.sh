@@ -87,7 +87,7 @@ echo "## Producer memory with $QUEUED scans queued (a producer of its own, no ha
 echo
 lonely_prefix=bench$$
 lonely_port=$(free_port)
-ICAP_PORT=$lonely_port REDIS_PREFIX=$lonely_prefix $bin/virus-scanner-producer & lonely=$!; pids+=($lonely)
+ICAP_PORT=$lonely_port MAX_CONNECTIONS=$((QUEUED + 100)) REDIS_PREFIX=$lonely_prefix $bin/virus-scanner-producer & lonely=$!; pids+=($lonely)
 wait_port "$lonely_port"
 $bin/virus-scanner bench --duration 2s --connections 8 --sizes 4K \
   --target "warm-up=icap://127.0.0.1:$lonely_port/avscan" >/dev/null 2>&1 || true

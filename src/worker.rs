@@ -102,6 +102,9 @@ const SCHEDULE: [Priority; 7] = [
     Priority::High,
 ];
 
+/// How long a lane found empty is left out of the non-blocking reads.
+const EMPTY_LANE_SKIP: Duration = Duration::from_millis(20);
+
 /// How long a read blocks when every lane is empty.
 const BLOCK: Duration = Duration::from_secs(1);
 
@@ -191,6 +194,7 @@ pub async fn run(
             consumer: format!("{name}-{n}"),
             turn: n,
             stash: VecDeque::new(),
+            empty_until: [0; 3],
             recheck_own: false,
             stop: stop_rx.clone(),
         };
@@ -235,6 +239,10 @@ struct Worker {
     turn: usize,
     /// Entries a blocking read returned beyond the first.
     stash: VecDeque<Entry>,
+    /// Until when (ms since the epoch) each lane, found empty, is not read
+    /// again on its own: saves a round trip per task for idle lanes. The
+    /// blocking read still covers every lane.
+    empty_until: [u64; 3],
     /// After a Redis failure: tasks this worker was given whose delivery
     /// it may never have seen (the answer was lost with the connection).
     recheck_own: bool,
@@ -281,7 +289,11 @@ impl Worker {
         self.turn = self.turn.wrapping_add(1);
         let order = lane_order(self.turn);
         let keys = &self.shared.keys;
+        let now = now_ms();
         for lane in order {
+            if now < self.empty_until[lane as usize] {
+                continue;
+            }
             let reply: Value = redis::cmd("XREADGROUP")
                 .arg("GROUP")
                 .arg(GROUP)
@@ -296,6 +308,7 @@ impl Worker {
             if let Some(e) = parse_read(&reply, keys).into_iter().next() {
                 return Ok(Some(e));
             }
+            self.empty_until[lane as usize] = now + EMPTY_LANE_SKIP.as_millis() as u64;
         }
         let mut cmd = redis::cmd("XREADGROUP");
         cmd.arg("GROUP")
@@ -313,6 +326,9 @@ impl Worker {
         let reply: Value = cmd.query_async(&mut self.conn).await?;
         let mut entries = parse_read(&reply, keys);
         entries.sort_by_key(|e| e.lane as u8);
+        for e in &entries {
+            self.empty_until[e.lane as usize] = 0;
+        }
         self.stash.extend(entries);
         Ok(self.stash.pop_front())
     }

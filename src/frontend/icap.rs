@@ -221,6 +221,9 @@ struct Connection<S> {
 /// The read size: a typical Squid chunk, and the codec's head limit fits.
 const READ_SIZE: usize = 64 * 1024;
 
+/// What a connection reads into while it waits for a request head.
+const IDLE_READ_SIZE: usize = 4 * 1024;
+
 impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
     fn new(
         io: S,
@@ -310,6 +313,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         }
     }
 
+    /// Gives the read buffer's memory back when it holds nothing, before a
+    /// wait that may be long (the verdict, the next request).
+    fn shed(&mut self) {
+        if self.buf.is_empty() && self.buf.capacity() > IDLE_READ_SIZE {
+            self.buf = BytesMut::new();
+        }
+    }
+
     /// Reads more bytes before `deadline`; false at end of input.
     async fn fill(&mut self, deadline: Instant, what: &'static str) -> Result<bool, Failure> {
         self.buf.reserve(READ_SIZE);
@@ -333,7 +344,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             if *drain.borrow() {
                 return Ok(None);
             }
-            self.buf.reserve(READ_SIZE);
+            // An idle connection keeps only a small buffer: Squid holds
+            // many of them open.
+            if self.buf.capacity() > IDLE_READ_SIZE {
+                self.buf = BytesMut::new();
+            }
+            self.buf.reserve(IDLE_READ_SIZE);
             tokio::select! {
                 read = timeout(idle, self.io.read_buf(&mut self.buf)) => match read {
                     Ok(Ok(0)) | Err(_) => return Ok(None),
@@ -590,6 +606,7 @@ impl<'c, S: AsyncRead + AsyncWrite + Unpin> Transaction<'c, S> {
                 self.trickle().await?;
             }
         }
+        self.conn.shed();
         let verdict = session.finish().await;
         self.finish(verdict, whole_in_preview).await
     }

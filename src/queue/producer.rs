@@ -190,6 +190,29 @@ impl Producer {
 /// How long one BLPOP on the reply list waits before it is sent again.
 const REPLY_BLOCK: Duration = Duration::from_secs(2);
 
+/// Results taken at once after the first.
+const REPLY_BATCH: usize = 64;
+
+/// Hands one result to the transaction waiting for it, if any still does.
+fn deliver(inner: &Inner, json: &[u8]) {
+    match TaskResult::from_json(json) {
+        Ok(result) => {
+            let waiter = inner
+                .waiters
+                .lock()
+                .expect("waiters lock")
+                .remove(&result.id);
+            match waiter {
+                Some(tx) => {
+                    let _ = tx.send(result);
+                }
+                None => tracing::debug!(id = %result.id, "result nobody waits for any more"),
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "unreadable result on the reply list"),
+    }
+}
+
 /// Pops results from this producer's reply list and hands each to its
 /// transaction. Ends when the producer is dropped.
 async fn dispatch(inner: std::sync::Weak<Inner>, mut conn: ConnectionManager) {
@@ -207,23 +230,16 @@ async fn dispatch(inner: std::sync::Weak<Inner>, mut conn: ConnectionManager) {
         match popped {
             Ok(Some((_, json))) => {
                 backoff = Duration::from_millis(50);
-                match TaskResult::from_json(&json) {
-                    Ok(result) => {
-                        let waiter = inner
-                            .waiters
-                            .lock()
-                            .expect("waiters lock")
-                            .remove(&result.id);
-                        match waiter {
-                            Some(tx) => {
-                                let _ = tx.send(result);
-                            }
-                            None => {
-                                tracing::debug!(id = %result.id, "result nobody waits for any more")
-                            }
-                        }
-                    }
-                    Err(e) => tracing::warn!(error = %e, "unreadable result on the reply list"),
+                // Under load more results wait behind the first: take them
+                // in one round trip.
+                let more: Vec<Vec<u8>> = redis::cmd("LPOP")
+                    .arg(&key)
+                    .arg(REPLY_BATCH)
+                    .query_async(&mut conn)
+                    .await
+                    .unwrap_or_default();
+                for json in std::iter::once(json).chain(more) {
+                    deliver(&inner, &json);
                 }
             }
             Ok(None) => backoff = Duration::from_millis(50),
