@@ -596,3 +596,121 @@ async fn a_busy_high_lane_does_not_starve_the_low_lane() {
     let lows_in_first_14 = order[..14].iter().filter(|low| **low).count();
     assert!(lows_in_first_14 >= 2, "{order:?}");
 }
+
+/// A redis-server that speaks only TLS and wants a password, with a CA of
+/// the test's own making.
+struct TlsRedis {
+    child: std::process::Child,
+    port: u16,
+    ca: String,
+    _dir: TempDir,
+}
+
+impl TlsRedis {
+    fn start() -> TlsRedis {
+        let dir = TempDir::new("redis-tls");
+        let d = dir.path().display().to_string();
+        let openssl = |args: &str| {
+            let status = std::process::Command::new("sh")
+                .arg("-c")
+                .arg(format!("cd {d} && openssl {args}"))
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .status()
+                .unwrap();
+            assert!(status.success(), "openssl {args}");
+        };
+        openssl("req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.crt -days 2 -subj /CN=vs-test-ca");
+        openssl("req -newkey rsa:2048 -nodes -keyout redis.key -out redis.csr -subj /CN=127.0.0.1");
+        std::fs::write(
+            dir.path().join("san.ext"),
+            "subjectAltName=IP:127.0.0.1,DNS:localhost\n",
+        )
+        .unwrap();
+        openssl("x509 -req -in redis.csr -CA ca.crt -CAkey ca.key -CAcreateserial -out redis.crt -days 2 -extfile san.ext");
+        let port = support::free_port();
+        let child = std::process::Command::new("redis-server")
+            .args([
+                "--port",
+                "0",
+                "--bind",
+                "127.0.0.1",
+                "--tls-port",
+                &port.to_string(),
+            ])
+            .args([
+                "--tls-cert-file",
+                &format!("{d}/redis.crt"),
+                "--tls-key-file",
+                &format!("{d}/redis.key"),
+            ])
+            .args([
+                "--tls-ca-cert-file",
+                &format!("{d}/ca.crt"),
+                "--tls-auth-clients",
+                "no",
+            ])
+            .args([
+                "--requirepass",
+                "s3cret",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                &d,
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        support::wait_port(port, Duration::from_secs(20));
+        TlsRedis {
+            child,
+            port,
+            ca: format!("{d}/ca.crt"),
+            _dir: dir,
+        }
+    }
+}
+
+impl Drop for TlsRedis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rediss_with_a_password() {
+    let redis = TlsRedis::start();
+    let clamd = ClamdProcess::start();
+    let url = format!("rediss://:s3cret@127.0.0.1:{}", redis.port);
+    let env = |extra: Vec<(&'static str, String)>| {
+        let mut env = vec![
+            ("REDIS_URL", url.clone()),
+            // rustls reads the CA certificates from here instead of the
+            // system's store.
+            ("SSL_CERT_FILE", redis.ca.clone()),
+            ("CLAMD_URL", clamd.tcp_url()),
+        ];
+        env.extend(extra);
+        env
+    };
+    let port = support::free_port();
+    let producer = Service::start(PRODUCER, &env(vec![("ICAP_PORT", port.to_string())]));
+    support::wait_port(port, Duration::from_secs(20));
+    let handler = Service::start(HANDLER, &env(vec![]));
+    handler
+        .wait_log("handler started", 1, Duration::from_secs(20))
+        .await;
+    assert_verdict(
+        &scan(port, 1, 5000, false).await,
+        false,
+        "clean over rediss",
+    );
+    assert_verdict(&scan(port, 2, 5000, true).await, true, "EICAR over rediss");
+    for log in [producer.log(), handler.log()] {
+        assert!(!log.contains("s3cret"), "the password was logged:\n{log}");
+    }
+}
