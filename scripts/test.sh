@@ -47,6 +47,7 @@ need_packages \
   c-icap-client c-icap \
   squid squid-openssl \
   redis-server redis-server \
+  openssl openssl \
   curl curl
 
 log "cargo test (workspace)"
