@@ -136,6 +136,10 @@ const EX_USAGE: u8 = 64;
 pub fn main(subcommand: Option<&str>) -> ExitCode {
     let mut args: Vec<std::ffi::OsString> = std::env::args_os().collect();
     if let Some(sub) = subcommand {
+        // Help and errors then show the equivalent `virus-scanner <sub>`.
+        if let Some(name) = args.first_mut() {
+            *name = "virus-scanner".into();
+        }
         args.insert(1.min(args.len()), sub.into());
     }
     let cli = match Cli::try_parse_from(args) {

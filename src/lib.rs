@@ -10,7 +10,8 @@
 //! - [`icap`] (the `icap/` crate): the ICAP/1.0 codec, sans-IO.
 //! - [`model`]: `ScanRequest`, `Verdict`, `Decision`: what frontends produce
 //!   and consume, knowing neither protocol.
-//! - [`policy`]: trusted hosts, the scan limit, the failure mode.
+//! - [`policy`]: trusted hosts and priority lanes, the scan limit, the
+//!   failure mode.
 //! - [`scan`]: the scan pipeline ([`scan::Scanner`], [`scan::ScanSession`])
 //!   and the clamd client ([`scan::clamd`]).
 //! - [`pipeline`]: where a frontend sends a body: scanned in-process, or
