@@ -288,28 +288,17 @@ impl Worker {
         }
         self.turn = self.turn.wrapping_add(1);
         let order = lane_order(self.turn);
-        let keys = &self.shared.keys;
         let now = now_ms();
         for lane in order {
             if now < self.empty_until[lane as usize] {
                 continue;
             }
-            let reply: Value = redis::cmd("XREADGROUP")
-                .arg("GROUP")
-                .arg(GROUP)
-                .arg(&self.consumer)
-                .arg("COUNT")
-                .arg(1)
-                .arg("STREAMS")
-                .arg(keys.lane(lane))
-                .arg(">")
-                .query_async(&mut self.conn)
-                .await?;
-            if let Some(e) = parse_read(&reply, keys).into_iter().next() {
+            if let Some(e) = self.read_one(lane, ">").await? {
                 return Ok(Some(e));
             }
             self.empty_until[lane as usize] = now + EMPTY_LANE_SKIP.as_millis() as u64;
         }
+        let keys = &self.shared.keys;
         let mut cmd = redis::cmd("XREADGROUP");
         cmd.arg("GROUP")
             .arg(GROUP)
@@ -333,21 +322,31 @@ impl Worker {
         Ok(self.stash.pop_front())
     }
 
+    /// One entry of `lane` without blocking: `>` for a new one, `0` for one
+    /// already delivered to this worker and not acknowledged.
+    async fn read_one(
+        &mut self,
+        lane: Priority,
+        from: &str,
+    ) -> Result<Option<Entry>, redis::RedisError> {
+        let reply: Value = redis::cmd("XREADGROUP")
+            .arg("GROUP")
+            .arg(GROUP)
+            .arg(&self.consumer)
+            .arg("COUNT")
+            .arg(1)
+            .arg("STREAMS")
+            .arg(self.shared.keys.lane(lane))
+            .arg(from)
+            .query_async(&mut self.conn)
+            .await?;
+        Ok(parse_read(&reply, &self.shared.keys).into_iter().next())
+    }
+
     /// One task delivered to this worker and never acknowledged, if any.
     async fn own_pending(&mut self) -> Result<Option<Entry>, redis::RedisError> {
         for lane in Priority::ALL {
-            let reply: Value = redis::cmd("XREADGROUP")
-                .arg("GROUP")
-                .arg(GROUP)
-                .arg(&self.consumer)
-                .arg("COUNT")
-                .arg(1)
-                .arg("STREAMS")
-                .arg(self.shared.keys.lane(lane))
-                .arg("0")
-                .query_async(&mut self.conn)
-                .await?;
-            if let Some(e) = parse_read(&reply, &self.shared.keys).into_iter().next() {
+            if let Some(e) = self.read_one(lane, "0").await? {
                 tracing::info!(lane = lane.as_str(), entry = %e.id, "resuming a task whose delivery was interrupted");
                 return Ok(Some(e));
             }

@@ -102,34 +102,25 @@ async fn split_mode_end_to_end() {
     let mut bad = b"prefix\n".to_vec();
     bad.extend_from_slice(&eicar());
     let infected = write_file(&dir, "eicar.com", &bad);
+    let client = |file: String, mode: &'static str| async move {
+        c_icap_text(
+            port,
+            &[
+                "-s",
+                "avscan",
+                "-v",
+                "-f",
+                &file,
+                mode,
+                "http://origin.test/f",
+            ],
+        )
+        .await
+    };
     for mode in ["-resp", "-req"] {
-        let t = c_icap_text(
-            port,
-            &[
-                "-s",
-                "avscan",
-                "-v",
-                "-f",
-                &clean,
-                mode,
-                "http://origin.test/c",
-            ],
-        )
-        .await;
+        let t = client(clean.clone(), mode).await;
         assert!(t.contains("ICAP/1.0 204"), "{mode} clean: {t}");
-        let t = c_icap_text(
-            port,
-            &[
-                "-s",
-                "avscan",
-                "-v",
-                "-f",
-                &infected,
-                mode,
-                "http://origin.test/e",
-            ],
-        )
-        .await;
+        let t = client(infected.clone(), mode).await;
         assert!(t.contains("HTTP/1.1 403 Forbidden"), "{mode} infected: {t}");
         assert!(t.contains(support::EICAR_NAME), "{mode} infected: {t}");
     }
