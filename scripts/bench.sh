@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# The ICAP benchmark: this server, c-icap with its virus_scan service, and
-# clamd itself, on the same clamd, in one run; then the memory check with a
-# 1 GiB body. Prints figures and ratios; asserts nothing about time.
+# The benchmark: this server, c-icap with its virus_scan service, and clamd
+# itself, on the same clamd, in one run; the no-scan path; Envoy ext_proc
+# (BUFFERED) beside ICAP on this server; then the memory check with a 1 GiB
+# body. Prints figures and ratios; asserts nothing about time.
 #
 #   scripts/bench.sh                         defaults below
 #   DURATION=10s CONNECTIONS=8,64 SIZES=1K,64K,1M scripts/bench.sh
+#   SECTIONS=extproc scripts/bench.sh        only some: scan,noscan,extproc,memory
 #
 # Needs clamav-daemon, c-icap and libc-icap-mod-virus-scan (installed when
 # missing, as root or with sudo).
@@ -15,6 +17,8 @@ DURATION=${DURATION:-5s}
 CONNECTIONS=${CONNECTIONS:-8,64}
 SIZES=${SIZES:-1K,64K,1M}
 ONCE=${ONCE:-1G}
+SECTIONS=${SECTIONS:-scan,noscan,extproc,memory}
+want() { [[ ",$SECTIONS," == *",$1,"* ]]; }
 
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 missing=()
@@ -30,6 +34,7 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 cargo build --release --locked --bin virus-scanner
+if want extproc; then cargo bench --locked --bench extproc --no-run --quiet; fi
 bin=target/release/virus-scanner
 
 dir=$(mktemp -d)
@@ -88,10 +93,13 @@ c-icap -N -f "$dir/c-icap.conf" >/dev/null 2>&1 & pids+=($!)
 wait_port "$cicap_port"
 
 ours_port=$(free_port)
-CLAMD_URL="unix://$dir/clamd.sock" ICAP_PORT=$ours_port LISTEN_ADDR=127.0.0.1 \
+grpc_port=$(free_port)
+CLAMD_URL="unix://$dir/clamd.sock" ICAP_PORT=$ours_port PRODUCER_PORT=$grpc_port LISTEN_ADDR=127.0.0.1 \
   MAX_SCAN_SIZE=2000M TRUSTED_HOSTS=trusted.test LOG_LEVEL=warn $bin all & ours=$!; pids+=($ours)
 wait_port "$ours_port"
+wait_port "$grpc_port"
 
+if want scan; then
 echo "## Scanning path (unique bodies, RESPMOD with preview and Allow: 204)"
 echo
 $bin bench --duration "$DURATION" --connections "$CONNECTIONS" --sizes "$SIZES" \
@@ -103,15 +111,27 @@ $bin bench --duration "$DURATION" --connections "$CONNECTIONS" --sizes "$SIZES" 
   --target "clamd-fildes-session=fildes-session+unix://$dir/clamd.sock" \
   --target "clamd-instream-session=instream-session+unix://$dir/clamd.sock"
 echo
+fi
+if want noscan; then
 echo "## No-scan path (a trusted host answered from the preview; c-icap's echo service)"
 echo
 $bin bench --duration "$DURATION" --connections "$CONNECTIONS" --sizes "$SIZES" \
   --target "virus-scanner=icap://127.0.0.1:$ours_port/avscan?http://trusted.test/file.bin" \
   --target "c-icap-echo=icap://127.0.0.1:$cicap_port/echo"
 echo
+fi
+if want extproc; then
+echo "## Envoy ext_proc BUFFERED beside ICAP, same server and clamd (unique bodies)"
+echo
+ICAP=127.0.0.1:$ours_port EXTPROC=127.0.0.1:$grpc_port \
+  cargo bench --locked --bench extproc --quiet
+echo
+fi
+if want memory; then
 echo "## Memory: one $ONCE body scanned and sent back (no Allow: 204)"
 echo
 rss() { awk '/^VmHWM/ {print $2 " kB peak"} /^VmRSS/ {print $2 " kB now"}' /proc/"$1"/status | paste -sd' '; }
 echo "virus-scanner RSS before: $(rss $ours)"
 $bin bench --once "$ONCE" --target "virus-scanner=icap://127.0.0.1:$ours_port/avscan"
 echo "virus-scanner RSS after:  $(rss $ours)"
+fi

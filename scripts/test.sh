@@ -50,6 +50,20 @@ need_packages \
   openssl openssl \
   curl curl
 
+# The independent ext_proc client (tests/extproc_python.rs): Python grpcio
+# and envoy-data-plane, in a virtual environment of the project's own.
+if ! target/py/bin/python -c 'import grpc, envoy_data_plane' >/dev/null 2>&1; then
+  log "making target/py (grpcio, envoy-data-plane)"
+  need_packages python3 python3
+  if ! python3 -m venv --clear target/py; then
+    # Debian's python3 makes virtual environments only with python3-venv.
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv
+    python3 -m venv --clear target/py
+  fi
+  target/py/bin/pip install --quiet --disable-pip-version-check \
+    'grpcio>=1.60,<2' 'envoy-data-plane==2.2.0'
+fi
+
 log "cargo test (workspace)"
 cargo test --workspace --locked
 

@@ -84,7 +84,7 @@ impl FromStr for Target {
 }
 
 /// The outcome of one measurement.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct Stats {
     /// Requests that ended in a clean verdict.
     pub ok: u64,
@@ -99,6 +99,36 @@ pub struct Stats {
 }
 
 impl Stats {
+    /// One result: `Ok` with its latency, or the error.
+    pub fn record(&mut self, result: Result<(), String>, latency: Duration) {
+        match result {
+            Ok(()) => {
+                self.ok += 1;
+                self.latencies.push(latency);
+            }
+            Err(e) => {
+                self.errors += 1;
+                self.first_error.get_or_insert(e);
+            }
+        }
+    }
+
+    /// The workers' figures as one, over `elapsed`.
+    pub fn merge(parts: Vec<Stats>, elapsed: Duration) -> Stats {
+        let mut total = Stats::default();
+        for s in parts {
+            total.ok += s.ok;
+            total.errors += s.errors;
+            total.latencies.extend(s.latencies);
+            if total.first_error.is_none() {
+                total.first_error = s.first_error;
+            }
+        }
+        total.elapsed = elapsed;
+        total.latencies.sort();
+        total
+    }
+
     /// Successful requests per second.
     pub fn rate(&self) -> f64 {
         self.ok as f64 / self.elapsed.as_secs_f64()
@@ -129,13 +159,14 @@ pub fn base_body(size: usize) -> Vec<u8> {
 }
 
 /// Stamps a counter into the start of the body, making it unique.
-fn stamp(body: &mut [u8], n: u64) {
+pub fn stamp(body: &mut [u8], n: u64) {
     let bytes = n.to_le_bytes();
     let k = bytes.len().min(body.len());
     body[..k].copy_from_slice(&bytes[..k]);
 }
 
-static COUNTER: AtomicU64 = AtomicU64::new(1);
+/// The stamp of the next body, across all measurements of a run.
+pub static COUNTER: AtomicU64 = AtomicU64::new(1);
 
 /// Runs `connections` workers against `target` for `duration`.
 pub async fn measure(
@@ -164,13 +195,7 @@ pub async fn measure(
     for _ in 0..connections {
         let (target, base, clamd) = (target.clone(), base.clone(), clamd.clone());
         workers.push(tokio::spawn(async move {
-            let mut stats = Stats {
-                ok: 0,
-                errors: 0,
-                elapsed: Duration::ZERO,
-                latencies: Vec::new(),
-                first_error: None,
-            };
+            let mut stats = Stats::default();
             let mut body = base.to_vec();
             let template = match &target {
                 Target::Icap { addr, service, url } => {
@@ -220,39 +245,16 @@ pub async fn measure(
                     }
                     _ => unreachable!("each target has its client"),
                 };
-                match result {
-                    Ok(()) => {
-                        stats.ok += 1;
-                        stats.latencies.push(t0.elapsed());
-                    }
-                    Err(e) => {
-                        stats.errors += 1;
-                        stats.first_error.get_or_insert(e);
-                    }
-                }
+                stats.record(result, t0.elapsed());
             }
             stats
         }));
     }
-    let mut total = Stats {
-        ok: 0,
-        errors: 0,
-        elapsed: Duration::ZERO,
-        latencies: Vec::new(),
-        first_error: None,
-    };
+    let mut parts = Vec::new();
     for w in workers {
-        let s = w.await.expect("worker");
-        total.ok += s.ok;
-        total.errors += s.errors;
-        total.latencies.extend(s.latencies);
-        if total.first_error.is_none() {
-            total.first_error = s.first_error;
-        }
+        parts.push(w.await.expect("worker"));
     }
-    total.elapsed = start.elapsed();
-    total.latencies.sort();
-    total
+    Stats::merge(parts, start.elapsed())
 }
 
 fn clean(v: Verdict) -> Result<(), String> {

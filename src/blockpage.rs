@@ -70,6 +70,81 @@ pub fn render(reason: &BlockReason, url: &str, id: &ScanId) -> BlockPage {
     BlockPage { status, html }
 }
 
+/// The same answer as JSON, for API clients: `reason` (`infected`,
+/// `too-large`, `scanner-unavailable`), a message, the signatures, the URL
+/// and the reference.
+pub fn render_json(reason: &BlockReason, url: &str, id: &ScanId) -> BlockPage {
+    let (status, label, message, signatures) = match reason {
+        BlockReason::Infected(signatures) => (
+            StatusCode::FORBIDDEN,
+            "infected",
+            "malware found; the transfer was blocked".to_owned(),
+            signatures.clone(),
+        ),
+        BlockReason::TooLarge { limit } => (
+            StatusCode::FORBIDDEN,
+            "too-large",
+            format!(
+                "larger than the {} that can be scanned; the transfer was blocked",
+                human_size(*limit)
+            ),
+            Vec::new(),
+        ),
+        BlockReason::ScannerUnavailable => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "scanner-unavailable",
+            "the virus scanner could not check this transfer; try again in a few minutes"
+                .to_owned(),
+            Vec::new(),
+        ),
+    };
+    let body = serde_json::json!({
+        "blocked": true,
+        "reason": label,
+        "message": message,
+        "signatures": signatures,
+        "url": url,
+        "reference": id.as_str(),
+    });
+    BlockPage {
+        status,
+        html: body.to_string(),
+    }
+}
+
+/// Whether an `Accept` header asks for JSON rather than HTML: a JSON type
+/// (`application/json`, `application/*+json`) ranked above any HTML type.
+pub fn prefers_json(accept: Option<&str>) -> bool {
+    let Some(accept) = accept else {
+        return false;
+    };
+    let rank = |kind: fn(&str) -> bool| {
+        accept
+            .split(',')
+            .filter_map(|range| {
+                let mut parts = range.split(';');
+                let media = parts.next()?.trim().to_ascii_lowercase();
+                let q = parts
+                    .filter_map(|p| p.trim().strip_prefix("q="))
+                    .find_map(|q| q.trim().parse::<f32>().ok())
+                    .unwrap_or(1.0);
+                (kind(&media) && q > 0.0).then_some(q)
+            })
+            .fold(None, |best: Option<f32>, q| {
+                Some(best.map_or(q, |b| b.max(q)))
+            })
+    };
+    let json = rank(|m| {
+        m == "application/json" || (m.starts_with("application/") && m.ends_with("+json"))
+    });
+    let html = rank(|m| m == "text/html" || m == "application/xhtml+xml");
+    match (json, html) {
+        (Some(j), Some(h)) => j > h,
+        (Some(_), None) => true,
+        _ => false,
+    }
+}
+
 /// `25 MiB`, `512 KiB`, `300 bytes`.
 pub fn human_size(n: u64) -> String {
     const UNITS: [(u64, &str); 3] = [(1 << 30, "GiB"), (1 << 20, "MiB"), (1 << 10, "KiB")];
@@ -104,5 +179,30 @@ mod tests {
             render(&BlockReason::ScannerUnavailable, "u", &id).status,
             StatusCode::SERVICE_UNAVAILABLE
         );
+    }
+
+    #[test]
+    fn json_pages_for_api_clients() {
+        let id = ScanId::next();
+        let page = render_json(
+            &BlockReason::Infected(vec!["Eicar".into()]),
+            "http://x/\"q",
+            &id,
+        );
+        let v: serde_json::Value = serde_json::from_str(&page.html).unwrap();
+        assert_eq!(v["reason"], "infected");
+        assert_eq!(v["signatures"][0], "Eicar");
+        assert_eq!(v["url"], "http://x/\"q");
+        assert_eq!(v["reference"], id.as_str());
+        assert!(prefers_json(Some("application/json")));
+        assert!(prefers_json(Some(
+            "application/problem+json, text/html;q=0.5"
+        )));
+        assert!(!prefers_json(Some(
+            "text/html,application/xhtml+xml,application/json;q=0.9"
+        )));
+        assert!(!prefers_json(Some("*/*")));
+        assert!(!prefers_json(None));
+        assert!(!prefers_json(Some("application/json;q=0")));
     }
 }

@@ -1,6 +1,6 @@
 //! The command line, shared by the three binaries: `virus-scanner all` runs
-//! the ICAP server and scans in-process; `producer` runs the ICAP server and
-//! queues to Redis; `handler` scans what is queued; `queue-status` shows the
+//! the frontends (ICAP, Envoy ext_proc) and scans in-process; `producer` runs
+//! them and queues to Redis; `handler` scans what is queued; `queue-status` shows the
 //! lanes; `bench` measures. `virus-scanner-producer` and
 //! `virus-scanner-handler` are `producer` and `handler` under the original
 //! project's names.
@@ -10,7 +10,8 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use crate::bench::{measure, size_label, IcapConn, RespmodTemplate, Target};
-use crate::config::{IcapConfig, ScanConfig};
+use crate::config::{ExtProcConfig, IcapConfig, ScanConfig};
+use crate::frontend::extproc::ExtProcScanning;
 use crate::frontend::icap::{run, IcapService};
 use crate::pipeline::Pipeline;
 use crate::queue::producer::{Producer, ProducerConfig};
@@ -22,7 +23,8 @@ use crate::worker::HandlerConfig;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
-/// Scans web traffic for malware: an ICAP server for Squid in front of clamd.
+/// Scans web traffic for malware: an ICAP server for Squid and an ext_proc
+/// server for Envoy, in front of clamd.
 #[derive(Parser)]
 #[command(name = "virus-scanner", version)]
 struct Cli {
@@ -32,10 +34,11 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Runs the ICAP server and scans in the same process (no Redis).
+    /// Runs the ICAP and Envoy ext_proc servers and scans in the same
+    /// process (no Redis).
     All(AllArgs),
-    /// Runs the ICAP server and queues every scan to the handlers through
-    /// Redis (also installed as virus-scanner-producer).
+    /// Runs the ICAP and Envoy ext_proc servers and queues every scan to the
+    /// handlers through Redis (also installed as virus-scanner-producer).
     Producer(ProducerArgs),
     /// Scans what producers queue (also installed as
     /// virus-scanner-handler).
@@ -79,6 +82,8 @@ struct AllArgs {
     #[command(flatten)]
     icap: IcapConfig,
     #[command(flatten)]
+    extproc: ExtProcConfig,
+    #[command(flatten)]
     scan: ScanConfig,
     /// Log level: error, warn, info, debug or trace.
     #[arg(long, env = "LOG_LEVEL", default_value = "info")]
@@ -92,6 +97,8 @@ struct AllArgs {
 struct ProducerArgs {
     #[command(flatten)]
     icap: IcapConfig,
+    #[command(flatten)]
+    extproc: ExtProcConfig,
     #[command(flatten)]
     scan: ScanConfig,
     #[command(flatten)]
@@ -165,6 +172,7 @@ pub fn main(subcommand: Option<&str>) -> ExitCode {
             let checked = args
                 .icap
                 .validate()
+                .and_then(|_| args.extproc.validate())
                 .and_then(|_| args.scan.validate())
                 .and_then(|_| telemetry::init(&args.log_level));
             serve(checked, args.check_config, || all(args))
@@ -173,6 +181,7 @@ pub fn main(subcommand: Option<&str>) -> ExitCode {
             let checked = args
                 .icap
                 .validate()
+                .and_then(|_| args.extproc.validate())
                 .and_then(|_| args.scan.validate())
                 .and_then(|_| args.redis.validate())
                 .and_then(|_| args.producer.validate())
@@ -241,15 +250,77 @@ async fn scanner(scan: &ScanConfig) -> Scanner {
     scanner
 }
 
-/// Serves ICAP through `pipeline` until SIGTERM or SIGINT.
-async fn serve_icap(icap: IcapConfig, pipeline: Pipeline, scan: &ScanConfig) -> anyhow::Result<()> {
+/// Serves ICAP and Envoy ext_proc through `pipeline` until SIGTERM or
+/// SIGINT, then drains both.
+async fn serve_frontends(
+    icap: IcapConfig,
+    extproc: ExtProcConfig,
+    pipeline: Pipeline,
+    scan: &ScanConfig,
+) -> anyhow::Result<()> {
     let addr = SocketAddr::new(icap.listen_addr, icap.icap_port);
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("cannot listen on {addr} (ICAP_PORT)"))?;
+    let grpc_addr = SocketAddr::new(icap.listen_addr, extproc.producer_port);
+    let grpc_listener = tokio::net::TcpListener::bind(grpc_addr)
+        .await
+        .with_context(|| format!("cannot listen on {grpc_addr} (PRODUCER_PORT)"))?;
+    let server = extproc.server().map_err(anyhow::Error::msg)?;
     tracing::info!(%addr, services = ?crate::frontend::icap::SERVICES, "ICAP server listening");
+    tracing::info!(addr = %grpc_addr, tls = server.tls.is_some(), "Envoy ext_proc server listening");
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        let _ = stop_tx.send(true);
+    });
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+    let grace = icap.shutdown_grace;
+    let grpc = tokio::spawn(virus_scanner_grpc::serve(
+        grpc_listener,
+        ExtProcScanning::new(pipeline.clone(), scan.policy()),
+        extproc.settings(),
+        server,
+        stopped(stop_rx.clone()),
+    ));
     let service = Arc::new(IcapService::new(icap, pipeline, scan.policy()));
-    run(listener, service, shutdown_signal()).await?;
+    let icap = run(listener, service, stopped(stop_rx.clone()));
+    tokio::pin!(icap);
+    let mut grpc = grpc;
+    let grpc_ended = tokio::select! {
+        done = &mut icap => {
+            done?;
+            None
+        }
+        done = &mut grpc => Some(done),
+    };
+    let grpc_result = match grpc_ended {
+        // Before shutdown, the gRPC server ends by itself only when it
+        // cannot serve (a bad certificate, say).
+        Some(done) if !*stop_rx.borrow() => {
+            let e = match done {
+                Ok(Ok(())) => anyhow::anyhow!("stopped unexpectedly"),
+                Ok(Err(e)) => anyhow::Error::new(e),
+                Err(e) => anyhow::Error::new(e),
+            };
+            return Err(e.context("ext_proc server (PRODUCER_PORT, GRPC_TLS_*)"));
+        }
+        // Drained first: wait for ICAP's transactions too.
+        Some(done) => {
+            icap.await?;
+            Ok(done)
+        }
+        None => tokio::time::timeout(grace, grpc).await,
+    };
+    match grpc_result {
+        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Err(e))) => return Err(anyhow::Error::new(e).context("ext_proc server")),
+        Ok(Err(e)) => return Err(anyhow::Error::new(e).context("ext_proc server")),
+        Err(_) => tracing::warn!("shutdown grace over with ext_proc streams still open"),
+    }
     tracing::info!("stopped");
     Ok(())
 }
@@ -258,7 +329,13 @@ async fn serve_icap(icap: IcapConfig, pipeline: Pipeline, scan: &ScanConfig) -> 
 async fn all(args: AllArgs) -> anyhow::Result<()> {
     let scanner = scanner(&args.scan).await;
     tokio::spawn(scanner.clone().watch_version(args.icap.version_refresh));
-    serve_icap(args.icap, Pipeline::Local(scanner), &args.scan).await
+    serve_frontends(
+        args.icap,
+        args.extproc,
+        Pipeline::Local(scanner),
+        &args.scan,
+    )
+    .await
 }
 
 #[tokio::main]
@@ -276,7 +353,13 @@ async fn producer(args: ProducerArgs) -> anyhow::Result<()> {
             tracing::warn!(redis = %args.redis.display_url(), error = %e, "Redis not reachable yet; scans fail {:?} until it is", args.scan.fail_mode)
         }
     }
-    serve_icap(args.icap, Pipeline::Queue(producer), &args.scan).await
+    serve_frontends(
+        args.icap,
+        args.extproc,
+        Pipeline::Queue(producer),
+        &args.scan,
+    )
+    .await
 }
 
 #[tokio::main]

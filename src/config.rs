@@ -289,6 +289,112 @@ impl IcapConfig {
     }
 }
 
+/// Settings of the Envoy ext_proc (gRPC) server.
+#[derive(Debug, Clone, Args)]
+pub struct ExtProcConfig {
+    /// gRPC port of the ext_proc server (and of grpc.health.v1), on
+    /// LISTEN_ADDR.
+    #[arg(long, env = "PRODUCER_PORT", default_value_t = 50051)]
+    pub producer_port: u16,
+
+    /// The largest gRPC message taken or sent. A BUFFERED body comes as one
+    /// message, so keep it above MAX_SCAN_SIZE; tonic's default is 4M.
+    #[arg(long, env = "GRPC_MAX_MESSAGE_SIZE", default_value = "32M", value_parser = parse_size)]
+    pub grpc_max_message_size: u64,
+
+    /// The body mode assumed when Envoy does not say which it uses (Envoy
+    /// before 1.34): buffered, buffered-partial, streamed or
+    /// full-duplex-streamed.
+    #[arg(long, env = "EXTPROC_BODY_MODE", default_value = "buffered")]
+    pub extproc_body_mode: virus_scanner_grpc::BodyMode,
+
+    /// STREAMED mode: `hold` answers no chunk before the verdict, so nothing
+    /// reaches the destination unscanned (the body must fit Envoy's buffer
+    /// limit); `early` releases every chunk but the last at once, so an
+    /// infected body is cut off before its end rather than held back.
+    #[arg(long, env = "EXTPROC_STREAMED", default_value = "hold")]
+    pub extproc_streamed: virus_scanner_grpc::StreamedRelease,
+
+    /// When a verdict takes longer than this, Envoy is asked for more time
+    /// (override_message_timeout; Envoy's own message_timeout is 200ms by
+    /// default). 0 never asks.
+    #[arg(long, env = "EXTPROC_OVERRIDE_AFTER", default_value = "100ms", value_parser = parse_duration)]
+    pub extproc_override_after: Duration,
+
+    /// The time asked for. Envoy grants it only up to its
+    /// max_message_timeout, which must be set for this to work.
+    #[arg(long, env = "EXTPROC_OVERRIDE_TIMEOUT", default_value = "120s", value_parser = parse_duration)]
+    pub extproc_override_timeout: Duration,
+
+    /// PEM certificate chain for TLS on the gRPC port; with GRPC_TLS_KEY.
+    /// Empty: plaintext (h2c).
+    #[arg(long, env = "GRPC_TLS_CERT", default_value = "")]
+    pub grpc_tls_cert: String,
+
+    /// PEM private key for GRPC_TLS_CERT.
+    #[arg(long, env = "GRPC_TLS_KEY", default_value = "")]
+    pub grpc_tls_key: String,
+
+    /// PEM CA: when set, clients (Envoy) must present a certificate it
+    /// signed (mTLS).
+    #[arg(long, env = "GRPC_TLS_CLIENT_CA", default_value = "")]
+    pub grpc_tls_client_ca: String,
+}
+
+impl ExtProcConfig {
+    /// Checks what clap cannot.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.grpc_max_message_size < 64 << 10 || self.grpc_max_message_size > 1 << 30 {
+            return Err("GRPC_MAX_MESSAGE_SIZE must be between 64K and 1G".into());
+        }
+        if self.grpc_tls_cert.is_empty() != self.grpc_tls_key.is_empty() {
+            return Err("GRPC_TLS_CERT and GRPC_TLS_KEY go together: set both or neither".into());
+        }
+        if !self.grpc_tls_client_ca.is_empty() && self.grpc_tls_cert.is_empty() {
+            return Err("GRPC_TLS_CLIENT_CA needs GRPC_TLS_CERT and GRPC_TLS_KEY".into());
+        }
+        if self.extproc_override_timeout < Duration::from_millis(1) {
+            return Err("EXTPROC_OVERRIDE_TIMEOUT must be at least 1ms".into());
+        }
+        self.server().map(|_| ())
+    }
+
+    /// How bodies and timeouts are handled.
+    pub fn settings(&self) -> virus_scanner_grpc::Settings {
+        virus_scanner_grpc::Settings {
+            assumed_mode: self.extproc_body_mode,
+            streamed: self.extproc_streamed,
+            override_after: (!self.extproc_override_after.is_zero())
+                .then_some(self.extproc_override_after),
+            override_timeout: self.extproc_override_timeout,
+        }
+    }
+
+    /// How the server serves; reads the TLS files.
+    pub fn server(&self) -> Result<virus_scanner_grpc::ServerSettings, String> {
+        let read = |setting: &str, path: &str| {
+            std::fs::read(path).map_err(|e| format!("{setting} {path:?}: {e}"))
+        };
+        let tls = if self.grpc_tls_cert.is_empty() {
+            None
+        } else {
+            Some(virus_scanner_grpc::TlsFiles {
+                cert: read("GRPC_TLS_CERT", &self.grpc_tls_cert)?,
+                key: read("GRPC_TLS_KEY", &self.grpc_tls_key)?,
+                client_ca: if self.grpc_tls_client_ca.is_empty() {
+                    None
+                } else {
+                    Some(read("GRPC_TLS_CLIENT_CA", &self.grpc_tls_client_ca)?)
+                },
+            })
+        };
+        Ok(virus_scanner_grpc::ServerSettings {
+            max_message_size: self.grpc_max_message_size as usize,
+            tls,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,6 +1,6 @@
 //! virus-scanner: scans web traffic for malware while it flows.
 //!
-//! Squid hands HTTP messages over ICAP (Envoy over ext_proc, later); the
+//! Squid hands HTTP messages over ICAP, Envoy over ext_proc; the
 //! frontends translate them into one internal model, the body streams to
 //! ClamAV's daemon, and the verdict comes back as "let it through" or a block
 //! page. When the scanner fails, the failure mode decides, closed by default.
@@ -21,6 +21,9 @@
 //! - [`worker`]: the handler: dequeue, scan with clamd, publish, acknowledge.
 //! - [`frontend::icap`]: the ICAP server: connections, preview, streaming,
 //!   answers.
+//! - [`frontend::extproc`]: the Envoy ext_proc frontend's service side: the
+//!   `grpc/` crate (`virus_scanner_grpc`) speaks ext_proc and asks this
+//!   module to start scans and turn verdicts into Envoy's answers.
 //! - [`blockpage`]: the page users see instead of a blocked message.
 //! - [`config`]: every setting, as flags and environment variables.
 //! - [`error`]: scan errors, with their origin and retryability.

@@ -1,7 +1,11 @@
 //! Logging: one line per verdict (the audit trail) and one per failure,
 //! through `tracing`.
 
+use std::time::Duration;
+
 use tracing_subscriber::filter::LevelFilter;
+
+use crate::model::{Decision, ScanRequest, Verdict};
 
 /// Starts logging to standard error at `level` (error, warn, info, debug,
 /// trace). Returns an error naming the setting when the level is unknown.
@@ -17,4 +21,48 @@ pub fn init(level: &str) -> Result<(), String> {
         .with_writer(std::io::stderr)
         .init();
     Ok(())
+}
+
+/// The audit line of one verdict: who, what, the verdict and what was done;
+/// and a warning when a message passes unscanned.
+pub fn audit(
+    frontend: &'static str,
+    scan: &ScanRequest,
+    verdict: &Verdict,
+    decision: &Decision,
+    elapsed: Duration,
+) {
+    let signature = match verdict {
+        Verdict::Infected { signatures } => signatures.join(","),
+        _ => String::new(),
+    };
+    let error = match verdict {
+        Verdict::Error { message, .. } => message.as_str(),
+        _ => "",
+    };
+    let action = match decision {
+        Decision::Allow { unscanned: None } => "allow",
+        Decision::Allow { unscanned: Some(_) } => "allow-unscanned",
+        Decision::Block(_) => "block",
+    };
+    tracing::info!(
+        id = %scan.id,
+        frontend,
+        direction = scan.direction.as_str(),
+        client = %scan.client_ip.map(|i| i.to_string()).unwrap_or_default(),
+        user = scan.user.as_deref().unwrap_or(""),
+        url = %scan.url,
+        verdict = verdict.label(),
+        signature = %signature,
+        action,
+        error,
+        ms = elapsed.as_millis() as u64,
+        "verdict"
+    );
+    if let Decision::Allow {
+        unscanned: Some(reason),
+    } = decision
+    {
+        tracing::warn!(id = %scan.id, url = %scan.url, reason = reason.as_str(), "passed without a scan");
+    }
 }

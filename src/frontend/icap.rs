@@ -810,40 +810,13 @@ impl<'c, S: AsyncRead + AsyncWrite + Unpin> Transaction<'c, S> {
     }
 
     fn log(&self, verdict: &Verdict, decision: &Decision) {
-        let scan = &self.scan;
-        let signature = match verdict {
-            Verdict::Infected { signatures } => signatures.join(","),
-            _ => String::new(),
-        };
-        let error = match verdict {
-            Verdict::Error { message, .. } => message.as_str(),
-            _ => "",
-        };
-        let action = match decision {
-            Decision::Allow { unscanned: None } => "allow",
-            Decision::Allow { unscanned: Some(_) } => "allow-unscanned",
-            Decision::Block(_) => "block",
-        };
-        tracing::info!(
-            id = %scan.id,
-            frontend = "icap",
-            direction = scan.direction.as_str(),
-            client = %scan.client_ip.map(|i| i.to_string()).unwrap_or_default(),
-            user = scan.user.as_deref().unwrap_or(""),
-            url = %scan.url,
-            verdict = verdict.label(),
-            signature = %signature,
-            action,
-            error,
-            ms = self.started.elapsed().as_millis() as u64,
-            "verdict"
+        crate::telemetry::audit(
+            "icap",
+            &self.scan,
+            verdict,
+            decision,
+            self.started.elapsed(),
         );
-        if let Decision::Allow {
-            unscanned: Some(reason),
-        } = decision
-        {
-            tracing::warn!(id = %scan.id, url = %scan.url, reason = reason.as_str(), "passed without a scan");
-        }
     }
 }
 

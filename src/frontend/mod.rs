@@ -1,4 +1,6 @@
 //! The frontends: each speaks one proxy's protocol and translates it into
-//! the internal model. ICAP (Squid) now; Envoy's ext_proc joins later.
+//! the internal model: ICAP for Squid, ext_proc for Envoy (whose protocol
+//! side lives in the `grpc/` crate).
 
+pub mod extproc;
 pub mod icap;

@@ -191,6 +191,25 @@ impl ClamdProcess {
         let _ = std::fs::remove_file(self.socket());
     }
 
+    /// Freezes clamd (SIGSTOP): connections stay open, nothing is answered.
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Thaws a paused clamd (SIGCONT).
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, sig: &str) {
+        let pid = self.child.as_ref().expect("clamd running").id();
+        let ok = Command::new("kill")
+            .args([sig, &pid.to_string()])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "kill {sig} clamd");
+    }
+
     /// Starts clamd again on the same port and socket.
     pub fn restart(&mut self) {
         self.stop();
@@ -628,12 +647,21 @@ pub struct Service {
 impl Service {
     /// Starts `bin` (a path from `env!("CARGO_BIN_EXE_...")`) with `env`.
     pub fn start(bin: &str, env: &[(&str, String)]) -> Service {
+        Service::start_with(bin, &[], env)
+    }
+
+    /// Starts `bin` with `args` and `env`.
+    pub fn start_with(bin: &str, args: &[&str], env: &[(&str, String)]) -> Service {
         let dir = TempDir::new("service");
         let log = dir.path().join("service.log");
         let mut cmd = Command::new(bin);
-        cmd.env_clear()
+        cmd.args(args)
+            .env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
             .env("LISTEN_ADDR", "127.0.0.1")
+            // The gRPC port too, unless the test names one: never 50051,
+            // which another test or program may hold.
+            .env("PRODUCER_PORT", free_port().to_string())
             .env("LOG_LEVEL", "info")
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap());

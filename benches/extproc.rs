@@ -1,0 +1,196 @@
+//! ext_proc against ICAP on the same server and clamd: BUFFERED streams
+//! played as Envoy plays them (request headers, wait, the body in one
+//! message, wait), beside RESPMODs with preview and `Allow: 204`, with the
+//! same unique bodies, printed as a table with the ratio ext_proc / ICAP.
+//!
+//! Run by `scripts/bench-extproc.sh`, which starts clamd and the server;
+//! by hand: `ICAP=127.0.0.1:1344 EXTPROC=127.0.0.1:50051 cargo bench --bench
+//! extproc`, with `SIZES` (1K,64K,1M), `CONNECTIONS` (8,64) and `DURATION`
+//! (10s). This prints figures; it asserts nothing about time.
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use envoy_types::pb::envoy::config::core::v3::{HeaderMap, HeaderValue};
+use envoy_types::pb::envoy::service::ext_proc::v3::external_processor_client::ExternalProcessorClient;
+use envoy_types::pb::envoy::service::ext_proc::v3::{
+    processing_request::Request as Req, processing_response::Response as Res, HttpBody,
+    HttpHeaders, ProcessingRequest, ProtocolConfiguration,
+};
+use tokio::sync::mpsc;
+use tonic::transport::{Channel, Endpoint};
+use virus_scanner::bench::{base_body, measure, size_label, stamp, Stats, Target, COUNTER};
+use virus_scanner::config::{parse_duration, parse_size};
+
+fn setting(name: &str, default: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| default.to_owned())
+}
+
+#[tokio::main]
+async fn main() {
+    let icap: SocketAddr = setting("ICAP", "127.0.0.1:1344")
+        .parse()
+        .expect("ICAP=ip:port");
+    let extproc = setting("EXTPROC", "127.0.0.1:50051");
+    let sizes: Vec<u64> = setting("SIZES", "1K,64K,1M")
+        .split(',')
+        .map(|s| parse_size(s).expect("SIZES"))
+        .collect();
+    let conns: Vec<usize> = setting("CONNECTIONS", "8,64")
+        .split(',')
+        .map(|s| s.trim().parse().expect("CONNECTIONS"))
+        .collect();
+    let duration = parse_duration(&setting("DURATION", "10s")).expect("DURATION");
+    let channel = Endpoint::from_shared(format!("http://{extproc}"))
+        .expect("EXTPROC=ip:port")
+        // Envoy's own HTTP/2 windows are large; tonic's are 64 KiB.
+        .initial_stream_window_size(16 << 20)
+        .initial_connection_window_size(64 << 20)
+        .connect()
+        .await
+        .expect("the ext_proc server answers");
+    let icap = Target::Icap {
+        addr: icap,
+        service: "avscan".into(),
+        url: "http://bench.test/file.bin".into(),
+    };
+
+    println!("| size | streams | path | req/s | p50 ms | p99 ms | errors | ext_proc / ICAP |");
+    println!("|---|---|---|---|---|---|---|---|");
+    for &size in &sizes {
+        for &n in &conns {
+            let by_icap = measure(&icap, size as usize, n, duration).await;
+            let by_extproc = measure_extproc(&channel, size as usize, n, duration).await;
+            let ratio = by_extproc.rate() / by_icap.rate().max(f64::MIN_POSITIVE);
+            for (name, s) in [("ICAP", &by_icap), ("ext_proc BUFFERED", &by_extproc)] {
+                if let Some(e) = &s.first_error {
+                    eprintln!(
+                        "{name} {} x{n}: {} errors, first: {e}",
+                        size_label(size as usize),
+                        s.errors
+                    );
+                }
+                let ms = |d: Duration| d.as_secs_f64() * 1e3;
+                println!(
+                    "| {} | {n} | {name} | {:.0} | {:.2} | {:.2} | {} | {} |",
+                    size_label(size as usize),
+                    s.rate(),
+                    ms(s.quantile(0.5)),
+                    ms(s.quantile(0.99)),
+                    s.errors,
+                    if name == "ICAP" {
+                        String::new()
+                    } else {
+                        format!("{ratio:.2}")
+                    },
+                );
+            }
+        }
+    }
+}
+
+/// `streams` workers, each playing one BUFFERED exchange after another on
+/// the shared HTTP/2 connection, as Envoy does.
+async fn measure_extproc(
+    channel: &Channel,
+    size: usize,
+    streams: usize,
+    duration: Duration,
+) -> Stats {
+    let base = Arc::new(base_body(size));
+    let start = Instant::now();
+    let end = start + duration;
+    let workers: Vec<_> = (0..streams)
+        .map(|_| {
+            let (channel, base) = (channel.clone(), base.clone());
+            tokio::spawn(async move {
+                let mut client = ExternalProcessorClient::new(channel)
+                    .max_encoding_message_size(usize::MAX)
+                    .max_decoding_message_size(usize::MAX);
+                let mut body = base.to_vec();
+                let mut stats = Stats::default();
+                while Instant::now() < end {
+                    stamp(&mut body, COUNTER.fetch_add(1, Ordering::Relaxed));
+                    let t0 = Instant::now();
+                    let result = exchange(&mut client, &body).await;
+                    stats.record(result, t0.elapsed());
+                }
+                stats
+            })
+        })
+        .collect();
+    let mut parts = Vec::new();
+    for w in workers {
+        parts.push(w.await.expect("worker"));
+    }
+    Stats::merge(parts, start.elapsed())
+}
+
+/// One upload: headers, then the body; both must be answered CONTINUE.
+async fn exchange(
+    client: &mut ExternalProcessorClient<Channel>,
+    body: &[u8],
+) -> Result<(), String> {
+    let (tx, rx) = mpsc::channel(2);
+    let header = |k: &str, v: &str| HeaderValue {
+        key: k.into(),
+        value: String::new(),
+        raw_value: v.as_bytes().to_vec(),
+    };
+    let len = body.len().to_string();
+    tx.send(ProcessingRequest {
+        protocol_config: Some(ProtocolConfiguration {
+            request_body_mode: 2,
+            response_body_mode: 0,
+            send_body_without_waiting_for_header_response: false,
+        }),
+        request: Some(Req::RequestHeaders(HttpHeaders {
+            headers: Some(HeaderMap {
+                headers: vec![
+                    header(":method", "POST"),
+                    header(":scheme", "http"),
+                    header(":authority", "bench.test"),
+                    header(":path", "/file.bin"),
+                    header("content-length", &len),
+                ],
+            }),
+            end_of_stream: false,
+            ..Default::default()
+        })),
+        ..Default::default()
+    })
+    .await
+    .map_err(|e| e.to_string())?;
+    let mut replies = client
+        .process(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .map_err(|e| e.to_string())?
+        .into_inner();
+    let mut next = async || loop {
+        match replies.message().await {
+            Ok(Some(m)) if m.response.is_none() => continue,
+            Ok(Some(m)) => return Ok(m.response.unwrap()),
+            Ok(None) => return Err("stream ended".to_owned()),
+            Err(s) => return Err(s.to_string()),
+        }
+    };
+    let Res::RequestHeaders(_) = next().await? else {
+        return Err("headers not answered".into());
+    };
+    tx.send(ProcessingRequest {
+        request: Some(Req::RequestBody(HttpBody {
+            body: body.to_vec(),
+            end_of_stream: true,
+            ..Default::default()
+        })),
+        ..Default::default()
+    })
+    .await
+    .map_err(|e| e.to_string())?;
+    match next().await? {
+        Res::RequestBody(b) if b.response.as_ref().is_none_or(|c| c.status == 0) => Ok(()),
+        other => Err(format!("not CONTINUE: {other:?}")),
+    }
+}

@@ -1,0 +1,140 @@
+//! The gRPC server: Envoy's `ExternalProcessor` service, the gRPC health
+//! service (grpc.health.v1), optional TLS and client certificates, and a
+//! graceful shutdown that lets the streams in flight finish.
+
+use std::future::Future;
+use std::time::Duration;
+
+use envoy_types::pb::envoy::service::ext_proc::v3::external_processor_server::{
+    ExternalProcessor, ExternalProcessorServer,
+};
+use envoy_types::pb::envoy::service::ext_proc::v3::{ProcessingRequest, ProcessingResponse};
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::stream::{ExtProcStream, Stop};
+use crate::{Scanning, Settings};
+
+/// The certificate and key the server presents, and the CA its clients'
+/// certificates must come from (mTLS), all PEM.
+#[derive(Clone)]
+pub struct TlsFiles {
+    /// The server's certificate chain.
+    pub cert: Vec<u8>,
+    /// The server's private key.
+    pub key: Vec<u8>,
+    /// When set, clients must present a certificate signed by this CA.
+    pub client_ca: Option<Vec<u8>>,
+}
+
+impl std::fmt::Debug for TlsFiles {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsFiles")
+            .field("client_ca", &self.client_ca.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// How the server serves.
+#[derive(Debug, Clone)]
+pub struct ServerSettings {
+    /// The largest gRPC message taken or sent; a BUFFERED body arrives as one
+    /// message, so this bounds the body Envoy can buffer for a scan.
+    pub max_message_size: usize,
+    /// TLS, when set.
+    pub tls: Option<TlsFiles>,
+}
+
+/// The `ExternalProcessor` implementation: one task per stream.
+struct Processor<S> {
+    scanning: S,
+    settings: Settings,
+}
+
+#[tonic::async_trait]
+impl<S: Scanning> ExternalProcessor for Processor<S> {
+    type ProcessStream = ReceiverStream<Result<ProcessingResponse, Status>>;
+
+    async fn process(
+        &self,
+        request: Request<Streaming<ProcessingRequest>>,
+    ) -> Result<Response<Self::ProcessStream>, Status> {
+        let mut inbound = request.into_inner();
+        let (tx, rx) = mpsc::channel(16);
+        let mut stream =
+            ExtProcStream::new(self.scanning.clone(), self.settings.clone(), tx.clone());
+        tokio::spawn(async move {
+            let stopped = loop {
+                match inbound.message().await {
+                    Ok(Some(msg)) => {
+                        if let Err(stop) = stream.on_message(msg).await {
+                            break Err(stop);
+                        }
+                    }
+                    Ok(None) => break stream.on_end(),
+                    Err(status) => {
+                        tracing::debug!(code = ?status.code(), "ext_proc stream broken by Envoy");
+                        break Err(Stop::Gone);
+                    }
+                }
+            };
+            match stopped {
+                Ok(()) | Err(Stop::Answered) => {}
+                Err(Stop::Gone) => {
+                    tracing::debug!("ext_proc stream gone; scans in flight cancelled")
+                }
+                Err(Stop::Fail(status)) => {
+                    tracing::warn!(
+                        message = status.message(),
+                        "ext_proc stream ended with an error"
+                    );
+                    let _ = tx.send(Err(status)).await;
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+/// Serves ext_proc and grpc.health.v1 on `listener` until `shutdown`
+/// completes; then stops accepting, reports NOT_SERVING, and returns once
+/// the streams in flight have ended.
+pub async fn serve<S: Scanning>(
+    listener: TcpListener,
+    scanning: S,
+    settings: Settings,
+    server: ServerSettings,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), tonic::transport::Error> {
+    let (health, health_service) = tonic_health::server::health_reporter();
+    type Svc<S> = ExternalProcessorServer<Processor<S>>;
+    health.set_serving::<Svc<S>>().await;
+    let processor = ExternalProcessorServer::new(Processor { scanning, settings })
+        .max_decoding_message_size(server.max_message_size)
+        .max_encoding_message_size(server.max_message_size);
+    let mut builder = Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(20)));
+    if let Some(tls) = &server.tls {
+        let mut config = ServerTlsConfig::new().identity(Identity::from_pem(&tls.cert, &tls.key));
+        if let Some(ca) = &tls.client_ca {
+            config = config.client_ca_root(Certificate::from_pem(ca));
+        }
+        builder = builder.tls_config(config)?;
+    }
+    let signal = async move {
+        shutdown.await;
+        health.set_not_serving::<Svc<S>>().await;
+        health
+            .set_service_status("", tonic_health::ServingStatus::NotServing)
+            .await;
+    };
+    builder
+        .add_service(health_service)
+        .add_service(processor)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal)
+        .await
+}

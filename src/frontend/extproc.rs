@@ -1,0 +1,269 @@
+//! The Envoy ext_proc frontend's side in the service: what the `grpc/`
+//! crate asks ([`virus_scanner_grpc::Scanning`]) answered with the same
+//! policy, scan pipeline, block pages and audit lines as ICAP.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::StatusCode;
+use virus_scanner_grpc::{
+    Begin, Direction as EnvoyDirection, Exchange, Headers, Outcome, Scan, Scanning,
+};
+
+use crate::blockpage;
+use crate::model::{BlockReason, Decision, Direction, ScanId, ScanRequest, SkipReason, Verdict};
+use crate::pipeline::{Pipeline, Session};
+use crate::policy::{Policy, Route};
+
+/// Starts scans for Envoy's messages. Cheap to clone.
+#[derive(Clone)]
+pub struct ExtProcScanning {
+    pipeline: Pipeline,
+    policy: Arc<Policy>,
+}
+
+impl ExtProcScanning {
+    /// Scans through `pipeline` under `policy`.
+    pub fn new(pipeline: Pipeline, policy: Policy) -> Self {
+        ExtProcScanning {
+            pipeline,
+            policy: Arc::new(policy),
+        }
+    }
+}
+
+/// One body of an Envoy stream being scanned.
+pub struct ExtProcScan {
+    scan: ScanRequest,
+    session: Session,
+    policy: Arc<Policy>,
+    json: bool,
+    started: Instant,
+}
+
+impl Scanning for ExtProcScanning {
+    type Scan = ExtProcScan;
+
+    fn begin(&self, exchange: &Exchange, direction: EnvoyDirection) -> Begin<ExtProcScan> {
+        let scan = scan_request(exchange, direction);
+        let priority = exchange
+            .request_headers
+            .get("x-priority")
+            .and_then(|v| v.to_str().ok());
+        match self.policy.route(scan.host.as_deref(), priority) {
+            Route::Skip => {
+                let verdict = Verdict::NotScanned(SkipReason::Trusted);
+                let decision = self.policy.decide(&verdict);
+                crate::telemetry::audit("ext_proc", &scan, &verdict, &decision, Default::default());
+                Begin::Skip {
+                    headers: Vec::new(),
+                }
+            }
+            Route::Scan(priority) => {
+                let accept = exchange.request_headers.get(http::header::ACCEPT);
+                Begin::Scan(ExtProcScan {
+                    session: self.pipeline.session(&scan, priority),
+                    json: blockpage::prefers_json(accept.and_then(|v| v.to_str().ok())),
+                    scan,
+                    policy: self.policy.clone(),
+                    started: Instant::now(),
+                })
+            }
+        }
+    }
+}
+
+impl Scan for ExtProcScan {
+    async fn write(&mut self, data: &[u8]) {
+        self.session.write(data).await;
+    }
+
+    fn is_too_large(&self) -> bool {
+        self.session.is_too_large()
+    }
+
+    async fn finish(self) -> Outcome {
+        let verdict = self.session.finish().await;
+        let decision = self.policy.decide(&verdict);
+        crate::telemetry::audit(
+            "ext_proc",
+            &self.scan,
+            &verdict,
+            &decision,
+            self.started.elapsed(),
+        );
+        outcome(&self.scan, &verdict, &decision, self.json)
+    }
+}
+
+/// What Envoy is told for a decision: the one place where the model meets
+/// ext_proc's answers.
+fn outcome(scan: &ScanRequest, verdict: &Verdict, decision: &Decision, json: bool) -> Outcome {
+    let reason = match decision {
+        Decision::Allow { unscanned: None } => {
+            return Outcome::Allow {
+                headers: Vec::new(),
+            }
+        }
+        Decision::Allow {
+            unscanned: Some(reason),
+        } => {
+            return Outcome::Allow {
+                headers: vec![(
+                    "x-virus-scanner-warning".into(),
+                    format!("not scanned; reason={}", reason.as_str()),
+                )],
+            }
+        }
+        Decision::Block(reason) => reason,
+    };
+    let (page, content_type) = if json {
+        (
+            blockpage::render_json(reason, &scan.url, &scan.id),
+            "application/json",
+        )
+    } else {
+        (
+            blockpage::render(reason, &scan.url, &scan.id),
+            "text/html; charset=utf-8",
+        )
+    };
+    let label = match reason {
+        BlockReason::Infected(_) => "infected",
+        BlockReason::TooLarge { .. } => "too-large",
+        BlockReason::ScannerUnavailable => "scanner-unavailable",
+    };
+    let mut headers: Headers = vec![
+        ("content-type".into(), content_type.into()),
+        ("cache-control".into(), "no-store".into()),
+        ("x-virus-scanner-result".into(), label.into()),
+        ("x-virus-scanner-reference".into(), scan.id.to_string()),
+    ];
+    if let BlockReason::Infected(signatures) = reason {
+        headers.push((
+            "x-virus-scanner-signature".into(),
+            header_text(&signatures.join(", ")),
+        ));
+    }
+    if let Verdict::Error { kind, .. } = verdict {
+        headers.push(("x-virus-scanner-error".into(), (*kind).into()));
+    }
+    Outcome::Block {
+        status: if page.status == StatusCode::SERVICE_UNAVAILABLE {
+            StatusCode::SERVICE_UNAVAILABLE
+        } else {
+            StatusCode::FORBIDDEN
+        },
+        headers,
+        body: page.html.into_bytes(),
+        details: format!("virus_scanner_{}", label.replace('-', "_")),
+    }
+}
+
+/// Text made safe for a header value: visible ASCII and spaces only.
+fn header_text(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c == ' ' || c.is_ascii_graphic() {
+                c
+            } else {
+                '?'
+            }
+        })
+        .collect()
+}
+
+/// Translates what Envoy sent into the internal model.
+fn scan_request(exchange: &Exchange, envoy: EnvoyDirection) -> ScanRequest {
+    let direction = match envoy {
+        EnvoyDirection::Request => Direction::Request,
+        EnvoyDirection::Response => Direction::Response,
+    };
+    ScanRequest {
+        id: ScanId::next(),
+        direction,
+        method: exchange.method.clone(),
+        url: exchange.url(),
+        host: exchange.host(),
+        request_headers: Some(exchange.request_headers.clone()),
+        response_status: exchange.status,
+        declared_length: exchange.declared_length(envoy),
+        client_ip: exchange.client,
+        user: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn exchange() -> Exchange {
+        let mut e = Exchange {
+            method: Some(http::Method::POST),
+            scheme: Some("https".into()),
+            authority: Some("Files.Example.com:8443".into()),
+            path: Some("/up?x=1".into()),
+            ..Default::default()
+        };
+        e.request_headers
+            .insert("content-length", "12".parse().unwrap());
+        e
+    }
+
+    #[test]
+    fn envoy_heads_become_scan_requests() {
+        let scan = scan_request(&exchange(), EnvoyDirection::Request);
+        assert_eq!(scan.url, "https://Files.Example.com:8443/up?x=1");
+        assert_eq!(scan.host.as_deref(), Some("files.example.com"));
+        assert_eq!(scan.declared_length, Some(12));
+        assert_eq!(scan.direction, Direction::Request);
+        let scan = scan_request(&exchange(), EnvoyDirection::Response);
+        assert_eq!(scan.declared_length, None);
+    }
+
+    #[test]
+    fn blocks_name_the_verdict() {
+        let scan = scan_request(&exchange(), EnvoyDirection::Request);
+        let verdict = Verdict::Infected {
+            signatures: vec!["Eicar-Test-Signature".into()],
+        };
+        let decision = Decision::Block(BlockReason::Infected(vec!["Eicar-Test-Signature".into()]));
+        let Outcome::Block {
+            status,
+            headers,
+            body,
+            ..
+        } = outcome(&scan, &verdict, &decision, true)
+        else {
+            panic!("not a block");
+        };
+        assert_eq!(status, StatusCode::FORBIDDEN);
+        let get = |n: &str| {
+            headers
+                .iter()
+                .find(|(k, _)| k == n)
+                .map(|(_, v)| v.as_str())
+        };
+        assert_eq!(
+            get("x-virus-scanner-signature"),
+            Some("Eicar-Test-Signature")
+        );
+        assert_eq!(get("content-type"), Some("application/json"));
+        assert!(String::from_utf8(body)
+            .unwrap()
+            .contains("\"reason\":\"infected\""));
+        let failed = Verdict::Error {
+            kind: "connect",
+            message: "refused".into(),
+        };
+        let Outcome::Block { status, .. } = outcome(
+            &scan,
+            &failed,
+            &Decision::Block(BlockReason::ScannerUnavailable),
+            false,
+        ) else {
+            panic!("not a block");
+        };
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    }
+}

@@ -1,0 +1,929 @@
+//! The Envoy ext_proc frontend, played the way Envoy plays it: the exact
+//! message sequences of each body mode, on one stream per HTTP exchange,
+//! from a tonic client, against the server on a free port and a real clamd.
+
+mod support;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Parser;
+use envoy_types::pb::envoy::config::core::v3::{HeaderMap, HeaderValue};
+use envoy_types::pb::envoy::service::ext_proc::v3::external_processor_client::ExternalProcessorClient;
+use envoy_types::pb::envoy::service::ext_proc::v3::{
+    body_mutation::Mutation, processing_request::Request as Req,
+    processing_response::Response as Res, CommonResponse, HttpBody, HttpHeaders, HttpTrailers,
+    ImmediateResponse, ProcessingRequest, ProcessingResponse, ProtocolConfiguration,
+};
+use support::{eicar, ClamdProcess, TempDir, EICAR_NAME};
+use tokio::sync::{mpsc, oneshot};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+use virus_scanner::config::{ExtProcConfig, ScanConfig};
+use virus_scanner::frontend::extproc::ExtProcScanning;
+use virus_scanner::pipeline::Pipeline;
+use virus_scanner::scan::clamd::Clamd;
+use virus_scanner::scan::Scanner;
+use virus_scanner_grpc::{Begin, Direction, Exchange, Outcome, Scan, Scanning};
+
+#[derive(Parser)]
+struct Settings {
+    #[command(flatten)]
+    extproc: ExtProcConfig,
+    #[command(flatten)]
+    scan: ScanConfig,
+}
+
+/// The ext_proc server, in-process on a free port.
+struct Server {
+    port: u16,
+    stop: Option<oneshot::Sender<()>>,
+    done: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Server {
+    /// With the service's own scanning, configured by `args`.
+    async fn start(args: &[&str]) -> Server {
+        let settings = parse(args);
+        Server::with(scanning(&settings.scan).await, &settings.extproc).await
+    }
+
+    async fn with<S: Scanning>(scanning: S, config: &ExtProcConfig) -> Server {
+        config.validate().unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (tx, rx) = oneshot::channel();
+        let settings = config.settings();
+        let server = config.server().unwrap();
+        let done = tokio::spawn(async move {
+            virus_scanner_grpc::serve(listener, scanning, settings, server, async {
+                let _ = rx.await;
+            })
+            .await
+            .unwrap();
+        });
+        Server {
+            port,
+            stop: Some(tx),
+            done: Some(done),
+        }
+    }
+
+    async fn open(&self) -> Stream {
+        Stream::open(channel(&format!("http://127.0.0.1:{}", self.port)).await).await
+    }
+
+    /// A stream where an upload's headers are answered, in `mode` (Envoy's
+    /// number, for both directions).
+    async fn upload(&self, path: &str, mode: i32) -> Stream {
+        let mut s = self.open().await;
+        s.send(with_modes(request_headers(path, &[], false), mode, mode))
+            .await;
+        assert_continue(s.next().await);
+        s
+    }
+
+    /// A stream where a GET and its response's headers are answered, in
+    /// `mode`: the response body comes next.
+    async fn download(&self, path: &str, mode: i32) -> Stream {
+        let mut s = self.open().await;
+        s.send(with_modes(request_headers(path, &[], true), mode, mode))
+            .await;
+        assert_continue(s.next().await);
+        s.send(response_headers(&[], false)).await;
+        assert_continue(s.next().await);
+        s
+    }
+
+    /// Stops accepting and waits until the streams in flight have ended.
+    async fn stop(mut self) {
+        let _ = self.stop.take().unwrap().send(());
+        self.done.take().unwrap().await.unwrap();
+    }
+}
+
+/// A real clamd, and the server in front of it with `extra` settings.
+async fn with_clamd(extra: &[&str]) -> (ClamdProcess, Server) {
+    let clamd = ClamdProcess::start();
+    let mut args = vec!["--clamd-url".to_owned(), clamd.tcp_url()];
+    args.extend(extra.iter().map(|a| a.to_string()));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let server = Server::start(&args).await;
+    (clamd, server)
+}
+
+fn parse(args: &[&str]) -> Settings {
+    let mut argv = vec!["test"];
+    argv.extend_from_slice(args);
+    let settings = Settings::try_parse_from(argv).unwrap();
+    settings.scan.validate().unwrap();
+    settings
+}
+
+async fn scanning(scan: &ScanConfig) -> ExtProcScanning {
+    let clamd = Clamd::new(scan.clamd_url.clone(), scan.clamd_options());
+    let scanner = Scanner::new(clamd, scan.max_scan_size);
+    ExtProcScanning::new(Pipeline::Local(scanner), scan.policy())
+}
+
+async fn channel(url: &str) -> Channel {
+    Endpoint::from_shared(url.to_owned())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap()
+}
+
+/// One ext_proc stream, as Envoy drives it.
+struct Stream {
+    tx: Option<mpsc::Sender<ProcessingRequest>>,
+    rx: tonic::Streaming<ProcessingResponse>,
+}
+
+impl Stream {
+    async fn open(channel: Channel) -> Stream {
+        let (tx, rx) = mpsc::channel(64);
+        let mut client = ExternalProcessorClient::new(channel)
+            .max_decoding_message_size(64 << 20)
+            .max_encoding_message_size(64 << 20);
+        let rx = client
+            .process(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+            .unwrap()
+            .into_inner();
+        Stream { tx: Some(tx), rx }
+    }
+
+    async fn send(&self, msg: ProcessingRequest) {
+        self.tx.as_ref().unwrap().send(msg).await.unwrap();
+    }
+
+    /// Half-closes, as Envoy does when the exchange is over.
+    fn close(&mut self) {
+        self.tx = None;
+    }
+
+    /// The next reply, skipping requests for more time.
+    async fn next(&mut self) -> Res {
+        loop {
+            let msg = tokio::time::timeout(Duration::from_secs(30), self.rx.message())
+                .await
+                .expect("a reply within 30 s")
+                .expect("no error status")
+                .expect("a reply, not the end");
+            if let Some(res) = msg.response {
+                return res;
+            }
+            assert!(
+                msg.override_message_timeout.is_some(),
+                "an empty reply: {msg:?}"
+            );
+        }
+    }
+
+    /// True if no reply comes within `wait` (a held body).
+    async fn quiet(&mut self, wait: Duration) -> bool {
+        match tokio::time::timeout(wait, self.rx.message()).await {
+            Err(_) => true,
+            Ok(Ok(Some(m))) if m.response.is_none() => true,
+            Ok(other) => panic!("expected no reply yet, got {other:?}"),
+        }
+    }
+
+    /// How the stream ends: `Ok` or the error status.
+    async fn end(&mut self) -> Result<(), tonic::Status> {
+        loop {
+            let next = tokio::time::timeout(Duration::from_secs(30), self.rx.message())
+                .await
+                .expect("the stream ends within 30 s");
+            match next {
+                Ok(None) => return Ok(()),
+                Ok(Some(m)) if m.response.is_none() => continue,
+                Ok(Some(m)) => panic!("expected the end, got {m:?}"),
+                Err(status) => return Err(status),
+            }
+        }
+    }
+}
+
+fn header_map(pairs: &[(&str, &str)]) -> Option<HeaderMap> {
+    Some(HeaderMap {
+        headers: pairs
+            .iter()
+            .map(|(k, v)| HeaderValue {
+                key: (*k).to_owned(),
+                value: String::new(),
+                raw_value: v.as_bytes().to_vec(),
+            })
+            .collect(),
+    })
+}
+
+fn request_headers(path: &str, extra: &[(&str, &str)], end_of_stream: bool) -> ProcessingRequest {
+    let mut pairs = vec![
+        (":method", if end_of_stream { "GET" } else { "POST" }),
+        (":scheme", "https"),
+        (":authority", "files.example.com"),
+        (":path", path),
+    ];
+    pairs.extend_from_slice(extra);
+    ProcessingRequest {
+        request: Some(Req::RequestHeaders(HttpHeaders {
+            headers: header_map(&pairs),
+            end_of_stream,
+            ..Default::default()
+        })),
+        ..Default::default()
+    }
+}
+
+fn response_headers(extra: &[(&str, &str)], end_of_stream: bool) -> ProcessingRequest {
+    let mut pairs = vec![(":status", "200")];
+    pairs.extend_from_slice(extra);
+    ProcessingRequest {
+        request: Some(Req::ResponseHeaders(HttpHeaders {
+            headers: header_map(&pairs),
+            end_of_stream,
+            ..Default::default()
+        })),
+        ..Default::default()
+    }
+}
+
+fn body(direction: Direction, data: &[u8], end_of_stream: bool) -> ProcessingRequest {
+    let body = HttpBody {
+        body: data.to_vec(),
+        end_of_stream,
+        ..Default::default()
+    };
+    ProcessingRequest {
+        request: Some(match direction {
+            Direction::Request => Req::RequestBody(body),
+            Direction::Response => Req::ResponseBody(body),
+        }),
+        ..Default::default()
+    }
+}
+
+fn trailers(direction: Direction) -> ProcessingRequest {
+    let t = HttpTrailers {
+        trailers: header_map(&[("x-checksum", "abc")]),
+    };
+    ProcessingRequest {
+        request: Some(match direction {
+            Direction::Request => Req::RequestTrailers(t),
+            Direction::Response => Req::ResponseTrailers(t),
+        }),
+        ..Default::default()
+    }
+}
+
+/// Envoy's BodySendMode numbers.
+const STREAMED: i32 = 1;
+const BUFFERED: i32 = 2;
+const BUFFERED_PARTIAL: i32 = 3;
+const FULL_DUPLEX: i32 = 4;
+
+/// The first message, carrying Envoy's modes (Envoy 1.34 and later).
+fn with_modes(mut msg: ProcessingRequest, request: i32, response: i32) -> ProcessingRequest {
+    msg.protocol_config = Some(ProtocolConfiguration {
+        request_body_mode: request,
+        response_body_mode: response,
+        send_body_without_waiting_for_header_response: false,
+    });
+    msg
+}
+
+fn common(res: Res) -> CommonResponse {
+    match res {
+        Res::RequestHeaders(h) | Res::ResponseHeaders(h) => h.response.unwrap_or_default(),
+        Res::RequestBody(b) | Res::ResponseBody(b) => b.response.unwrap_or_default(),
+        other => panic!("expected CONTINUE, got {other:?}"),
+    }
+}
+
+fn assert_continue(res: Res) {
+    let c = common(res);
+    assert_eq!(c.status, 0, "CONTINUE");
+    assert!(c.body_mutation.is_none());
+}
+
+fn immediate(res: Res) -> ImmediateResponse {
+    match res {
+        Res::ImmediateResponse(i) => i,
+        other => panic!("expected an ImmediateResponse, got {other:?}"),
+    }
+}
+
+fn header<'a>(i: &'a ImmediateResponse, name: &str) -> Option<&'a str> {
+    i.headers.as_ref()?.set_headers.iter().find_map(|o| {
+        let h = o.header.as_ref()?;
+        (h.key == name).then(|| std::str::from_utf8(&h.raw_value).unwrap())
+    })
+}
+
+fn assert_infected(res: Res) -> ImmediateResponse {
+    let i = immediate(res);
+    assert_eq!(i.status.as_ref().unwrap().code, 403);
+    assert_eq!(header(&i, "x-virus-scanner-result"), Some("infected"));
+    assert_eq!(header(&i, "x-virus-scanner-signature"), Some(EICAR_NAME));
+    assert!(String::from_utf8_lossy(&i.body).contains(EICAR_NAME));
+    i
+}
+
+/// FULL_DUPLEX_STREAMED: the body chunk a reply sends on, and its end flag.
+fn streamed_chunk(res: Res) -> (Vec<u8>, bool) {
+    match common(res).body_mutation.and_then(|m| m.mutation) {
+        Some(Mutation::StreamedResponse(s)) => (s.body, s.end_of_stream),
+        other => panic!("expected a streamed response, got {other:?}"),
+    }
+}
+
+fn clean_body(n: usize) -> Vec<u8> {
+    (0..n)
+        .map(|i| b"clean data, nothing to see\n"[i % 27])
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn buffered_request_then_response_on_one_stream() {
+    let (_clamd, server) = with_clamd(&[]).await;
+
+    // A clean upload, then an infected download, on one stream.
+    let mut s = server.upload("/upload", BUFFERED).await;
+    s.send(body(Direction::Request, &clean_body(1000), true))
+        .await;
+    assert_continue(s.next().await);
+    s.send(response_headers(
+        &[("content-type", "application/octet-stream")],
+        false,
+    ))
+    .await;
+    assert_continue(s.next().await);
+    let mut file = clean_body(2000);
+    file.extend_from_slice(&eicar());
+    s.send(body(Direction::Response, &file, true)).await;
+    let i = assert_infected(s.next().await);
+    assert_eq!(header(&i, "content-type"), Some("text/html; charset=utf-8"));
+    assert!(String::from_utf8_lossy(&i.body).contains("https://files.example.com/upload"));
+    assert_eq!(i.details, "virus_scanner_infected");
+    s.end().await.unwrap();
+
+    // An API client asking for JSON gets the block as JSON; an infected
+    // upload is blocked before it reaches the upstream.
+    let mut s = server.open().await;
+    s.send(request_headers(
+        "/api",
+        &[("accept", "application/json")],
+        false,
+    ))
+    .await;
+    assert_continue(s.next().await);
+    s.send(body(Direction::Request, &eicar(), true)).await;
+    let i = assert_infected(s.next().await);
+    assert_eq!(header(&i, "content-type"), Some("application/json"));
+    assert!(String::from_utf8_lossy(&i.body).contains("\"reason\":\"infected\""));
+
+    // Without Envoy's modes (Envoy before 1.34) BUFFERED is assumed.
+    let mut s = server.open().await;
+    s.send(request_headers("/old", &[], false)).await;
+    assert_continue(s.next().await);
+    s.send(body(Direction::Request, &clean_body(10), true))
+        .await;
+    assert_continue(s.next().await);
+    s.close();
+    s.end().await.unwrap();
+    drop(s);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn header_only_messages_are_answered_at_once() {
+    let (_clamd, server) = with_clamd(&[]).await;
+    let mut s = server.open().await;
+    s.send(with_modes(
+        request_headers("/", &[], true),
+        BUFFERED,
+        BUFFERED,
+    ))
+    .await;
+    assert_continue(s.next().await);
+    s.send(response_headers(&[("content-length", "0")], true))
+        .await;
+    assert_continue(s.next().await);
+    s.close();
+    s.end().await.unwrap();
+
+    // Envoy says the response body is not sent (NONE): nothing waits for it.
+    let mut s = server.open().await;
+    s.send(with_modes(request_headers("/", &[], true), BUFFERED, 0))
+        .await;
+    assert_continue(s.next().await);
+    s.send(response_headers(&[], false)).await;
+    assert_continue(s.next().await);
+    s.close();
+    s.end().await.unwrap();
+    drop(s);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn buffered_bodies_with_trailers_are_scanned_without_their_end() {
+    let (_clamd, server) = with_clamd(&[]).await;
+    for modes in [Some(BUFFERED), Some(BUFFERED_PARTIAL), None] {
+        for (data, infected) in [(clean_body(5000), false), (eicar(), true)] {
+            let mut s = server.open().await;
+            let first = request_headers("/grpc", &[("te", "trailers")], false);
+            let first = match modes {
+                Some(m) => with_modes(first, m, m),
+                None => first,
+            };
+            s.send(first).await;
+            assert_continue(s.next().await);
+            // Envoy waits for this reply before it sends the trailers.
+            s.send(body(Direction::Request, &data, false)).await;
+            let reply = s.next().await;
+            if infected {
+                assert_infected(reply);
+                continue;
+            }
+            assert_continue(reply);
+            s.send(trailers(Direction::Request)).await;
+            assert!(matches!(s.next().await, Res::RequestTrailers(_)));
+            s.close();
+            s.end().await.unwrap();
+        }
+    }
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streamed_bodies_are_held_until_the_verdict() {
+    let (_clamd, server) = with_clamd(&[]).await;
+    let chunk = clean_body(16 * 1024);
+
+    // Clean: no chunk is released before the last has been scanned, then
+    // every chunk gets its reply, in order.
+    let mut s = server.download("/s", STREAMED).await;
+    for _ in 0..3 {
+        s.send(body(Direction::Response, &chunk, false)).await;
+    }
+    assert!(s.quiet(Duration::from_millis(300)).await, "chunks held");
+    s.send(body(Direction::Response, &chunk, true)).await;
+    for _ in 0..4 {
+        assert!(matches!(s.next().await, Res::ResponseBody(_)));
+    }
+    s.close();
+    s.end().await.unwrap();
+
+    // EICAR in a middle chunk: nothing was released, and the answer is the
+    // block page.
+    let mut s = server.download("/s", STREAMED).await;
+    s.send(body(Direction::Response, &chunk, false)).await;
+    s.send(body(Direction::Response, &eicar(), false)).await;
+    s.send(body(Direction::Response, &chunk, false)).await;
+    assert!(s.quiet(Duration::from_millis(200)).await, "chunks held");
+    s.send(body(Direction::Response, &chunk, true)).await;
+    assert_infected(s.next().await);
+
+    // Trailers end a streamed body too.
+    let mut s = server.open().await;
+    s.send(with_modes(request_headers("/up", &[], false), STREAMED, 0))
+        .await;
+    assert_continue(s.next().await);
+    s.send(body(Direction::Request, &chunk, false)).await;
+    s.send(body(Direction::Request, &chunk, false)).await;
+    s.send(trailers(Direction::Request)).await;
+    assert!(matches!(s.next().await, Res::RequestBody(_)));
+    assert!(matches!(s.next().await, Res::RequestBody(_)));
+    assert!(matches!(s.next().await, Res::RequestTrailers(_)));
+    drop(s);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streamed_early_release_holds_only_the_last_chunk() {
+    let (_clamd, server) = with_clamd(&["--extproc-streamed", "early"]).await;
+    let mut s = server.upload("/up", STREAMED).await;
+    s.send(body(Direction::Request, &clean_body(1000), false))
+        .await;
+    assert_continue(s.next().await);
+    s.send(body(Direction::Request, &eicar(), false)).await;
+    assert_continue(s.next().await);
+    // The last chunk waits for the verdict, which blocks.
+    s.send(body(Direction::Request, b"end", true)).await;
+    assert_infected(s.next().await);
+    drop(s);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_duplex_bodies_come_back_only_when_clean() {
+    let (_clamd, server) = with_clamd(&[]).await;
+    let chunks: Vec<Vec<u8>> = (0..5).map(|i| clean_body(10_000 + i * 777)).collect();
+
+    let mut s = server.upload("/fd", FULL_DUPLEX).await;
+    for (i, c) in chunks.iter().enumerate() {
+        s.send(body(Direction::Request, c, i == chunks.len() - 1))
+            .await;
+        if i < chunks.len() - 1 {
+            assert!(s.quiet(Duration::from_millis(50)).await, "held");
+        }
+    }
+    let mut back = Vec::new();
+    loop {
+        let (data, end) = streamed_chunk(s.next().await);
+        back.extend_from_slice(&data);
+        if end {
+            break;
+        }
+    }
+    assert_eq!(back, chunks.concat(), "the body comes back byte for byte");
+
+    // The response, with trailers: the last chunk back is not the end.
+    s.send(response_headers(&[], false)).await;
+    assert_continue(s.next().await);
+    s.send(body(Direction::Response, &chunks[0], false)).await;
+    s.send(trailers(Direction::Response)).await;
+    let (data, end) = streamed_chunk(s.next().await);
+    assert_eq!((data, end), (chunks[0].clone(), false));
+    assert!(matches!(s.next().await, Res::ResponseTrailers(_)));
+    s.close();
+    s.end().await.unwrap();
+
+    // An infected chunk in the middle: nothing comes back but the block.
+    let mut s = server.upload("/fd", FULL_DUPLEX).await;
+    s.send(body(Direction::Request, &chunks[0], false)).await;
+    s.send(body(Direction::Request, &eicar(), false)).await;
+    s.send(body(Direction::Request, &chunks[1], true)).await;
+    assert_infected(s.next().await);
+    drop(s);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_buffered_bodies_fit_and_oversized_ones_are_blocked() {
+    let (_clamd, server) = with_clamd(&["--max-scan-size", "8M"]).await;
+    // 6 MiB in one message: over tonic's 4 MiB default.
+    let mut big = clean_body(6 << 20);
+    let mut s = server.open().await;
+    s.send(request_headers("/big", &[], false)).await;
+    assert_continue(s.next().await);
+    s.send(body(Direction::Request, &big, true)).await;
+    assert_continue(s.next().await);
+    drop(s);
+    big.extend_from_slice(&eicar());
+    let mut s = server.open().await;
+    s.send(request_headers("/big", &[], false)).await;
+    assert_continue(s.next().await);
+    s.send(body(Direction::Request, &big, true)).await;
+    assert_infected(s.next().await);
+    drop(s);
+
+    // Over the scan limit, streamed: answered as soon as it is over, with a
+    // page that says why.
+    let mut s = server.upload("/huge", STREAMED).await;
+    let chunk = clean_body(1 << 20);
+    for _ in 0..10 {
+        // Once the answer is out, the server stops reading: sends may fail.
+        let _ =
+            s.tx.as_ref()
+                .unwrap()
+                .send(body(Direction::Request, &chunk, false))
+                .await;
+    }
+    let answer = s.next().await;
+    let i = immediate(answer);
+    assert_eq!(i.status.unwrap().code, 403);
+    assert_eq!(header(&i, "x-virus-scanner-result"), Some("too-large"));
+    drop(s);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scanner_failures_follow_the_failure_mode() {
+    let dead = format!("tcp://127.0.0.1:{}", support::free_port());
+    let closed = Server::start(&["--clamd-url", &dead, "--clamd-connect-timeout", "1s"]).await;
+    let mut s = closed.open().await;
+    s.send(request_headers("/up", &[], false)).await;
+    assert_continue(s.next().await);
+    s.send(body(Direction::Request, b"data", true)).await;
+    let i = immediate(s.next().await);
+    assert_eq!(i.status.as_ref().unwrap().code, 503);
+    assert_eq!(
+        header(&i, "x-virus-scanner-result"),
+        Some("scanner-unavailable")
+    );
+    drop(s);
+    closed.stop().await;
+
+    let open = Server::start(&["--clamd-url", &dead, "--fail-mode", "open"]).await;
+    let mut s = open.open().await;
+    s.send(request_headers("/up", &[], false)).await;
+    assert_continue(s.next().await);
+    s.send(body(Direction::Request, b"data", true)).await;
+    let c = common(s.next().await);
+    assert_eq!(c.status, 0);
+    let warning = c.header_mutation.unwrap().set_headers[0]
+        .header
+        .clone()
+        .unwrap();
+    assert_eq!(warning.key, "x-virus-scanner-warning");
+    assert!(String::from_utf8_lossy(&warning.raw_value).contains("scanner-failed"));
+    drop(s);
+    open.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_scans_ask_envoy_for_more_time() {
+    let (clamd, server) = with_clamd(&[
+        "--extproc-override-after",
+        "100ms",
+        "--extproc-override-timeout",
+        "45s",
+    ])
+    .await;
+    let mut s = server.open().await;
+    s.send(request_headers("/slow", &[], false)).await;
+    assert_continue(s.next().await);
+    clamd.pause();
+    s.send(body(Direction::Request, &eicar(), true)).await;
+    let first = tokio::time::timeout(Duration::from_secs(30), s.rx.message())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    clamd.resume();
+    let asked = first
+        .override_message_timeout
+        .expect("asks for more time first");
+    assert_eq!((asked.seconds, asked.nanos), (45, 0));
+    assert!(
+        first.response.is_none(),
+        "the request for time stands alone"
+    );
+    assert_infected(s.next().await);
+    drop(s);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trusted_hosts_skip_body_processing() {
+    let (_clamd, server) = with_clamd(&["--trusted-hosts", ".example.com"]).await;
+    let mut s = server.open().await;
+    s.send(request_headers("/up", &[], false)).await;
+    let reply = tokio::time::timeout(Duration::from_secs(10), s.rx.message())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let mode = reply
+        .mode_override
+        .expect("mode_override for a trusted host");
+    assert_eq!(
+        (mode.request_body_mode, mode.response_body_mode),
+        (0, 0),
+        "bodies: NONE"
+    );
+    // An Envoy that does not allow mode_override sends the body anyway: it
+    // passes without a scan.
+    s.send(body(Direction::Request, &eicar(), true)).await;
+    assert_continue(s.next().await);
+    drop(s);
+    server.stop().await;
+}
+
+/// Wraps the service's scanning and counts scans finished and dropped.
+#[derive(Clone)]
+struct Counting {
+    inner: ExtProcScanning,
+    finished: Arc<AtomicUsize>,
+    dropped: Arc<AtomicUsize>,
+}
+
+struct CountedScan {
+    inner: Option<<ExtProcScanning as Scanning>::Scan>,
+    finished: Arc<AtomicUsize>,
+    dropped: Arc<AtomicUsize>,
+}
+
+impl Scanning for Counting {
+    type Scan = CountedScan;
+
+    fn begin(&self, exchange: &Exchange, direction: Direction) -> Begin<CountedScan> {
+        match self.inner.begin(exchange, direction) {
+            Begin::Skip { headers } => Begin::Skip { headers },
+            Begin::Scan(s) => Begin::Scan(CountedScan {
+                inner: Some(s),
+                finished: self.finished.clone(),
+                dropped: self.dropped.clone(),
+            }),
+        }
+    }
+}
+
+impl Scan for CountedScan {
+    async fn write(&mut self, data: &[u8]) {
+        self.inner.as_mut().unwrap().write(data).await
+    }
+
+    fn is_too_large(&self) -> bool {
+        self.inner.as_ref().unwrap().is_too_large()
+    }
+
+    async fn finish(mut self) -> Outcome {
+        let outcome = self.inner.take().unwrap().finish().await;
+        self.finished.fetch_add(1, Ordering::SeqCst);
+        outcome
+    }
+}
+
+impl Drop for CountedScan {
+    fn drop(&mut self) {
+        if self.inner.is_some() {
+            self.dropped.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_cancels_mid_body_cancels_the_scan() {
+    let clamd = ClamdProcess::start();
+    let settings = parse(&["--clamd-url", &clamd.tcp_url()]);
+    let counting = Counting {
+        inner: scanning(&settings.scan).await,
+        finished: Arc::default(),
+        dropped: Arc::default(),
+    };
+    let server = Server::with(counting.clone(), &settings.extproc).await;
+
+    // Cancelled: the client drops the whole call mid-body.
+    let mut s = server.upload("/up", STREAMED).await;
+    s.send(body(Direction::Request, &clean_body(50_000), false))
+        .await;
+    assert!(s.quiet(Duration::from_millis(100)).await);
+    drop(s);
+    let waited = async {
+        while counting.dropped.load(Ordering::SeqCst) == 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), waited)
+        .await
+        .expect("the scan is dropped when the client cancels");
+    assert_eq!(counting.finished.load(Ordering::SeqCst), 0);
+
+    // Half-closed inside a body: an error status, never OK (Envoy would
+    // read OK as "carry on without the processor").
+    let mut s = server.upload("/up", FULL_DUPLEX).await;
+    s.send(body(Direction::Request, &clean_body(1000), false))
+        .await;
+    s.close();
+    let status = s.end().await.expect_err("an error status");
+    assert_eq!(status.code(), tonic::Code::Aborted);
+    assert_eq!(counting.dropped.load(Ordering::SeqCst), 2);
+
+    // The server goes on serving.
+    let mut s = server.open().await;
+    s.send(request_headers("/up", &[], false)).await;
+    assert_continue(s.next().await);
+    s.send(body(Direction::Request, &eicar(), true)).await;
+    assert_infected(s.next().await);
+    assert_eq!(counting.finished.load(Ordering::SeqCst), 1);
+    drop(s);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_and_graceful_shutdown() {
+    use tonic_health::pb::{health_client::HealthClient, HealthCheckRequest};
+    let (_clamd, server) = with_clamd(&[]).await;
+    let url = format!("http://127.0.0.1:{}", server.port);
+    let mut health = HealthClient::new(channel(&url).await);
+    for service in ["", "envoy.service.ext_proc.v3.ExternalProcessor"] {
+        let status = health
+            .check(HealthCheckRequest {
+                service: service.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .status;
+        assert_eq!(status, 1, "SERVING for {service:?}");
+    }
+
+    // A stream in flight when shutdown begins still gets its verdict.
+    let mut s = server.open().await;
+    s.send(request_headers("/up", &[], false)).await;
+    assert_continue(s.next().await);
+    let stop = tokio::spawn(server.stop());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    s.send(body(Direction::Request, &eicar(), true)).await;
+    assert_infected(s.next().await);
+    drop(s);
+    tokio::time::timeout(Duration::from_secs(30), stop)
+        .await
+        .expect("shutdown completes once the stream is over")
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_and_client_certificates() {
+    let clamd = ClamdProcess::start();
+    let dir = TempDir::new("grpc-tls");
+    let d = dir.path().display().to_string();
+    let openssl = |args: &str| {
+        let status = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!("cd {d} && openssl {args} 2>/dev/null"))
+            .status()
+            .unwrap();
+        assert!(status.success(), "openssl {args}");
+    };
+    std::fs::write(
+        dir.path().join("san.ext"),
+        "subjectAltName=DNS:localhost,IP:127.0.0.1\n",
+    )
+    .unwrap();
+    openssl(
+        "req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.crt -days 2 -subj /CN=vs-test-ca",
+    );
+    for name in ["server", "envoy"] {
+        openssl(&format!(
+            "req -newkey rsa:2048 -nodes -keyout {name}.key -out {name}.csr -subj /CN={name}"
+        ));
+        openssl(&format!(
+            "x509 -req -in {name}.csr -CA ca.crt -CAkey ca.key -CAcreateserial -out {name}.crt -days 2 -extfile san.ext"
+        ));
+    }
+    let file = |n: &str| format!("{d}/{n}");
+    let read = |n: &str| std::fs::read(file(n)).unwrap();
+    let server = Server::start(&[
+        "--clamd-url",
+        &clamd.tcp_url(),
+        "--grpc-tls-cert",
+        &file("server.crt"),
+        "--grpc-tls-key",
+        &file("server.key"),
+        "--grpc-tls-client-ca",
+        &file("ca.crt"),
+    ])
+    .await;
+    let url = format!("https://127.0.0.1:{}", server.port);
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(read("ca.crt")))
+        .domain_name("localhost");
+
+    // With Envoy's client certificate: served.
+    let with_cert = Endpoint::from_shared(url.clone())
+        .unwrap()
+        .tls_config(
+            tls.clone()
+                .identity(Identity::from_pem(read("envoy.crt"), read("envoy.key"))),
+        )
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut s = Stream::open(with_cert).await;
+    s.send(request_headers("/up", &[], false)).await;
+    assert_continue(s.next().await);
+    s.send(body(Direction::Request, &eicar(), true)).await;
+    assert_infected(s.next().await);
+
+    // Without one: refused.
+    let refused = async {
+        let channel = Endpoint::from_shared(url.clone())
+            .unwrap()
+            .tls_config(tls.clone())
+            .unwrap()
+            .connect()
+            .await?;
+        let (_tx, rx) = mpsc::channel::<ProcessingRequest>(1);
+        ExternalProcessorClient::new(channel)
+            .process(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+            .map(|_| ())
+            .map_err(|e| Box::new(e) as Box<dyn std::error::Error>)?;
+        Ok::<_, Box<dyn std::error::Error>>(())
+    };
+    assert!(
+        refused.await.is_err(),
+        "a client without a certificate is refused"
+    );
+
+    // Plaintext to a TLS port: refused.
+    let plain = Endpoint::from_shared(format!("http://127.0.0.1:{}", server.port))
+        .unwrap()
+        .connect()
+        .await;
+    if let Ok(channel) = plain {
+        let (_tx, rx) = mpsc::channel::<ProcessingRequest>(1);
+        let r = ExternalProcessorClient::new(channel)
+            .process(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await;
+        assert!(r.is_err(), "plaintext is refused");
+    }
+    drop(s);
+    server.stop().await;
+}
