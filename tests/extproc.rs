@@ -663,6 +663,27 @@ async fn slow_scans_ask_envoy_for_more_time() {
         "the request for time stands alone"
     );
     assert_infected(s.next().await);
+
+    // A STREAMED body held while it arrives slowly: more time is asked for
+    // once the first chunk has waited, and only once.
+    let mut s = server.upload("/slow-upload", STREAMED).await;
+    s.send(body(Direction::Request, &clean_body(1000), false))
+        .await;
+    let asked = tokio::time::timeout(Duration::from_secs(30), s.rx.message())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(
+        asked.response.is_none() && asked.override_message_timeout.is_some(),
+        "{asked:?}"
+    );
+    s.send(body(Direction::Request, &clean_body(1000), true))
+        .await;
+    for _ in 0..2 {
+        let m = s.rx.message().await.unwrap().unwrap();
+        assert!(matches!(m.response, Some(Res::RequestBody(_))), "{m:?}");
+    }
     drop(s);
     server.stop().await;
 }
@@ -924,6 +945,22 @@ async fn tls_and_client_certificates() {
             .await;
         assert!(r.is_err(), "plaintext is refused");
     }
+    drop(s);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn observability_mode_gets_no_replies() {
+    let (_clamd, server) = with_clamd(&[]).await;
+    let mut s = server.open().await;
+    let mut first = with_modes(request_headers("/up", &[], false), BUFFERED, BUFFERED);
+    first.observability_mode = true;
+    s.send(first).await;
+    s.send(body(Direction::Request, &eicar(), true)).await;
+    s.send(response_headers(&[], true)).await;
+    s.close();
+    // Envoy ignores replies in this mode: none come, and the stream ends OK.
+    s.end().await.unwrap();
     drop(s);
     server.stop().await;
 }

@@ -11,7 +11,8 @@ use envoy_types::pb::envoy::service::ext_proc::v3::external_processor_server::{
 use envoy_types::pb::envoy::service::ext_proc::v3::{ProcessingRequest, ProcessingResponse};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
-use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 use tonic::{Request, Response, Status, Streaming};
 
@@ -68,7 +69,19 @@ impl<S: Scanning> ExternalProcessor for Processor<S> {
             ExtProcStream::new(self.scanning.clone(), self.settings.clone(), tx.clone());
         tokio::spawn(async move {
             let stopped = loop {
-                match inbound.message().await {
+                let next = match stream.timer() {
+                    None => inbound.message().await,
+                    Some(at) => tokio::select! {
+                        next = inbound.message() => next,
+                        () = tokio::time::sleep_until(at) => {
+                            match stream.on_timer().await {
+                                Ok(()) => continue,
+                                Err(stop) => break Err(stop),
+                            }
+                        }
+                    },
+                };
+                match next {
                     Ok(Some(msg)) => {
                         if let Err(stop) = stream.on_message(msg).await {
                             break Err(stop);
@@ -116,6 +129,10 @@ pub async fn serve<S: Scanning>(
         .max_decoding_message_size(server.max_message_size)
         .max_encoding_message_size(server.max_message_size);
     let mut builder = Server::builder()
+        // A BUFFERED body is one large message: let Envoy send it without
+        // waiting for window updates every 64 KiB.
+        .initial_stream_window_size(Some(4 << 20))
+        .initial_connection_window_size(Some(16 << 20))
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(20)));
     if let Some(tls) = &server.tls {
@@ -135,6 +152,7 @@ pub async fn serve<S: Scanning>(
     builder
         .add_service(health_service)
         .add_service(processor)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal)
+        // Replies are small and each one waits on the last: no Nagle delay.
+        .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), signal)
         .await
 }

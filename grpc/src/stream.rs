@@ -84,6 +84,12 @@ pub(crate) struct ExtProcStream<S: Scanning> {
     first: bool,
     request: Route<S::Scan>,
     response: Route<S::Scan>,
+    /// When to ask Envoy for more time for a body held while it arrives,
+    /// and for which direction.
+    ask_at: Option<(tokio::time::Instant, Direction)>,
+    /// Whether more time was asked for, per direction (Envoy grants it once
+    /// per message state).
+    asked: [bool; 2],
 }
 
 impl<S: Scanning> ExtProcStream<S> {
@@ -98,6 +104,22 @@ impl<S: Scanning> ExtProcStream<S> {
             first: true,
             request: Route::Idle,
             response: Route::Idle,
+            ask_at: None,
+            asked: [false; 2],
+        }
+    }
+
+    /// When the stream wants [`ExtProcStream::on_timer`] called.
+    pub(crate) fn timer(&self) -> Option<tokio::time::Instant> {
+        self.ask_at.map(|(at, _)| at)
+    }
+
+    /// A body has been held long enough that Envoy's message timeout may
+    /// run out before the rest arrives: ask for more time.
+    pub(crate) async fn on_timer(&mut self) -> Result<(), Stop> {
+        match self.ask_at.take() {
+            Some((_, direction)) => self.ask_for_time(direction).await,
+            None => Ok(()),
         }
     }
 
@@ -233,6 +255,13 @@ impl<S: Scanning> ExtProcStream<S> {
         }
         let end = b.end_of_stream;
         let early = self.settings.streamed == StreamedRelease::Early;
+        let holds = !end
+            && (mode == BodyMode::FullDuplexStreamed || (mode == BodyMode::Streamed && !early));
+        if holds && self.ask_at.is_none() && !self.asked[direction as usize] && !self.observe {
+            if let Some(after) = self.settings.override_after {
+                self.ask_at = Some((tokio::time::Instant::now() + after, direction));
+            }
+        }
         let held = match self.route(direction) {
             Route::Scan(held) => held,
             _ => return self.pass_body(direction, mode, b).await,
@@ -321,7 +350,10 @@ impl<S: Scanning> ExtProcStream<S> {
             chunks,
             ..
         } = held;
-        let outcome = self.wait_for(scan.finish()).await?;
+        if matches!(self.ask_at, Some((_, d)) if d == direction) {
+            self.ask_at = None;
+        }
+        let outcome = self.wait_for(direction, scan.finish()).await?;
         match outcome {
             Outcome::Block {
                 status,
@@ -384,10 +416,14 @@ impl<S: Scanning> ExtProcStream<S> {
     /// and gives up if Envoy goes away.
     async fn wait_for(
         &mut self,
+        direction: Direction,
         verdict: impl std::future::Future<Output = Outcome>,
     ) -> Result<Outcome, Stop> {
         tokio::pin!(verdict);
-        let mut ask = self.settings.override_after.filter(|_| !self.observe);
+        let mut ask = self
+            .settings
+            .override_after
+            .filter(|_| !self.observe && !self.asked[direction as usize]);
         loop {
             let sleep = tokio::time::sleep(ask.unwrap_or(Duration::MAX));
             tokio::select! {
@@ -395,18 +431,26 @@ impl<S: Scanning> ExtProcStream<S> {
                 () = self.replies.closed() => return Err(Stop::Gone),
                 () = sleep, if ask.is_some() => {
                     ask = None;
-                    let timeout = self.settings.override_timeout;
-                    self.send(ProcessingResponse {
-                        override_message_timeout: Some(PbDuration {
-                            seconds: timeout.as_secs() as i64,
-                            nanos: timeout.subsec_nanos() as i32,
-                        }),
-                        ..Default::default()
-                    })
-                    .await?;
+                    self.ask_for_time(direction).await?;
                 }
             }
         }
+    }
+
+    /// Sends `override_message_timeout`, once per direction.
+    async fn ask_for_time(&mut self, direction: Direction) -> Result<(), Stop> {
+        if std::mem::replace(&mut self.asked[direction as usize], true) {
+            return Ok(());
+        }
+        let timeout = self.settings.override_timeout;
+        self.send(ProcessingResponse {
+            override_message_timeout: Some(PbDuration {
+                seconds: timeout.as_secs() as i64,
+                nanos: timeout.subsec_nanos() as i32,
+            }),
+            ..Default::default()
+        })
+        .await
     }
 
     async fn send(&mut self, response: ProcessingResponse) -> Result<(), Stop> {
