@@ -6,7 +6,9 @@
 //! Run by `scripts/bench-extproc.sh`, which starts clamd and the server;
 //! by hand: `ICAP=127.0.0.1:1344 EXTPROC=127.0.0.1:50051 cargo bench --bench
 //! extproc`, with `SIZES` (1K,64K,1M), `CONNECTIONS` (8,64) and `DURATION`
-//! (10s). This prints figures; it asserts nothing about time.
+//! (10s); `PATHS=icap` or `PATHS=extproc` measures only one (to watch the
+//! server's CPU time for one). This prints figures; it asserts nothing about
+//! time.
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -43,6 +45,7 @@ async fn main() {
         .map(|s| s.trim().parse().expect("CONNECTIONS"))
         .collect();
     let duration = parse_duration(&setting("DURATION", "10s")).expect("DURATION");
+    let paths = setting("PATHS", "icap,extproc");
     let channel = Endpoint::from_shared(format!("http://{extproc}"))
         .expect("EXTPROC=ip:port")
         // Envoy's own HTTP/2 windows are large; tonic's are 64 KiB.
@@ -61,8 +64,16 @@ async fn main() {
     println!("|---|---|---|---|---|---|---|---|");
     for &size in &sizes {
         for &n in &conns {
-            let by_icap = measure(&icap, size as usize, n, duration).await;
-            let by_extproc = measure_extproc(&channel, size as usize, n, duration).await;
+            let by_icap = if paths.contains("icap") {
+                measure(&icap, size as usize, n, duration).await
+            } else {
+                Stats::default()
+            };
+            let by_extproc = if paths.contains("extproc") {
+                measure_extproc(&channel, size as usize, n, duration).await
+            } else {
+                Stats::default()
+            };
             let ratio = by_extproc.rate() / by_icap.rate().max(f64::MIN_POSITIVE);
             for (name, s) in [("ICAP", &by_icap), ("ext_proc BUFFERED", &by_extproc)] {
                 if let Some(e) = &s.first_error {

@@ -9,9 +9,12 @@ use envoy_types::pb::envoy::service::ext_proc::v3::external_processor_server::{
     ExternalProcessor, ExternalProcessorServer,
 };
 use envoy_types::pb::envoy::service::ext_proc::v3::{ProcessingRequest, ProcessingResponse};
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
+
+use tokio_stream::Stream;
 use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 use tonic::{Request, Response, Status, Streaming};
@@ -57,7 +60,7 @@ struct Processor<S> {
 
 #[tonic::async_trait]
 impl<S: Scanning> ExternalProcessor for Processor<S> {
-    type ProcessStream = ReceiverStream<Result<ProcessingResponse, Status>>;
+    type ProcessStream = Driven;
 
     async fn process(
         &self,
@@ -67,7 +70,7 @@ impl<S: Scanning> ExternalProcessor for Processor<S> {
         let (tx, rx) = mpsc::channel(16);
         let mut stream =
             ExtProcStream::new(self.scanning.clone(), self.settings.clone(), tx.clone());
-        tokio::spawn(async move {
+        let work = async move {
             let stopped = loop {
                 let next = match stream.timer() {
                     None => inbound.message().await,
@@ -107,8 +110,35 @@ impl<S: Scanning> ExternalProcessor for Processor<S> {
                     let _ = tx.send(Err(status)).await;
                 }
             }
-        });
-        Ok(Response::new(ReceiverStream::new(rx)))
+        };
+        Ok(Response::new(Driven {
+            work: Some(Box::pin(work)),
+            replies: rx,
+        }))
+    }
+}
+
+/// The replies of one stream, and the work that makes them. Polled by the
+/// task that serves the HTTP/2 stream, so that a message from Envoy is
+/// handled and answered without passing through a task of its own. When
+/// Envoy goes away, tonic drops this, and with it the scans in flight.
+pub struct Driven {
+    work: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
+    replies: mpsc::Receiver<Result<ProcessingResponse, Status>>,
+}
+
+impl Stream for Driven {
+    type Item = Result<ProcessingResponse, Status>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        if let Some(work) = self.work.as_mut() {
+            if work.as_mut().poll(cx).is_ready() {
+                self.work = None;
+            }
+        }
+        // Once the work is over its sender is gone: the replies drain, then
+        // the stream ends.
+        self.replies.poll_recv(cx)
     }
 }
 
