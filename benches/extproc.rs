@@ -6,7 +6,7 @@
 //! Run by `scripts/bench-extproc.sh`, which starts clamd and the server;
 //! by hand: `ICAP=127.0.0.1:1344 EXTPROC=127.0.0.1:50051 cargo bench --bench
 //! extproc`, with `SIZES` (1K,64K,1M), `CONNECTIONS` (8,64) and `DURATION`
-//! (10s); `PATHS=icap` or `PATHS=extproc` measures only one (to watch the
+//! (10s), `CHANNELS` (HTTP/2 connections, 2); `PATHS=icap` or `PATHS=extproc` measures only one (to watch the
 //! server's CPU time for one). This prints figures; it asserts nothing about
 //! time.
 
@@ -46,14 +46,24 @@ async fn main() {
         .collect();
     let duration = parse_duration(&setting("DURATION", "10s")).expect("DURATION");
     let paths = setting("PATHS", "icap,extproc");
-    let channel = Endpoint::from_shared(format!("http://{extproc}"))
-        .expect("EXTPROC=ip:port")
-        // Envoy's own HTTP/2 windows are large; tonic's are 64 KiB.
-        .initial_stream_window_size(16 << 20)
-        .initial_connection_window_size(64 << 20)
-        .connect()
-        .await
-        .expect("the ext_proc server answers");
+    // Envoy keeps an HTTP/2 connection per worker thread: CHANNELS of them
+    // (2 by default), the streams spread over them.
+    let mut channels = Vec::new();
+    for _ in 0..setting("CHANNELS", "2")
+        .parse::<usize>()
+        .expect("CHANNELS")
+        .max(1)
+    {
+        let channel = Endpoint::from_shared(format!("http://{extproc}"))
+            .expect("EXTPROC=ip:port")
+            // Envoy's own HTTP/2 windows are large; tonic's are 64 KiB.
+            .initial_stream_window_size(16 << 20)
+            .initial_connection_window_size(64 << 20)
+            .connect()
+            .await
+            .expect("the ext_proc server answers");
+        channels.push(channel);
+    }
     let icap = Target::Icap {
         addr: icap,
         service: "avscan".into(),
@@ -70,7 +80,7 @@ async fn main() {
                 Stats::default()
             };
             let by_extproc = if paths.contains("extproc") {
-                measure_extproc(&channel, size as usize, n, duration).await
+                measure_extproc(&channels, size as usize, n, duration).await
             } else {
                 Stats::default()
             };
@@ -103,9 +113,9 @@ async fn main() {
 }
 
 /// `streams` workers, each playing one BUFFERED exchange after another on
-/// the shared HTTP/2 connection, as Envoy does.
+/// one of the shared HTTP/2 connections, as Envoy does.
 async fn measure_extproc(
-    channel: &Channel,
+    channels: &[Channel],
     size: usize,
     streams: usize,
     duration: Duration,
@@ -114,8 +124,8 @@ async fn measure_extproc(
     let start = Instant::now();
     let end = start + duration;
     let workers: Vec<_> = (0..streams)
-        .map(|_| {
-            let (channel, base) = (channel.clone(), base.clone());
+        .map(|i| {
+            let (channel, base) = (channels[i % channels.len()].clone(), base.clone());
             tokio::spawn(async move {
                 let mut client = ExternalProcessorClient::new(channel)
                     .max_encoding_message_size(usize::MAX)
