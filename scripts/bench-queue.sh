@@ -63,15 +63,15 @@ export CLAMD_URL="tcp://127.0.0.1:$clamd_port" REDIS_HOST=127.0.0.1 REDIS_PORT=$
   LISTEN_ADDR=127.0.0.1 LOG_LEVEL=warn
 
 all_port=$(free_port)
-ICAP_PORT=$all_port PRODUCER_PORT=$(free_port) $bin/virus-scanner all & pids+=($!)
+ICAP_PORT=$all_port PRODUCER_PORT=$(free_port) METRICS_PORT=0 $bin/virus-scanner all & pids+=($!)
 wait_port "$all_port"
 
 split_port=$(free_port)
-ICAP_PORT=$split_port PRODUCER_PORT=$(free_port) $bin/virus-scanner-producer & producer=$!; pids+=($producer)
+ICAP_PORT=$split_port PRODUCER_PORT=$(free_port) METRICS_PORT=0 $bin/virus-scanner-producer & producer=$!; pids+=($producer)
 wait_port "$split_port"
 # Two handlers sharing clamd's 10 threads.
 for _ in 1 2; do
-  HANDLER_CONCURRENCY=5 CLAMD_MAX_CONCURRENCY=5 $bin/virus-scanner-handler & pids+=($!)
+  METRICS_PORT=0 HANDLER_CONCURRENCY=5 CLAMD_MAX_CONCURRENCY=5 $bin/virus-scanner-handler & pids+=($!)
 done
 sleep 1
 
@@ -87,7 +87,7 @@ echo "## Producer memory with $QUEUED scans queued (a producer of its own, no ha
 echo
 lonely_prefix=bench$$
 lonely_port=$(free_port)
-ICAP_PORT=$lonely_port PRODUCER_PORT=$(free_port) MAX_CONNECTIONS=$((QUEUED + 100)) REDIS_PREFIX=$lonely_prefix $bin/virus-scanner-producer & lonely=$!; pids+=($lonely)
+ICAP_PORT=$lonely_port PRODUCER_PORT=$(free_port) METRICS_PORT=0 MAX_CONNECTIONS=$((QUEUED + 100)) REDIS_PREFIX=$lonely_prefix $bin/virus-scanner-producer & lonely=$!; pids+=($lonely)
 wait_port "$lonely_port"
 $bin/virus-scanner bench --duration 2s --connections 8 --sizes 4K \
   --target "warm-up=icap://127.0.0.1:$lonely_port/avscan" >/dev/null 2>&1 || true

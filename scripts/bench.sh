@@ -94,7 +94,7 @@ wait_port "$cicap_port"
 
 ours_port=$(free_port)
 grpc_port=$(free_port)
-CLAMD_URL="unix://$dir/clamd.sock" ICAP_PORT=$ours_port PRODUCER_PORT=$grpc_port LISTEN_ADDR=127.0.0.1 \
+CLAMD_URL="unix://$dir/clamd.sock" ICAP_PORT=$ours_port PRODUCER_PORT=$grpc_port METRICS_PORT=0 LISTEN_ADDR=127.0.0.1 \
   MAX_SCAN_SIZE=2000M TRUSTED_HOSTS=trusted.test LOG_LEVEL=warn $bin all & ours=$!; pids+=($ours)
 wait_port "$ours_port"
 wait_port "$grpc_port"

@@ -10,7 +10,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use crate::bench::{measure, size_label, IcapConn, RespmodTemplate, Target};
-use crate::config::{ExtProcConfig, IcapConfig, ScanConfig};
+use crate::config::{ExtProcConfig, IcapConfig, MetricsConfig, ScanConfig};
 use crate::frontend::extproc::ExtProcScanning;
 use crate::frontend::icap::{run, IcapService};
 use crate::pipeline::Pipeline;
@@ -85,6 +85,11 @@ struct AllArgs {
     extproc: ExtProcConfig,
     #[command(flatten)]
     scan: ScanConfig,
+    #[command(flatten)]
+    metrics: MetricsConfig,
+    /// Log format: text (for people) or json (one object per line).
+    #[arg(long, env = "LOG_FORMAT", default_value = "text")]
+    log_format: crate::telemetry::LogFormat,
     /// Log level: error, warn, info, debug or trace.
     #[arg(long, env = "LOG_LEVEL", default_value = "info")]
     log_level: String,
@@ -105,6 +110,11 @@ struct ProducerArgs {
     redis: RedisConfig,
     #[command(flatten)]
     producer: ProducerConfig,
+    #[command(flatten)]
+    metrics: MetricsConfig,
+    /// Log format: text (for people) or json (one object per line).
+    #[arg(long, env = "LOG_FORMAT", default_value = "text")]
+    log_format: crate::telemetry::LogFormat,
     /// Log level: error, warn, info, debug or trace.
     #[arg(long, env = "LOG_LEVEL", default_value = "info")]
     log_level: String,
@@ -121,6 +131,11 @@ struct HandlerArgs {
     redis: RedisConfig,
     #[command(flatten)]
     handler: HandlerConfig,
+    #[command(flatten)]
+    metrics: MetricsConfig,
+    /// Log format: text (for people) or json (one object per line).
+    #[arg(long, env = "LOG_FORMAT", default_value = "text")]
+    log_format: crate::telemetry::LogFormat,
     /// Log level: error, warn, info, debug or trace.
     #[arg(long, env = "LOG_LEVEL", default_value = "info")]
     log_level: String,
@@ -174,7 +189,7 @@ pub fn main(subcommand: Option<&str>) -> ExitCode {
                 .validate()
                 .and_then(|_| args.extproc.validate())
                 .and_then(|_| args.scan.validate())
-                .and_then(|_| telemetry::init(&args.log_level));
+                .and_then(|_| telemetry::init(&args.log_level, args.log_format));
             serve(checked, args.check_config, || all(args))
         }
         Command::Producer(args) => {
@@ -185,7 +200,7 @@ pub fn main(subcommand: Option<&str>) -> ExitCode {
                 .and_then(|_| args.scan.validate())
                 .and_then(|_| args.redis.validate())
                 .and_then(|_| args.producer.validate())
-                .and_then(|_| telemetry::init(&args.log_level));
+                .and_then(|_| telemetry::init(&args.log_level, args.log_format));
             serve(checked, args.check_config, || producer(args))
         }
         Command::Handler(args) => {
@@ -194,7 +209,7 @@ pub fn main(subcommand: Option<&str>) -> ExitCode {
                 .validate()
                 .and_then(|_| args.redis.validate())
                 .and_then(|_| args.handler.validate())
-                .and_then(|_| telemetry::init(&args.log_level));
+                .and_then(|_| telemetry::init(&args.log_level, args.log_format));
             serve(checked, args.check_config, || handler(args))
         }
         Command::QueueStatus(args) => match args.redis.validate() {
@@ -248,6 +263,27 @@ async fn scanner(scan: &ScanConfig) -> Scanner {
         }
     }
     scanner
+}
+
+/// Starts /metrics, /healthz and /readyz, unless METRICS_PORT is 0. They
+/// go on until the process exits.
+async fn start_metrics(
+    config: &MetricsConfig,
+    probes: crate::metrics::Probes,
+) -> anyhow::Result<()> {
+    let Some(addr) = crate::metrics::address(config.metrics_addr, config.metrics_port) else {
+        return Ok(());
+    };
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr} (METRICS_PORT)"))?;
+    tracing::info!(%addr, "metrics and health listening");
+    tokio::spawn(async move {
+        if let Err(e) = crate::metrics::serve(listener, probes, std::future::pending()).await {
+            tracing::error!(error = %e, "metrics server failed");
+        }
+    });
+    Ok(())
 }
 
 /// Serves ICAP and Envoy ext_proc through `pipeline` until SIGTERM or
@@ -328,6 +364,14 @@ async fn serve_frontends(
 #[tokio::main]
 async fn all(args: AllArgs) -> anyhow::Result<()> {
     let scanner = scanner(&args.scan).await;
+    start_metrics(
+        &args.metrics,
+        crate::metrics::Probes {
+            clamd: Some(scanner.clamd().clone()),
+            redis: None,
+        },
+    )
+    .await?;
     tokio::spawn(scanner.clone().watch_version(args.icap.version_refresh));
     serve_frontends(
         args.icap,
@@ -347,6 +391,14 @@ async fn producer(args: ProducerArgs) -> anyhow::Result<()> {
         args.icap.version_refresh,
     )
     .context("Redis settings")?;
+    start_metrics(
+        &args.metrics,
+        crate::metrics::Probes {
+            clamd: None,
+            redis: Some((args.redis.clone(), args.redis.keys())),
+        },
+    )
+    .await?;
     match producer.ensure_groups().await {
         Ok(()) => tracing::info!(redis = %args.redis.display_url(), "Redis reachable"),
         Err(e) => {
@@ -365,6 +417,14 @@ async fn producer(args: ProducerArgs) -> anyhow::Result<()> {
 #[tokio::main]
 async fn handler(args: HandlerArgs) -> anyhow::Result<()> {
     let scanner = scanner(&args.scan).await;
+    start_metrics(
+        &args.metrics,
+        crate::metrics::Probes {
+            clamd: Some(scanner.clamd().clone()),
+            redis: Some((args.redis.clone(), args.redis.keys())),
+        },
+    )
+    .await?;
     crate::worker::run(args.redis, args.handler, scanner, shutdown_signal())
         .await
         .context("Redis settings")?;

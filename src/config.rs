@@ -289,6 +289,19 @@ impl IcapConfig {
     }
 }
 
+/// Settings of the metrics and health endpoints.
+#[derive(Debug, Clone, Args)]
+pub struct MetricsConfig {
+    /// Port of /metrics (Prometheus), /healthz and /readyz; 0 turns them
+    /// off.
+    #[arg(long, env = "METRICS_PORT", default_value_t = 8080)]
+    pub metrics_port: u16,
+
+    /// Address the metrics port listens on.
+    #[arg(long, env = "METRICS_ADDR", default_value = "0.0.0.0")]
+    pub metrics_addr: IpAddr,
+}
+
 /// Settings of the Envoy ext_proc (gRPC) server.
 #[derive(Debug, Clone, Args)]
 pub struct ExtProcConfig {

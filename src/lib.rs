@@ -28,6 +28,7 @@
 //! - [`config`]: every setting, as flags and environment variables.
 //! - [`error`]: scan errors, with their origin and retryability.
 //! - [`telemetry`]: logging, one audit line per verdict.
+//! - [`metrics`]: Prometheus counters, `/metrics`, `/healthz`, `/readyz`.
 //! - [`bench`]: the load generator behind `virus-scanner bench`.
 //! - `src/bin/`: the command line: `virus-scanner` (`all`, `producer`,
 //!   `handler`, `queue-status`, `bench`), and `virus-scanner-producer` and
@@ -43,6 +44,7 @@ pub mod cli;
 pub mod config;
 pub mod error;
 pub mod frontend;
+pub mod metrics;
 pub mod model;
 pub mod pipeline;
 pub mod policy;

@@ -61,6 +61,10 @@ impl Session {
 
     /// Ends the body and returns the verdict.
     pub async fn finish(self) -> Verdict {
+        crate::metrics::METRICS.body(match &self {
+            Session::Local(s) => s.received(),
+            Session::Queued(s) => s.received(),
+        });
         match self {
             Session::Local(s) => s.finish().await,
             Session::Queued(s) => s.finish().await,

@@ -7,19 +7,30 @@ use tracing_subscriber::filter::LevelFilter;
 
 use crate::model::{Decision, ScanRequest, Verdict};
 
+/// How log lines look.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// One line of text per event, for people.
+    Text,
+    /// One JSON object per line, for log collectors.
+    Json,
+}
+
 /// Starts logging to standard error at `level` (error, warn, info, debug,
 /// trace). Returns an error naming the setting when the level is unknown.
-pub fn init(level: &str) -> Result<(), String> {
+pub fn init(level: &str, format: LogFormat) -> Result<(), String> {
     let level: LevelFilter = level.parse().map_err(|_| {
         format!("LOG_LEVEL {level:?} is not one of error, warn, info, debug, trace")
     })?;
     use std::io::IsTerminal;
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_max_level(level)
         .with_target(false)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
     Ok(())
 }
 
@@ -40,6 +51,13 @@ pub fn audit(
         Verdict::Error { message, .. } => message.as_str(),
         _ => "",
     };
+    crate::metrics::METRICS.decided(
+        frontend,
+        scan.direction.as_str(),
+        verdict,
+        decision,
+        elapsed,
+    );
     let action = match decision {
         Decision::Allow { unscanned: None } => "allow",
         Decision::Allow { unscanned: Some(_) } => "allow-unscanned",

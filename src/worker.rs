@@ -475,6 +475,10 @@ impl Worker {
             ms: now_ms().saturating_sub(task.enqueued_at_ms),
         };
         self.complete(&entry, Some(&task), &result).await;
+        let metrics = &crate::metrics::METRICS;
+        metrics.verdict("handler", &verdict);
+        metrics.scanned(started.elapsed());
+        metrics.body(bytes);
         tracing::info!(
             id = %task.id,
             lane = entry.lane.as_str(),

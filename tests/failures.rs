@@ -294,6 +294,7 @@ async fn sigterm_drains_the_transaction_in_flight() {
         .env("CLAMD_URL", clamd.tcp_url())
         .env("ICAP_PORT", port.to_string())
         .env("PRODUCER_PORT", support::free_port().to_string())
+        .env("METRICS_PORT", "0")
         .env("LISTEN_ADDR", "127.0.0.1")
         .stderr(std::process::Stdio::null())
         .spawn()

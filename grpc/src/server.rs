@@ -10,6 +10,7 @@ use envoy_types::pb::envoy::service::ext_proc::v3::external_processor_server::{
 };
 use envoy_types::pb::envoy::service::ext_proc::v3::{ProcessingRequest, ProcessingResponse};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
@@ -111,11 +112,20 @@ impl<S: Scanning> ExternalProcessor for Processor<S> {
                 }
             }
         };
+        OPEN_STREAMS.fetch_add(1, Ordering::Relaxed);
         Ok(Response::new(Driven {
             work: Some(Box::pin(work)),
             replies: rx,
         }))
     }
+}
+
+/// Streams open now, for monitoring.
+static OPEN_STREAMS: AtomicU64 = AtomicU64::new(0);
+
+/// How many ext_proc streams are open.
+pub fn open_streams() -> u64 {
+    OPEN_STREAMS.load(Ordering::Relaxed)
 }
 
 /// The replies of one stream, and the work that makes them. Polled by the
@@ -125,6 +135,12 @@ impl<S: Scanning> ExternalProcessor for Processor<S> {
 pub struct Driven {
     work: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
     replies: mpsc::Receiver<Result<ProcessingResponse, Status>>,
+}
+
+impl Drop for Driven {
+    fn drop(&mut self) {
+        OPEN_STREAMS.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl Stream for Driven {

@@ -137,7 +137,9 @@ pub async fn run(
             Ok(permit) => {
                 let drain = drain_rx.clone();
                 tokio::spawn(async move {
+                    crate::metrics::METRICS.connected();
                     Connection::new(stream, peer, service, drain).serve().await;
+                    crate::metrics::METRICS.disconnected();
                     drop(permit);
                 });
             }
@@ -431,6 +433,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
     }
 
     async fn transaction(&mut self, req: Request) -> Result<After, Failure> {
+        crate::metrics::METRICS.icap_request(req.method.as_str());
         let service = self.service.clone();
         let known = SERVICES.contains(&req.uri.service.as_str());
         let status = if !known {

@@ -662,6 +662,7 @@ impl Service {
             // The gRPC port too, unless the test names one: never 50051,
             // which another test or program may hold.
             .env("PRODUCER_PORT", free_port().to_string())
+            .env("METRICS_PORT", free_port().to_string())
             .env("LOG_LEVEL", "info")
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap());

@@ -1,0 +1,210 @@
+//! `/metrics`, `/healthz` and `/readyz` of the real binary: counters that
+//! equal what was sent (read by Prometheus' own Python parser), and
+//! readiness that follows clamd.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use support::{eicar, icap_respmod, ClamdProcess, Service};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// `GET path` on the metrics port: the status and the body.
+async fn get(port: u16, path: &str) -> (u16, String) {
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut raw = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut raw))
+        .await
+        .unwrap()
+        .unwrap();
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let status = text[9..12].parse().unwrap();
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// Parses the exposition with prometheus_client's parser and prints
+/// `name{labels} value` lines, sorted: a malformed exposition fails here.
+fn parse_with_prometheus(text: &str) -> String {
+    let python = std::env::var("VS_PYTHON").unwrap_or_else(|_| {
+        support::project_dir()
+            .join("target/py/bin/python")
+            .display()
+            .to_string()
+    });
+    let script = r#"
+import sys
+from prometheus_client.parser import text_string_to_metric_families
+out = []
+for fam in text_string_to_metric_families(sys.stdin.read()):
+    for s in fam.samples:
+        labels = ",".join(f'{k}="{v}"' for k, v in sorted(s.labels.items()))
+        out.append(f"{s.name}{{{labels}}} {s.value:g}")
+print("\n".join(sorted(out)))
+"#;
+    let mut child = std::process::Command::new(python)
+        .args(["-c", script])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("target/py (made by scripts/test.sh) or VS_PYTHON");
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "not Prometheus text:\n{}\n{text}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn value(samples: &str, sample: &str) -> f64 {
+    samples
+        .lines()
+        .find_map(|l| l.strip_prefix(sample)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_what_was_sent_and_readiness_follows_clamd() {
+    let mut clamd = ClamdProcess::start();
+    let (icap, metrics) = (support::free_port(), support::free_port());
+    let server = Service::start_with(
+        env!("CARGO_BIN_EXE_virus-scanner"),
+        &["all"],
+        &[
+            ("ICAP_PORT", icap.to_string()),
+            ("METRICS_PORT", metrics.to_string()),
+            ("METRICS_ADDR", "127.0.0.1".into()),
+            ("CLAMD_URL", clamd.tcp_url()),
+            ("CLAMD_CONNECT_TIMEOUT", "1s".into()),
+        ],
+    );
+    support::wait_port(metrics, Duration::from_secs(20));
+    assert_eq!(get(metrics, "/healthz").await.0, 200);
+    assert_eq!(get(metrics, "/readyz").await.0, 200);
+
+    // A mixed run: 7 clean, 3 infected downloads.
+    let mut infected = b"payload ".to_vec();
+    infected.extend_from_slice(&eicar());
+    for n in 0..10 {
+        let body: &[u8] = if n % 10 < 7 {
+            b"clean content here"
+        } else {
+            &infected
+        };
+        let answer = icap_respmod(
+            icap,
+            &format!("http://origin.test/{n}"),
+            body,
+            "Allow: 204\r\n",
+        )
+        .await
+        .unwrap();
+        assert_eq!(answer.is_infected(), n >= 7, "{answer:?}");
+    }
+    let (status, text) = get(metrics, "/metrics").await;
+    assert_eq!(status, 200);
+    let samples = parse_with_prometheus(&text);
+    let requests = |decision: &str| {
+        value(
+            &samples,
+            &format!("virus_scanner_requests_total{{decision=\"{decision}\",direction=\"response\",frontend=\"icap\"}}"),
+        )
+    };
+    assert_eq!(requests("allow"), 7.0, "{samples}");
+    assert_eq!(requests("block"), 3.0, "{samples}");
+    let verdicts = |r: &str| {
+        value(
+            &samples,
+            &format!("virus_scanner_verdicts_total{{result=\"{r}\",source=\"frontend\"}}"),
+        )
+    };
+    assert_eq!(
+        (verdicts("clean"), verdicts("infected")),
+        (7.0, 3.0),
+        "{samples}"
+    );
+    assert_eq!(
+        value(
+            &samples,
+            "virus_scanner_icap_requests_total{method=\"RESPMOD\"}"
+        ),
+        10.0
+    );
+    assert_eq!(
+        value(&samples, "virus_scanner_scan_seconds_count{}"),
+        10.0,
+        "{samples}"
+    );
+    assert_eq!(
+        value(&samples, "virus_scanner_body_bytes_count{}"),
+        10.0,
+        "{samples}"
+    );
+    assert_eq!(
+        value(&samples, "virus_scanner_connections_total{}"),
+        10.0,
+        "{samples}"
+    );
+
+    // clamd goes down: unready within a second; a scan now fails closed and
+    // is counted as such.
+    clamd.stop();
+    let down = Instant::now();
+    loop {
+        if get(metrics, "/readyz").await.0 == 503 {
+            break;
+        }
+        assert!(
+            down.elapsed() < Duration::from_secs(1),
+            "still ready 1 s after clamd stopped"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let answer = icap_respmod(icap, "http://origin.test/x", b"data", "Allow: 204\r\n")
+        .await
+        .unwrap();
+    assert!(answer.is_unavailable(), "{answer:?}");
+    let samples = parse_with_prometheus(&get(metrics, "/metrics").await.1);
+    assert_eq!(
+        value(
+            &samples,
+            "virus_scanner_failure_mode_total{mode=\"closed\"}"
+        ),
+        1.0,
+        "{samples}"
+    );
+    assert_eq!(
+        value(
+            &samples,
+            "virus_scanner_scan_errors_total{kind=\"connect\"}"
+        ),
+        1.0,
+        "{samples}"
+    );
+
+    // And ready again once it is back.
+    clamd.restart();
+    let up = Instant::now();
+    while get(metrics, "/readyz").await.0 != 200 {
+        assert!(up.elapsed() < Duration::from_secs(5), "not ready again");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(server);
+}
