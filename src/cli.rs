@@ -322,7 +322,28 @@ async fn serve_frontends(
         server,
         stopped(stop_rx.clone()),
     ));
+    let icaps = match icap.icaps_paths() {
+        None => None,
+        Some(paths) => {
+            let tls = crate::tls::Reloadable::load(paths).map_err(anyhow::Error::msg)?;
+            let addr = SocketAddr::new(icap.listen_addr, icap.icaps_port);
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr} (ICAPS_PORT)"))?;
+            tracing::info!(%addr, "ICAPS server listening");
+            tokio::spawn(reload_on_sighup(tls.clone()));
+            Some((listener, tls))
+        }
+    };
     let service = Arc::new(IcapService::new(icap, pipeline, scan.policy()));
+    let icaps = icaps.map(|(listener, tls)| {
+        let (service, stop) = (service.clone(), stopped(stop_rx.clone()));
+        tokio::spawn(async move {
+            if let Err(e) = crate::frontend::icap::run_tls(listener, service, tls, stop).await {
+                tracing::error!(error = %e, "ICAPS server failed");
+            }
+        })
+    });
     let icap = run(listener, service, stopped(stop_rx.clone()));
     tokio::pin!(icap);
     let mut grpc = grpc;
@@ -351,6 +372,10 @@ async fn serve_frontends(
         }
         None => tokio::time::timeout(grace, grpc).await,
     };
+    if let Some(icaps) = icaps {
+        // It drains in parallel with ICAP, within the same grace.
+        let _ = tokio::time::timeout(grace, icaps).await;
+    }
     match grpc_result {
         Ok(Ok(Ok(()))) => {}
         Ok(Ok(Err(e))) => return Err(anyhow::Error::new(e).context("ext_proc server")),
@@ -511,6 +536,22 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Reads the ICAPS certificate and key again on each SIGHUP.
+async fn reload_on_sighup(tls: crate::tls::Reloadable) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        return;
+    };
+    while hup.recv().await.is_some() {
+        match tls.reload() {
+            Ok(()) => tracing::info!("SIGHUP: ICAPS certificate reloaded"),
+            Err(e) => {
+                tracing::error!(error = %e, "SIGHUP: ICAPS certificate not reloaded; the old one stays")
+            }
+        }
+    }
 }
 
 /// Completes on SIGTERM or SIGINT.

@@ -222,6 +222,24 @@ pub struct IcapConfig {
     #[arg(long, env = "ICAP_PORT", default_value_t = 1344)]
     pub icap_port: u16,
 
+    /// ICAPS (ICAP over TLS) port; served when ICAPS_CERT and ICAPS_KEY are
+    /// set.
+    #[arg(long, env = "ICAPS_PORT", default_value_t = 11344)]
+    pub icaps_port: u16,
+
+    /// PEM certificate chain for ICAPS; read again on SIGHUP. Empty: no
+    /// ICAPS.
+    #[arg(long, env = "ICAPS_CERT", default_value = "")]
+    pub icaps_cert: String,
+
+    /// PEM private key for ICAPS_CERT; read again on SIGHUP.
+    #[arg(long, env = "ICAPS_KEY", default_value = "")]
+    pub icaps_key: String,
+
+    /// PEM CA: when set, ICAPS clients must present a certificate it signed.
+    #[arg(long, env = "ICAPS_CLIENT_CA", default_value = "")]
+    pub icaps_client_ca: String,
+
     /// Which methods the services accept (the other gets 405).
     #[arg(long, env = "ICAP_METHODS", value_enum, default_value = "both")]
     pub icap_methods: Methods,
@@ -285,7 +303,25 @@ impl IcapConfig {
         if self.preview_size > icap::Limits::DEFAULT.max_preview {
             return Err("PREVIEW_SIZE must be at most 1M".into());
         }
+        if self.icaps_cert.is_empty() != self.icaps_key.is_empty() {
+            return Err("ICAPS_CERT and ICAPS_KEY go together: set both or neither".into());
+        }
+        if !self.icaps_client_ca.is_empty() && self.icaps_cert.is_empty() {
+            return Err("ICAPS_CLIENT_CA needs ICAPS_CERT and ICAPS_KEY".into());
+        }
+        if let Some(paths) = self.icaps_paths() {
+            crate::tls::Reloadable::load(paths)?;
+        }
         Ok(())
+    }
+
+    /// The ICAPS files, when ICAPS is on.
+    pub fn icaps_paths(&self) -> Option<crate::tls::TlsPaths> {
+        (!self.icaps_cert.is_empty()).then(|| crate::tls::TlsPaths {
+            cert: self.icaps_cert.clone(),
+            key: self.icaps_key.clone(),
+            client_ca: (!self.icaps_client_ca.is_empty()).then(|| self.icaps_client_ca.clone()),
+        })
     }
 }
 

@@ -29,6 +29,7 @@
 //! - [`error`]: scan errors, with their origin and retryability.
 //! - [`telemetry`]: logging, one audit line per verdict.
 //! - [`metrics`]: Prometheus counters, `/metrics`, `/healthz`, `/readyz`.
+//! - [`tls`]: the ICAPS certificate, reloaded on SIGHUP.
 //! - [`bench`]: the load generator behind `virus-scanner bench`.
 //! - `src/bin/`: the command line: `virus-scanner` (`all`, `producer`,
 //!   `handler`, `queue-status`, `bench`), and `virus-scanner-producer` and
@@ -51,4 +52,5 @@ pub mod policy;
 pub mod queue;
 pub mod scan;
 pub mod telemetry;
+pub mod tls;
 pub mod worker;

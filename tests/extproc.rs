@@ -852,31 +852,8 @@ async fn health_and_graceful_shutdown() {
 async fn tls_and_client_certificates() {
     let clamd = ClamdProcess::start();
     let dir = TempDir::new("grpc-tls");
+    support::make_certs(dir.path(), &["server", "envoy"]);
     let d = dir.path().display().to_string();
-    let openssl = |args: &str| {
-        let status = std::process::Command::new("sh")
-            .arg("-c")
-            .arg(format!("cd {d} && openssl {args} 2>/dev/null"))
-            .status()
-            .unwrap();
-        assert!(status.success(), "openssl {args}");
-    };
-    std::fs::write(
-        dir.path().join("san.ext"),
-        "subjectAltName=DNS:localhost,IP:127.0.0.1\n",
-    )
-    .unwrap();
-    openssl(
-        "req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.crt -days 2 -subj /CN=vs-test-ca",
-    );
-    for name in ["server", "envoy"] {
-        openssl(&format!(
-            "req -newkey rsa:2048 -nodes -keyout {name}.key -out {name}.csr -subj /CN={name}"
-        ));
-        openssl(&format!(
-            "x509 -req -in {name}.csr -CA ca.crt -CAkey ca.key -CAcreateserial -out {name}.crt -days 2 -extfile san.ext"
-        ));
-    }
     let file = |n: &str| format!("{d}/{n}");
     let read = |n: &str| std::fs::read(file(n)).unwrap();
     let server = Server::start(&[

@@ -114,6 +114,26 @@ pub async fn run(
     service: Arc<IcapService>,
     shutdown: impl Future<Output = ()>,
 ) -> io::Result<()> {
+    serve_on(listener, service, None, shutdown).await
+}
+
+/// The same as [`run`], over TLS (ICAPS): each connection's handshake uses
+/// the certificate `tls` holds at that moment.
+pub async fn run_tls(
+    listener: TcpListener,
+    service: Arc<IcapService>,
+    tls: crate::tls::Reloadable,
+    shutdown: impl Future<Output = ()>,
+) -> io::Result<()> {
+    serve_on(listener, service, Some(tls), shutdown).await
+}
+
+async fn serve_on(
+    listener: TcpListener,
+    service: Arc<IcapService>,
+    tls: Option<crate::tls::Reloadable>,
+    shutdown: impl Future<Output = ()>,
+) -> io::Result<()> {
     let max = service.config.max_connections;
     let slots = Arc::new(Semaphore::new(max));
     let (drain_tx, drain_rx) = watch::channel(false);
@@ -136,9 +156,24 @@ pub async fn run(
         match slots.clone().try_acquire_owned() {
             Ok(permit) => {
                 let drain = drain_rx.clone();
+                let tls = tls.clone();
                 tokio::spawn(async move {
                     crate::metrics::METRICS.connected();
-                    Connection::new(stream, peer, service, drain).serve().await;
+                    match tls {
+                        None => Connection::new(stream, peer, service, drain).serve().await,
+                        Some(tls) => {
+                            let limit = service.config.head_timeout;
+                            match timeout(limit, tls.acceptor().accept(stream)).await {
+                                Ok(Ok(stream)) => {
+                                    Connection::new(stream, peer, service, drain).serve().await
+                                }
+                                Ok(Err(e)) => {
+                                    tracing::warn!(%peer, error = %e, "ICAPS handshake failed")
+                                }
+                                Err(_) => tracing::warn!(%peer, "ICAPS handshake timed out"),
+                            }
+                        }
+                    }
                     crate::metrics::METRICS.disconnected();
                     drop(permit);
                 });

@@ -312,6 +312,37 @@ impl Drop for TestServer {
     }
 }
 
+/// A test CA in `dir` (`ca.crt`, `ca.key`) and, for each name, a
+/// certificate it signed (`<name>.crt`, `<name>.key`) valid for localhost
+/// and 127.0.0.1, made with openssl.
+pub fn make_certs(dir: &Path, names: &[&str]) {
+    let d = dir.display().to_string();
+    let openssl = |args: &str| {
+        let status = Command::new("sh")
+            .arg("-c")
+            .arg(format!("cd {d} && openssl {args} 2>/dev/null"))
+            .status()
+            .unwrap();
+        assert!(status.success(), "openssl {args}");
+    };
+    std::fs::write(
+        dir.join("san.ext"),
+        "subjectAltName=DNS:localhost,IP:127.0.0.1\n",
+    )
+    .unwrap();
+    if !dir.join("ca.crt").exists() {
+        openssl("req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.crt -days 2 -subj /CN=vs-test-ca");
+    }
+    for name in names {
+        openssl(&format!(
+            "req -newkey rsa:2048 -nodes -keyout {name}.key -out {name}.csr -subj /CN={name}"
+        ));
+        openssl(&format!(
+            "x509 -req -in {name}.csr -CA ca.crt -CAkey ca.key -CAcreateserial -out {name}.crt -days 2 -extfile san.ext"
+        ));
+    }
+}
+
 /// Runs Debian's c-icap-client against `port` with `args`.
 pub async fn c_icap_client(port: u16, args: &[&str]) -> Output {
     let port = port.to_string();
@@ -437,13 +468,21 @@ pub struct Squid {
 impl Squid {
     /// Starts Squid with `squid/<name>`, pointed at the ICAP server on `icap_port`.
     pub fn start(name: &str, icap_port: u16) -> Squid {
+        Squid::start_with(name, icap_port, &[])
+    }
+
+    /// The same, with more `@NAME@` placeholders filled in.
+    pub fn start_with(name: &str, icap_port: u16, more: &[(&str, String)]) -> Squid {
         let dir = TempDir::new("squid");
         let port = free_port();
         let template = std::fs::read_to_string(project_dir().join("squid").join(name)).unwrap();
-        let conf_text = template
+        let mut conf_text = template
             .replace("@HTTP_PORT@", &port.to_string())
             .replace("@ICAP_PORT@", &icap_port.to_string())
             .replace("@DIR@", &dir.path().display().to_string());
+        for (placeholder, value) in more {
+            conf_text = conf_text.replace(placeholder, value);
+        }
         let conf = dir.path().join("squid.conf");
         std::fs::write(&conf, conf_text).unwrap();
         let child = Command::new("squid")

@@ -1,0 +1,179 @@
+//! ICAPS: ICAP over TLS on ICAPS_PORT. Squid (squid-openssl) connects with
+//! `icaps://` and checks the certificate against its `tls-cafile`;
+//! c-icap-client -tls scans over it too; openssl s_client checks the
+//! certificate reload on SIGHUP and the client-certificate requirement.
+
+mod support;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use bytes::Bytes;
+use support::{eicar, make_certs, ClamdProcess, Origin, Service, Squid, TempDir, EICAR_NAME};
+
+/// Starts `virus-scanner all` with ICAPS on a free port; returns it and the
+/// ICAPS port.
+fn start(clamd: &ClamdProcess, dir: &TempDir, client_ca: bool) -> (Service, u16) {
+    let icaps = support::free_port();
+    let file = |n: &str| dir.path().join(n).display().to_string();
+    let mut env = vec![
+        ("ICAP_PORT", support::free_port().to_string()),
+        ("ICAPS_PORT", icaps.to_string()),
+        ("ICAPS_CERT", file("server.crt")),
+        ("ICAPS_KEY", file("server.key")),
+        ("CLAMD_URL", clamd.tcp_url()),
+    ];
+    if client_ca {
+        env.push(("ICAPS_CLIENT_CA", file("ca.crt")));
+    }
+    let server = Service::start_with(env!("CARGO_BIN_EXE_virus-scanner"), &["all"], &env);
+    support::wait_port(icaps, Duration::from_secs(20));
+    (server, icaps)
+}
+
+/// An OPTIONS request over TLS with openssl s_client; returns what it
+/// printed (the certificate's details and the ICAP answer).
+fn s_client(port: u16, dir: &TempDir, args: &[&str]) -> String {
+    let mut cmd = std::process::Command::new("openssl");
+    cmd.args([
+        "s_client",
+        "-connect",
+        &format!("127.0.0.1:{port}"),
+        "-quiet",
+        "-no_ign_eof",
+        "-verify_return_error",
+    ])
+    .arg("-CAfile")
+    .arg(dir.path().join("ca.crt"))
+    .args(args)
+    .stdin(std::process::Stdio::piped())
+    .stdout(std::process::Stdio::piped())
+    .stderr(std::process::Stdio::piped());
+    let mut child = cmd.spawn().expect("openssl is installed");
+    use std::io::Write;
+    let mut stdin = child.stdin.take().unwrap();
+    stdin
+        .write_all(b"OPTIONS icap://127.0.0.1/avscan ICAP/1.0\r\nHost: 127.0.0.1\r\nEncapsulated: null-body=0\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    // Keep stdin open until the server has answered and closed.
+    let out = {
+        let handle = std::thread::spawn(move || child.wait_with_output().unwrap());
+        std::thread::sleep(Duration::from_millis(1500));
+        drop(stdin);
+        handle.join().unwrap()
+    };
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn squid_over_icaps_scans_downloads_and_uploads() {
+    let clamd = ClamdProcess::start();
+    let dir = TempDir::new("icaps");
+    make_certs(dir.path(), &["server"]);
+    let (server, icaps) = start(&clamd, &dir, false);
+    let clean = Bytes::from(b"Nothing to see here, just text.\n".repeat(3000));
+    let origin = Origin::start(HashMap::from([
+        ("/clean.txt".to_owned(), clean.clone()),
+        ("/eicar.com".to_owned(), Bytes::from(eicar())),
+    ]))
+    .await;
+    let ca = dir.path().join("ca.crt").display().to_string();
+    let squid = Squid::start_with("icaps.conf", icaps, &[("@TLS_CA@", ca)]);
+
+    let (code, body) = squid.fetch(&origin.url("/clean.txt"), None).await;
+    assert_eq!(code, 200, "{}\n{}", squid.cache_log(), server.log());
+    assert_eq!(body, clean, "the clean file arrives byte for byte");
+    let (code, body) = squid.fetch(&origin.url("/eicar.com"), None).await;
+    assert_eq!(code, 403, "{}", squid.cache_log());
+    assert!(String::from_utf8_lossy(&body).contains(EICAR_NAME));
+    let (code, body) = squid.fetch(&origin.url("/upload"), Some(&eicar())).await;
+    assert_eq!(code, 403);
+    assert!(String::from_utf8_lossy(&body).contains(EICAR_NAME));
+    assert!(server.log().contains("frontend=\"icap\"") || server.log().contains("frontend=icap"));
+
+    // c-icap-client over TLS too.
+    let file = dir.path().join("eicar.com");
+    std::fs::write(&file, eicar()).unwrap();
+    let out = tokio::process::Command::new("c-icap-client")
+        .args([
+            "-i",
+            "127.0.0.1",
+            "-p",
+            &icaps.to_string(),
+            "-s",
+            "avscan",
+            "-tls",
+            "-tls-no-verify",
+            "-v",
+            "-f",
+        ])
+        .arg(&file)
+        .args(["-resp", "http://origin.test/eicar.com"])
+        .output()
+        .await
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("HTTP/1.1 403 Forbidden") && text.contains(EICAR_NAME),
+        "{text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificates_reload_on_sighup_and_client_certificates_are_checked() {
+    let clamd = ClamdProcess::start();
+    let dir = TempDir::new("icaps-reload");
+    make_certs(dir.path(), &["server", "client"]);
+    let (server, icaps) = start(&clamd, &dir, true);
+
+    // With a client certificate from the CA: the ICAP answer comes.
+    let client = |n: &str| dir.path().join(n).display().to_string();
+    let (cert, key) = (client("client.crt"), client("client.key"));
+    let with_cert = s_client(icaps, &dir, &["-cert", &cert, "-key", &key]);
+    assert!(with_cert.contains("ICAP/1.0 200 OK"), "{with_cert}");
+    // Without: no ICAP answer.
+    let without = s_client(icaps, &dir, &[]);
+    assert!(!without.contains("ICAP/1.0 200"), "{without}");
+
+    // A new server certificate, then SIGHUP: new handshakes present it.
+    let serial = |text: &str| {
+        let out = std::process::Command::new("openssl")
+            .args(["x509", "-noout", "-serial", "-in", text])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    let old = serial(&client("server.crt"));
+    make_certs(dir.path(), &["server"]);
+    let new = serial(&client("server.crt"));
+    assert_ne!(old, new);
+    let pid = server.pid().to_string();
+    assert!(std::process::Command::new("kill")
+        .args(["-HUP", &pid])
+        .status()
+        .unwrap()
+        .success());
+    server
+        .wait_log("ICAPS certificate reloaded", 1, Duration::from_secs(10))
+        .await;
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "echo | openssl s_client -connect 127.0.0.1:{icaps} -cert {cert} -key {key} 2>/dev/null | openssl x509 -noout -serial"
+        ))
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        new,
+        "the reloaded certificate is served"
+    );
+}
