@@ -399,6 +399,48 @@ impl Origin {
     pub fn url(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}{path}", self.port)
     }
+
+    /// The same over HTTPS, with `cert` and `key` (PEM files; the
+    /// certificate names localhost).
+    pub async fn start_tls(files: HashMap<String, Bytes>, cert: &Path, key: &Path) -> Origin {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        let key = PrivateKeyDer::from_pem_file(key).unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(certs, key)
+            .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let files = Arc::new(files);
+        let handle = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let (files, acceptor) = (files.clone(), acceptor.clone());
+                tokio::spawn(async move {
+                    if let Ok(mut tls) = acceptor.accept(stream).await {
+                        let _ = serve_http(&mut tls, &files).await;
+                    }
+                });
+            }
+        });
+        Origin { port, handle }
+    }
+
+    /// The HTTPS URL of `path` on an origin from [`Origin::start_tls`].
+    pub fn https_url(&self, path: &str) -> String {
+        format!("https://localhost:{}{path}", self.port)
+    }
 }
 
 impl Drop for Origin {
@@ -407,8 +449,8 @@ impl Drop for Origin {
     }
 }
 
-async fn serve_http(
-    stream: &mut tokio::net::TcpStream,
+async fn serve_http<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+    stream: &mut S,
     files: &HashMap<String, Bytes>,
 ) -> std::io::Result<()> {
     let mut buf = Vec::new();
@@ -508,12 +550,24 @@ impl Squid {
 
     /// Fetches `url` through Squid with curl; returns the status and body.
     pub async fn fetch(&self, url: &str, upload: Option<&[u8]>) -> (u16, Vec<u8>) {
+        self.fetch_with(url, upload, &[]).await
+    }
+
+    /// The same, with more curl arguments (`--cacert` for HTTPS).
+    pub async fn fetch_with(
+        &self,
+        url: &str,
+        upload: Option<&[u8]>,
+        curl: &[&str],
+    ) -> (u16, Vec<u8>) {
         let out = self.dir.path().join(format!("body-{}", free_port()));
         let mut cmd = tokio::process::Command::new("curl");
         cmd.args(["-s", "-o"])
             .arg(&out)
             .args(["-w", "%{http_code}", "--max-time", "120", "-x"]);
-        cmd.arg(format!("http://127.0.0.1:{}", self.port)).arg(url);
+        cmd.arg(format!("http://127.0.0.1:{}", self.port))
+            .args(curl)
+            .arg(url);
         if let Some(data) = upload {
             let file = self.dir.path().join(format!("upload-{}", free_port()));
             std::fs::write(&file, data).unwrap();
