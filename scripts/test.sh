@@ -52,8 +52,8 @@ need_packages \
 
 # The independent ext_proc client (tests/extproc_python.rs): Python grpcio
 # and envoy-data-plane, in a virtual environment of the project's own.
-if ! target/py/bin/python -c 'import grpc, envoy_data_plane, prometheus_client' >/dev/null 2>&1; then
-  log "making target/py (grpcio, envoy-data-plane, prometheus-client)"
+if ! target/py/bin/python -c 'import grpc, envoy_data_plane, prometheus_client, yaml' >/dev/null 2>&1; then
+  log "making target/py (grpcio, envoy-data-plane, prometheus-client, pyyaml)"
   need_packages python3 python3
   if ! python3 -m venv --clear target/py; then
     # Debian's python3 makes virtual environments only with python3-venv.
@@ -61,7 +61,7 @@ if ! target/py/bin/python -c 'import grpc, envoy_data_plane, prometheus_client' 
     python3 -m venv --clear target/py
   fi
   target/py/bin/pip install --quiet --disable-pip-version-check \
-    'grpcio>=1.60,<2' 'envoy-data-plane==2.2.0' 'prometheus-client>=0.20,<1'
+    'grpcio>=1.60,<2' 'envoy-data-plane==2.2.0' 'prometheus-client>=0.20,<1' 'pyyaml>=6,<7'
 fi
 
 log "cargo test (workspace)"

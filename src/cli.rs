@@ -47,6 +47,28 @@ enum Command {
     QueueStatus(StatusArgs),
     /// Measures ICAP servers and clamd side by side and prints the ratios.
     Bench(BenchArgs),
+    /// GETs an http:// URL and exits 0 on status 200, 1 otherwise: a
+    /// health check for images without curl
+    /// (`virus-scanner probe http://127.0.0.1:8080/readyz`).
+    Probe {
+        /// The URL (http only).
+        url: String,
+    },
+}
+
+/// The environment variables a subcommand (`all`, `producer`, `handler`,
+/// ...) reads: deployment files are checked against these.
+pub fn settings(subcommand: &str) -> Vec<String> {
+    use clap::CommandFactory;
+    Cli::command()
+        .find_subcommand(subcommand)
+        .map(|c| {
+            c.get_arguments()
+                .filter_map(|a| a.get_env())
+                .map(|e| e.to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 #[derive(clap::Args)]
@@ -176,6 +198,13 @@ pub fn main(subcommand: Option<&str>) -> ExitCode {
         }
     };
     match cli.command {
+        Command::Probe { url } => match probe(&url) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("virus-scanner probe {url}: {e}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Bench(args) => match bench(args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -551,6 +580,35 @@ async fn reload_on_sighup(tls: crate::tls::Reloadable) {
                 tracing::error!(error = %e, "SIGHUP: ICAPS certificate not reloaded; the old one stays")
             }
         }
+    }
+}
+
+/// `GET url`; Ok on 200.
+fn probe(url: &str) -> Result<(), String> {
+    use std::io::{Read, Write};
+    let rest = url.strip_prefix("http://").ok_or("only http:// URLs")?;
+    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let path = if path.is_empty() { "/" } else { path };
+    let addr = std::net::ToSocketAddrs::to_socket_addrs(authority)
+        .map_err(|e| e.to_string())?
+        .next()
+        .ok_or("no address")?;
+    let timeout = std::time::Duration::from_secs(3);
+    let mut s = std::net::TcpStream::connect_timeout(&addr, timeout).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(timeout))
+        .map_err(|e| e.to_string())?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n"
+    )
+    .map_err(|e| e.to_string())?;
+    let mut answer = String::new();
+    let _ = s.read_to_string(&mut answer);
+    let status = answer.lines().next().unwrap_or("no answer");
+    if status.split_whitespace().nth(1) == Some("200") {
+        Ok(())
+    } else {
+        Err(status.to_owned())
     }
 }
 

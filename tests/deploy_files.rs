@@ -149,3 +149,209 @@ fn readme_lists_every_ext_proc_setting() {
         "GRPC_TLS_CLIENT_CA",
     ]);
 }
+
+/// A YAML file as JSON, read by PyYAML (in target/py, made by
+/// scripts/test.sh).
+fn yaml(path: &str) -> serde_json::Value {
+    let python = std::env::var("VS_PYTHON").unwrap_or_else(|_| {
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("target/py/bin/python")
+            .display()
+            .to_string()
+    });
+    let out = std::process::Command::new(python)
+        .args([
+            "-c",
+            "import json, sys, yaml; print(json.dumps(yaml.safe_load(open(sys.argv[1]))))",
+        ])
+        .arg(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(path))
+        .output()
+        .expect("target/py (scripts/test.sh makes it) or VS_PYTHON");
+    assert!(
+        out.status.success(),
+        "{path}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// The default of each port setting, from the code.
+fn default_ports() -> std::collections::HashMap<&'static str, u16> {
+    use clap::Parser;
+    #[derive(Parser)]
+    struct Defaults {
+        #[command(flatten)]
+        icap: virus_scanner::config::IcapConfig,
+        #[command(flatten)]
+        extproc: virus_scanner::config::ExtProcConfig,
+        #[command(flatten)]
+        metrics: virus_scanner::config::MetricsConfig,
+    }
+    let d = Defaults::try_parse_from(["x"]).unwrap();
+    std::collections::HashMap::from([
+        ("ICAP_PORT", d.icap.icap_port),
+        ("ICAPS_PORT", d.icap.icaps_port),
+        ("PRODUCER_PORT", d.extproc.producer_port),
+        ("METRICS_PORT", d.metrics.metrics_port),
+    ])
+}
+
+fn exists(path: &str) -> bool {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join(path)
+        .exists()
+}
+
+#[test]
+fn dockerfile_builds_each_flavor_as_the_code_names_it() {
+    let text = read("Dockerfile");
+    let ports = default_ports();
+    assert!(text.contains("ARG FLAVOR=all") && text.contains("FROM ${FLAVOR}"));
+    for (flavor, entry) in [
+        ("producer", "[\"/usr/local/bin/virus-scanner-producer\"]"),
+        ("consumer", "[\"/usr/local/bin/virus-scanner-handler\"]"),
+        ("all", "[\"/usr/local/bin/virus-scanner\", \"all\"]"),
+    ] {
+        let stage = text
+            .split("\nFROM ")
+            .find(|s| s.starts_with(&format!("runtime AS {flavor}\n")))
+            .unwrap_or_else(|| panic!("no {flavor} stage"));
+        assert!(
+            stage.contains(&format!("ENTRYPOINT {entry}")),
+            "{flavor}: {stage}"
+        );
+        if flavor != "consumer" {
+            for port in ["ICAP_PORT", "ICAPS_PORT", "PRODUCER_PORT"] {
+                assert!(
+                    stage.contains(&ports[port].to_string()),
+                    "{flavor} exposes {port}"
+                );
+            }
+        }
+    }
+    assert!(text.contains(&format!("EXPOSE {}", ports["METRICS_PORT"])));
+    // The binaries it copies are the package's.
+    for bin in [
+        "virus-scanner",
+        "virus-scanner-producer",
+        "virus-scanner-handler",
+    ] {
+        assert!(text.contains(&format!("--bin {bin}")), "{bin}");
+        assert!(exists(&format!("src/bin/{bin}.rs")), "{bin}");
+    }
+    assert!(text.contains("USER 10001"), "not root");
+    for file in [&text, &read("docker/squid.Dockerfile")] {
+        for line in file
+            .lines()
+            .filter(|l| l.starts_with("COPY ") && !l.contains("--from"))
+        {
+            let parts: Vec<&str> = line.split_whitespace().collect();
+            for src in &parts[1..parts.len() - 1] {
+                assert!(exists(src), "COPY {src}: no such file");
+            }
+        }
+    }
+}
+
+#[test]
+fn compose_file_matches_the_code() {
+    let compose = yaml("docker-compose.yml");
+    let services = compose["services"].as_object().unwrap();
+    for name in ["redis", "clamav", "producer", "handler", "squid"] {
+        assert!(services.contains_key(name), "service {name}");
+    }
+    let ports = default_ports();
+    for (service, command, flavor) in [
+        ("producer", "producer", "producer"),
+        ("handler", "handler", "consumer"),
+    ] {
+        let s = &services[service];
+        assert_eq!(s["build"]["args"]["FLAVOR"], flavor);
+        let known = virus_scanner::cli::settings(command);
+        let env = s["environment"].as_object().unwrap();
+        for key in env.keys() {
+            assert!(
+                known.contains(key),
+                "{service}: {key} is not a setting of {command}"
+            );
+        }
+        assert_eq!(env["REDIS_HOST"], "redis");
+        assert_eq!(env["METRICS_PORT"], ports["METRICS_PORT"].to_string());
+        let check = s["healthcheck"]["test"].as_array().unwrap();
+        assert!(
+            check.iter().any(|a| a == "probe"),
+            "{service}: health check"
+        );
+        assert!(
+            check.iter().any(|a| a.as_str()
+                == Some(&format!(
+                    "http://127.0.0.1:{}/readyz",
+                    ports["METRICS_PORT"]
+                ))),
+            "{service}: probes /readyz on METRICS_PORT"
+        );
+    }
+    let handler_env = &services["handler"]["environment"];
+    assert_eq!(handler_env["CLAMD_URL"], "tcp://clamav:3310");
+    let producer_env = &services["producer"]["environment"];
+    for (key, port) in [("ICAP_PORT", "1344"), ("PRODUCER_PORT", "50051")] {
+        assert_eq!(producer_env[key], port);
+        let published = services["producer"]["ports"].as_array().unwrap();
+        assert!(published
+            .iter()
+            .any(|p| p.as_str().unwrap().ends_with(&format!(":{port}"))));
+    }
+    assert_eq!(services["squid"]["environment"]["ICAP_HOST"], "producer");
+    assert_eq!(
+        services["squid"]["environment"]["ICAP_PORT"],
+        producer_env["ICAP_PORT"]
+    );
+    assert!(exists(
+        services["squid"]["build"]["dockerfile"].as_str().unwrap()
+    ));
+}
+
+#[test]
+fn helm_chart_matches_the_code() {
+    let values = yaml("charts/virus-scanner/values.yaml");
+    assert!(values["keda"]["enabled"].as_bool().unwrap());
+    let ports = default_ports();
+    for (file, command) in [("producer.yaml", "producer"), ("handler.yaml", "handler")] {
+        let text = read(&format!("charts/virus-scanner/templates/{file}"));
+        let known = virus_scanner::cli::settings(command);
+        let names: Vec<&str> = text
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix("- name: "))
+            .filter(|n| n.bytes().all(|b| b.is_ascii_uppercase() || b == b'_'))
+            .collect();
+        assert!(names.len() >= 4, "{file}: env");
+        for name in names {
+            assert!(
+                known.contains(&name.to_owned()),
+                "{file}: {name} is not a setting of {command}"
+            );
+        }
+        for path in ["path: /healthz", "path: /readyz"] {
+            assert!(text.contains(path), "{file}: {path}");
+        }
+        assert!(text.contains(&format!("containerPort: {}", ports["METRICS_PORT"])));
+        assert!(text.contains("runAsUser: 10001"));
+    }
+    let producer = read("charts/virus-scanner/templates/producer.yaml");
+    for port in ["ICAP_PORT", "PRODUCER_PORT"] {
+        assert!(
+            producer.contains(&format!("containerPort: {}", ports[port])),
+            "{port}"
+        );
+    }
+    let handler = read("charts/virus-scanner/templates/handler.yaml");
+    assert!(
+        handler.contains("value: tcp://127.0.0.1:3310") && handler.contains("containerPort: 3310")
+    );
+    let keda = read("charts/virus-scanner/templates/scaledobject.yaml");
+    let keys = Keys::new("vs");
+    for lane in Priority::ALL {
+        assert!(keda.contains(&format!("stream: {}", keys.lane(lane))));
+    }
+    assert_eq!(keda.matches(&format!("consumerGroup: {GROUP}")).count(), 3);
+}
