@@ -25,6 +25,11 @@ impl Pipeline {
         }
     }
 
+    /// Whether scans go through the queue (and so have a lane).
+    pub fn is_queued(&self) -> bool {
+        matches!(self, Pipeline::Queue(_))
+    }
+
     /// clamd's version line, as last seen (the ISTag follows it).
     pub async fn version(&self) -> Option<String> {
         match self {
@@ -51,6 +56,14 @@ impl Session {
         }
     }
 
+    /// Body bytes received so far.
+    pub fn received(&self) -> u64 {
+        match self {
+            Session::Local(s) => s.received(),
+            Session::Queued(s) => s.received(),
+        }
+    }
+
     /// True once the body has outgrown the scan limit.
     pub fn is_too_large(&self) -> bool {
         match self {
@@ -61,10 +74,7 @@ impl Session {
 
     /// Ends the body and returns the verdict.
     pub async fn finish(self) -> Verdict {
-        crate::metrics::METRICS.body(match &self {
-            Session::Local(s) => s.received(),
-            Session::Queued(s) => s.received(),
-        });
+        crate::metrics::METRICS.body(self.received());
         match self {
             Session::Local(s) => s.finish().await,
             Session::Queued(s) => s.finish().await,

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use tracing_subscriber::filter::LevelFilter;
 
-use crate::model::{Decision, ScanRequest, Verdict};
+use crate::model::{Decision, Priority, ScanRequest, Verdict};
 
 /// How log lines look.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -36,12 +36,16 @@ pub fn init(level: &str, format: LogFormat) -> Result<(), String> {
 
 /// The audit line of one verdict: who, what, the verdict and what was done;
 /// and a warning when a message passes unscanned.
+/// `bytes` is the body received; `lane` the queue lane, when the scan was
+/// queued.
 pub fn audit(
     frontend: &'static str,
     scan: &ScanRequest,
     verdict: &Verdict,
     decision: &Decision,
     elapsed: Duration,
+    bytes: u64,
+    lane: Option<Priority>,
 ) {
     let signature = match verdict {
         Verdict::Infected { signatures } => signatures.join(","),
@@ -74,6 +78,8 @@ pub fn audit(
         signature = %signature,
         action,
         error,
+        bytes,
+        lane = lane.map_or("", Priority::as_str),
         ms = elapsed.as_millis() as u64,
         "verdict"
     );

@@ -35,6 +35,7 @@ impl ExtProcScanning {
 /// One body of an Envoy stream being scanned.
 pub struct ExtProcScan {
     scan: ScanRequest,
+    lane: Option<crate::model::Priority>,
     session: Session,
     policy: Arc<Policy>,
     json: bool,
@@ -54,7 +55,15 @@ impl Scanning for ExtProcScanning {
             Route::Skip => {
                 let verdict = Verdict::NotScanned(SkipReason::Trusted);
                 let decision = self.policy.decide(&verdict);
-                crate::telemetry::audit("ext_proc", &scan, &verdict, &decision, Default::default());
+                crate::telemetry::audit(
+                    "ext_proc",
+                    &scan,
+                    &verdict,
+                    &decision,
+                    Default::default(),
+                    0,
+                    None,
+                );
                 Begin::Skip {
                     headers: Vec::new(),
                 }
@@ -63,6 +72,7 @@ impl Scanning for ExtProcScanning {
                 let accept = exchange.request_headers.get(http::header::ACCEPT);
                 Begin::Scan(ExtProcScan {
                     session: self.pipeline.session(&scan, priority),
+                    lane: self.pipeline.is_queued().then_some(priority),
                     json: blockpage::prefers_json(accept.and_then(|v| v.to_str().ok())),
                     scan,
                     policy: self.policy.clone(),
@@ -83,6 +93,7 @@ impl Scan for ExtProcScan {
     }
 
     async fn finish(self) -> Outcome {
+        let bytes = self.session.received();
         let verdict = self.session.finish().await;
         let decision = self.policy.decide(&verdict);
         crate::telemetry::audit(
@@ -91,6 +102,8 @@ impl Scan for ExtProcScan {
             &verdict,
             &decision,
             self.started.elapsed(),
+            bytes,
+            self.lane,
         );
         outcome(&self.scan, &verdict, &decision, self.json)
     }

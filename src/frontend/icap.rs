@@ -525,6 +525,10 @@ struct Transaction<'c, S> {
     req: Request,
     scan: ScanRequest,
     started: Instant,
+    /// Body bytes received, for the audit line.
+    bytes: u64,
+    /// The queue lane, when the scan was queued.
+    lane: Option<crate::model::Priority>,
     /// Body bytes kept for an answer that must send the body back, and
     /// whether that answer has begun.
     echo: Echo,
@@ -550,6 +554,8 @@ impl<'c, S: AsyncRead + AsyncWrite + Unpin> Transaction<'c, S> {
             req,
             scan,
             started: Instant::now(),
+            bytes: 0,
+            lane: None,
             echo: Echo {
                 needed,
                 held: Default::default(),
@@ -583,6 +589,9 @@ impl<'c, S: AsyncRead + AsyncWrite + Unpin> Transaction<'c, S> {
             .and_then(|h| h.get("x-priority"))
             .and_then(|v| v.to_str().ok());
         let route = policy.route(self.scan.host.as_deref(), priority_header);
+        if let (Route::Scan(p), true) = (route, service.pipeline.is_queued()) {
+            self.lane = Some(p);
+        }
         let skip = if route == Route::Skip {
             Some(Verdict::NotScanned(SkipReason::Trusted))
         } else if declared_too_large {
@@ -621,6 +630,7 @@ impl<'c, S: AsyncRead + AsyncWrite + Unpin> Transaction<'c, S> {
             if !whole_in_preview {
                 if session.is_too_large() && policy.too_large == TooLargeAction::Block {
                     // Answering the preview: the client sends nothing more.
+                    self.bytes = session.received();
                     return self.finish(session.finish().await, true).await;
                 }
                 self.conn.write(b"ICAP/1.0 100 Continue\r\n\r\n").await?;
@@ -645,6 +655,7 @@ impl<'c, S: AsyncRead + AsyncWrite + Unpin> Transaction<'c, S> {
             }
         }
         self.conn.shed();
+        self.bytes = session.received();
         let verdict = session.finish().await;
         self.finish(verdict, whole_in_preview).await
     }
@@ -854,6 +865,8 @@ impl<'c, S: AsyncRead + AsyncWrite + Unpin> Transaction<'c, S> {
             verdict,
             decision,
             self.started.elapsed(),
+            self.bytes,
+            self.lane,
         );
     }
 }
