@@ -64,6 +64,17 @@ if ! target/py/bin/python -c 'import grpc, envoy_data_plane, prometheus_client, 
     'grpcio>=1.60,<2' 'envoy-data-plane==2.2.0' 'prometheus-client>=0.20,<1' 'pyyaml>=6,<7'
 fi
 
+# docker-compose 1.29 (Python) checks docker-compose.yml with `config`, as
+# `docker compose config` would; no Docker engine is needed. It asks for an
+# older PyYAML than the one above, which it works with, so its own
+# dependencies are installed without that pin.
+if ! target/py/bin/docker-compose version >/dev/null 2>&1; then
+  log "installing docker-compose 1.29 into target/py"
+  target/py/bin/pip install --quiet --disable-pip-version-check --no-deps 'docker-compose==1.29.2'
+  target/py/bin/pip install --quiet --disable-pip-version-check \
+    docopt 'jsonschema<4' requests texttable 'websocket-client<1' 'docker>=5,<7' dockerpty 'python-dotenv<1' distro
+fi
+
 log "cargo test (workspace)"
 cargo test --workspace --locked
 

@@ -312,6 +312,22 @@ fn compose_file_matches_the_code() {
 }
 
 #[test]
+fn compose_config_accepts_the_file() {
+    let bin = std::env::var("VS_DOCKER_COMPOSE").unwrap_or_else(|_| {
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("target/py/bin/docker-compose")
+            .display()
+            .to_string()
+    });
+    let out = std::process::Command::new(&bin)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .args(["-f", "docker-compose.yml", "config", "-q"])
+        .output()
+        .unwrap_or_else(|e| panic!("{bin} (scripts/test.sh installs it): {e}"));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
 fn helm_chart_matches_the_code() {
     let values = yaml("charts/virus-scanner/values.yaml");
     assert!(values["keda"]["enabled"].as_bool().unwrap());
