@@ -324,7 +324,11 @@ fn compose_config_accepts_the_file() {
         .args(["-f", "docker-compose.yml", "config", "-q"])
         .output()
         .unwrap_or_else(|e| panic!("{bin} (scripts/test.sh installs it): {e}"));
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]

@@ -76,23 +76,56 @@ async fn squid_over_icaps_scans_downloads_and_uploads() {
     make_certs(dir.path(), &["server"]);
     let (server, icaps) = start(&clamd, &dir, false);
     let clean = Bytes::from(b"Nothing to see here, just text.\n".repeat(3000));
-    let origin = Origin::start(HashMap::from([
+    let files = HashMap::from([
         ("/clean.txt".to_owned(), clean.clone()),
         ("/eicar.com".to_owned(), Bytes::from(eicar())),
-    ]))
+    ]);
+    let origin = Origin::start(files.clone()).await;
+    let https = Origin::start_tls(
+        files,
+        &dir.path().join("server.crt"),
+        &dir.path().join("server.key"),
+    )
     .await;
+    let bump = TempDir::new("icaps-bump");
+    let made = std::process::Command::new(support::project_dir().join("squid/make-bump-ca.sh"))
+        .arg(bump.path())
+        .arg("2")
+        .status()
+        .unwrap();
+    assert!(made.success());
     let ca = dir.path().join("ca.crt").display().to_string();
-    let squid = Squid::start_with("icaps.conf", icaps, &[("@TLS_CA@", ca)]);
+    let squid = Squid::start_with(
+        "icaps.conf",
+        icaps,
+        &[
+            ("@TLS_CA@", ca.clone()),
+            ("@BUMP_DIR@", bump.path().display().to_string()),
+            ("@ORIGIN_CA@", ca),
+        ],
+    );
+    let bump_ca = bump.path().join("bump-ca.crt").display().to_string();
+    let curl = ["--cacert", bump_ca.as_str()];
 
-    let (code, body) = squid.fetch(&origin.url("/clean.txt"), None).await;
-    assert_eq!(code, 200, "{}\n{}", squid.cache_log(), server.log());
-    assert_eq!(body, clean, "the clean file arrives byte for byte");
-    let (code, body) = squid.fetch(&origin.url("/eicar.com"), None).await;
-    assert_eq!(code, 403, "{}", squid.cache_log());
-    assert!(String::from_utf8_lossy(&body).contains(EICAR_NAME));
-    let (code, body) = squid.fetch(&origin.url("/upload"), Some(&eicar())).await;
-    assert_eq!(code, 403);
-    assert!(String::from_utf8_lossy(&body).contains(EICAR_NAME));
+    // Plain HTTP and bumped HTTPS, both scanned over ICAPS.
+    for (url, args) in [
+        (origin.url("/clean.txt"), &[][..]),
+        (https.https_url("/clean.txt"), &curl[..]),
+    ] {
+        let (code, body) = squid.fetch_with(&url, None, args).await;
+        assert_eq!(code, 200, "{url}: {}\n{}", squid.cache_log(), server.log());
+        assert_eq!(body, clean, "{url}: the clean file arrives byte for byte");
+    }
+    for (url, args) in [
+        (origin.url("/eicar.com"), &[][..]),
+        (https.https_url("/eicar.com"), &curl[..]),
+        (https.https_url("/upload"), &curl[..]),
+    ] {
+        let upload = url.ends_with("/upload").then(eicar);
+        let (code, body) = squid.fetch_with(&url, upload.as_deref(), args).await;
+        assert_eq!(code, 403, "{url}: {}", squid.cache_log());
+        assert!(String::from_utf8_lossy(&body).contains(EICAR_NAME), "{url}");
+    }
     assert!(server.log().contains("frontend=\"icap\"") || server.log().contains("frontend=icap"));
 
     // c-icap-client over TLS too.
