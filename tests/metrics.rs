@@ -9,6 +9,71 @@ use std::time::{Duration, Instant};
 use support::{eicar, icap_respmod, ClamdProcess, Service};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+/// One BUFFERED upload over ext_proc, as Envoy sends it; true when it was
+/// blocked.
+async fn extproc_upload(port: u16, body: &[u8]) -> bool {
+    use envoy_types::pb::envoy::config::core::v3::{HeaderMap, HeaderValue};
+    use envoy_types::pb::envoy::service::ext_proc::v3::external_processor_client::ExternalProcessorClient;
+    use envoy_types::pb::envoy::service::ext_proc::v3::{
+        processing_request::Request as Req, processing_response::Response as Res, HttpBody,
+        HttpHeaders, ProcessingRequest,
+    };
+    let mut client = ExternalProcessorClient::connect(format!("http://127.0.0.1:{port}"))
+        .await
+        .unwrap();
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let header = |k: &str, v: &str| HeaderValue {
+        key: k.into(),
+        value: String::new(),
+        raw_value: v.as_bytes().to_vec(),
+    };
+    let headers = HttpHeaders {
+        headers: Some(HeaderMap {
+            headers: vec![
+                header(":method", "POST"),
+                header(":authority", "up.test"),
+                header(":path", "/f"),
+            ],
+        }),
+        end_of_stream: false,
+        ..Default::default()
+    };
+    tx.send(ProcessingRequest {
+        request: Some(Req::RequestHeaders(headers)),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let mut replies = client
+        .process(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(matches!(
+        replies.message().await.unwrap().unwrap().response,
+        Some(Res::RequestHeaders(_))
+    ));
+    let body = HttpBody {
+        body: body.to_vec(),
+        end_of_stream: true,
+        ..Default::default()
+    };
+    tx.send(ProcessingRequest {
+        request: Some(Req::RequestBody(body)),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    loop {
+        match replies.message().await.unwrap().unwrap().response {
+            None => continue,
+            Some(Res::ImmediateResponse(_)) => return true,
+            Some(Res::RequestBody(_)) => return false,
+            Some(other) => panic!("{other:?}"),
+        }
+    }
+}
+
 /// `GET path` on the metrics port: the status and the body.
 async fn get(port: u16, path: &str) -> (u16, String) {
     let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
@@ -83,13 +148,18 @@ fn value(samples: &str, sample: &str) -> f64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_count_what_was_sent_and_readiness_follows_clamd() {
     let mut clamd = ClamdProcess::start();
-    let (icap, metrics) = (support::free_port(), support::free_port());
+    let (icap, metrics, grpc) = (
+        support::free_port(),
+        support::free_port(),
+        support::free_port(),
+    );
     let server = Service::start_with(
         env!("CARGO_BIN_EXE_virus-scanner"),
         &["all"],
         &[
             ("ICAP_PORT", icap.to_string()),
             ("METRICS_PORT", metrics.to_string()),
+            ("PRODUCER_PORT", grpc.to_string()),
             ("METRICS_ADDR", "127.0.0.1".into()),
             ("CLAMD_URL", clamd.tcp_url()),
             ("CLAMD_CONNECT_TIMEOUT", "1s".into()),
@@ -99,7 +169,7 @@ async fn metrics_count_what_was_sent_and_readiness_follows_clamd() {
     assert_eq!(get(metrics, "/healthz").await.0, 200);
     assert_eq!(get(metrics, "/readyz").await.0, 200);
 
-    // A mixed run: 7 clean, 3 infected downloads.
+    // A mixed run: 7 clean, 3 infected downloads over ICAP...
     let mut infected = b"payload ".to_vec();
     infected.extend_from_slice(&eicar());
     for n in 0..10 {
@@ -118,6 +188,10 @@ async fn metrics_count_what_was_sent_and_readiness_follows_clamd() {
         .unwrap();
         assert_eq!(answer.is_infected(), n >= 7, "{answer:?}");
     }
+    // And 2 uploads through Envoy's ext_proc: one clean, one EICAR.
+    support::wait_port(grpc, Duration::from_secs(10));
+    assert!(!extproc_upload(grpc, b"clean upload").await);
+    assert!(extproc_upload(grpc, &infected).await);
     let (status, text) = get(metrics, "/metrics").await;
     assert_eq!(status, 200);
     let samples = parse_with_prometheus(&text);
@@ -137,7 +211,18 @@ async fn metrics_count_what_was_sent_and_readiness_follows_clamd() {
     };
     assert_eq!(
         (verdicts("clean"), verdicts("infected")),
-        (7.0, 3.0),
+        (8.0, 4.0),
+        "{samples}"
+    );
+    let ext_proc = |decision: &str| {
+        value(
+            &samples,
+            &format!("virus_scanner_requests_total{{decision=\"{decision}\",direction=\"request\",frontend=\"ext_proc\"}}"),
+        )
+    };
+    assert_eq!(
+        (ext_proc("allow"), ext_proc("block")),
+        (1.0, 1.0),
         "{samples}"
     );
     assert_eq!(
@@ -149,12 +234,12 @@ async fn metrics_count_what_was_sent_and_readiness_follows_clamd() {
     );
     assert_eq!(
         value(&samples, "virus_scanner_scan_seconds_count{}"),
-        10.0,
+        12.0,
         "{samples}"
     );
     assert_eq!(
         value(&samples, "virus_scanner_body_bytes_count{}"),
-        10.0,
+        12.0,
         "{samples}"
     );
     assert_eq!(
