@@ -941,3 +941,29 @@ async fn observability_mode_gets_no_replies() {
     drop(s);
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streamed_bodies_are_recognised_when_envoy_does_not_say() {
+    // Envoy before 1.34 sends no modes: a second chunk shows STREAMED, and
+    // nothing is released before the verdict.
+    let (_clamd, server) = with_clamd(&[]).await;
+    let chunk = clean_body(8000);
+    for infected in [false, true] {
+        let mut s = server.open().await;
+        s.send(request_headers("/old-envoy", &[], false)).await;
+        assert_continue(s.next().await);
+        s.send(body(Direction::Request, &chunk, false)).await;
+        let middle = if infected { eicar() } else { chunk.clone() };
+        s.send(body(Direction::Request, &middle, false)).await;
+        assert!(s.quiet(Duration::from_millis(200)).await, "held");
+        s.send(body(Direction::Request, &chunk, true)).await;
+        if infected {
+            assert_infected(s.next().await);
+        } else {
+            for _ in 0..3 {
+                assert!(matches!(s.next().await, Res::RequestBody(_)));
+            }
+        }
+    }
+    server.stop().await;
+}

@@ -35,6 +35,10 @@ use crate::{
     StreamedRelease,
 };
 
+/// How long a body message without its end waits for a next one, when
+/// Envoy did not say its body mode, before it is answered as a BUFFERED body.
+const SETTLE: std::time::Duration = std::time::Duration::from_millis(50);
+
 /// The replies' channel to tonic.
 pub(crate) type Replies = mpsc::Sender<Result<ProcessingResponse, Status>>;
 
@@ -87,6 +91,12 @@ pub(crate) struct ExtProcStream<S: Scanning> {
     /// When to ask Envoy for more time for a body held while it arrives,
     /// and for which direction.
     ask_at: Option<(tokio::time::Instant, Direction)>,
+    /// Modes seen in what Envoy sends, when it did not say them.
+    learned: [Option<BodyMode>; 2],
+    /// When Envoy did not say its mode: a body message without its end is
+    /// held this long for a next one (STREAMED) before it is taken to be a
+    /// whole BUFFERED body whose trailers follow.
+    settle_at: Option<(tokio::time::Instant, Direction)>,
     /// Whether more time was asked for, per direction (Envoy grants it once
     /// per message state).
     asked: [bool; 2],
@@ -105,21 +115,39 @@ impl<S: Scanning> ExtProcStream<S> {
             request: Route::Idle,
             response: Route::Idle,
             ask_at: None,
+            learned: [None; 2],
+            settle_at: None,
             asked: [false; 2],
         }
     }
 
     /// When the stream wants [`ExtProcStream::on_timer`] called.
     pub(crate) fn timer(&self) -> Option<tokio::time::Instant> {
-        self.ask_at.map(|(at, _)| at)
+        let at = |t: Option<(tokio::time::Instant, Direction)>| t.map(|(at, _)| at);
+        match (at(self.ask_at), at(self.settle_at)) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// A body has been held long enough that Envoy's message timeout may
     /// run out before the rest arrives: ask for more time.
     pub(crate) async fn on_timer(&mut self) -> Result<(), Stop> {
-        match self.ask_at.take() {
-            Some((_, direction)) => self.ask_for_time(direction).await,
-            None => Ok(()),
+        let now = tokio::time::Instant::now();
+        if let Some((at, direction)) = self.settle_at {
+            if at <= now {
+                // No second chunk came: a BUFFERED body, trailers to follow.
+                self.settle_at = None;
+                self.learned[direction as usize] = Some(BodyMode::Buffered);
+                return self.decide(direction, BodyMode::Buffered, false).await;
+            }
+        }
+        match self.ask_at {
+            Some((at, direction)) if at <= now => {
+                self.ask_at = None;
+                self.ask_for_time(direction).await
+            }
+            _ => Ok(()),
         }
     }
 
@@ -175,7 +203,7 @@ impl<S: Scanning> ExtProcStream<S> {
         match self.modes {
             Some((req, _)) if direction == Direction::Request => req,
             Some((_, res)) => res,
-            None => Some(self.settings.assumed_mode),
+            None => Some(self.learned[direction as usize].unwrap_or(self.settings.assumed_mode)),
         }
     }
 
@@ -244,6 +272,11 @@ impl<S: Scanning> ExtProcStream<S> {
     }
 
     async fn on_body(&mut self, direction: Direction, b: HttpBody) -> Result<(), Stop> {
+        if matches!(self.settle_at, Some((_, d)) if d == direction) {
+            // A second chunk: Envoy streams (STREAMED, as it did not say).
+            self.settle_at = None;
+            self.learned[direction as usize] = Some(BodyMode::Streamed);
+        }
         let mode = self.mode(direction).unwrap_or(self.settings.assumed_mode);
         if matches!(self.route(direction), Route::Idle) {
             // Headers were skipped (header mode SKIP), or a buffered body was
@@ -275,6 +308,11 @@ impl<S: Scanning> ExtProcStream<S> {
                     tracing::debug!("BUFFERED_PARTIAL body without its end: trailers follow, or the rest passes unseen by Envoy's design");
                 }
                 held.replies += 1;
+                let guessing = self.modes.is_none() && self.learned[direction as usize].is_none();
+                if guessing && !end && !too_large {
+                    self.settle_at = Some((tokio::time::Instant::now() + SETTLE, direction));
+                    return Ok(());
+                }
                 self.decide(direction, mode, false).await
             }
             BodyMode::Streamed => {
@@ -352,6 +390,9 @@ impl<S: Scanning> ExtProcStream<S> {
         } = held;
         if matches!(self.ask_at, Some((_, d)) if d == direction) {
             self.ask_at = None;
+        }
+        if matches!(self.settle_at, Some((_, d)) if d == direction) {
+            self.settle_at = None;
         }
         let outcome = self.wait_for(direction, scan.finish()).await?;
         match outcome {
