@@ -332,8 +332,9 @@ async fn serve_frontends(
         .await
         .with_context(|| format!("cannot listen on {grpc_addr} (PRODUCER_PORT)"))?;
     let server = extproc.server().map_err(anyhow::Error::msg)?;
-    tracing::info!(%addr, services = ?crate::frontend::icap::SERVICES, "ICAP server listening");
-    tracing::info!(addr = %grpc_addr, tls = server.tls.is_some(), "Envoy ext_proc server listening");
+    let shown = |l: &tokio::net::TcpListener, wanted: SocketAddr| l.local_addr().unwrap_or(wanted);
+    tracing::info!(addr = %shown(&listener, addr), services = ?crate::frontend::icap::SERVICES, "ICAP server listening");
+    tracing::info!(addr = %shown(&grpc_listener, grpc_addr), tls = server.tls.is_some(), "Envoy ext_proc server listening");
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {

@@ -54,7 +54,7 @@ async fn python_grpcio_client_against_virus_scanner_all() {
         env!("CARGO_BIN_EXE_virus-scanner"),
         &["all"],
         &[
-            ("ICAP_PORT", support::free_port().to_string()),
+            ("ICAP_PORT", "0".to_owned()),
             ("PRODUCER_PORT", grpc.to_string()),
             ("CLAMD_URL", clamd.tcp_url()),
         ],
@@ -80,7 +80,7 @@ async fn python_grpcio_client_through_the_queue() {
     ];
     let grpc = support::free_port();
     let mut env = common.clone();
-    env.push(("ICAP_PORT", support::free_port().to_string()));
+    env.push(("ICAP_PORT", "0".to_owned()));
     env.push(("PRODUCER_PORT", grpc.to_string()));
     let producer = Service::start(env!("CARGO_BIN_EXE_virus-scanner-producer"), &env);
     let handler = Service::start(env!("CARGO_BIN_EXE_virus-scanner-handler"), &common);

@@ -293,7 +293,7 @@ async fn sigterm_drains_the_transaction_in_flight() {
         .arg("all")
         .env("CLAMD_URL", clamd.tcp_url())
         .env("ICAP_PORT", port.to_string())
-        .env("PRODUCER_PORT", support::free_port().to_string())
+        .env("PRODUCER_PORT", "0")
         .env("METRICS_PORT", "0")
         .env("LISTEN_ADDR", "127.0.0.1")
         .stderr(std::process::Stdio::null())

@@ -17,7 +17,7 @@ fn start(clamd: &ClamdProcess, dir: &TempDir, client_ca: bool) -> (Service, u16)
     let icaps = support::free_port();
     let file = |n: &str| dir.path().join(n).display().to_string();
     let mut env = vec![
-        ("ICAP_PORT", support::free_port().to_string()),
+        ("ICAP_PORT", "0".to_owned()),
         ("ICAPS_PORT", icaps.to_string()),
         ("ICAPS_CERT", file("server.crt")),
         ("ICAPS_KEY", file("server.key")),

@@ -752,10 +752,12 @@ impl Service {
             .env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
             .env("LISTEN_ADDR", "127.0.0.1")
-            // The gRPC port too, unless the test names one: never 50051,
-            // which another test or program may hold.
-            .env("PRODUCER_PORT", free_port().to_string())
-            .env("METRICS_PORT", free_port().to_string())
+            // The gRPC port on a port the kernel picks, and no metrics port,
+            // unless the test names them: never 50051 or 8080, which another
+            // test or program may hold, and no more ports picked ahead of
+            // time than the test needs (each may be taken meanwhile).
+            .env("PRODUCER_PORT", "0")
+            .env("METRICS_PORT", "0")
             .env("LOG_LEVEL", "info")
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap());
