@@ -59,7 +59,7 @@ async fn python_grpcio_client_against_virus_scanner_all() {
             ("CLAMD_URL", clamd.tcp_url()),
         ],
     );
-    support::wait_port(grpc, Duration::from_secs(20));
+    server.wait_port(grpc, Duration::from_secs(20));
     run_client(grpc);
     let log = server.log();
     assert!(log.contains("Envoy ext_proc server listening"), "{log}");
@@ -84,7 +84,7 @@ async fn python_grpcio_client_through_the_queue() {
     env.push(("PRODUCER_PORT", grpc.to_string()));
     let producer = Service::start(env!("CARGO_BIN_EXE_virus-scanner-producer"), &env);
     let handler = Service::start(env!("CARGO_BIN_EXE_virus-scanner-handler"), &common);
-    support::wait_port(grpc, Duration::from_secs(20));
+    producer.wait_port(grpc, Duration::from_secs(20));
     run_client(grpc);
     // The verdicts came from the handler, through Redis.
     assert!(handler.log().contains("scanned"), "{}", handler.log());

@@ -27,7 +27,7 @@ fn start(clamd: &ClamdProcess, dir: &TempDir, client_ca: bool) -> (Service, u16)
         env.push(("ICAPS_CLIENT_CA", file("ca.crt")));
     }
     let server = Service::start_with(env!("CARGO_BIN_EXE_virus-scanner"), &["all"], &env);
-    support::wait_port(icaps, Duration::from_secs(20));
+    server.wait_port(icaps, Duration::from_secs(20));
     (server, icaps)
 }
 

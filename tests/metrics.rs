@@ -165,7 +165,7 @@ async fn metrics_count_what_was_sent_and_readiness_follows_clamd() {
             ("CLAMD_CONNECT_TIMEOUT", "1s".into()),
         ],
     );
-    support::wait_port(metrics, Duration::from_secs(20));
+    server.wait_port(metrics, Duration::from_secs(20));
     assert_eq!(get(metrics, "/healthz").await.0, 200);
     assert_eq!(get(metrics, "/readyz").await.0, 200);
 
@@ -189,7 +189,7 @@ async fn metrics_count_what_was_sent_and_readiness_follows_clamd() {
         assert_eq!(answer.is_infected(), n >= 7, "{answer:?}");
     }
     // And 2 uploads through Envoy's ext_proc: one clean, one EICAR.
-    support::wait_port(grpc, Duration::from_secs(10));
+    server.wait_port(grpc, Duration::from_secs(10));
     assert!(!extproc_upload(grpc, b"clean upload").await);
     assert!(extproc_upload(grpc, &infected).await);
     let (status, text) = get(metrics, "/metrics").await;

@@ -56,7 +56,7 @@ fn producer(
     env.push(("ICAP_PORT", port.to_string()));
     env.extend(extra.iter().map(|(k, v)| (*k, v.to_string())));
     let service = Service::start(PRODUCER, &env);
-    support::wait_port(port, Duration::from_secs(20));
+    service.wait_port(port, Duration::from_secs(20));
     (service, port)
 }
 
@@ -690,7 +690,7 @@ async fn rediss_with_a_password() {
     };
     let port = support::free_port();
     let producer = Service::start(PRODUCER, &env(vec![("ICAP_PORT", port.to_string())]));
-    support::wait_port(port, Duration::from_secs(20));
+    producer.wait_port(port, Duration::from_secs(20));
     let handler = Service::start(HANDLER, &env(vec![]));
     handler
         .wait_log("handler started", 1, Duration::from_secs(20))

@@ -793,6 +793,22 @@ impl Service {
         panic!("log never showed {text:?} {times} times:\n{}", self.log());
     }
 
+    /// Waits until something accepts connections on `port`; if nothing does,
+    /// fails with what the service logged (a port taken, a bad setting).
+    pub fn wait_port(&self, port: u16, within: Duration) {
+        let end = Instant::now() + within;
+        while Instant::now() < end {
+            if StdStream::connect(("127.0.0.1", port)).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!(
+            "nothing listens on port {port} after {within:?}; the service logged:\n{}",
+            self.log()
+        );
+    }
+
     /// SIGKILL: no chance to clean up.
     pub fn kill9(&mut self) {
         if let Some(mut child) = self.child.take() {
