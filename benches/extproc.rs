@@ -23,7 +23,7 @@ use envoy_types::pb::envoy::service::ext_proc::v3::{
 };
 use tokio::sync::mpsc;
 use tonic::transport::{Channel, Endpoint};
-use virus_scanner::bench::{base_body, measure, size_label, stamp, Stats, Target, COUNTER};
+use virus_scanner::bench::{base_body, measure, stamp, Stats, Target, COUNTER};
 use virus_scanner::config::{parse_duration, parse_size};
 
 fn setting(name: &str, default: &str) -> String {
@@ -85,29 +85,12 @@ async fn main() {
                 Stats::default()
             };
             let ratio = by_extproc.rate() / by_icap.rate().max(f64::MIN_POSITIVE);
-            for (name, s) in [("ICAP", &by_icap), ("ext_proc BUFFERED", &by_extproc)] {
-                if let Some(e) = &s.first_error {
-                    eprintln!(
-                        "{name} {} x{n}: {} errors, first: {e}",
-                        size_label(size as usize),
-                        s.errors
-                    );
-                }
-                let ms = |d: Duration| d.as_secs_f64() * 1e3;
-                println!(
-                    "| {} | {n} | {name} | {:.0} | {:.2} | {:.2} | {} | {} |",
-                    size_label(size as usize),
-                    s.rate(),
-                    ms(s.quantile(0.5)),
-                    ms(s.quantile(0.99)),
-                    s.errors,
-                    if name == "ICAP" {
-                        String::new()
-                    } else {
-                        format!("{ratio:.2}")
-                    },
-                );
-            }
+            println!("{}", by_icap.row(size as usize, n, "ICAP", ""));
+            let ratio = format!("{ratio:.2}");
+            println!(
+                "{}",
+                by_extproc.row(size as usize, n, "ext_proc BUFFERED", &ratio)
+            );
         }
     }
 }

@@ -17,17 +17,8 @@ CONNECTIONS=${CONNECTIONS:-8,64}
 SIZES=${SIZES:-4K,1M}
 QUEUED=${QUEUED:-1000}
 
-as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
-missing=()
-command -v clamd >/dev/null || missing+=(clamav-daemon)
-command -v redis-server >/dev/null || missing+=(redis-server)
-if [ ${#missing[@]} -gt 0 ]; then
-  as_root apt-get update -qq
-  printf '#!/bin/sh\nexit 101\n' | as_root tee /usr/sbin/policy-rc.d >/dev/null
-  as_root chmod +x /usr/sbin/policy-rc.d
-  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
-  as_root rm -f /usr/sbin/policy-rc.d
-fi
+. scripts/lib.sh
+need_packages clamd clamav-daemon redis-server redis-server
 
 cargo build --release --locked --bins
 bin=target/release

@@ -20,18 +20,9 @@ ONCE=${ONCE:-1G}
 SECTIONS=${SECTIONS:-scan,noscan,extproc,memory}
 want() { [[ ",$SECTIONS," == *",$1,"* ]]; }
 
-as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
-missing=()
-command -v clamd >/dev/null || missing+=(clamav-daemon)
-command -v c-icap >/dev/null || missing+=(c-icap)
-[ -e /usr/lib/x86_64-linux-gnu/c_icap/virus_scan.so ] || missing+=(libc-icap-mod-virus-scan)
-if [ ${#missing[@]} -gt 0 ]; then
-  as_root apt-get update -qq
-  printf '#!/bin/sh\nexit 101\n' | as_root tee /usr/sbin/policy-rc.d >/dev/null
-  as_root chmod +x /usr/sbin/policy-rc.d
-  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
-  as_root rm -f /usr/sbin/policy-rc.d
-fi
+. scripts/lib.sh
+need_packages clamd clamav-daemon c-icap c-icap
+[ -e /usr/lib/x86_64-linux-gnu/c_icap/virus_scan.so ] || install_packages libc-icap-mod-virus-scan
 
 cargo build --release --locked --bin virus-scanner
 if want extproc; then cargo bench --locked --bench extproc --no-run --quiet; fi

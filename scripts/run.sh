@@ -22,19 +22,10 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 143' INT TERM
 
-as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+. scripts/lib.sh
 
 if [ -z "${CLAMD_URL:-}" ]; then
-  if ! command -v clamd >/dev/null 2>&1; then
-    echo "run: installing clamav-daemon"
-    as_root apt-get update -qq
-    policy=/usr/sbin/policy-rc.d added=
-    if [ ! -e $policy ]; then
-      printf '#!/bin/sh\nexit 101\n' | as_root tee $policy >/dev/null; as_root chmod +x $policy; added=1
-    fi
-    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends clamav-daemon
-    [ -z "$added" ] || as_root rm -f $policy
-  fi
+  need_packages clamd clamav-daemon
   dir=$(mktemp -d)
   chmod 755 "$dir"
   if compgen -G "/var/lib/clamav/*.c[lv]d" >/dev/null; then

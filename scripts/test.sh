@@ -11,35 +11,7 @@ cd "$(dirname "$0")/.."
 
 FUZZ_SECONDS=${FUZZ_SECONDS:-60}
 
-log() { printf '\n== %s\n' "$*"; }
-
-as_root() {
-  if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi
-}
-
-# Debian packages the tests start or drive, by the command that shows them.
-need_packages() {
-  local missing=()
-  while [ $# -gt 0 ]; do
-    command -v "$1" >/dev/null 2>&1 || missing+=("$2")
-    shift 2
-  done
-  if [ ${#missing[@]} -gt 0 ]; then
-    log "installing ${missing[*]}"
-    as_root apt-get update -qq
-    # Installing must not start the packaged daemons (clamd, freshclam,
-    # squid, c-icap, redis): the tests start their own, on ports of their own.
-    local policy=/usr/sbin/policy-rc.d added=
-    if [ ! -e $policy ]; then
-      printf '#!/bin/sh\nexit 101\n' | as_root tee $policy >/dev/null
-      as_root chmod +x $policy
-      added=1
-    fi
-    as_root env DEBIAN_FRONTEND=noninteractive \
-      apt-get install -y -qq --no-install-recommends "${missing[@]}"
-    [ -z "$added" ] || as_root rm -f $policy
-  fi
-}
+. scripts/lib.sh
 
 # Each test starts the real program it needs, on a free loopback port.
 need_packages \
@@ -57,7 +29,7 @@ if ! target/py/bin/python -c 'import grpc, envoy_data_plane, prometheus_client, 
   need_packages python3 python3
   if ! python3 -m venv --clear target/py; then
     # Debian's python3 makes virtual environments only with python3-venv.
-    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv
+    install_packages python3-venv
     python3 -m venv --clear target/py
   fi
   target/py/bin/pip install --quiet --disable-pip-version-check \

@@ -129,6 +129,28 @@ impl Stats {
         total
     }
 
+    /// One row of the benchmark table: size, connections, name, rate, p50,
+    /// p99, errors and the ratio column as given. Says on standard error
+    /// what went wrong, if anything did.
+    pub fn row(&self, size: usize, conns: usize, name: &str, ratio: &str) -> String {
+        if let Some(e) = &self.first_error {
+            eprintln!(
+                "{name} ({} x{conns}): {} errors, first: {e}",
+                size_label(size),
+                self.errors
+            );
+        }
+        let ms = |d: Duration| d.as_secs_f64() * 1e3;
+        format!(
+            "| {} | {conns} | {name} | {:.0} | {:.2} | {:.2} | {} | {ratio} |",
+            size_label(size),
+            self.rate(),
+            ms(self.quantile(0.5)),
+            ms(self.quantile(0.99)),
+            self.errors,
+        )
+    }
+
     /// Successful requests per second.
     pub fn rate(&self) -> f64 {
         self.ok as f64 / self.elapsed.as_secs_f64()

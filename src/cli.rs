@@ -541,27 +541,12 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
             let mut rates = Vec::new();
             for (name, target) in &args.targets {
                 let stats = measure(target, size as usize, conns, args.duration).await;
-                if let Some(e) = &stats.first_error {
-                    eprintln!(
-                        "{name} ({} x{conns}): {} errors, first: {e}",
-                        size_label(size as usize),
-                        stats.errors
-                    );
-                }
                 rates.push((name.clone(), stats));
             }
             let first = rates[0].1.rate();
             for (name, s) in &rates {
-                let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
-                println!(
-                    "| {} | {conns} | {name} | {:.0} | {:.2} | {:.2} | {} | {:.2} |",
-                    size_label(size as usize),
-                    s.rate(),
-                    ms(s.quantile(0.5)),
-                    ms(s.quantile(0.99)),
-                    s.errors,
-                    first / s.rate().max(f64::MIN_POSITIVE),
-                );
+                let ratio = format!("{:.2}", first / s.rate().max(f64::MIN_POSITIVE));
+                println!("{}", s.row(size as usize, conns, name, &ratio));
             }
         }
     }

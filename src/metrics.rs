@@ -127,19 +127,24 @@ pub struct Metrics {
 }
 
 /// The process's metrics.
-pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| Metrics {
-    requests: Family::new(),
-    verdicts: Family::new(),
-    scan_errors: Family::new(),
-    failure_mode: Family::new(),
-    icap_requests: Family::new(),
-    scan_seconds: Histogram::new(&SECONDS),
-    body_bytes: Histogram::new(&BYTES),
-    connections_open: AtomicI64::new(0),
-    connections_total: AtomicU64::new(0),
-});
+pub static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
 
 impl Metrics {
+    /// Nothing counted yet.
+    fn new() -> Metrics {
+        Metrics {
+            requests: Family::new(),
+            verdicts: Family::new(),
+            scan_errors: Family::new(),
+            failure_mode: Family::new(),
+            icap_requests: Family::new(),
+            scan_seconds: Histogram::new(&SECONDS),
+            body_bytes: Histogram::new(&BYTES),
+            connections_open: AtomicI64::new(0),
+            connections_total: AtomicU64::new(0),
+        }
+    }
+
     /// A frontend's decision on one message (what the audit line says).
     pub fn decided(
         &self,
@@ -392,17 +397,7 @@ mod tests {
 
     #[test]
     fn renders_prometheus_text() {
-        let m = Metrics {
-            requests: Family::new(),
-            verdicts: Family::new(),
-            scan_errors: Family::new(),
-            failure_mode: Family::new(),
-            icap_requests: Family::new(),
-            scan_seconds: Histogram::new(&SECONDS),
-            body_bytes: Histogram::new(&BYTES),
-            connections_open: AtomicI64::new(0),
-            connections_total: AtomicU64::new(0),
-        };
+        let m = Metrics::new();
         m.decided(
             "icap",
             "response",

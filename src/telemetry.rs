@@ -35,7 +35,8 @@ pub fn init(level: &str, format: LogFormat) -> Result<(), String> {
 }
 
 /// The audit line of one verdict: who, what, the verdict and what was done;
-/// and a warning when a message passes unscanned.
+/// a warning when a message passes unscanned; and the decision counted in
+/// the metrics (both frontends report every decision here).
 /// `bytes` is the body received; `lane` the queue lane, when the scan was
 /// queued.
 pub fn audit(

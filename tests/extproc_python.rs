@@ -33,11 +33,7 @@ fn run_client(port: u16) -> String {
         .arg(format!("127.0.0.1:{port}"))
         .output()
         .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = support::output_text(&out);
     assert!(
         out.status.success(),
         "the Python ext_proc client failed:\n{text}"

@@ -62,11 +62,7 @@ fn s_client(port: u16, dir: &TempDir, args: &[&str]) -> String {
         drop(stdin);
         handle.join().unwrap()
     };
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
+    support::output_text(&out)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -149,11 +145,7 @@ async fn squid_over_icaps_scans_downloads_and_uploads() {
         .output()
         .await
         .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = support::output_text(&out);
     assert!(
         text.contains("HTTP/1.1 403 Forbidden") && text.contains(EICAR_NAME),
         "{text}"

@@ -5,7 +5,6 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use http::StatusCode;
 use virus_scanner_grpc::{
     Begin, Direction as EnvoyDirection, Exchange, Headers, Outcome, Scan, Scanning,
 };
@@ -162,11 +161,7 @@ fn outcome(scan: &ScanRequest, verdict: &Verdict, decision: &Decision, json: boo
         headers.push(("x-virus-scanner-error".into(), (*kind).into()));
     }
     Outcome::Block {
-        status: if page.status == StatusCode::SERVICE_UNAVAILABLE {
-            StatusCode::SERVICE_UNAVAILABLE
-        } else {
-            StatusCode::FORBIDDEN
-        },
+        status: page.status,
         headers,
         body: page.html.into_bytes(),
         details: format!("virus_scanner_{}", label.replace('-', "_")),
@@ -209,6 +204,7 @@ fn scan_request(exchange: &Exchange, envoy: EnvoyDirection) -> ScanRequest {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::StatusCode;
 
     fn exchange() -> Exchange {
         let mut e = Exchange {

@@ -79,44 +79,35 @@ impl ScanMount {
         )?)
     }
 
+    /// Opens `name` directly inside the mount, never through a symlink,
+    /// after checking the name; `O_NOFOLLOW` and `O_CLOEXEC` are added.
+    fn open_in(&self, name: &str, flags: OFlags, mode: Mode) -> Result<OwnedFd, DiskError> {
+        check_name(name)?;
+        let dir = self.dir().map_err(io_error(name))?;
+        rustix::fs::openat(&dir, name, flags | OFlags::NOFOLLOW | OFlags::CLOEXEC, mode).map_err(
+            |e| match e {
+                // O_NOFOLLOW on a symlink.
+                rustix::io::Errno::LOOP => DiskError::NotRegular(name.to_owned()),
+                e => io_error(name)(e.into()),
+            },
+        )
+    }
+
     /// Creates a new body file named `name` (which must not exist).
     pub fn create(&self, name: &str) -> Result<File, DiskError> {
-        check_name(name)?;
-        let io = |source: std::io::Error| DiskError::Io {
-            name: name.to_owned(),
-            source,
-        };
-        let dir = self.dir().map_err(io)?;
-        let fd = rustix::fs::openat(
-            &dir,
+        let flags = OFlags::CREATE | OFlags::EXCL | OFlags::WRONLY;
+        Ok(File::from(self.open_in(
             name,
-            OFlags::CREATE | OFlags::EXCL | OFlags::WRONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            flags,
             Mode::from_raw_mode(0o640),
-        )
-        .map_err(|e| io(e.into()))?;
-        Ok(File::from(fd))
+        )?))
     }
 
     /// Opens the body file `name` for reading: only a regular file directly
     /// inside the mount.
     pub fn open(&self, name: &str) -> Result<File, DiskError> {
-        check_name(name)?;
-        let io = |source: std::io::Error| DiskError::Io {
-            name: name.to_owned(),
-            source,
-        };
-        let dir = self.dir().map_err(io)?;
-        let fd = rustix::fs::openat(
-            &dir,
-            name,
-            OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC,
-            Mode::empty(),
-        )
-        .map_err(|e| match e {
-            // O_NOFOLLOW on a symlink.
-            rustix::io::Errno::LOOP => DiskError::NotRegular(name.to_owned()),
-            e => io(e.into()),
-        })?;
+        let fd = self.open_in(name, OFlags::RDONLY | OFlags::NONBLOCK, Mode::empty())?;
+        let io = io_error(name);
         let stat = rustix::fs::fstat(&fd).map_err(|e| io(e.into()))?;
         if FileType::from_raw_mode(stat.st_mode) != FileType::RegularFile {
             return Err(DiskError::NotRegular(name.to_owned()));
@@ -127,11 +118,8 @@ impl ScanMount {
     /// Removes the body file `name`; a file already gone is fine.
     pub fn remove(&self, name: &str) -> Result<(), DiskError> {
         check_name(name)?;
-        let io = |source: std::io::Error| DiskError::Io {
-            name: name.to_owned(),
-            source,
-        };
-        let dir = self.dir().map_err(io)?;
+        let io = io_error(name);
+        let dir = self.dir().map_err(&io)?;
         match rustix::fs::unlinkat(&dir, name, AtFlags::empty()) {
             Ok(()) | Err(rustix::io::Errno::NOENT) => Ok(()),
             Err(e) => Err(io(e.into())),
@@ -152,6 +140,14 @@ fn check_name(name: &str) -> Result<(), DiskError> {
         Ok(())
     } else {
         Err(DiskError::BadName(name.to_owned()))
+    }
+}
+
+/// Turns an I/O error about `name` into a [`DiskError`].
+fn io_error(name: &str) -> impl Fn(std::io::Error) -> DiskError + '_ {
+    move |source| DiskError::Io {
+        name: name.to_owned(),
+        source,
     }
 }
 

@@ -356,7 +356,11 @@ pub async fn c_icap_client(port: u16, args: &[&str]) -> Output {
 
 /// Runs c-icap-client and returns what it printed, both streams.
 pub async fn c_icap_text(port: u16, args: &[&str]) -> String {
-    let out = c_icap_client(port, args).await;
+    output_text(&c_icap_client(port, args).await)
+}
+
+/// What a program printed, standard output then standard error.
+pub fn output_text(out: &Output) -> String {
     format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
