@@ -6,7 +6,9 @@
 //! Run by `scripts/bench-extproc.sh`, which starts clamd and the server;
 //! by hand: `ICAP=127.0.0.1:1344 EXTPROC=127.0.0.1:50051 cargo bench --bench
 //! extproc`, with `SIZES` (1K,64K,1M), `CONNECTIONS` (8,64) and `DURATION`
-//! (10s), `CHANNELS` (HTTP/2 connections, 2); `PATHS=icap` or `PATHS=extproc` measures only one (to watch the
+//! (10s), `ROUNDS` (1; each round measures both paths, in turn first, and
+//! the ratio is the median of the rounds'), `CHANNELS` (HTTP/2 connections,
+//! 2); `PATHS=icap` or `PATHS=extproc` measures only one (to watch the
 //! server's CPU time for one). This prints figures; it asserts nothing about
 //! time.
 
@@ -23,7 +25,7 @@ use envoy_types::pb::envoy::service::ext_proc::v3::{
 };
 use tokio::sync::mpsc;
 use tonic::transport::{Channel, Endpoint};
-use virus_scanner::bench::{base_body, measure, stamp, Stats, Target, COUNTER};
+use virus_scanner::bench::{base_body, measure, stamp, Rounds, Stats, Target, COUNTER};
 use virus_scanner::config::{parse_duration, parse_size};
 
 fn setting(name: &str, default: &str) -> String {
@@ -46,6 +48,7 @@ async fn main() {
         .collect();
     let duration = parse_duration(&setting("DURATION", "10s")).expect("DURATION");
     let paths = setting("PATHS", "icap,extproc");
+    let rounds: usize = setting("ROUNDS", "1").parse().expect("ROUNDS");
     // Envoy keeps an HTTP/2 connection per worker thread: CHANNELS of them
     // (2 by default), the streams spread over them.
     let mut channels = Vec::new();
@@ -74,22 +77,28 @@ async fn main() {
     println!("|---|---|---|---|---|---|---|---|");
     for &size in &sizes {
         for &n in &conns {
-            let by_icap = if paths.contains("icap") {
-                measure(&icap, size as usize, n, duration).await
-            } else {
-                Stats::default()
-            };
-            let by_extproc = if paths.contains("extproc") {
-                measure_extproc(&channels, size as usize, n, duration).await
-            } else {
-                Stats::default()
-            };
-            let ratio = by_extproc.rate() / by_icap.rate().max(f64::MIN_POSITIVE);
-            println!("{}", by_icap.row(size as usize, n, "ICAP", ""));
-            let ratio = format!("{ratio:.2}");
+            // Target 0 is ICAP, 1 ext_proc.
+            let mut cell = Rounds::new(2);
+            for round in 0..rounds.max(1) {
+                for path in Rounds::order(round, 2) {
+                    let stats = match path {
+                        0 if paths.contains("icap") => {
+                            measure(&icap, size as usize, n, duration).await
+                        }
+                        1 if paths.contains("extproc") => {
+                            measure_extproc(&channels, size as usize, n, duration).await
+                        }
+                        _ => Stats::default(),
+                    };
+                    cell.add(path, stats);
+                }
+            }
+            println!("{}", cell.total(0).row(size as usize, n, "ICAP", ""));
+            let ratio = cell.ratio_text(1, 0);
             println!(
                 "{}",
-                by_extproc.row(size as usize, n, "ext_proc BUFFERED", &ratio)
+                cell.total(1)
+                    .row(size as usize, n, "ext_proc BUFFERED", &ratio)
             );
         }
     }

@@ -5,7 +5,7 @@
 # body. Prints figures and ratios; asserts nothing about time.
 #
 #   scripts/bench.sh                         defaults below
-#   DURATION=10s CONNECTIONS=8,64 SIZES=1K,64K,1M scripts/bench.sh
+#   DURATION=10s ROUNDS=3 CONNECTIONS=8,64 SIZES=1K,64K,1M scripts/bench.sh
 #   SECTIONS=extproc scripts/bench.sh        only some: scan,noscan,extproc,memory
 #
 # Needs clamav-daemon, c-icap and libc-icap-mod-virus-scan (installed when
@@ -13,7 +13,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-DURATION=${DURATION:-5s}
+DURATION=${DURATION:-3s}
+# Each cell runs ROUNDS times, every target once per round in a rotating
+# order; the ratio printed is the median of the rounds' ratios.
+ROUNDS=${ROUNDS:-3}
 CONNECTIONS=${CONNECTIONS:-8,64}
 SIZES=${SIZES:-1K,64K,1M}
 ONCE=${ONCE:-1G}
@@ -93,7 +96,7 @@ wait_port "$grpc_port"
 if want scan; then
 echo "## Scanning path (unique bodies, RESPMOD with preview and Allow: 204)"
 echo
-$bin bench --duration "$DURATION" --connections "$CONNECTIONS" --sizes "$SIZES" \
+$bin bench --duration "$DURATION" --rounds "$ROUNDS" --connections "$CONNECTIONS" --sizes "$SIZES" \
   --target "virus-scanner=icap://127.0.0.1:$ours_port/avscan" \
   --target "c-icap=icap://127.0.0.1:$cicap_port/virus_scan" \
   --target "clamd-instream-tcp=instream+tcp://127.0.0.1:$clamd_port" \
@@ -106,7 +109,7 @@ fi
 if want noscan; then
 echo "## No-scan path (a trusted host answered from the preview; c-icap's echo service)"
 echo
-$bin bench --duration "$DURATION" --connections "$CONNECTIONS" --sizes "$SIZES" \
+$bin bench --duration "$DURATION" --rounds "$ROUNDS" --connections "$CONNECTIONS" --sizes "$SIZES" \
   --target "virus-scanner=icap://127.0.0.1:$ours_port/avscan?http://trusted.test/file.bin" \
   --target "c-icap-echo=icap://127.0.0.1:$cicap_port/echo"
 echo
@@ -114,7 +117,7 @@ fi
 if want extproc; then
 echo "## Envoy ext_proc BUFFERED beside ICAP, same server and clamd (unique bodies)"
 echo
-ICAP=127.0.0.1:$ours_port EXTPROC=127.0.0.1:$grpc_port \
+ICAP=127.0.0.1:$ours_port EXTPROC=127.0.0.1:$grpc_port ROUNDS=$ROUNDS \
   cargo bench --locked --bench extproc --quiet
 echo
 fi

@@ -166,6 +166,70 @@ impl Stats {
     }
 }
 
+/// The rounds of one benchmark cell. Each round measures every target once,
+/// the order rotating from round to round, so that a slow spell of a shared
+/// machine falls on all of them alike; ratios are taken within a round.
+#[derive(Debug, Default)]
+pub struct Rounds {
+    /// Per target, its stats in each round.
+    runs: Vec<Vec<Stats>>,
+}
+
+impl Rounds {
+    pub fn new(targets: usize) -> Rounds {
+        Rounds {
+            runs: (0..targets).map(|_| Vec::new()).collect(),
+        }
+    }
+
+    /// The order in which round `round` visits `targets` targets.
+    pub fn order(round: usize, targets: usize) -> impl Iterator<Item = usize> {
+        (0..targets).map(move |i| (i + round) % targets)
+    }
+
+    pub fn add(&mut self, target: usize, stats: Stats) {
+        self.runs[target].push(stats);
+    }
+
+    /// Target `i` over all rounds: counts and time summed, latencies merged.
+    pub fn total(&self, i: usize) -> Stats {
+        let elapsed = self.runs[i].iter().map(|s| s.elapsed).sum();
+        Stats::merge(self.runs[i].clone(), elapsed)
+    }
+
+    /// Rate of `a` over rate of `b` in each round: the median, the lowest
+    /// and the highest.
+    pub fn ratio(&self, a: usize, b: usize) -> (f64, f64, f64) {
+        let mut r: Vec<f64> = self.runs[a]
+            .iter()
+            .zip(&self.runs[b])
+            .map(|(x, y)| x.rate() / y.rate().max(f64::MIN_POSITIVE))
+            .collect();
+        if r.is_empty() {
+            return (0.0, 0.0, 0.0);
+        }
+        r.sort_by(f64::total_cmp);
+        let n = r.len();
+        let median = if n % 2 == 1 {
+            r[n / 2]
+        } else {
+            (r[n / 2 - 1] + r[n / 2]) / 2.0
+        };
+        (median, r[0], r[n - 1])
+    }
+
+    /// The ratio column: the median, with the range when there are rounds
+    /// to disagree.
+    pub fn ratio_text(&self, a: usize, b: usize) -> String {
+        let (median, low, high) = self.ratio(a, b);
+        if self.runs[a].len() > 1 {
+            format!("{median:.2} ({low:.2}-{high:.2})")
+        } else {
+            format!("{median:.2}")
+        }
+    }
+}
+
 /// A body of `size` bytes that compresses poorly; a stamped counter makes
 /// each request's copy different.
 pub fn base_body(size: usize) -> Vec<u8> {
@@ -286,10 +350,14 @@ fn clean(v: Verdict) -> Result<(), String> {
     }
 }
 
+/// INSTREAM as a client at its best sends a body it holds whole: in one
+/// write up to 1 MiB.
 async fn scan_instream(clamd: &Clamd, body: &[u8]) -> Result<(), String> {
-    let mut s = clamd.instream().await.map_err(|e| e.to_string())?;
-    s.send(body).await.map_err(|e| e.to_string())?;
-    s.finish().await.map_err(|e| e.to_string()).and_then(clean)
+    clamd
+        .instream_all(body)
+        .await
+        .map_err(|e| e.to_string())
+        .and_then(clean)
 }
 
 /// A RESPMOD encoded once, the way Squid sends it: the head and a preview
@@ -531,5 +599,41 @@ pub fn size_label(n: usize) -> String {
         n if n >= 1 << 20 && n % (1 << 20) == 0 => format!("{}M", n >> 20),
         n if n >= 1 << 10 && n % (1 << 10) == 0 => format!("{}K", n >> 10),
         n => n.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(ok: u64, secs: u64) -> Stats {
+        Stats {
+            ok,
+            elapsed: Duration::from_secs(secs),
+            ..Stats::default()
+        }
+    }
+
+    #[test]
+    fn each_round_starts_with_the_next_target() {
+        let firsts: Vec<usize> = (0..4).map(|r| Rounds::order(r, 3).next().unwrap()).collect();
+        assert_eq!(firsts, [0, 1, 2, 0]);
+        let mut all: Vec<usize> = Rounds::order(2, 3).collect();
+        all.sort();
+        assert_eq!(all, [0, 1, 2]);
+    }
+
+    #[test]
+    fn ratios_are_paired_within_rounds() {
+        let mut r = Rounds::new(2);
+        // A slow spell in round 2 hits both targets: the paired ratio stays.
+        for (a, b) in [(100, 50), (40, 20), (90, 60)] {
+            r.add(0, run(a, 1));
+            r.add(1, run(b, 1));
+        }
+        assert_eq!(r.ratio(0, 1), (2.0, 1.5, 2.0));
+        assert_eq!(r.ratio_text(0, 1), "2.00 (1.50-2.00)");
+        let total = r.total(0);
+        assert_eq!((total.ok, total.elapsed), (230, Duration::from_secs(3)));
     }
 }

@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use crate::bench::{measure, size_label, IcapConn, RespmodTemplate, Target};
+use crate::bench::{measure, size_label, IcapConn, RespmodTemplate, Rounds, Target};
 use crate::config::{ExtProcConfig, IcapConfig, MetricsConfig, ScanConfig};
 use crate::frontend::extproc::ExtProcScanning;
 use crate::frontend::icap::{run, IcapService};
@@ -92,6 +92,12 @@ struct BenchArgs {
     /// time. Watch the server's memory meanwhile.
     #[arg(long, value_parser = crate::config::parse_size)]
     once: Option<u64>,
+    /// Rounds per cell: each round runs every target for DURATION, in a
+    /// rotating order; ratios are the median over rounds of the ratio within
+    /// a round (with the lowest and highest), which a noisy machine moves
+    /// less than single runs.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+    rounds: u64,
 }
 
 fn parse_target(s: &str) -> Result<(String, Target), String> {
@@ -534,19 +540,26 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     let reference = &args.targets[0].0;
-    println!("| size | conns | target | req/s | p50 ms | p99 ms | errors | {reference} / target |");
+    let spread = if args.rounds > 1 {
+        format!(" (median of {} rounds, lowest-highest)", args.rounds)
+    } else {
+        String::new()
+    };
+    println!("| size | conns | target | req/s | p50 ms | p99 ms | errors | {reference} / target{spread} |");
     println!("|---|---|---|---|---|---|---|---|");
+    let n = args.targets.len();
     for &size in &args.sizes {
         for &conns in &args.connections {
-            let mut rates = Vec::new();
-            for (name, target) in &args.targets {
-                let stats = measure(target, size as usize, conns, args.duration).await;
-                rates.push((name.clone(), stats));
+            let mut rounds = Rounds::new(n);
+            for round in 0..args.rounds as usize {
+                for i in Rounds::order(round, n) {
+                    let stats = measure(&args.targets[i].1, size as usize, conns, args.duration).await;
+                    rounds.add(i, stats);
+                }
             }
-            let first = rates[0].1.rate();
-            for (name, s) in &rates {
-                let ratio = format!("{:.2}", first / s.rate().max(f64::MIN_POSITIVE));
-                println!("{}", s.row(size as usize, conns, name, &ratio));
+            for (i, (name, _)) in args.targets.iter().enumerate() {
+                let row = rounds.total(i).row(size as usize, conns, name, &rounds.ratio_text(0, i));
+                println!("{row}");
             }
         }
     }

@@ -120,10 +120,10 @@ pub struct ScanConfig {
     pub fildes_max: u64,
 
     /// Reuse clamd connections across scans (IDSESSION) instead of opening
-    /// one per scan. Off by default: in a benchmark with 64 sessions against
-    /// a clamd with 10 threads, clamd once left four FILDES commands
-    /// unanswered, so it is not yet trusted.
-    #[arg(long, env = "CLAMD_SESSIONS", default_value_t = false)]
+    /// one per scan: no connect, accept and close per scan on either side.
+    /// At most CLAMD_MAX_CONCURRENCY sessions are open, each with one
+    /// command at a time, so keep that at or below clamd's MaxThreads.
+    #[arg(long, env = "CLAMD_SESSIONS", default_value_t = true, action = clap::ArgAction::Set)]
     pub clamd_sessions: bool,
 
     /// The largest body scanned. Keep it at or below clamd's StreamMaxLength

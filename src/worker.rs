@@ -315,9 +315,10 @@ impl Worker {
         let reply: Value = cmd.query_async(&mut self.conn).await?;
         let mut entries = parse_read(&reply, keys);
         entries.sort_by_key(|e| e.lane as u8);
-        for e in &entries {
-            self.empty_until[e.lane as usize] = 0;
-        }
+        // The lanes stay skipped: a blocking read that finds work returns at
+        // once, so until the skip ends it serves as the non-blocking read
+        // too, and a worker woken for one task does not spend a round trip
+        // finding the lane empty again.
         self.stash.extend(entries);
         Ok(self.stash.pop_front())
     }

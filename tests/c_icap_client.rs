@@ -258,35 +258,39 @@ async fn a_method_the_service_does_not_offer_is_405() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clamd_over_a_unix_socket_with_fildes_and_instream() {
     let clamd = ClamdProcess::start();
-    let server = TestServer::start(&[
-        "--clamd-url",
-        &clamd.unix_url(),
-        "--fildes-max",
-        "4K",
-        "--clamd-sessions",
-    ])
-    .await;
-    let dir = TempDir::new("unix");
-    // Under FILDES_MAX: passed as a descriptor; over it: streamed.
-    for size in [100usize, 200_000] {
-        let mut bad = vec![b'.'; size];
-        bad.extend_from_slice(&eicar());
-        let infected = write_file(&dir, &format!("bad{size}"), &bad);
-        let clean = write_file(&dir, &format!("clean{size}"), &vec![b'.'; size]);
-        for _ in 0..3 {
-            // Repeated, so that pooled clamd sessions are reused.
-            let t = c_icap_text(
-                server.port(),
-                &["-s", "avscan", "-v", "-f", &clean, "-resp", "http://x/c"],
-            )
-            .await;
-            assert!(t.contains("ICAP/1.0 204"), "{size}: {t}");
-            let t = c_icap_text(
-                server.port(),
-                &["-s", "avscan", "-v", "-f", &infected, "-resp", "http://x/b"],
-            )
-            .await;
-            assert!(t.contains(EICAR_NAME), "{size}: {t}");
+    // Pooled clamd sessions (the default) and a connection per scan.
+    for sessions in ["true", "false"] {
+        let server = TestServer::start(&[
+            "--clamd-url",
+            &clamd.unix_url(),
+            "--fildes-max",
+            "4K",
+            "--clamd-sessions",
+            sessions,
+        ])
+        .await;
+        let dir = TempDir::new("unix");
+        // Under FILDES_MAX: passed as a descriptor; over it: streamed.
+        for size in [100usize, 200_000] {
+            let mut bad = vec![b'.'; size];
+            bad.extend_from_slice(&eicar());
+            let infected = write_file(&dir, &format!("bad{size}"), &bad);
+            let clean = write_file(&dir, &format!("clean{size}"), &vec![b'.'; size]);
+            for _ in 0..3 {
+                // Repeated, so that pooled clamd sessions are reused.
+                let t = c_icap_text(
+                    server.port(),
+                    &["-s", "avscan", "-v", "-f", &clean, "-resp", "http://x/c"],
+                )
+                .await;
+                assert!(t.contains("ICAP/1.0 204"), "{sessions} {size}: {t}");
+                let t = c_icap_text(
+                    server.port(),
+                    &["-s", "avscan", "-v", "-f", &infected, "-resp", "http://x/b"],
+                )
+                .await;
+                assert!(t.contains(EICAR_NAME), "{sessions} {size}: {t}");
+            }
         }
     }
 }

@@ -11,8 +11,9 @@
 //!   volume, and the task names it once the body is complete.
 //!
 //! Results come back on one list per producer process: a single connection
-//! blocks on it (BLPOP) and hands each result to the transaction waiting for
-//! it, so waiting costs no connection per request. Each result is also kept
+//! blocks on it (BLMPOP, or BLPOP before Redis 7) and hands each result to
+//! the transaction waiting for it, so waiting costs no connection per
+//! request. Each result is also kept
 //! under the task's own key for `RESULT_TTL`; a transaction whose deadline
 //! passes looks there once before the failure mode applies.
 
@@ -187,7 +188,7 @@ impl Producer {
     }
 }
 
-/// How long one BLPOP on the reply list waits before it is sent again.
+/// How long one blocking pop on the reply list waits before it is sent again.
 const REPLY_BLOCK: Duration = Duration::from_secs(2);
 
 /// Results taken at once after the first.
@@ -217,32 +218,21 @@ fn deliver(inner: &Inner, json: &[u8]) {
 /// transaction. Ends when the producer is dropped.
 async fn dispatch(inner: std::sync::Weak<Inner>, mut conn: ConnectionManager) {
     let mut backoff = Duration::from_millis(50);
+    let mut blmpop = true;
     loop {
         let Some(key) = inner.upgrade().map(|i| i.reply_key.clone()) else {
             return;
         };
-        let popped: Result<Option<(String, Vec<u8>)>, _> = redis::cmd("BLPOP")
-            .arg(&key)
-            .arg(REPLY_BLOCK.as_secs_f64())
-            .query_async(&mut conn)
-            .await;
+        let popped = pop_results(&mut conn, &key, &mut blmpop).await;
         let Some(inner) = inner.upgrade() else { return };
         match popped {
-            Ok(Some((_, json))) => {
+            Ok(results) if !results.is_empty() => {
                 backoff = Duration::from_millis(50);
-                // Under load more results wait behind the first: take them
-                // in one round trip.
-                let more: Vec<Vec<u8>> = redis::cmd("LPOP")
-                    .arg(&key)
-                    .arg(REPLY_BATCH)
-                    .query_async(&mut conn)
-                    .await
-                    .unwrap_or_default();
-                for json in std::iter::once(json).chain(more) {
+                for json in results {
                     deliver(&inner, &json);
                 }
             }
-            Ok(None) => backoff = Duration::from_millis(50),
+            Ok(_) => backoff = Duration::from_millis(50),
             Err(e) => {
                 tracing::warn!(error = %e, "waiting for results: Redis failed; retrying");
                 drop(inner);
@@ -251,6 +241,53 @@ async fn dispatch(inner: std::sync::Weak<Inner>, mut conn: ConnectionManager) {
             }
         }
     }
+}
+
+/// Waits up to REPLY_BLOCK for results on `key` and takes up to
+/// REPLY_BATCH of them: one BLMPOP (Redis 7), or on an older server, which
+/// does not know it (`blmpop` is then cleared), BLPOP and then LPOP for the
+/// ones waiting behind the first.
+async fn pop_results(
+    conn: &mut ConnectionManager,
+    key: &str,
+    blmpop: &mut bool,
+) -> redis::RedisResult<Vec<Vec<u8>>> {
+    if *blmpop {
+        let popped: redis::RedisResult<Option<(String, Vec<Vec<u8>>)>> = redis::cmd("BLMPOP")
+            .arg(REPLY_BLOCK.as_secs_f64())
+            .arg(1)
+            .arg(key)
+            .arg("LEFT")
+            .arg("COUNT")
+            .arg(REPLY_BATCH)
+            .query_async(conn)
+            .await;
+        match popped {
+            Ok(got) => return Ok(got.map(|(_, results)| results).unwrap_or_default()),
+            Err(e) if e.code() == Some("ERR") => {
+                tracing::info!(error = %e, "no BLMPOP (Redis before 7.0): results are taken with BLPOP and LPOP");
+                *blmpop = false;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    let first: Option<(String, Vec<u8>)> = redis::cmd("BLPOP")
+        .arg(key)
+        .arg(REPLY_BLOCK.as_secs_f64())
+        .query_async(conn)
+        .await?;
+    let Some((_, first)) = first else {
+        return Ok(Vec::new());
+    };
+    // Under load more results wait behind the first: take them in one round
+    // trip.
+    let more: Vec<Vec<u8>> = redis::cmd("LPOP")
+        .arg(key)
+        .arg(REPLY_BATCH)
+        .query_async(conn)
+        .await
+        .unwrap_or_default();
+    Ok(std::iter::once(first).chain(more).collect())
 }
 
 async fn watch_version(inner: std::sync::Weak<Inner>) {

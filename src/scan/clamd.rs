@@ -378,9 +378,33 @@ impl Clamd {
         if self.is_unix() && body.len() <= self.options.fildes_max {
             return self.fildes(body).await;
         }
+        self.instream_all(body).await
+    }
+
+    /// INSTREAM of a body that is already whole: in one write when it fits
+    /// one chunk, else chunk by chunk.
+    pub async fn instream_all(&self, body: &[u8]) -> Result<Verdict, ScanError> {
+        if body.len() <= MAX_CHUNK {
+            return self.instream_whole(body).await;
+        }
         let mut scan = self.instream().await?;
         scan.send(body).await?;
         scan.finish().await
+    }
+
+    /// INSTREAM of a body of at most one chunk, held whole: the command,
+    /// the chunk and the end marker go in one write, which clamd takes in
+    /// one read.
+    async fn instream_whole(&self, body: &[u8]) -> Result<Verdict, ScanError> {
+        debug_assert!(body.len() <= MAX_CHUNK);
+        let mut message = Vec::with_capacity(body.len() + 18);
+        message.extend_from_slice(b"zINSTREAM\0");
+        if !body.is_empty() {
+            message.extend_from_slice(&(body.len() as u32).to_be_bytes());
+            message.extend_from_slice(body);
+        }
+        message.extend_from_slice(&[0, 0, 0, 0]);
+        self.scan_once(Whole::Bytes(&message)).await
     }
 
     /// `FILDES`: writes the body to an anonymous memory file and passes its
@@ -396,30 +420,49 @@ impl Clamd {
         if !self.is_unix() {
             return Err(ScanError::Protocol("FILDES needs a unix socket".into()));
         }
+        std::io::Seek::rewind(file)?;
+        self.scan_once(Whole::Fd(file)).await
+    }
+
+    /// One scan command that carries the whole body, and its verdict; waits
+    /// for a free scan slot first. A reused session that turns out dead
+    /// (the send fails, or clamd closes without a reply) is replaced and the
+    /// command sent again: the body is still whole here.
+    async fn scan_once(&self, command: Whole<'_>) -> Result<Verdict, ScanError> {
         let _permit = self
             .permits
             .clone()
             .acquire_owned()
             .await
             .expect("the semaphore is never closed");
-        std::io::Seek::rewind(file)?;
-        let file = &*file;
         let mut fresh = false;
         loop {
             let mut session = self.session(fresh).await?;
             let reused = session.reused;
-            match self.send_fd(&mut session, file).await {
+            let sent = match command {
+                Whole::Bytes(message) => {
+                    let t = self.options.connect_timeout;
+                    match timeout(t, session.stream.write_all(message)).await {
+                        Ok(r) => r.map_err(ScanError::Io),
+                        Err(_) => Err(ScanError::Timeout {
+                            what: "write",
+                            after: t,
+                        }),
+                    }
+                }
+                Whole::Fd(file) => self.send_fd(&mut session, file).await,
+            };
+            match sent {
                 Ok(()) => {}
-                Err(_) if reused => {
+                Err(ScanError::Io(_)) if reused => {
                     fresh = true;
                     continue;
                 }
                 Err(e) => return Err(e),
             }
-            let reply = session.reply(self.options.scan_timeout).await;
-            let verdict = match reply {
+            let verdict = match session.reply(self.options.scan_timeout).await {
                 Ok(reply) => parse_scan_reply(&reply),
-                Err(_) if reused => {
+                Err(ScanError::Io(_)) if reused => {
                     fresh = true;
                     continue;
                 }
@@ -532,6 +575,14 @@ pub fn parse_scan_reply(reply: &str) -> Result<Verdict, ScanError> {
         return Err(ScanError::Clamd(reply.to_owned()));
     }
     Err(ScanError::Protocol(reply.to_owned()))
+}
+
+/// What a scan of a whole body sends: an INSTREAM message complete with
+/// its end marker, or a file for FILDES.
+#[derive(Clone, Copy)]
+enum Whole<'a> {
+    Bytes(&'a [u8]),
+    Fd(&'a std::fs::File),
 }
 
 /// An INSTREAM scan under way: chunks go to clamd as they arrive.

@@ -4,10 +4,11 @@
 //! Where clamd is on a unix socket, a session writes the body into an
 //! anonymous memory file as it arrives (not into the process's heap), and a
 //! body that ends within `FILDES_MAX` is handed to clamd whole by file
-//! descriptor: measured here, that is the fastest way into clamd. A larger
-//! body, or any body when clamd is on TCP, streams by INSTREAM while it
-//! arrives, so the scan overlaps the transfer and memory stays bounded
-//! whatever the body's size. Errors never escape as `Err`: they become
+//! descriptor: measured here, that is the fastest way into clamd. On TCP
+//! the first `INSTREAM_HOLD` bytes are held, so that a small body goes to
+//! clamd in a single write (command, chunk and end marker at once). A larger
+//! body streams by INSTREAM while it arrives, so the scan overlaps the
+//! transfer and memory stays bounded whatever the body's size. Errors never escape as `Err`: they become
 //! [`Verdict::Error`], and the failure mode decides what that means.
 
 pub mod clamd;
@@ -55,6 +56,7 @@ impl Scanner {
             clamd: self.clamd.clone(),
             limit: self.max_scan_size,
             spool: None,
+            held: Vec::new(),
             stream: None,
             received: 0,
             failed: None,
@@ -86,12 +88,18 @@ impl Scanner {
     }
 }
 
+/// Over TCP, a body up to this size is held and sent to clamd in one write.
+pub const INSTREAM_HOLD: usize = 64 * 1024;
+
 /// One body being scanned.
 pub struct ScanSession {
     clamd: Clamd,
     limit: u64,
     /// The body so far, while it may still go to clamd by FILDES.
     spool: Option<std::fs::File>,
+    /// The body so far, while it is small enough to go to clamd over TCP in
+    /// one write.
+    held: Vec<u8>,
     stream: Option<Instream>,
     received: u64,
     failed: Option<ScanError>,
@@ -124,6 +132,7 @@ impl ScanSession {
             // Nothing more goes to clamd; the verdict will say why.
             self.stream = None;
             self.spool = None;
+            self.held = Vec::new();
             return;
         }
         if let Some(stream) = self.stream.as_mut() {
@@ -132,17 +141,25 @@ impl ScanSession {
             }
             return;
         }
-        let fits = self.clamd.is_unix() && self.received <= self.clamd.options().fildes_max as u64;
-        if fits {
+        let unix = self.clamd.is_unix();
+        if unix && self.received <= self.clamd.options().fildes_max as u64 {
             if let Err(e) = self.spool_write(data) {
                 self.fail(e);
             }
             return;
         }
-        // Too large for FILDES (or clamd is on TCP): stream what is spooled,
-        // then everything else as it comes.
+        if !unix && self.received <= INSTREAM_HOLD as u64 {
+            self.held.extend_from_slice(data);
+            return;
+        }
+        // Too large for FILDES or for one write: stream what is spooled or
+        // held, then everything else as it comes.
+        let held = std::mem::take(&mut self.held);
         let result = async {
             let mut stream = self.clamd.instream().await?;
+            if !held.is_empty() {
+                stream.send(&held).await?;
+            }
             if let Some(mut spool) = self.spool.take() {
                 std::io::Seek::rewind(&mut spool)?;
                 let mut buf = vec![0u8; 64 * 1024];
@@ -176,6 +193,7 @@ impl ScanSession {
     fn fail(&mut self, e: ScanError) {
         self.stream = None;
         self.spool = None;
+        self.held = Vec::new();
         self.failed = Some(e);
     }
 
@@ -188,9 +206,9 @@ impl ScanSession {
             (Some(e), _, _) => Err(e),
             (None, Some(stream), _) => stream.finish().await,
             (None, None, Some(mut spool)) => self.clamd.fildes_file(&mut spool).await,
-            // An empty body (or one that never outgrew nothing): scan it as
-            // such, so that even that verdict comes from clamd.
-            (None, None, None) => self.clamd.scan_whole(&[]).await,
+            // A body held whole, or an empty one: even that verdict comes
+            // from clamd.
+            (None, None, None) => self.clamd.scan_whole(&self.held).await,
         };
         match result {
             Ok(v) => v,
