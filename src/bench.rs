@@ -616,7 +616,9 @@ mod tests {
 
     #[test]
     fn each_round_starts_with_the_next_target() {
-        let firsts: Vec<usize> = (0..4).map(|r| Rounds::order(r, 3).next().unwrap()).collect();
+        let firsts: Vec<usize> = (0..4)
+            .map(|r| Rounds::order(r, 3).next().unwrap())
+            .collect();
         assert_eq!(firsts, [0, 1, 2, 0]);
         let mut all: Vec<usize> = Rounds::order(2, 3).collect();
         all.sort();

@@ -553,12 +553,15 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
             let mut rounds = Rounds::new(n);
             for round in 0..args.rounds as usize {
                 for i in Rounds::order(round, n) {
-                    let stats = measure(&args.targets[i].1, size as usize, conns, args.duration).await;
+                    let stats =
+                        measure(&args.targets[i].1, size as usize, conns, args.duration).await;
                     rounds.add(i, stats);
                 }
             }
             for (i, (name, _)) in args.targets.iter().enumerate() {
-                let row = rounds.total(i).row(size as usize, conns, name, &rounds.ratio_text(0, i));
+                let row = rounds
+                    .total(i)
+                    .row(size as usize, conns, name, &rounds.ratio_text(0, i));
                 println!("{row}");
             }
         }
