@@ -53,7 +53,7 @@ StreamMaxLength 2000M
 MaxFileSize 2000M
 MaxScanSize 4000M
 CONF
-clamd -c "$dir/clamd.conf" >/dev/null 2>&1 & pids+=($!)
+clamd -c "$dir/clamd.conf" >/dev/null 2>&1 & clamd=$!; pids+=($clamd)
 wait_port "$clamd_port"
 
 cicap_port=$(free_port)
@@ -83,7 +83,7 @@ virus_scan.MaxObjectSize 2000M
 virus_scan.Allow204Responces on
 Service echo srv_echo.so
 CONF
-c-icap -N -f "$dir/c-icap.conf" >/dev/null 2>&1 & pids+=($!)
+c-icap -N -f "$dir/c-icap.conf" >/dev/null 2>&1 & cicap=$!; pids+=($cicap)
 wait_port "$cicap_port"
 
 ours_port=$(free_port)
@@ -109,10 +109,29 @@ fi
 if want noscan; then
 echo "## No-scan path (a trusted host answered from the preview; c-icap's echo service)"
 echo
-$bin bench --duration "$DURATION" --rounds "$ROUNDS" --connections "$CONNECTIONS" --sizes "$SIZES" \
-  --target "virus-scanner=icap://127.0.0.1:$ours_port/avscan?http://trusted.test/file.bin" \
-  --target "c-icap-echo=icap://127.0.0.1:$cicap_port/echo"
+noscan() {
+  "$@" $bin bench --duration "$DURATION" --rounds "$ROUNDS" --connections "$CONNECTIONS" --sizes "$SIZES" \
+    --target "virus-scanner=icap://127.0.0.1:$ours_port/avscan?http://trusted.test/file.bin" \
+    --target "c-icap-echo=icap://127.0.0.1:$cicap_port/echo"
+}
+echo "All processes on all cores:"
 echo
+noscan
+echo
+# Here a server's own cost per request is small next to the load
+# generator's, which on shared cores takes CPU time from whichever server it
+# measures: measured again with the servers on CPU 0 and the load generator
+# alone on CPU 1.
+if [ "$(nproc)" -ge 2 ] && command -v taskset >/dev/null; then
+  echo "Servers (c-icap with its children, virus-scanner) on CPU 0, load generator alone on CPU 1:"
+  echo
+  all_cpus=$(taskset -p $$ | awk '{print $NF}')
+  servers=("$ours" "$cicap" $(pgrep -P "$cicap"))
+  for p in "${servers[@]}"; do taskset -a -p -c 0 "$p" >/dev/null; done
+  noscan taskset -c 1
+  for p in "${servers[@]}"; do taskset -a -p "$all_cpus" "$p" >/dev/null; done
+  echo
+fi
 fi
 if want extproc; then
 echo "## Envoy ext_proc BUFFERED beside ICAP, same server and clamd (unique bodies)"

@@ -253,10 +253,17 @@ struct Connection<S> {
     /// client may stop sending, so the connection closes after it
     /// (`Connection: close`), rather than wait for a body that never ends.
     closing: bool,
+    /// How much room the next read gets: it starts small and doubles while
+    /// reads fill it, up to READ_SIZE, so a small message never costs a
+    /// large buffer (a producer holds a thousand waiting connections).
+    read_size: usize,
 }
 
-/// The read size: a typical Squid chunk, and the codec's head limit fits.
+/// The largest read: a typical Squid chunk, and the codec's head limit fits.
 const READ_SIZE: usize = 64 * 1024;
+
+/// The first read of a connection.
+const FIRST_READ_SIZE: usize = 8 * 1024;
 
 /// What a connection reads into while it waits for a request head.
 const IDLE_READ_SIZE: usize = 4 * 1024;
@@ -270,12 +277,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
     ) -> Self {
         Connection {
             io,
-            buf: BytesMut::with_capacity(READ_SIZE),
+            buf: BytesMut::new(),
             peer,
             service,
             drain,
             answered: false,
             closing: false,
+            read_size: FIRST_READ_SIZE,
         }
     }
 
@@ -360,11 +368,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
 
     /// Reads more bytes before `deadline`; false at end of input.
     async fn fill(&mut self, deadline: Instant, what: &'static str) -> Result<bool, Failure> {
-        self.buf.reserve(READ_SIZE);
+        self.buf.reserve(self.read_size);
         let left = deadline.saturating_duration_since(Instant::now());
         match timeout(left, self.io.read_buf(&mut self.buf)).await {
             Ok(Ok(0)) => Ok(false),
-            Ok(Ok(_)) => Ok(true),
+            Ok(Ok(n)) => {
+                if n >= self.read_size {
+                    self.read_size = (self.read_size * 2).min(READ_SIZE);
+                }
+                Ok(true)
+            }
             Ok(Err(e)) => Err(Failure::Io(e)),
             Err(_) => Err(Failure::Timeout(what)),
         }
