@@ -136,9 +136,27 @@ fi
 if want extproc; then
 echo "## Envoy ext_proc BUFFERED beside ICAP, same server and clamd (unique bodies)"
 echo
-ICAP=127.0.0.1:$ours_port EXTPROC=127.0.0.1:$grpc_port ROUNDS=$ROUNDS \
-  cargo bench --locked --bench extproc --quiet
+extproc() {
+  ICAP=127.0.0.1:$ours_port EXTPROC=127.0.0.1:$grpc_port ROUNDS=$ROUNDS \
+    SIZES=$SIZES CONNECTIONS=$CONNECTIONS DURATION=$DURATION "$@" \
+    cargo bench --locked --bench extproc --quiet
+}
+echo "All processes on all cores:"
 echo
+extproc
+echo
+# The gRPC client costs far more CPU than the ICAP one; Envoy runs on
+# resources of its own, so measured again with this server and clamd on
+# CPU 0 and the load generator alone on CPU 1.
+if [ "$(nproc)" -ge 2 ] && command -v taskset >/dev/null; then
+  echo "This server and clamd on CPU 0, load generator alone on CPU 1:"
+  echo
+  all_cpus=$(taskset -p $$ | awk '{print $NF}')
+  for p in "$ours" "$clamd"; do taskset -a -p -c 0 "$p" >/dev/null; done
+  extproc taskset -c 1
+  for p in "$ours" "$clamd"; do taskset -a -p "$all_cpus" "$p" >/dev/null; done
+  echo
+fi
 fi
 if want memory; then
 echo "## Memory: one $ONCE body scanned and sent back (no Allow: 204)"

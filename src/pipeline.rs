@@ -76,7 +76,10 @@ impl Session {
     pub async fn finish(self) -> Verdict {
         crate::metrics::METRICS.body(self.received());
         match self {
-            Session::Local(s) => s.finish().await,
+            // Boxed: a waiting transaction's task is as large as the largest
+            // scan it might await, and a producer holds many that wait on the
+            // (smaller) queue.
+            Session::Local(s) => Box::pin(s.finish()).await,
             Session::Queued(s) => s.finish().await,
         }
     }

@@ -165,7 +165,10 @@ async fn serve_on(
                             let limit = service.config.head_timeout;
                             match timeout(limit, tls.acceptor().accept(stream)).await {
                                 Ok(Ok(stream)) => {
-                                    Connection::new(stream, peer, service, drain).serve().await
+                                    // Boxed, so that plain connections' tasks
+                                    // are not sized for TLS.
+                                    let conn = Connection::new(stream, peer, service, drain);
+                                    Box::pin(conn.serve()).await
                                 }
                                 Ok(Err(e)) => {
                                     tracing::warn!(%peer, error = %e, "ICAPS handshake failed")
@@ -317,7 +320,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
     /// before the client reads it.
     async fn linger(&mut self) {
         let _ = timeout(Duration::from_secs(1), self.io.shutdown()).await;
-        let mut sink = [0u8; 16 * 1024];
+        // On the heap: an array here would make every connection's task
+        // (waiting ones too) 16K larger.
+        let mut sink = vec![0u8; 16 * 1024];
         let mut left: usize = 4 << 20;
         let deadline = Instant::now() + Duration::from_secs(2);
         while left > 0 {
