@@ -38,6 +38,17 @@ cleanup() { set +e; for p in "${pids[@]}"; do kill "$p" 2>/dev/null; done; wait 
 trap cleanup EXIT
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+# pinned "PID ..." COMMAND...: runs COMMAND with those processes (all their
+# threads) on CPU 0, then gives them every CPU back.
+can_pin() { [ "$(nproc)" -ge 2 ] && command -v taskset >/dev/null; }
+pinned() {
+  local procs=($1) all p
+  shift
+  all=$(taskset -p $$ | awk '{print $NF}')
+  for p in "${procs[@]}"; do taskset -a -p -c 0 "$p" >/dev/null; done
+  "$@"
+  for p in "${procs[@]}"; do taskset -a -p "$all" "$p" >/dev/null; done
+}
 wait_port() { for _ in $(seq 1 200); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.1; done; echo "port $1 never opened" >&2; return 1; }
 
 clamd_port=$(free_port)
@@ -122,14 +133,10 @@ echo
 # generator's, which on shared cores takes CPU time from whichever server it
 # measures: measured again with the servers on CPU 0 and the load generator
 # alone on CPU 1.
-if [ "$(nproc)" -ge 2 ] && command -v taskset >/dev/null; then
+if can_pin; then
   echo "Servers (c-icap with its children, virus-scanner) on CPU 0, load generator alone on CPU 1:"
   echo
-  all_cpus=$(taskset -p $$ | awk '{print $NF}')
-  servers=("$ours" "$cicap" $(pgrep -P "$cicap"))
-  for p in "${servers[@]}"; do taskset -a -p -c 0 "$p" >/dev/null; done
-  noscan taskset -c 1
-  for p in "${servers[@]}"; do taskset -a -p "$all_cpus" "$p" >/dev/null; done
+  pinned "$ours $cicap $(pgrep -P "$cicap" | paste -sd' ')" noscan taskset -c 1
   echo
 fi
 fi
@@ -148,13 +155,10 @@ echo
 # The gRPC client costs far more CPU than the ICAP one; Envoy runs on
 # resources of its own, so measured again with this server and clamd on
 # CPU 0 and the load generator alone on CPU 1.
-if [ "$(nproc)" -ge 2 ] && command -v taskset >/dev/null; then
+if can_pin; then
   echo "This server and clamd on CPU 0, load generator alone on CPU 1:"
   echo
-  all_cpus=$(taskset -p $$ | awk '{print $NF}')
-  for p in "$ours" "$clamd"; do taskset -a -p -c 0 "$p" >/dev/null; done
-  extproc taskset -c 1
-  for p in "$ours" "$clamd"; do taskset -a -p "$all_cpus" "$p" >/dev/null; done
+  pinned "$ours $clamd" extproc taskset -c 1
   echo
 fi
 fi
