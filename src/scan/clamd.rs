@@ -494,7 +494,9 @@ impl Clamd {
                     let mut control = SendAncillaryBuffer::new(&mut space);
                     let fds = [file.as_fd()];
                     control.push(SendAncillaryMessage::ScmRights(&fds));
-                    // clamd wants one byte of data with the descriptor.
+                    // clamd wants one byte of data with the descriptor, in
+                    // a message after the command's: sent together, clamd
+                    // answers "ancillary data sent without FILDES".
                     sendmsg(
                         stream,
                         &[IoSlice::new(b"\0")],
