@@ -29,7 +29,7 @@ use crate::model::{Priority, Verdict};
 use crate::queue::disk::ScanMount;
 use crate::queue::producer::hostname;
 use crate::queue::task::{now_ms, Provider, Task, TaskResult, WireVerdict, SCHEMA_VERSION};
-use crate::queue::{ensure_groups, Keys, RedisConfig, GROUP, VERSION_TTL};
+use crate::queue::{ensure_groups, Backoff, Keys, RedisConfig, GROUP, VERSION_TTL};
 use crate::scan::Scanner;
 
 /// Settings of the handler.
@@ -161,11 +161,10 @@ pub async fn run(
 ) -> Result<(), redis::RedisError> {
     let keys = redis.keys();
     let mut conn = redis.connect(Duration::ZERO)?;
-    let mut backoff = Duration::from_millis(100);
+    let mut backoff = Backoff::new(Duration::from_millis(100));
     while let Err(e) = ensure_groups(&mut conn, &keys).await {
         tracing::warn!(redis = %redis.display_url(), error = %e, "Redis not reachable yet; retrying");
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(Duration::from_secs(2));
+        backoff.wait().await;
     }
     let workers = match config.handler_concurrency {
         0 => scanner.clamd().options().max_concurrency,
@@ -251,19 +250,18 @@ struct Worker {
 
 impl Worker {
     async fn run(mut self) {
-        let mut backoff = Duration::from_millis(100);
+        let mut backoff = Backoff::new(Duration::from_millis(100));
         while !*self.stop.borrow() {
             match self.next().await {
                 Ok(Some(entry)) => {
-                    backoff = Duration::from_millis(100);
+                    backoff.reset();
                     self.process(entry).await;
                 }
-                Ok(None) => backoff = Duration::from_millis(100),
+                Ok(None) => backoff.reset(),
                 Err(e) => {
                     self.recheck_own = true;
                     tracing::warn!(consumer = %self.consumer, error = %e, "reading tasks: Redis failed; retrying");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                    backoff.wait().await;
                 }
             }
         }
@@ -656,7 +654,7 @@ impl Worker {
         let keys = &shared.keys;
         let ttl = shared.config.result_ttl.as_secs().max(1);
         let json = result.to_json();
-        let mut backoff = Duration::from_millis(100);
+        let mut backoff = Backoff::new(Duration::from_millis(100));
         loop {
             let mut pipe = redis::pipe();
             pipe.atomic();
@@ -695,8 +693,7 @@ impl Worker {
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "publishing the result: Redis failed; retrying");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                    backoff.wait().await;
                 }
             }
         }
@@ -720,7 +717,7 @@ impl Worker {
             reason,
             "task moved to the dead-letter stream"
         );
-        let mut backoff = Duration::from_millis(100);
+        let mut backoff = Backoff::new(Duration::from_millis(100));
         loop {
             let mut conn = shared.conn.clone();
             let added: Result<(), _> = redis::cmd("XADD")
@@ -749,8 +746,7 @@ impl Worker {
                 Err(_) if *self.stop.borrow() => return,
                 Err(e) => {
                     tracing::warn!(error = %e, "dead-lettering: Redis failed; retrying");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                    backoff.wait().await;
                 }
             }
         }

@@ -272,6 +272,30 @@ fn map_of(v: &redis::Value) -> Vec<(String, String)> {
     }
 }
 
+/// The wait between retries while Redis is away: doubling from the first
+/// wait up to two seconds, back to the first after a success.
+pub struct Backoff {
+    first: Duration,
+    next: Duration,
+}
+
+impl Backoff {
+    pub fn new(first: Duration) -> Backoff {
+        Backoff { first, next: first }
+    }
+
+    /// Redis answered: the next failure waits the first wait again.
+    pub fn reset(&mut self) {
+        self.next = self.first;
+    }
+
+    /// Sleeps for the current wait, and doubles it for the next time.
+    pub async fn wait(&mut self) {
+        tokio::time::sleep(self.next).await;
+        self.next = (self.next * 2).min(Duration::from_secs(2));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -26,7 +26,7 @@ use tokio::sync::{oneshot, RwLock};
 
 use super::disk::ScanMount;
 use super::task::{now_ms, Provider, Task, TaskResult};
-use super::{ensure_groups, Keys, RedisConfig};
+use super::{ensure_groups, Backoff, Keys, RedisConfig};
 use crate::model::{Priority, ScanRequest, Verdict};
 
 /// Settings of the producer side.
@@ -217,7 +217,7 @@ fn deliver(inner: &Inner, json: &[u8]) {
 /// Pops results from this producer's reply list and hands each to its
 /// transaction. Ends when the producer is dropped.
 async fn dispatch(inner: std::sync::Weak<Inner>, mut conn: ConnectionManager) {
-    let mut backoff = Duration::from_millis(50);
+    let mut backoff = Backoff::new(Duration::from_millis(50));
     let mut blmpop = true;
     loop {
         let Some(key) = inner.upgrade().map(|i| i.reply_key.clone()) else {
@@ -227,17 +227,16 @@ async fn dispatch(inner: std::sync::Weak<Inner>, mut conn: ConnectionManager) {
         let Some(inner) = inner.upgrade() else { return };
         match popped {
             Ok(results) if !results.is_empty() => {
-                backoff = Duration::from_millis(50);
+                backoff.reset();
                 for json in results {
                     deliver(&inner, &json);
                 }
             }
-            Ok(_) => backoff = Duration::from_millis(50),
+            Ok(_) => backoff.reset(),
             Err(e) => {
                 tracing::warn!(error = %e, "waiting for results: Redis failed; retrying");
                 drop(inner);
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(2));
+                backoff.wait().await;
             }
         }
     }
