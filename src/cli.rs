@@ -204,47 +204,38 @@ pub fn main(subcommand: Option<&str>) -> ExitCode {
         }
     };
     match cli.command {
-        Command::Probe { url } => match probe(&url) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("virus-scanner probe {url}: {e}");
-                ExitCode::FAILURE
-            }
-        },
-        Command::Bench(args) => match bench(args) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("virus-scanner bench: {e:#}");
-                ExitCode::FAILURE
-            }
-        },
+        Command::Probe { url } => finished(
+            &format!("virus-scanner probe {url}"),
+            probe(&url).map_err(anyhow::Error::msg),
+        ),
+        Command::Bench(args) => finished("virus-scanner bench", bench(args)),
         Command::All(args) => {
-            let checked = args
-                .icap
-                .validate()
-                .and_then(|_| args.extproc.validate())
-                .and_then(|_| args.scan.validate())
-                .and_then(|_| telemetry::init(&args.log_level, args.log_format));
+            let checked = valid([
+                args.icap.validate(),
+                args.extproc.validate(),
+                args.scan.validate(),
+            ])
+            .and_then(|_| telemetry::init(&args.log_level, args.log_format));
             serve(checked, args.check_config, || all(args))
         }
         Command::Producer(args) => {
-            let checked = args
-                .icap
-                .validate()
-                .and_then(|_| args.extproc.validate())
-                .and_then(|_| args.scan.validate())
-                .and_then(|_| args.redis.validate())
-                .and_then(|_| args.producer.validate())
-                .and_then(|_| telemetry::init(&args.log_level, args.log_format));
+            let checked = valid([
+                args.icap.validate(),
+                args.extproc.validate(),
+                args.scan.validate(),
+                args.redis.validate(),
+                args.producer.validate(),
+            ])
+            .and_then(|_| telemetry::init(&args.log_level, args.log_format));
             serve(checked, args.check_config, || producer(args))
         }
         Command::Handler(args) => {
-            let checked = args
-                .scan
-                .validate()
-                .and_then(|_| args.redis.validate())
-                .and_then(|_| args.handler.validate())
-                .and_then(|_| telemetry::init(&args.log_level, args.log_format));
+            let checked = valid([
+                args.scan.validate(),
+                args.redis.validate(),
+                args.handler.validate(),
+            ])
+            .and_then(|_| telemetry::init(&args.log_level, args.log_format));
             serve(checked, args.check_config, || handler(args))
         }
         Command::QueueStatus(args) => match args.redis.validate() {
@@ -252,14 +243,25 @@ pub fn main(subcommand: Option<&str>) -> ExitCode {
                 eprintln!("virus-scanner: {e}");
                 ExitCode::from(EX_USAGE)
             }
-            Ok(()) => match queue_status(args) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("virus-scanner queue-status: {e:#}");
-                    ExitCode::FAILURE
-                }
-            },
+            Ok(()) => finished("virus-scanner queue-status", queue_status(args)),
         },
+    }
+}
+
+/// The first failed check of a command's settings, if any.
+fn valid<const N: usize>(checks: [Result<(), String>; N]) -> Result<(), String> {
+    checks.into_iter().collect()
+}
+
+/// The exit status of a command that runs once: 0, or 1 with the error on
+/// standard error.
+fn finished(what: &str, result: anyhow::Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{what}: {e:#}");
+            ExitCode::FAILURE
+        }
     }
 }
 
