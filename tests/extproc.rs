@@ -77,9 +77,8 @@ impl Server {
     /// number, for both directions).
     async fn upload(&self, path: &str, mode: i32) -> Stream {
         let mut s = self.open().await;
-        s.send(with_modes(request_headers(path, &[], false), mode, mode))
+        s.passes(with_modes(request_headers(path, &[], false), mode, mode))
             .await;
-        assert_continue(s.next().await);
         s
     }
 
@@ -87,11 +86,9 @@ impl Server {
     /// `mode`: the response body comes next.
     async fn download(&self, path: &str, mode: i32) -> Stream {
         let mut s = self.open().await;
-        s.send(with_modes(request_headers(path, &[], true), mode, mode))
+        s.passes(with_modes(request_headers(path, &[], true), mode, mode))
             .await;
-        assert_continue(s.next().await);
-        s.send(response_headers(&[], false)).await;
-        assert_continue(s.next().await);
+        s.passes(response_headers(&[], false)).await;
         s
     }
 
@@ -161,6 +158,18 @@ impl Stream {
     /// Half-closes, as Envoy does when the exchange is over.
     fn close(&mut self) {
         self.tx = None;
+    }
+
+    /// Sends `msg`; it must be answered CONTINUE.
+    async fn passes(&mut self, msg: ProcessingRequest) {
+        self.send(msg).await;
+        assert_continue(self.next().await);
+    }
+
+    /// Half-closes; the stream must end with OK.
+    async fn finish(&mut self) {
+        self.close();
+        self.end().await.unwrap();
     }
 
     /// The next reply, skipping requests for more time.
@@ -351,15 +360,13 @@ async fn buffered_request_then_response_on_one_stream() {
 
     // A clean upload, then an infected download, on one stream.
     let mut s = server.upload("/upload", BUFFERED).await;
-    s.send(body(Direction::Request, &clean_body(1000), true))
+    s.passes(body(Direction::Request, &clean_body(1000), true))
         .await;
-    assert_continue(s.next().await);
-    s.send(response_headers(
+    s.passes(response_headers(
         &[("content-type", "application/octet-stream")],
         false,
     ))
     .await;
-    assert_continue(s.next().await);
     let mut file = clean_body(2000);
     file.extend_from_slice(&eicar());
     s.send(body(Direction::Response, &file, true)).await;
@@ -372,13 +379,12 @@ async fn buffered_request_then_response_on_one_stream() {
     // An API client asking for JSON gets the block as JSON; an infected
     // upload is blocked before it reaches the upstream.
     let mut s = server.open().await;
-    s.send(request_headers(
+    s.passes(request_headers(
         "/api",
         &[("accept", "application/json")],
         false,
     ))
     .await;
-    assert_continue(s.next().await);
     s.send(body(Direction::Request, &eicar(), true)).await;
     let i = assert_infected(s.next().await);
     assert_eq!(header(&i, "content-type"), Some("application/json"));
@@ -386,13 +392,10 @@ async fn buffered_request_then_response_on_one_stream() {
 
     // Without Envoy's modes (Envoy before 1.34) BUFFERED is assumed.
     let mut s = server.open().await;
-    s.send(request_headers("/old", &[], false)).await;
-    assert_continue(s.next().await);
-    s.send(body(Direction::Request, &clean_body(10), true))
+    s.passes(request_headers("/old", &[], false)).await;
+    s.passes(body(Direction::Request, &clean_body(10), true))
         .await;
-    assert_continue(s.next().await);
-    s.close();
-    s.end().await.unwrap();
+    s.finish().await;
     drop(s);
     server.stop().await;
 }
@@ -401,28 +404,22 @@ async fn buffered_request_then_response_on_one_stream() {
 async fn header_only_messages_are_answered_at_once() {
     let (_clamd, server) = with_clamd(&[]).await;
     let mut s = server.open().await;
-    s.send(with_modes(
+    s.passes(with_modes(
         request_headers("/", &[], true),
         BUFFERED,
         BUFFERED,
     ))
     .await;
-    assert_continue(s.next().await);
-    s.send(response_headers(&[("content-length", "0")], true))
+    s.passes(response_headers(&[("content-length", "0")], true))
         .await;
-    assert_continue(s.next().await);
-    s.close();
-    s.end().await.unwrap();
+    s.finish().await;
 
     // Envoy says the response body is not sent (NONE): nothing waits for it.
     let mut s = server.open().await;
-    s.send(with_modes(request_headers("/", &[], true), BUFFERED, 0))
+    s.passes(with_modes(request_headers("/", &[], true), BUFFERED, 0))
         .await;
-    assert_continue(s.next().await);
-    s.send(response_headers(&[], false)).await;
-    assert_continue(s.next().await);
-    s.close();
-    s.end().await.unwrap();
+    s.passes(response_headers(&[], false)).await;
+    s.finish().await;
     drop(s);
     server.stop().await;
 }
@@ -438,8 +435,7 @@ async fn buffered_bodies_with_trailers_are_scanned_without_their_end() {
                 Some(m) => with_modes(first, m, m),
                 None => first,
             };
-            s.send(first).await;
-            assert_continue(s.next().await);
+            s.passes(first).await;
             // Envoy waits for this reply before it sends the trailers.
             s.send(body(Direction::Request, &data, false)).await;
             let reply = s.next().await;
@@ -450,8 +446,7 @@ async fn buffered_bodies_with_trailers_are_scanned_without_their_end() {
             assert_continue(reply);
             s.send(trailers(Direction::Request)).await;
             assert!(matches!(s.next().await, Res::RequestTrailers(_)));
-            s.close();
-            s.end().await.unwrap();
+            s.finish().await;
         }
     }
     server.stop().await;
@@ -473,8 +468,7 @@ async fn streamed_bodies_are_held_until_the_verdict() {
     for _ in 0..4 {
         assert!(matches!(s.next().await, Res::ResponseBody(_)));
     }
-    s.close();
-    s.end().await.unwrap();
+    s.finish().await;
 
     // EICAR in a middle chunk: nothing was released, and the answer is the
     // block page.
@@ -488,9 +482,8 @@ async fn streamed_bodies_are_held_until_the_verdict() {
 
     // Trailers end a streamed body too.
     let mut s = server.open().await;
-    s.send(with_modes(request_headers("/up", &[], false), STREAMED, 0))
+    s.passes(with_modes(request_headers("/up", &[], false), STREAMED, 0))
         .await;
-    assert_continue(s.next().await);
     s.send(body(Direction::Request, &chunk, false)).await;
     s.send(body(Direction::Request, &chunk, false)).await;
     s.send(trailers(Direction::Request)).await;
@@ -505,11 +498,9 @@ async fn streamed_bodies_are_held_until_the_verdict() {
 async fn streamed_early_release_holds_only_the_last_chunk() {
     let (_clamd, server) = with_clamd(&["--extproc-streamed", "early"]).await;
     let mut s = server.upload("/up", STREAMED).await;
-    s.send(body(Direction::Request, &clean_body(1000), false))
+    s.passes(body(Direction::Request, &clean_body(1000), false))
         .await;
-    assert_continue(s.next().await);
-    s.send(body(Direction::Request, &eicar(), false)).await;
-    assert_continue(s.next().await);
+    s.passes(body(Direction::Request, &eicar(), false)).await;
     // The last chunk waits for the verdict, which blocks.
     s.send(body(Direction::Request, b"end", true)).await;
     assert_infected(s.next().await);
@@ -541,15 +532,13 @@ async fn full_duplex_bodies_come_back_only_when_clean() {
     assert_eq!(back, chunks.concat(), "the body comes back byte for byte");
 
     // The response, with trailers: the last chunk back is not the end.
-    s.send(response_headers(&[], false)).await;
-    assert_continue(s.next().await);
+    s.passes(response_headers(&[], false)).await;
     s.send(body(Direction::Response, &chunks[0], false)).await;
     s.send(trailers(Direction::Response)).await;
     let (data, end) = streamed_chunk(s.next().await);
     assert_eq!((data, end), (chunks[0].clone(), false));
     assert!(matches!(s.next().await, Res::ResponseTrailers(_)));
-    s.close();
-    s.end().await.unwrap();
+    s.finish().await;
 
     // An infected chunk in the middle: nothing comes back but the block.
     let mut s = server.upload("/fd", FULL_DUPLEX).await;
@@ -567,15 +556,12 @@ async fn large_buffered_bodies_fit_and_oversized_ones_are_blocked() {
     // 6 MiB in one message: over tonic's 4 MiB default.
     let mut big = clean_body(6 << 20);
     let mut s = server.open().await;
-    s.send(request_headers("/big", &[], false)).await;
-    assert_continue(s.next().await);
-    s.send(body(Direction::Request, &big, true)).await;
-    assert_continue(s.next().await);
+    s.passes(request_headers("/big", &[], false)).await;
+    s.passes(body(Direction::Request, &big, true)).await;
     drop(s);
     big.extend_from_slice(&eicar());
     let mut s = server.open().await;
-    s.send(request_headers("/big", &[], false)).await;
-    assert_continue(s.next().await);
+    s.passes(request_headers("/big", &[], false)).await;
     s.send(body(Direction::Request, &big, true)).await;
     assert_infected(s.next().await);
     drop(s);
@@ -605,8 +591,7 @@ async fn scanner_failures_follow_the_failure_mode() {
     let dead = format!("tcp://127.0.0.1:{}", support::free_port());
     let closed = Server::start(&["--clamd-url", &dead, "--clamd-connect-timeout", "1s"]).await;
     let mut s = closed.open().await;
-    s.send(request_headers("/up", &[], false)).await;
-    assert_continue(s.next().await);
+    s.passes(request_headers("/up", &[], false)).await;
     s.send(body(Direction::Request, b"data", true)).await;
     let i = immediate(s.next().await);
     assert_eq!(i.status.as_ref().unwrap().code, 503);
@@ -619,8 +604,7 @@ async fn scanner_failures_follow_the_failure_mode() {
 
     let open = Server::start(&["--clamd-url", &dead, "--fail-mode", "open"]).await;
     let mut s = open.open().await;
-    s.send(request_headers("/up", &[], false)).await;
-    assert_continue(s.next().await);
+    s.passes(request_headers("/up", &[], false)).await;
     s.send(body(Direction::Request, b"data", true)).await;
     let c = common(s.next().await);
     assert_eq!(c.status, 0);
@@ -644,8 +628,7 @@ async fn slow_scans_ask_envoy_for_more_time() {
     ])
     .await;
     let mut s = server.open().await;
-    s.send(request_headers("/slow", &[], false)).await;
-    assert_continue(s.next().await);
+    s.passes(request_headers("/slow", &[], false)).await;
     clamd.pause();
     s.send(body(Direction::Request, &eicar(), true)).await;
     let first = tokio::time::timeout(Duration::from_secs(30), s.rx.message())
@@ -708,8 +691,7 @@ async fn trusted_hosts_skip_body_processing() {
     );
     // An Envoy that does not allow mode_override sends the body anyway: it
     // passes without a scan.
-    s.send(body(Direction::Request, &eicar(), true)).await;
-    assert_continue(s.next().await);
+    s.passes(body(Direction::Request, &eicar(), true)).await;
     drop(s);
     server.stop().await;
 }
@@ -806,8 +788,7 @@ async fn a_client_that_cancels_mid_body_cancels_the_scan() {
 
     // The server goes on serving.
     let mut s = server.open().await;
-    s.send(request_headers("/up", &[], false)).await;
-    assert_continue(s.next().await);
+    s.passes(request_headers("/up", &[], false)).await;
     s.send(body(Direction::Request, &eicar(), true)).await;
     assert_infected(s.next().await);
     assert_eq!(counting.finished.load(Ordering::SeqCst), 1);
@@ -835,8 +816,7 @@ async fn health_and_graceful_shutdown() {
 
     // A stream in flight when shutdown begins still gets its verdict.
     let mut s = server.open().await;
-    s.send(request_headers("/up", &[], false)).await;
-    assert_continue(s.next().await);
+    s.passes(request_headers("/up", &[], false)).await;
     let stop = tokio::spawn(server.stop());
     tokio::time::sleep(Duration::from_millis(200)).await;
     s.send(body(Direction::Request, &eicar(), true)).await;
@@ -884,8 +864,7 @@ async fn tls_and_client_certificates() {
         .await
         .unwrap();
     let mut s = Stream::open(with_cert).await;
-    s.send(request_headers("/up", &[], false)).await;
-    assert_continue(s.next().await);
+    s.passes(request_headers("/up", &[], false)).await;
     s.send(body(Direction::Request, &eicar(), true)).await;
     assert_infected(s.next().await);
 
@@ -950,8 +929,7 @@ async fn streamed_bodies_are_recognised_when_envoy_does_not_say() {
     let chunk = clean_body(8000);
     for infected in [false, true] {
         let mut s = server.open().await;
-        s.send(request_headers("/old-envoy", &[], false)).await;
-        assert_continue(s.next().await);
+        s.passes(request_headers("/old-envoy", &[], false)).await;
         s.send(body(Direction::Request, &chunk, false)).await;
         let middle = if infected { eicar() } else { chunk.clone() };
         s.send(body(Direction::Request, &middle, false)).await;
