@@ -105,14 +105,9 @@ fn parse_target(s: &str) -> Result<(String, Target), String> {
     Ok((name.to_owned(), spec.parse()?))
 }
 
+/// What every command that serves takes besides its own settings.
 #[derive(clap::Args)]
-struct AllArgs {
-    #[command(flatten)]
-    icap: IcapConfig,
-    #[command(flatten)]
-    extproc: ExtProcConfig,
-    #[command(flatten)]
-    scan: ScanConfig,
+struct RunArgs {
     #[command(flatten)]
     metrics: MetricsConfig,
     /// Log format: text (for people) or json (one object per line).
@@ -124,6 +119,18 @@ struct AllArgs {
     /// Check the settings and exit.
     #[arg(long)]
     check_config: bool,
+}
+
+#[derive(clap::Args)]
+struct AllArgs {
+    #[command(flatten)]
+    icap: IcapConfig,
+    #[command(flatten)]
+    extproc: ExtProcConfig,
+    #[command(flatten)]
+    scan: ScanConfig,
+    #[command(flatten)]
+    run: RunArgs,
 }
 
 #[derive(clap::Args)]
@@ -139,16 +146,7 @@ struct ProducerArgs {
     #[command(flatten)]
     producer: ProducerConfig,
     #[command(flatten)]
-    metrics: MetricsConfig,
-    /// Log format: text (for people) or json (one object per line).
-    #[arg(long, env = "LOG_FORMAT", default_value = "text")]
-    log_format: crate::telemetry::LogFormat,
-    /// Log level: error, warn, info, debug or trace.
-    #[arg(long, env = "LOG_LEVEL", default_value = "info")]
-    log_level: String,
-    /// Check the settings and exit.
-    #[arg(long)]
-    check_config: bool,
+    run: RunArgs,
 }
 
 #[derive(clap::Args)]
@@ -160,16 +158,7 @@ struct HandlerArgs {
     #[command(flatten)]
     handler: HandlerConfig,
     #[command(flatten)]
-    metrics: MetricsConfig,
-    /// Log format: text (for people) or json (one object per line).
-    #[arg(long, env = "LOG_FORMAT", default_value = "text")]
-    log_format: crate::telemetry::LogFormat,
-    /// Log level: error, warn, info, debug or trace.
-    #[arg(long, env = "LOG_LEVEL", default_value = "info")]
-    log_level: String,
-    /// Check the settings and exit.
-    #[arg(long)]
-    check_config: bool,
+    run: RunArgs,
 }
 
 #[derive(clap::Args)]
@@ -215,8 +204,8 @@ pub fn main(subcommand: Option<&str>) -> ExitCode {
                 args.extproc.validate(),
                 args.scan.validate(),
             ])
-            .and_then(|_| telemetry::init(&args.log_level, args.log_format));
-            serve(checked, args.check_config, || all(args))
+            .and_then(|_| telemetry::init(&args.run.log_level, args.run.log_format));
+            serve(checked, args.run.check_config, || all(args))
         }
         Command::Producer(args) => {
             let checked = valid([
@@ -226,8 +215,8 @@ pub fn main(subcommand: Option<&str>) -> ExitCode {
                 args.redis.validate(),
                 args.producer.validate(),
             ])
-            .and_then(|_| telemetry::init(&args.log_level, args.log_format));
-            serve(checked, args.check_config, || producer(args))
+            .and_then(|_| telemetry::init(&args.run.log_level, args.run.log_format));
+            serve(checked, args.run.check_config, || producer(args))
         }
         Command::Handler(args) => {
             let checked = valid([
@@ -235,8 +224,8 @@ pub fn main(subcommand: Option<&str>) -> ExitCode {
                 args.redis.validate(),
                 args.handler.validate(),
             ])
-            .and_then(|_| telemetry::init(&args.log_level, args.log_format));
-            serve(checked, args.check_config, || handler(args))
+            .and_then(|_| telemetry::init(&args.run.log_level, args.run.log_format));
+            serve(checked, args.run.check_config, || handler(args))
         }
         Command::QueueStatus(args) => match args.redis.validate() {
             Err(e) => {
@@ -428,7 +417,7 @@ async fn serve_frontends(
 async fn all(args: AllArgs) -> anyhow::Result<()> {
     let scanner = scanner(&args.scan).await;
     start_metrics(
-        &args.metrics,
+        &args.run.metrics,
         crate::metrics::Probes {
             clamd: Some(scanner.clamd().clone()),
             redis: None,
@@ -455,7 +444,7 @@ async fn producer(args: ProducerArgs) -> anyhow::Result<()> {
     )
     .context("Redis settings")?;
     start_metrics(
-        &args.metrics,
+        &args.run.metrics,
         crate::metrics::Probes {
             clamd: None,
             redis: Some((args.redis.clone(), args.redis.keys())),
@@ -481,7 +470,7 @@ async fn producer(args: ProducerArgs) -> anyhow::Result<()> {
 async fn handler(args: HandlerArgs) -> anyhow::Result<()> {
     let scanner = scanner(&args.scan).await;
     start_metrics(
-        &args.metrics,
+        &args.run.metrics,
         crate::metrics::Probes {
             clamd: Some(scanner.clamd().clone()),
             redis: Some((args.redis.clone(), args.redis.keys())),
