@@ -122,7 +122,8 @@ pub struct ScanConfig {
     /// Reuse clamd connections across scans (IDSESSION) instead of opening
     /// one per scan: no connect, accept and close per scan on either side.
     /// At most CLAMD_MAX_CONCURRENCY sessions are open, each with one
-    /// command at a time, so keep that at or below clamd's MaxThreads.
+    /// command at a time; used only when clamd's MaxThreads is at least
+    /// that many (clamd's STATS says), else a connection per scan.
     #[arg(long, env = "CLAMD_SESSIONS", default_value_t = true, action = clap::ArgAction::Set)]
     pub clamd_sessions: bool,
 

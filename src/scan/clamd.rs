@@ -159,6 +159,9 @@ pub struct Clamd {
     options: ClamdOptions,
     permits: Arc<Semaphore>,
     pool: Arc<Mutex<Vec<Session>>>,
+    /// Whether sessions may be used, once clamd's STATS has told its
+    /// thread count.
+    sessions_ok: Arc<tokio::sync::OnceCell<bool>>,
 }
 
 /// An open clamd session.
@@ -218,13 +221,14 @@ impl Clamd {
             options,
             permits: Arc::new(Semaphore::new(options.max_concurrency.max(1))),
             pool: Arc::new(Mutex::new(Vec::new())),
+            sessions_ok: Arc::new(tokio::sync::OnceCell::new()),
         }
     }
 
     /// An open session: a pooled one that is still open, or a new one.
     /// Without sessions, a plain connection for one command.
     async fn session(&self, fresh: bool) -> Result<Session, ScanError> {
-        if !self.options.sessions {
+        if !self.options.sessions || !self.sessions_allowed().await {
             let stream = self.connect().await?;
             return Ok(Session {
                 stream,
@@ -259,6 +263,31 @@ impl Clamd {
             idle_since: Instant::now(),
             reused: false,
         })
+    }
+
+    /// Sessions are used only while clamd has at least as many threads as
+    /// scans may run at once: measured here, clamd (1.0, over TCP) leaves
+    /// some session commands unanswered when sessions outnumber its
+    /// threads. Asks clamd's STATS once; until clamd answers, scans use a
+    /// connection each.
+    async fn sessions_allowed(&self) -> bool {
+        let wanted = self.options.max_concurrency;
+        let decided = self.sessions_ok.get_or_try_init(|| async {
+            let stats = self.command("STATS").await?;
+            Ok::<bool, ScanError>(match max_threads(&stats) {
+                Some(max) if max >= wanted => true,
+                Some(max) => {
+                    tracing::warn!(clamd_max_threads = max, clamd_max_concurrency = wanted, "clamd has fewer threads than CLAMD_MAX_CONCURRENCY: a connection per scan instead of sessions");
+                    false
+                }
+                None => {
+                    tracing::warn!("clamd's STATS did not say its thread count: a connection per scan instead of sessions");
+                    false
+                }
+            })
+        });
+        // clamd not answering yet: a plain connection, and ask again later.
+        decided.await.copied().unwrap_or(false)
     }
 
     /// Returns a session whose last command was answered to the pool.
@@ -561,6 +590,14 @@ async fn read_reply(s: &mut Stream, limit: Duration) -> Result<String, ScanError
     Ok(text)
 }
 
+/// The `max` of the `THREADS:` line of clamd's STATS reply.
+fn max_threads(stats: &str) -> Option<usize> {
+    let line = stats.lines().find(|l| l.starts_with("THREADS:"))?;
+    let mut words = line.split_whitespace();
+    words.find(|w| *w == "max")?;
+    words.next()?.parse().ok()
+}
+
 /// Reads `stream: OK`, `stream: Name FOUND`, `... ERROR` (also with the
 /// `fd[N]:` or path prefix of other commands).
 pub fn parse_scan_reply(reply: &str) -> Result<Verdict, ScanError> {
@@ -691,6 +728,13 @@ impl Instream {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn thread_count_from_stats() {
+        let stats = "POOLS: 1\n\nSTATE: VALID PRIMARY\nTHREADS: live 1  idle 0 max 10 idle-timeout 30\nQUEUE: 0 items\n";
+        assert_eq!(super::max_threads(stats), Some(10));
+        assert_eq!(super::max_threads("POOLS: 1\n"), None);
+    }
+
     use super::*;
 
     #[test]
