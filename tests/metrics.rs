@@ -18,6 +18,15 @@ async fn extproc_upload(port: u16, body: &[u8]) -> bool {
         processing_request::Request as Req, processing_response::Response as Res, HttpBody,
         HttpHeaders, ProcessingRequest,
     };
+    /// Sends one message of Envoy's on the stream.
+    async fn send(tx: &tokio::sync::mpsc::Sender<ProcessingRequest>, request: Req) {
+        tx.send(ProcessingRequest {
+            request: Some(request),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    }
     let mut client = ExternalProcessorClient::connect(format!("http://127.0.0.1:{port}"))
         .await
         .unwrap();
@@ -38,12 +47,7 @@ async fn extproc_upload(port: u16, body: &[u8]) -> bool {
         end_of_stream: false,
         ..Default::default()
     };
-    tx.send(ProcessingRequest {
-        request: Some(Req::RequestHeaders(headers)),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    send(&tx, Req::RequestHeaders(headers)).await;
     let mut replies = client
         .process(tokio_stream::wrappers::ReceiverStream::new(rx))
         .await
@@ -58,12 +62,7 @@ async fn extproc_upload(port: u16, body: &[u8]) -> bool {
         end_of_stream: true,
         ..Default::default()
     };
-    tx.send(ProcessingRequest {
-        request: Some(Req::RequestBody(body)),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    send(&tx, Req::RequestBody(body)).await;
     loop {
         match replies.message().await.unwrap().unwrap().response {
             None => continue,
