@@ -25,7 +25,7 @@ use envoy_types::pb::envoy::service::ext_proc::v3::{
 };
 use tokio::sync::mpsc;
 use tonic::transport::{Channel, Endpoint};
-use virus_scanner::bench::{base_body, measure, stamp, Rounds, Stats, Target, COUNTER};
+use virus_scanner::bench::{base_body, measure, next_stamp, stamp, Rounds, Stats, Target};
 use virus_scanner::config::{parse_duration, parse_size};
 
 fn setting(name: &str, default: &str) -> String {
@@ -125,7 +125,7 @@ async fn measure_extproc(
                 let mut body = base.to_vec();
                 let mut stats = Stats::default();
                 while Instant::now() < end {
-                    stamp(&mut body, COUNTER.fetch_add(1, Ordering::Relaxed));
+                    stamp(&mut body, next_stamp());
                     let t0 = Instant::now();
                     let result = exchange(&mut client, &body).await;
                     stats.record(result, t0.elapsed());

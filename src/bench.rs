@@ -9,8 +9,8 @@
 use std::net::SocketAddr;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::BytesMut;
 use icap::{
@@ -251,8 +251,19 @@ pub fn stamp(body: &mut [u8], n: u64) {
     body[..k].copy_from_slice(&bytes[..k]);
 }
 
-/// The stamp of the next body, across all measurements of a run.
-pub static COUNTER: AtomicU64 = AtomicU64::new(1);
+/// The stamp of the next body: unique across the measurements of a run,
+/// and across runs too (it starts from the clock), so that bodies an
+/// earlier run sent are not in clamd's cache of clean results.
+pub fn next_stamp() -> u64 {
+    static START: OnceLock<u64> = OnceLock::new();
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let start = *START.get_or_init(|| {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(1, |d| d.as_nanos() as u64)
+    });
+    start.wrapping_add(COUNTER.fetch_add(1, Ordering::Relaxed))
+}
 
 /// Runs `connections` workers against `target` for `duration`.
 pub async fn measure(
@@ -300,7 +311,7 @@ pub async fn measure(
             };
             let mut conn: Option<IcapConn> = None;
             while Instant::now() < end {
-                let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+                let n = next_stamp();
                 let t0 = Instant::now();
                 let result = match (&target, &clamd, &template) {
                     (Target::Icap { addr, .. }, _, Some(t)) => {
