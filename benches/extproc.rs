@@ -8,12 +8,11 @@
 //! extproc`, with `SIZES` (1K,64K,1M), `CONNECTIONS` (8,64) and `DURATION`
 //! (10s), `ROUNDS` (1; each round measures both paths, in turn first, and
 //! the ratio is the median of the rounds'), `CHANNELS` (HTTP/2 connections,
-//! 2); `PATHS=icap` or `PATHS=extproc` measures only one (to watch the
-//! server's CPU time for one). This prints figures; it asserts nothing about
-//! time.
+//! 2); `PATHS=icap` or `PATHS=extproc` measures only one; `SERVER_PIDS`
+//! (comma-separated: the server, clamd) prints their CPU time per request.
+//! This prints figures; it asserts nothing about time.
 
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -25,7 +24,9 @@ use envoy_types::pb::envoy::service::ext_proc::v3::{
 };
 use tokio::sync::mpsc;
 use tonic::transport::{Channel, Endpoint};
-use virus_scanner::bench::{base_body, measure, next_stamp, stamp, Rounds, Stats, Target};
+use virus_scanner::bench::{
+    base_body, cpu_time, measure, next_stamp, stamp, Rounds, Stats, Target,
+};
 use virus_scanner::config::{parse_duration, parse_size};
 
 fn setting(name: &str, default: &str) -> String {
@@ -49,6 +50,11 @@ async fn main() {
     let duration = parse_duration(&setting("DURATION", "10s")).expect("DURATION");
     let paths = setting("PATHS", "icap,extproc");
     let rounds: usize = setting("ROUNDS", "1").parse().expect("ROUNDS");
+    let pids: Vec<u32> = setting("SERVER_PIDS", "")
+        .split(',')
+        .filter(|p| !p.is_empty())
+        .map(|p| p.trim().parse().expect("SERVER_PIDS"))
+        .collect();
     // Envoy keeps an HTTP/2 connection per worker thread: CHANNELS of them
     // (2 by default), the streams spread over them.
     let mut channels = Vec::new();
@@ -73,15 +79,16 @@ async fn main() {
         url: "http://bench.test/file.bin".into(),
     };
 
-    println!("| size | streams | path | req/s | p50 ms | p99 ms | errors | ext_proc / ICAP |");
-    println!("|---|---|---|---|---|---|---|---|");
+    println!("| size | streams | path | req/s | p50 ms | p99 ms | errors | server CPU us/req | ext_proc / ICAP |");
+    println!("|---|---|---|---|---|---|---|---|---|");
     for &size in &sizes {
         for &n in &conns {
             // Target 0 is ICAP, 1 ext_proc.
             let mut cell = Rounds::new(2);
             for round in 0..rounds.max(1) {
                 for path in Rounds::order(round, 2) {
-                    let stats = match path {
+                    let before = cpu_time(&pids);
+                    let mut stats = match path {
                         0 if paths.contains("icap") => {
                             measure(&icap, size as usize, n, duration).await
                         }
@@ -90,6 +97,9 @@ async fn main() {
                         }
                         _ => Stats::default(),
                     };
+                    if !pids.is_empty() {
+                        stats.cpu = Some(cpu_time(&pids).saturating_sub(before));
+                    }
                     cell.add(path, stats);
                 }
             }

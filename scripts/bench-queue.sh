@@ -75,7 +75,10 @@ echo "clamd over TCP for all of them. clamd-instream opens a connection per scan
 echo "clamdscan and c-icap do); clamd-instream-session reuses its connections, as the"
 echo "service does by default (CLAMD_SESSIONS)."
 echo
+# The server-side CPU column counts clamd, Redis, all, the producer and the
+# handlers: for each target, what every process but the load generator spent.
 $bin/virus-scanner bench --duration "$DURATION" --rounds "$ROUNDS" --connections "$CONNECTIONS" --sizes "$SIZES" \
+  --server-pids "$(IFS=,; echo "${pids[*]}")" \
   --target "clamd-instream=instream+tcp://127.0.0.1:$clamd_port" \
   --target "clamd-instream-session=instream-session+tcp://127.0.0.1:$clamd_port" \
   --target "all=icap://127.0.0.1:$all_port/avscan" \

@@ -103,11 +103,15 @@ CLAMD_URL="unix://$dir/clamd.sock" ICAP_PORT=$ours_port PRODUCER_PORT=$grpc_port
   MAX_SCAN_SIZE=2000M TRUSTED_HOSTS=trusted.test LOG_LEVEL=warn $bin all & ours=$!; pids+=($ours)
 wait_port "$ours_port"
 wait_port "$grpc_port"
+# Every server-side process (clamd, c-icap with its children, this server),
+# for the CPU-per-request column: only the target measured is busy.
+servers="$clamd,$cicap,$(pgrep -P "$cicap" | paste -sd,),$ours"
 
 if want scan; then
 echo "## Scanning path (unique bodies, RESPMOD with preview and Allow: 204)"
 echo
 $bin bench --duration "$DURATION" --rounds "$ROUNDS" --connections "$CONNECTIONS" --sizes "$SIZES" \
+  --server-pids "$servers" \
   --target "virus-scanner=icap://127.0.0.1:$ours_port/avscan" \
   --target "c-icap=icap://127.0.0.1:$cicap_port/virus_scan" \
   --target "clamd-instream-tcp=instream+tcp://127.0.0.1:$clamd_port" \
@@ -122,6 +126,7 @@ echo "## No-scan path (a trusted host answered from the preview; c-icap's echo s
 echo
 noscan() {
   "$@" $bin bench --duration "$DURATION" --rounds "$ROUNDS" --connections "$CONNECTIONS" --sizes "$SIZES" \
+    --server-pids "$servers" \
     --target "virus-scanner=icap://127.0.0.1:$ours_port/avscan?http://trusted.test/file.bin" \
     --target "c-icap-echo=icap://127.0.0.1:$cicap_port/echo"
 }
@@ -144,7 +149,7 @@ if want extproc; then
 echo "## Envoy ext_proc BUFFERED beside ICAP, same server and clamd (unique bodies)"
 echo
 extproc() {
-  ICAP=127.0.0.1:$ours_port EXTPROC=127.0.0.1:$grpc_port ROUNDS=$ROUNDS \
+  ICAP=127.0.0.1:$ours_port EXTPROC=127.0.0.1:$grpc_port ROUNDS=$ROUNDS SERVER_PIDS=$ours,$clamd \
     SIZES=$SIZES CONNECTIONS=$CONNECTIONS DURATION=$DURATION "$@" \
     cargo bench --locked --bench extproc --quiet
 }

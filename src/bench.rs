@@ -96,6 +96,8 @@ pub struct Stats {
     pub latencies: Vec<Duration>,
     /// The first error seen, to say what went wrong.
     pub first_error: Option<String>,
+    /// CPU time the server-side processes used meanwhile, when watched.
+    pub cpu: Option<Duration>,
 }
 
 impl Stats {
@@ -123,6 +125,9 @@ impl Stats {
             if total.first_error.is_none() {
                 total.first_error = s.first_error;
             }
+            if let Some(cpu) = s.cpu {
+                total.cpu = Some(total.cpu.unwrap_or_default() + cpu);
+            }
         }
         total.elapsed = elapsed;
         total.latencies.sort();
@@ -130,8 +135,9 @@ impl Stats {
     }
 
     /// One row of the benchmark table: size, connections, name, rate, p50,
-    /// p99, errors and the ratio column as given. Says on standard error
-    /// what went wrong, if anything did.
+    /// p99, errors, the server-side CPU time per request (`-` when not
+    /// watched) and the ratio column as given. Says on standard error what
+    /// went wrong, if anything did.
     pub fn row(&self, size: usize, conns: usize, name: &str, ratio: &str) -> String {
         if let Some(e) = &self.first_error {
             eprintln!(
@@ -141,8 +147,12 @@ impl Stats {
             );
         }
         let ms = |d: Duration| d.as_secs_f64() * 1e3;
+        let cpu = match self.cpu {
+            Some(cpu) if self.ok > 0 => format!("{:.0}", cpu.as_secs_f64() * 1e6 / self.ok as f64),
+            _ => "-".to_owned(),
+        };
         format!(
-            "| {} | {conns} | {name} | {:.0} | {:.2} | {:.2} | {} | {ratio} |",
+            "| {} | {conns} | {name} | {:.0} | {:.2} | {:.2} | {} | {cpu} | {ratio} |",
             size_label(size),
             self.rate(),
             ms(self.quantile(0.5)),
@@ -228,6 +238,26 @@ impl Rounds {
             format!("{median:.2}")
         }
     }
+}
+
+/// CPU time (user and system) the processes `pids` have used so far, from
+/// /proc; a process that is gone counts nothing. Taken before and after a
+/// run, it gives the servers' cost per request whatever the load generator
+/// costs.
+pub fn cpu_time(pids: &[u32]) -> Duration {
+    let hz = rustix::param::clock_ticks_per_second().max(1);
+    let ticks: u64 = pids
+        .iter()
+        .filter_map(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            // The command name, in parentheses, may hold spaces: the fields
+            // are counted after it (the state is field 3; utime 14, stime 15).
+            let fields: Vec<&str> = stat[stat.rfind(')')? + 1..].split_whitespace().collect();
+            let field = |n: usize| fields.get(n - 3)?.parse::<u64>().ok();
+            Some(field(14)? + field(15)?)
+        })
+        .sum();
+    Duration::from_micros(ticks * 1_000_000 / hz)
 }
 
 /// A body of `size` bytes that compresses poorly; a stamped counter makes
@@ -635,6 +665,30 @@ pub fn size_label(n: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cpu_time_counts_this_process_and_nothing_for_a_gone_one() {
+        let me = std::process::id();
+        let before = cpu_time(&[me]);
+        let start = std::time::Instant::now();
+        let mut x = 0u64;
+        while start.elapsed() < Duration::from_millis(300) {
+            x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));
+        }
+        let spent = cpu_time(&[me]) - before;
+        assert!(spent >= Duration::from_millis(100), "{spent:?}");
+        assert_eq!(cpu_time(&[u32::MAX]), Duration::ZERO);
+    }
+
+    #[test]
+    fn rows_show_cpu_per_request_when_watched() {
+        let mut stats = run(1000, 1);
+        assert!(stats.row(1024, 8, "x", "1.00").contains("| 0 | - | 1.00 |"));
+        stats.cpu = Some(Duration::from_millis(50));
+        assert!(stats
+            .row(1024, 8, "x", "1.00")
+            .contains("| 0 | 50 | 1.00 |"));
+    }
 
     fn run(ok: u64, secs: u64) -> Stats {
         Stats {

@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use crate::bench::{measure, size_label, IcapConn, RespmodTemplate, Rounds, Target};
+use crate::bench::{cpu_time, measure, size_label, IcapConn, RespmodTemplate, Rounds, Target};
 use crate::config::{ExtProcConfig, IcapConfig, MetricsConfig, ScanConfig};
 use crate::frontend::extproc::ExtProcScanning;
 use crate::frontend::icap::{run, IcapService};
@@ -98,6 +98,12 @@ struct BenchArgs {
     /// less than single runs.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
     rounds: u64,
+    /// Processes on the server side (servers, clamd), comma-separated PIDs:
+    /// their CPU time per request is printed for each target, a figure the
+    /// load generator's own cost does not move. Only the target being
+    /// measured should be busy.
+    #[arg(long, value_delimiter = ',')]
+    server_pids: Vec<u32>,
 }
 
 fn parse_target(s: &str) -> Result<(String, Target), String> {
@@ -536,16 +542,20 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
     } else {
         String::new()
     };
-    println!("| size | conns | target | req/s | p50 ms | p99 ms | errors | {reference} / target{spread} |");
-    println!("|---|---|---|---|---|---|---|---|");
+    println!("| size | conns | target | req/s | p50 ms | p99 ms | errors | server CPU us/req | {reference} / target{spread} |");
+    println!("|---|---|---|---|---|---|---|---|---|");
     let n = args.targets.len();
     for &size in &args.sizes {
         for &conns in &args.connections {
             let mut rounds = Rounds::new(n);
             for round in 0..args.rounds as usize {
                 for i in Rounds::order(round, n) {
-                    let stats =
+                    let before = cpu_time(&args.server_pids);
+                    let mut stats =
                         measure(&args.targets[i].1, size as usize, conns, args.duration).await;
+                    if !args.server_pids.is_empty() {
+                        stats.cpu = Some(cpu_time(&args.server_pids).saturating_sub(before));
+                    }
                     rounds.add(i, stats);
                 }
             }
