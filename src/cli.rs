@@ -36,7 +36,7 @@ struct Cli {
 enum Command {
     /// Runs the ICAP and Envoy ext_proc servers and scans in the same
     /// process (no Redis).
-    All(AllArgs),
+    All(FrontendArgs),
     /// Runs the ICAP and Envoy ext_proc servers and queues every scan to the
     /// handlers through Redis (also installed as virus-scanner-producer).
     Producer(ProducerArgs),
@@ -127,8 +127,10 @@ struct RunArgs {
     check_config: bool,
 }
 
+/// The settings of `all`, which `producer` takes too: the two frontends,
+/// scanning and running.
 #[derive(clap::Args)]
-struct AllArgs {
+struct FrontendArgs {
     #[command(flatten)]
     icap: IcapConfig,
     #[command(flatten)]
@@ -139,20 +141,24 @@ struct AllArgs {
     run: RunArgs,
 }
 
+impl FrontendArgs {
+    fn checks(&self) -> [Result<(), String>; 3] {
+        [
+            self.icap.validate(),
+            self.extproc.validate(),
+            self.scan.validate(),
+        ]
+    }
+}
+
 #[derive(clap::Args)]
 struct ProducerArgs {
     #[command(flatten)]
-    icap: IcapConfig,
-    #[command(flatten)]
-    extproc: ExtProcConfig,
-    #[command(flatten)]
-    scan: ScanConfig,
+    front: FrontendArgs,
     #[command(flatten)]
     redis: RedisConfig,
     #[command(flatten)]
     producer: ProducerConfig,
-    #[command(flatten)]
-    run: RunArgs,
 }
 
 #[derive(clap::Args)]
@@ -205,24 +211,16 @@ pub fn main(subcommand: Option<&str>) -> ExitCode {
         ),
         Command::Bench(args) => finished("virus-scanner bench", bench(args)),
         Command::All(args) => {
-            let checked = valid([
-                args.icap.validate(),
-                args.extproc.validate(),
-                args.scan.validate(),
-            ])
-            .and_then(|_| telemetry::init(&args.run.log_level, args.run.log_format));
+            let checked = valid(args.checks())
+                .and_then(|_| telemetry::init(&args.run.log_level, args.run.log_format));
             serve(checked, args.run.check_config, || all(args))
         }
         Command::Producer(args) => {
-            let checked = valid([
-                args.icap.validate(),
-                args.extproc.validate(),
-                args.scan.validate(),
-                args.redis.validate(),
-                args.producer.validate(),
-            ])
-            .and_then(|_| telemetry::init(&args.run.log_level, args.run.log_format));
-            serve(checked, args.run.check_config, || producer(args))
+            let run = &args.front.run;
+            let checked = valid(args.front.checks())
+                .and_then(|_| valid([args.redis.validate(), args.producer.validate()]))
+                .and_then(|_| telemetry::init(&run.log_level, run.log_format));
+            serve(checked, run.check_config, || producer(args))
         }
         Command::Handler(args) => {
             let checked = valid([
@@ -320,12 +318,13 @@ async fn start_metrics(
 
 /// Serves ICAP and Envoy ext_proc through `pipeline` until SIGTERM or
 /// SIGINT, then drains both.
-async fn serve_frontends(
-    icap: IcapConfig,
-    extproc: ExtProcConfig,
-    pipeline: Pipeline,
-    scan: &ScanConfig,
-) -> anyhow::Result<()> {
+async fn serve_frontends(args: FrontendArgs, pipeline: Pipeline) -> anyhow::Result<()> {
+    let FrontendArgs {
+        icap,
+        extproc,
+        scan,
+        ..
+    } = args;
     let addr = SocketAddr::new(icap.listen_addr, icap.icap_port);
     let listener = tokio::net::TcpListener::bind(addr)
         .await
@@ -420,7 +419,7 @@ async fn serve_frontends(
 }
 
 #[tokio::main]
-async fn all(args: AllArgs) -> anyhow::Result<()> {
+async fn all(args: FrontendArgs) -> anyhow::Result<()> {
     let scanner = scanner(&args.scan).await;
     start_metrics(
         &args.run.metrics,
@@ -431,26 +430,21 @@ async fn all(args: AllArgs) -> anyhow::Result<()> {
     )
     .await?;
     tokio::spawn(scanner.clone().watch_version(args.icap.version_refresh));
-    serve_frontends(
-        args.icap,
-        args.extproc,
-        Pipeline::Local(scanner),
-        &args.scan,
-    )
-    .await
+    serve_frontends(args, Pipeline::Local(scanner)).await
 }
 
 #[tokio::main]
 async fn producer(args: ProducerArgs) -> anyhow::Result<()> {
+    let front = args.front;
     let producer = Producer::start(
         &args.redis,
         args.producer,
-        args.scan.max_scan_size,
-        args.icap.version_refresh,
+        front.scan.max_scan_size,
+        front.icap.version_refresh,
     )
     .context("Redis settings")?;
     start_metrics(
-        &args.run.metrics,
+        &front.run.metrics,
         crate::metrics::Probes {
             clamd: None,
             redis: Some((args.redis.clone(), args.redis.keys())),
@@ -460,16 +454,10 @@ async fn producer(args: ProducerArgs) -> anyhow::Result<()> {
     match producer.ensure_groups().await {
         Ok(()) => tracing::info!(redis = %args.redis.display_url(), "Redis reachable"),
         Err(e) => {
-            tracing::warn!(redis = %args.redis.display_url(), error = %e, "Redis not reachable yet; scans fail {:?} until it is", args.scan.fail_mode)
+            tracing::warn!(redis = %args.redis.display_url(), error = %e, "Redis not reachable yet; scans fail {:?} until it is", front.scan.fail_mode)
         }
     }
-    serve_frontends(
-        args.icap,
-        args.extproc,
-        Pipeline::Queue(producer),
-        &args.scan,
-    )
-    .await
+    serve_frontends(front, Pipeline::Queue(producer)).await
 }
 
 #[tokio::main]
