@@ -402,17 +402,7 @@ impl QueuedSession {
                     Ok(())
                 }
             }
-            State::Stream { key, pending } => {
-                pending.extend_from_slice(data);
-                if pending.len() as u64 >= inner.config.stream_chunk {
-                    let next = Vec::with_capacity(inner.config.stream_chunk as usize);
-                    let chunk = std::mem::replace(pending, next);
-                    let key = key.clone();
-                    self.send_chunk(&key, &chunk).await
-                } else {
-                    Ok(())
-                }
-            }
+            State::Stream { .. } => self.stream_write(data).await,
             State::Disk { file, name } => std::io::Write::write_all(file, data)
                 .map_err(|e| format!("writing body file {name}: {e}")),
             State::TooLarge | State::Failed(_) | State::Done => Ok(()),
@@ -475,13 +465,29 @@ impl QueuedSession {
             .map_err(|e| format!("queueing the task: {e}"))?;
         self.state = State::Stream {
             key,
-            pending: Vec::new(),
+            pending: Vec::with_capacity(inner.config.stream_chunk as usize),
         };
         Ok(())
     }
 
-    async fn send_chunk(&self, key: &str, chunk: &[u8]) -> Result<(), String> {
-        self.stream_entry(key, "d", chunk).await
+    /// Adds body bytes to a streamed body: whole STREAM_CHUNK-sized chunks
+    /// go to Redis, the rest waits in a buffer that never outgrows one chunk.
+    async fn stream_write(&mut self, mut data: &[u8]) -> Result<(), String> {
+        let size = self.producer.inner.config.stream_chunk as usize;
+        loop {
+            let State::Stream { key, pending } = &mut self.state else {
+                return Ok(());
+            };
+            let take = size.saturating_sub(pending.len()).min(data.len());
+            pending.extend_from_slice(&data[..take]);
+            data = &data[take..];
+            if pending.len() < size {
+                return Ok(());
+            }
+            let chunk = std::mem::replace(pending, Vec::with_capacity(size));
+            let key = key.clone();
+            self.stream_entry(&key, "d", &chunk).await?;
+        }
     }
 
     /// Appends one entry (`d`ata, `end` or `abort`) to the body stream and
@@ -590,7 +596,7 @@ impl QueuedSession {
         };
         let (key, last) = (key.clone(), std::mem::take(pending));
         if !last.is_empty() {
-            self.send_chunk(&key, &last).await?;
+            self.stream_entry(&key, "d", &last).await?;
         }
         self.stream_entry(&key, "end", self.received.to_string().as_bytes())
             .await?;
