@@ -162,6 +162,8 @@ pub struct Clamd {
     /// Whether sessions may be used, once clamd's STATS has told its
     /// thread count.
     sessions_ok: Arc<tokio::sync::OnceCell<bool>>,
+    /// Memory files whose scan clamd answered, kept for the next bodies.
+    spools: Arc<Mutex<Vec<Spool>>>,
 }
 
 /// An open clamd session.
@@ -222,6 +224,34 @@ impl Clamd {
             permits: Arc::new(Semaphore::new(options.max_concurrency.max(1))),
             pool: Arc::new(Mutex::new(Vec::new())),
             sessions_ok: Arc::new(tokio::sync::OnceCell::new()),
+            spools: Arc::new(Mutex::new(Vec::new())),
+        }
+    }
+
+    /// An empty memory file for a body on its way by FILDES: a kept one
+    /// when there is one, else a new one.
+    pub fn spool(&self) -> Result<Spool, ScanError> {
+        let kept = self.spools.lock().expect("spools lock").pop();
+        match kept {
+            Some(spool) => Ok(Spool { len: 0, ..spool }),
+            None => Ok(Spool {
+                file: memfd()?,
+                len: 0,
+                size: 0,
+            }),
+        }
+    }
+
+    /// Keeps a memory file for a later body: at most one per scan that may
+    /// run at once, and none larger than `FILDES_MAX`, so that what is kept
+    /// stays within CLAMD_MAX_CONCURRENCY x FILDES_MAX of memory.
+    fn keep(&self, spool: Spool) {
+        if spool.size > self.options.fildes_max as u64 {
+            return;
+        }
+        let mut spools = self.spools.lock().expect("spools lock");
+        if spools.len() < self.options.max_concurrency {
+            spools.push(spool);
         }
     }
 
@@ -405,7 +435,9 @@ impl Clamd {
     /// is small enough, INSTREAM otherwise.
     pub async fn scan_whole(&self, body: &[u8]) -> Result<Verdict, ScanError> {
         if self.is_unix() && body.len() <= self.options.fildes_max {
-            return self.fildes(body).await;
+            let mut spool = self.spool()?;
+            spool.write(body)?;
+            return self.fildes_spool(spool).await;
         }
         self.instream_all(body).await
     }
@@ -436,20 +468,35 @@ impl Clamd {
         self.scan_once(Whole::Bytes(&message)).await
     }
 
-    /// `FILDES`: writes the body to an anonymous memory file and passes its
-    /// descriptor over the unix socket (SCM_RIGHTS). clamd reads it in place.
+    /// `FILDES` as a plain client does it: the body goes into a new
+    /// anonymous memory file, whose descriptor is passed over the unix
+    /// socket (SCM_RIGHTS), and clamd reads it in place. The benchmark's
+    /// reference for clamd's own speed; the scan pipeline reuses its files
+    /// instead ([`Clamd::spool`]).
     pub async fn fildes(&self, body: &[u8]) -> Result<Verdict, ScanError> {
         let mut file = memfd()?;
         std::io::Write::write_all(&mut file, body)?;
-        self.fildes_file(&mut file).await
+        std::io::Seek::rewind(&mut file)?;
+        self.fildes_of(&file).await
     }
 
-    /// `FILDES` of a file that holds the whole body (rewound first).
-    pub async fn fildes_file(&self, file: &mut std::fs::File) -> Result<Verdict, ScanError> {
+    /// `FILDES` of the body in `spool`. Once clamd has answered, it has
+    /// read the file and let it go, so the file is kept for a later body;
+    /// after a timeout or a broken connection clamd may still be reading
+    /// it, and it is closed instead.
+    pub async fn fildes_spool(&self, mut spool: Spool) -> Result<Verdict, ScanError> {
+        spool.trim()?;
+        let verdict = self.fildes_of(&spool.file).await;
+        if verdict.is_ok() {
+            self.keep(spool);
+        }
+        verdict
+    }
+
+    async fn fildes_of(&self, file: &std::fs::File) -> Result<Verdict, ScanError> {
         if !self.is_unix() {
             return Err(ScanError::Protocol("FILDES needs a unix socket".into()));
         }
-        std::io::Seek::rewind(file)?;
         self.scan_once(Whole::Fd(file)).await
     }
 
@@ -545,6 +592,58 @@ impl Clamd {
             what: "write",
             after: t,
         })??;
+        Ok(())
+    }
+}
+
+/// A body on its way to clamd by FILDES, in an anonymous memory file that
+/// may have held an earlier body. Writes go to explicit offsets and the
+/// file's offset stays 0, where clamd starts reading; [`Spool::trim`] cuts
+/// off what an earlier, longer body left behind. A reused file is much
+/// cheaper than a new one, whose pages must all be allocated and zeroed
+/// (measured here, per body: 16 us new against 3 us reused for 1 KiB, 67
+/// against 10 for 64 KiB, 780 against 130 for 1 MiB).
+#[derive(Debug)]
+pub struct Spool {
+    file: std::fs::File,
+    /// Bytes of this body written.
+    len: u64,
+    /// The file's size, which an earlier body may have left larger.
+    size: u64,
+}
+
+impl Spool {
+    /// Appends body bytes.
+    pub fn write(&mut self, data: &[u8]) -> std::io::Result<()> {
+        std::os::unix::fs::FileExt::write_all_at(&self.file, data, self.len)?;
+        self.len += data.len() as u64;
+        self.size = self.size.max(self.len);
+        Ok(())
+    }
+
+    /// Body bytes written.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// True before the first byte.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Reads body bytes from `offset`; 0 at the end of the body.
+    pub fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
+        let left = self.len.saturating_sub(offset);
+        let want = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+        std::os::unix::fs::FileExt::read_at(&self.file, &mut buf[..want], offset)
+    }
+
+    /// Makes the file exactly this body.
+    fn trim(&mut self) -> std::io::Result<()> {
+        if self.size != self.len {
+            self.file.set_len(self.len)?;
+            self.size = self.len;
+        }
         Ok(())
     }
 }

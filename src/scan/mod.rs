@@ -20,7 +20,7 @@ use tokio::sync::RwLock;
 
 use crate::error::ScanError;
 use crate::model::Verdict;
-use clamd::{Clamd, Instream};
+use clamd::{Clamd, Instream, Spool};
 
 /// Scans bodies with clamd. Cheap to clone.
 #[derive(Clone, Debug)]
@@ -96,7 +96,7 @@ pub struct ScanSession {
     clamd: Clamd,
     limit: u64,
     /// The body so far, while it may still go to clamd by FILDES.
-    spool: Option<std::fs::File>,
+    spool: Option<Spool>,
     /// The body so far, while it is small enough to go to clamd over TCP in
     /// one write.
     held: Vec<u8>,
@@ -160,14 +160,15 @@ impl ScanSession {
             if !held.is_empty() {
                 stream.send(&held).await?;
             }
-            if let Some(mut spool) = self.spool.take() {
-                std::io::Seek::rewind(&mut spool)?;
+            if let Some(spool) = self.spool.take() {
                 let mut buf = vec![0u8; 64 * 1024];
+                let mut at = 0;
                 loop {
-                    let n = std::io::Read::read(&mut spool, &mut buf)?;
+                    let n = spool.read_at(&mut buf, at)?;
                     if n == 0 {
                         break;
                     }
+                    at += n as u64;
                     stream.send(&buf[..n]).await?;
                 }
             }
@@ -183,10 +184,10 @@ impl ScanSession {
 
     fn spool_write(&mut self, data: &[u8]) -> Result<(), ScanError> {
         if self.spool.is_none() {
-            self.spool = Some(clamd::memfd()?);
+            self.spool = Some(self.clamd.spool()?);
         }
         let spool = self.spool.as_mut().expect("just created");
-        std::io::Write::write_all(spool, data)?;
+        spool.write(data)?;
         Ok(())
     }
 
@@ -205,7 +206,7 @@ impl ScanSession {
         let result = match (self.failed, self.stream, self.spool) {
             (Some(e), _, _) => Err(e),
             (None, Some(stream), _) => stream.finish().await,
-            (None, None, Some(mut spool)) => self.clamd.fildes_file(&mut spool).await,
+            (None, None, Some(spool)) => self.clamd.fildes_spool(spool).await,
             // A body held whole, or an empty one: even that verdict comes
             // from clamd.
             (None, None, None) => self.clamd.scan_whole(&self.held).await,
