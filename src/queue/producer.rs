@@ -39,7 +39,8 @@ pub struct ProducerConfig {
     #[arg(long, env = "INLINE_MAX", default_value = "256K", value_parser = crate::config::parse_size)]
     pub inline_max: u64,
 
-    /// Larger bodies stream to Redis in chunks of about this size. Measured
+    /// Larger bodies stream to Redis in chunks of this size (the last one
+    /// smaller). Measured
     /// with 1 MiB bodies, 256K chunks cost producer, Redis and handlers
     /// together a quarter less CPU than 64K ones.
     #[arg(long, env = "STREAM_CHUNK", default_value = "256K", value_parser = crate::config::parse_size)]

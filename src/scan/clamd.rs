@@ -621,16 +621,6 @@ impl Spool {
         Ok(())
     }
 
-    /// Body bytes written.
-    pub fn len(&self) -> u64 {
-        self.len
-    }
-
-    /// True before the first byte.
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
     /// Reads body bytes from `offset`; 0 at the end of the body.
     pub fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
         let left = self.len.saturating_sub(offset);
