@@ -93,15 +93,7 @@ ICAP_PORT=$lonely_port PRODUCER_PORT=$(free_port) METRICS_PORT=0 MAX_CONNECTIONS
 wait_port "$lonely_port"
 $bin/virus-scanner bench --duration 2s --connections 8 --sizes 4K \
   --target "warm-up=icap://127.0.0.1:$lonely_port/avscan" >/dev/null 2>&1 || true
-before=$(rss $lonely)
-$bin/virus-scanner bench --duration 15s --connections "$QUEUED" --sizes 4K \
-  --target "queued=icap://127.0.0.1:$lonely_port/avscan" >/dev/null 2>&1 & load=$!
-for _ in $(seq 1 100); do
-  depth=$(REDIS_PREFIX=$lonely_prefix $bin/virus-scanner queue-status | awk '$1=="normal" {print $3}')
-  [ "${depth:-0}" -ge "$QUEUED" ] && break
-  sleep 0.2
-done
-during=$(rss $lonely)
-echo "queued: $depth tasks; producer RSS before: ${before} kB, with them queued: ${during} kB"
-kill $load 2>/dev/null || true
-wait $load 2>/dev/null || true
+# First the connections alone, then a scan queued on each: what the queue
+# itself costs, apart from the ICAP connections a proxy holds open anyway.
+python3 scripts/queued_memory.py "$lonely_port" "$lonely" "$QUEUED" \
+  env REDIS_PREFIX=$lonely_prefix $bin/virus-scanner queue-status

@@ -3,6 +3,9 @@
 //! (`virus-scanner-producer`). Both give the same [`Session`]: write the body
 //! as it arrives, then `finish` for the verdict.
 
+use std::future::Future;
+use std::pin::Pin;
+
 use crate::model::{Priority, ScanRequest, Verdict};
 use crate::queue::producer::{Producer, QueuedSession};
 use crate::scan::{ScanSession, Scanner};
@@ -51,7 +54,12 @@ impl Session {
     /// Adds body bytes.
     pub async fn write(&mut self, data: &[u8]) {
         match self {
-            Session::Local(s) => s.write(data).await,
+            // Boxed, as in `finish`: a producer's transactions never write
+            // to clamd, and should not be sized for it.
+            Session::Local(s) => {
+                let write = Box::pin(s.write(data));
+                write.await
+            }
             Session::Queued(s) => s.write(data).await,
         }
     }
@@ -72,15 +80,16 @@ impl Session {
         }
     }
 
-    /// Ends the body and returns the verdict.
-    pub async fn finish(self) -> Verdict {
+    /// Ends the body; the future gives the verdict.
+    ///
+    /// Boxed: a transaction's task is as large as the largest future it may
+    /// await, and a producer holds one for every scan that waits on the
+    /// queue. Only a box stays in the caller while it waits.
+    pub fn finish(self) -> Pin<Box<dyn Future<Output = Verdict> + Send>> {
         crate::metrics::METRICS.body(self.received());
         match self {
-            // Boxed: a waiting transaction's task is as large as the largest
-            // scan it might await, and a producer holds many that wait on the
-            // (smaller) queue.
-            Session::Local(s) => Box::pin(s.finish()).await,
-            Session::Queued(s) => s.finish().await,
+            Session::Local(s) => Box::pin(s.finish()),
+            Session::Queued(s) => Box::pin(s.finish()),
         }
     }
 }

@@ -162,19 +162,10 @@ async fn serve_on(
                     match tls {
                         None => Connection::new(stream, peer, service, drain).serve().await,
                         Some(tls) => {
-                            let limit = service.config.head_timeout;
-                            match timeout(limit, tls.acceptor().accept(stream)).await {
-                                Ok(Ok(stream)) => {
-                                    // Boxed, so that plain connections' tasks
-                                    // are not sized for TLS.
-                                    let conn = Connection::new(stream, peer, service, drain);
-                                    Box::pin(conn.serve()).await
-                                }
-                                Ok(Err(e)) => {
-                                    tracing::warn!(%peer, error = %e, "ICAPS handshake failed")
-                                }
-                                Err(_) => tracing::warn!(%peer, "ICAPS handshake timed out"),
-                            }
+                            // Boxed, so that plain connections' tasks are
+                            // not sized for TLS (a plain one is about 1 KiB).
+                            let serving = Box::pin(serve_tls(tls, stream, peer, service, drain));
+                            serving.await
                         }
                     }
                     crate::metrics::METRICS.disconnected();
@@ -198,6 +189,22 @@ async fn serve_on(
         tracing::warn!("shutdown grace over with transactions still in flight");
     }
     Ok(())
+}
+
+/// An ICAPS connection: the handshake within HEAD_TIMEOUT, then ICAP.
+async fn serve_tls(
+    tls: crate::tls::Reloadable,
+    stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+    service: Arc<IcapService>,
+    drain: watch::Receiver<bool>,
+) {
+    let limit = service.config.head_timeout;
+    match timeout(limit, tls.acceptor().accept(stream)).await {
+        Ok(Ok(stream)) => Connection::new(stream, peer, service, drain).serve().await,
+        Ok(Err(e)) => tracing::warn!(%peer, error = %e, "ICAPS handshake failed"),
+        Err(_) => tracing::warn!(%peer, "ICAPS handshake timed out"),
+    }
 }
 
 /// Answers 503 to a connection over the limit, and closes it.
@@ -297,7 +304,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             let outcome = match self.read_head().await {
                 Ok(Some((req, used))) => {
                     self.buf.advance(used);
-                    self.transaction(req).await
+                    // Boxed: a connection waiting for its next request (Squid
+                    // keeps many) then holds about 1 KiB, not the 5 KiB a
+                    // transaction's future takes. The box is made in a
+                    // statement of its own: a future made in the statement
+                    // that awaits it stays in the task's size, boxed or not.
+                    let transaction = Box::pin(self.transaction(req));
+                    transaction.await
                 }
                 Ok(None) => break,
                 Err(f) => Err(f),
@@ -306,7 +319,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                 Ok(After::KeepAlive) if !self.closing && !*self.drain.borrow() => continue,
                 Ok(_) => break,
                 Err(failure) => {
-                    self.fail(failure).await;
+                    let fail = Box::pin(self.fail(failure));
+                    fail.await;
                     break;
                 }
             }
@@ -681,7 +695,7 @@ impl<'c, S: AsyncRead + AsyncWrite + Unpin> Transaction<'c, S> {
     /// Trusted hosts and bodies let through by size: no scan, the quickest
     /// answer the protocol allows.
     async fn without_scan(
-        mut self,
+        &mut self,
         verdict: Verdict,
         dec: &mut ChunkedDecoder,
     ) -> Result<After, Failure> {
@@ -691,11 +705,13 @@ impl<'c, S: AsyncRead + AsyncWrite + Unpin> Transaction<'c, S> {
             while let Chunk::Data(data) = self.conn.next_chunk(dec).await? {
                 self.echo.push(data);
             }
-            return self.answer(&verdict, decision, true).await;
+            let answer = Box::pin(self.answer(&verdict, decision, true));
+            return answer.await;
         }
         if self.req.allow.no_content || matches!(decision, Decision::Block(_)) {
             self.conn.closing = true;
-            return self.answer(&verdict, decision, false).await;
+            let answer = Box::pin(self.answer(&verdict, decision, false));
+            return answer.await;
         }
         // The body has to come back whole: pass it through as it arrives.
         self.log(&verdict, &decision);
@@ -770,7 +786,8 @@ impl<'c, S: AsyncRead + AsyncWrite + Unpin> Transaction<'c, S> {
     /// Logs the verdict and answers.
     async fn finish(&mut self, verdict: Verdict, answers_preview: bool) -> Result<After, Failure> {
         let decision = self.service().policy.decide(&verdict);
-        self.answer(&verdict, decision, answers_preview).await
+        let answer = Box::pin(self.answer(&verdict, decision, answers_preview));
+        answer.await
     }
 
     async fn answer(

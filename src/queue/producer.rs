@@ -388,6 +388,22 @@ impl QueuedSession {
         if data.is_empty() {
             return;
         }
+        // A small body only grows its buffer here. What talks to Redis is
+        // boxed, so that a transaction's task, which a producer holds for
+        // every scan it waits on, is not sized for those calls.
+        let inline_max = self.producer.inner.config.inline_max;
+        if let (false, State::Buffer(buf)) = (self.is_too_large(), &mut self.state) {
+            if (buf.len() + data.len()) as u64 <= inline_max {
+                buf.extend_from_slice(data);
+                return;
+            }
+        }
+        let more = Box::pin(self.write_more(data));
+        more.await
+    }
+
+    /// Adds body bytes that leave the buffer, or go past it.
+    async fn write_more(&mut self, data: &[u8]) {
         if self.is_too_large() {
             self.give_up("body over the scan limit").await;
             self.state = State::TooLarge;
@@ -538,11 +554,25 @@ impl QueuedSession {
 
     /// Ends the body, and waits for the verdict until the deadline.
     pub async fn finish(mut self) -> Verdict {
+        // Boxed, as in `write`, so that while the transaction waits its task
+        // holds only `wait`; and in a statement of its own, because a future
+        // made in the statement that awaits it stays in the task's size even
+        // once it is moved into the box.
+        let hand_over = Box::pin(self.hand_over());
+        match hand_over.await {
+            Ok(()) => self.wait().await,
+            Err(verdict) => verdict,
+        }
+    }
+
+    /// Queues the task, or ends its body stream; the verdict when that
+    /// fails or the body is too large.
+    async fn hand_over(&mut self) -> Result<(), Verdict> {
         if self.is_too_large() {
             self.give_up("body over the scan limit").await;
-            return Verdict::TooLarge {
+            return Err(Verdict::TooLarge {
                 limit: self.producer.inner.max_scan_size,
-            };
+            });
         }
         let inner = self.producer.inner.clone();
         let handed_over = match std::mem::replace(&mut self.state, State::Done) {
@@ -582,12 +612,12 @@ impl QueuedSession {
         };
         if let Err(message) = handed_over {
             self.give_up(&message).await;
-            return Verdict::Error {
+            return Err(Verdict::Error {
                 kind: "queue",
                 message,
-            };
+            });
         }
-        self.wait().await
+        Ok(())
     }
 
     /// Flushes the last chunk and writes the end entry.
@@ -645,10 +675,11 @@ impl QueuedSession {
         // The reply may have been lost with a Redis restart: the task's own
         // result key is the last place to look.
         let mut conn = inner.conn.clone();
-        let stored: Result<Option<Vec<u8>>, _> = redis::cmd("GET")
-            .arg(inner.keys.result(&self.task.id))
-            .query_async(&mut conn)
-            .await;
+        let key = inner.keys.result(&self.task.id);
+        let mut cmd = redis::cmd("GET");
+        cmd.arg(key);
+        let get = Box::pin(cmd.query_async(&mut conn));
+        let stored: Result<Option<Vec<u8>>, _> = get.await;
         if let Ok(Some(json)) = stored {
             if let Ok(result) = TaskResult::from_json(&json) {
                 return result.verdict.into_verdict();
