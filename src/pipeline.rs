@@ -56,10 +56,7 @@ impl Session {
         match self {
             // Boxed, as in `finish`: a producer's transactions never write
             // to clamd, and should not be sized for it.
-            Session::Local(s) => {
-                let write = Box::pin(s.write(data));
-                write.await
-            }
+            Session::Local(s) => Box::pin(s.write(data)).await,
             Session::Queued(s) => s.write(data).await,
         }
     }

@@ -398,8 +398,7 @@ impl QueuedSession {
                 return;
             }
         }
-        let more = Box::pin(self.write_more(data));
-        more.await
+        Box::pin(self.write_more(data)).await
     }
 
     /// Adds body bytes that leave the buffer, or go past it.
@@ -554,12 +553,9 @@ impl QueuedSession {
 
     /// Ends the body, and waits for the verdict until the deadline.
     pub async fn finish(mut self) -> Verdict {
-        // Boxed, as in `write`, so that while the transaction waits its task
-        // holds only `wait`; and in a statement of its own, because a future
-        // made in the statement that awaits it stays in the task's size even
-        // once it is moved into the box.
-        let hand_over = Box::pin(self.hand_over());
-        match hand_over.await {
+        // Boxed, as in `write`: while the transaction waits, its task holds
+        // only `wait`.
+        match Box::pin(self.hand_over()).await {
             Ok(()) => self.wait().await,
             Err(verdict) => verdict,
         }
@@ -676,10 +672,8 @@ impl QueuedSession {
         // result key is the last place to look.
         let mut conn = inner.conn.clone();
         let key = inner.keys.result(&self.task.id);
-        let mut cmd = redis::cmd("GET");
-        cmd.arg(key);
-        let get = Box::pin(cmd.query_async(&mut conn));
-        let stored: Result<Option<Vec<u8>>, _> = get.await;
+        let stored: Result<Option<Vec<u8>>, _> =
+            Box::pin(redis::cmd("GET").arg(key).query_async(&mut conn)).await;
         if let Ok(Some(json)) = stored {
             if let Ok(result) = TaskResult::from_json(&json) {
                 return result.verdict.into_verdict();
