@@ -495,47 +495,61 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
 
     async fn transaction(&mut self, req: Request) -> Result<After, Failure> {
         crate::metrics::METRICS.icap_request(req.method.as_str());
-        let service = self.service.clone();
         let known = SERVICES.contains(&req.uri.service.as_str());
         let status = if !known {
             Some(StatusCode::NOT_FOUND)
-        } else if !service.offers(req.method) {
+        } else if !self.service.offers(req.method) {
             Some(StatusCode::METHOD_NOT_ALLOWED)
         } else {
             None
         };
+        // The answers other than a scan's are boxed, so that a transaction
+        // waiting for its verdict is not sized for them.
         if let Some(status) = status {
-            tracing::info!(peer = %self.peer, method = req.method.as_str(), service = %req.uri.service, status = status.0, "refused");
-            let res = Response::error(status, &service.istag().await);
-            if !req.has_body() {
-                self.send(&res).await?;
-                return Ok(After::KeepAlive);
-            }
-            // Keep the stream in step: a preview is on its way and the answer
-            // ends it; without one, the body follows the answer and is dropped.
-            let mut dec = match req.preview {
-                Some(p) => ChunkedDecoder::preview(service.limits, p),
-                None => ChunkedDecoder::new(service.limits),
-            };
-            if req.preview.is_some() {
-                self.drain_body(&mut dec).await?;
-                self.send(&res).await?;
-                return Ok(After::KeepAlive);
-            }
-            self.closing = true;
-            self.send(&res).await?;
-            return Ok(After::Close);
+            return Box::pin(self.refuse_service(req, status)).await;
         }
         if req.method == Method::Options {
-            if req.has_body() {
-                let mut dec = ChunkedDecoder::new(service.limits);
-                self.drain_body(&mut dec).await?;
-            }
-            let res = service.options().await;
+            return Box::pin(self.options(req)).await;
+        }
+        Transaction::new(self, req).run().await
+    }
+
+    /// Answers a request for an unknown service, or for a method the
+    /// service does not offer.
+    async fn refuse_service(&mut self, req: Request, status: StatusCode) -> Result<After, Failure> {
+        let service = self.service.clone();
+        tracing::info!(peer = %self.peer, method = req.method.as_str(), service = %req.uri.service, status = status.0, "refused");
+        let res = Response::error(status, &service.istag().await);
+        if !req.has_body() {
             self.send(&res).await?;
             return Ok(After::KeepAlive);
         }
-        Transaction::new(self, req).run().await
+        // Keep the stream in step: a preview is on its way and the answer
+        // ends it; without one, the body follows the answer and is dropped.
+        let mut dec = match req.preview {
+            Some(p) => ChunkedDecoder::preview(service.limits, p),
+            None => ChunkedDecoder::new(service.limits),
+        };
+        if req.preview.is_some() {
+            self.drain_body(&mut dec).await?;
+            self.send(&res).await?;
+            return Ok(After::KeepAlive);
+        }
+        self.closing = true;
+        self.send(&res).await?;
+        Ok(After::Close)
+    }
+
+    /// Answers OPTIONS.
+    async fn options(&mut self, req: Request) -> Result<After, Failure> {
+        let service = self.service.clone();
+        if req.has_body() {
+            let mut dec = ChunkedDecoder::new(service.limits);
+            self.drain_body(&mut dec).await?;
+        }
+        let res = service.options().await;
+        self.send(&res).await?;
+        Ok(After::KeepAlive)
     }
 }
 
@@ -632,7 +646,8 @@ impl<'c, S: AsyncRead + AsyncWrite + Unpin> Transaction<'c, S> {
             None => ChunkedDecoder::new(service.limits),
         };
         if let Some(verdict) = skip {
-            return self.without_scan(verdict, &mut dec).await;
+            // Boxed, as the answers without a scan in `transaction` are.
+            return Box::pin(self.without_scan(verdict, &mut dec)).await;
         }
         let priority = match route {
             Route::Scan(p) => p,
@@ -727,8 +742,9 @@ impl<'c, S: AsyncRead + AsyncWrite + Unpin> Transaction<'c, S> {
             return Ok(());
         }
         if !self.echo.started {
-            self.start_echo(&Decision::Allow { unscanned: None })
-                .await?;
+            // Boxed: it runs once, and the transaction should not be sized
+            // for it while it waits for the verdict.
+            Box::pin(self.start_echo(&Decision::Allow { unscanned: None })).await?;
         }
         let mut out = Vec::new();
         while self.echo.held_len > hold {
