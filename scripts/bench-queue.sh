@@ -33,7 +33,6 @@ trap cleanup EXIT
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 wait_port() { for _ in $(seq 1 200); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.1; done; echo "port $1 never opened" >&2; return 1; }
-rss() { awk '/^VmRSS/ {print $2}' /proc/"$1"/status; }
 
 clamd_port=$(free_port)
 cat >"$dir/clamd.conf" <<CONF
