@@ -13,6 +13,7 @@
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -275,7 +276,7 @@ const FIRST_READ_SIZE: usize = 8 * 1024;
 /// What a connection reads into while it waits for a request head.
 const IDLE_READ_SIZE: usize = 4 * 1024;
 
-impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
+impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
     fn new(
         io: S,
         peer: SocketAddr,
@@ -301,11 +302,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             let outcome = match self.read_head().await {
                 Ok(Some((req, used))) => {
                     self.buf.advance(used);
-                    // Boxed: a task is sized for the largest future it may
-                    // await, and a connection waiting for its next request
-                    // (Squid keeps many) then holds about 1 KiB, not the
-                    // 9 KiB it took with the transaction inline.
-                    Box::pin(self.transaction(req)).await
+                    self.transaction(req).await
                 }
                 Ok(None) => break,
                 Err(f) => Err(f),
@@ -493,7 +490,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         Ok(())
     }
 
-    async fn transaction(&mut self, req: Request) -> Result<After, Failure> {
+    /// One transaction, boxed: a task is sized for the largest future it
+    /// may await, and a connection waiting for its next request (Squid keeps
+    /// many) then holds about 1 KiB rather than a transaction's worth.
+    fn transaction(&mut self, req: Request) -> Transacting<'_> {
         crate::metrics::METRICS.icap_request(req.method.as_str());
         let known = SERVICES.contains(&req.uri.service.as_str());
         let status = if !known {
@@ -503,15 +503,30 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         } else {
             None
         };
-        // The answers other than a scan's are boxed, so that a transaction
-        // waiting for its verdict is not sized for them.
         if let Some(status) = status {
-            return Box::pin(self.refuse_service(req, status)).await;
+            return Box::pin(self.refuse_service(req, status));
         }
         if req.method == Method::Options {
-            return Box::pin(self.options(req)).await;
+            return Box::pin(self.options(req));
         }
-        Transaction::new(self, req).run().await
+        // The request moves into the transaction before the future is
+        // made, so that the future does not keep a copy of it. The body is
+        // read in a box of its own, freed before the wait for the verdict:
+        // a producer holds a transaction for every scan it has queued, and
+        // the reading takes most of a transaction's memory.
+        let mut t = Transaction::new(self, req);
+        Box::pin(async move {
+            match Box::pin(t.receive()).await? {
+                Received::Answered(after) => Ok(after),
+                Received::Scanning {
+                    verdict,
+                    answers_preview,
+                } => {
+                    let verdict = verdict.await;
+                    t.finish(verdict, answers_preview).await
+                }
+            }
+        })
     }
 
     /// Answers a request for an unknown service, or for a method the
@@ -553,6 +568,21 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
     }
 }
 
+/// A transaction on its way, boxed.
+type Transacting<'c> = Pin<Box<dyn Future<Output = Result<After, Failure>> + Send + 'c>>;
+
+/// Where a transaction stands once its body has been read.
+enum Received {
+    /// Answered without a verdict to wait for.
+    Answered(After),
+    /// Handed to the scanner: the verdict to wait for, and whether the
+    /// answer answers the preview.
+    Scanning {
+        verdict: Pin<Box<dyn Future<Output = Verdict> + Send>>,
+        answers_preview: bool,
+    },
+}
+
 /// A piece of body, or its end.
 enum Chunk {
     Data(Bytes),
@@ -585,7 +615,7 @@ struct Echo {
     started: bool,
 }
 
-impl<'c, S: AsyncRead + AsyncWrite + Unpin> Transaction<'c, S> {
+impl<'c, S: AsyncRead + AsyncWrite + Unpin + Send> Transaction<'c, S> {
     fn new(conn: &'c mut Connection<S>, req: Request) -> Self {
         let scan = scan_request(&req);
         let needed = !req.allow.no_content;
@@ -609,14 +639,17 @@ impl<'c, S: AsyncRead + AsyncWrite + Unpin> Transaction<'c, S> {
         self.conn.service.clone()
     }
 
-    async fn run(mut self) -> Result<After, Failure> {
+    /// Reads the body and hands it to the scanner, or answers without a
+    /// scan.
+    async fn receive(&mut self) -> Result<Received, Failure> {
         let service = self.service();
         let policy = &service.policy;
         if !self.req.has_body() {
             // null-body: with or without `Preview: 0`, no chunk follows.
             return self
                 .finish(Verdict::NotScanned(SkipReason::NoBody), true)
-                .await;
+                .await
+                .map(Received::Answered);
         }
         let declared_too_large = self
             .scan
@@ -647,7 +680,9 @@ impl<'c, S: AsyncRead + AsyncWrite + Unpin> Transaction<'c, S> {
         };
         if let Some(verdict) = skip {
             // Boxed, as the answers without a scan in `transaction` are.
-            return Box::pin(self.without_scan(verdict, &mut dec)).await;
+            return Box::pin(self.without_scan(verdict, &mut dec))
+                .await
+                .map(Received::Answered);
         }
         let priority = match route {
             Route::Scan(p) => p,
@@ -672,7 +707,10 @@ impl<'c, S: AsyncRead + AsyncWrite + Unpin> Transaction<'c, S> {
                 if session.is_too_large() && policy.too_large == TooLargeAction::Block {
                     // Answering the preview: the client sends nothing more.
                     self.bytes = session.received();
-                    return self.finish(session.finish().await, true).await;
+                    return Ok(Received::Scanning {
+                        verdict: session.finish(),
+                        answers_preview: true,
+                    });
                 }
                 self.conn.write(b"ICAP/1.0 100 Continue\r\n\r\n").await?;
                 dec.reset();
@@ -689,16 +727,35 @@ impl<'c, S: AsyncRead + AsyncWrite + Unpin> Transaction<'c, S> {
                         limit: policy.max_scan_size,
                     };
                     self.conn.closing = true;
-                    return self.finish(verdict, false).await;
+                    return self.finish(verdict, false).await.map(Received::Answered);
                 }
                 self.echo.push(data);
                 self.trickle().await?;
             }
         }
         self.conn.shed();
+        self.travel_light(whole_in_preview);
         self.bytes = session.received();
-        let verdict = session.finish().await;
-        self.finish(verdict, whole_in_preview).await
+        Ok(Received::Scanning {
+            verdict: session.finish(),
+            answers_preview: whole_in_preview,
+        })
+    }
+
+    /// Before the wait for a verdict, drops the heads the answer will not
+    /// need: a producer holds a transaction for every scan it has queued.
+    /// The HTTP heads go back only in a `200` that sends the message back,
+    /// which a `204` (a preview's answer, or `Allow: 204`) and a block page
+    /// replace.
+    fn travel_light(&mut self, answers_preview: bool) {
+        self.req.headers = HeaderMap::new();
+        self.scan.request_headers = None;
+        if answers_preview || self.req.allow.no_content {
+            if let Some(sections) = self.req.sections.as_mut() {
+                sections.request = None;
+                sections.response = None;
+            }
+        }
     }
 
     /// Trusted hosts and bodies let through by size: no scan, the quickest
