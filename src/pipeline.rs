@@ -54,9 +54,7 @@ impl Session {
     /// Adds body bytes.
     pub async fn write(&mut self, data: &[u8]) {
         match self {
-            // Boxed, as in `finish`: a producer's transactions never write
-            // to clamd, and should not be sized for it.
-            Session::Local(s) => Box::pin(s.write(data)).await,
+            Session::Local(s) => s.write(data).await,
             Session::Queued(s) => s.write(data).await,
         }
     }

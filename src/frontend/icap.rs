@@ -679,8 +679,8 @@ impl<'c, S: AsyncRead + AsyncWrite + Unpin + Send> Transaction<'c, S> {
             None => ChunkedDecoder::new(service.limits),
         };
         if let Some(verdict) = skip {
-            // Boxed, as the answers without a scan in `transaction` are.
-            return Box::pin(self.without_scan(verdict, &mut dec))
+            return self
+                .without_scan(verdict, &mut dec)
                 .await
                 .map(Received::Answered);
         }
@@ -771,11 +771,11 @@ impl<'c, S: AsyncRead + AsyncWrite + Unpin + Send> Transaction<'c, S> {
             while let Chunk::Data(data) = self.conn.next_chunk(dec).await? {
                 self.echo.push(data);
             }
-            return Box::pin(self.answer(&verdict, decision, true)).await;
+            return self.answer(&verdict, decision, true).await;
         }
         if self.req.allow.no_content || matches!(decision, Decision::Block(_)) {
             self.conn.closing = true;
-            return Box::pin(self.answer(&verdict, decision, false)).await;
+            return self.answer(&verdict, decision, false).await;
         }
         // The body has to come back whole: pass it through as it arrives.
         self.log(&verdict, &decision);
@@ -799,9 +799,8 @@ impl<'c, S: AsyncRead + AsyncWrite + Unpin + Send> Transaction<'c, S> {
             return Ok(());
         }
         if !self.echo.started {
-            // Boxed: it runs once, and the transaction should not be sized
-            // for it while it waits for the verdict.
-            Box::pin(self.start_echo(&Decision::Allow { unscanned: None })).await?;
+            self.start_echo(&Decision::Allow { unscanned: None })
+                .await?;
         }
         let mut out = Vec::new();
         while self.echo.held_len > hold {

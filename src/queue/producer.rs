@@ -388,21 +388,6 @@ impl QueuedSession {
         if data.is_empty() {
             return;
         }
-        // A small body only grows its buffer here. What talks to Redis is
-        // boxed, so that a transaction's task, which a producer holds for
-        // every scan it waits on, is not sized for those calls.
-        let inline_max = self.producer.inner.config.inline_max;
-        if let (false, State::Buffer(buf)) = (self.is_too_large(), &mut self.state) {
-            if (buf.len() + data.len()) as u64 <= inline_max {
-                buf.extend_from_slice(data);
-                return;
-            }
-        }
-        Box::pin(self.write_more(data)).await
-    }
-
-    /// Adds body bytes that leave the buffer, or go past it.
-    async fn write_more(&mut self, data: &[u8]) {
         if self.is_too_large() {
             self.give_up("body over the scan limit").await;
             self.state = State::TooLarge;
@@ -553,8 +538,8 @@ impl QueuedSession {
 
     /// Ends the body, and waits for the verdict until the deadline.
     pub async fn finish(mut self) -> Verdict {
-        // Boxed, as in `write`: while the transaction waits, its task holds
-        // only `wait`.
+        // Boxed: while the transaction waits for its verdict, only `wait`
+        // is held, not the Redis calls that queued the task.
         match Box::pin(self.hand_over()).await {
             Ok(()) => self.wait().await,
             Err(verdict) => verdict,
