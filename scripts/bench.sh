@@ -7,6 +7,7 @@
 #   scripts/bench.sh                         defaults below
 #   DURATION=10s ROUNDS=3 CONNECTIONS=8,64 SIZES=1K,64K,1M scripts/bench.sh
 #   SECTIONS=extproc scripts/bench.sh        only some: scan,noscan,memory,extproc
+#   TARGETS=clamd-fildes SECTIONS=scan scripts/bench.sh   this server against some references
 #
 # Needs clamav-daemon, c-icap and libc-icap-mod-virus-scan (installed when
 # missing, as root or with sudo).
@@ -21,6 +22,9 @@ CONNECTIONS=${CONNECTIONS:-8,64}
 SIZES=${SIZES:-1K,64K,1M}
 ONCE=${ONCE:-1G}
 SECTIONS=${SECTIONS:-scan,noscan,memory,extproc}
+# The scanning section's references, by name (all of them when empty):
+# TARGETS=c-icap,clamd-fildes,clamd-fildes-session, say.
+TARGETS=${TARGETS:-}
 want() { [[ ",$SECTIONS," == *",$1,"* ]]; }
 
 . scripts/lib.sh
@@ -110,15 +114,18 @@ servers="$clamd,$cicap,$(pgrep -P "$cicap" | paste -sd,),$ours"
 if want scan; then
 echo "## Scanning path (unique bodies, RESPMOD with preview and Allow: 204)"
 echo
+targets=()
+for t in "c-icap=icap://127.0.0.1:$cicap_port/virus_scan" \
+  "clamd-instream-tcp=instream+tcp://127.0.0.1:$clamd_port" \
+  "clamd-instream-unix=instream+unix://$dir/clamd.sock" \
+  "clamd-fildes=fildes+unix://$dir/clamd.sock" \
+  "clamd-fildes-session=fildes-session+unix://$dir/clamd.sock" \
+  "clamd-instream-session=instream-session+unix://$dir/clamd.sock"; do
+  if [ -z "$TARGETS" ] || [[ ",$TARGETS," == *",${t%%=*},"* ]]; then targets+=(--target "$t"); fi
+done
 $bin bench --duration "$DURATION" --rounds "$ROUNDS" --connections "$CONNECTIONS" --sizes "$SIZES" \
   --server-pids "$servers" \
-  --target "virus-scanner=icap://127.0.0.1:$ours_port/avscan" \
-  --target "c-icap=icap://127.0.0.1:$cicap_port/virus_scan" \
-  --target "clamd-instream-tcp=instream+tcp://127.0.0.1:$clamd_port" \
-  --target "clamd-instream-unix=instream+unix://$dir/clamd.sock" \
-  --target "clamd-fildes=fildes+unix://$dir/clamd.sock" \
-  --target "clamd-fildes-session=fildes-session+unix://$dir/clamd.sock" \
-  --target "clamd-instream-session=instream-session+unix://$dir/clamd.sock"
+  --target "virus-scanner=icap://127.0.0.1:$ours_port/avscan" "${targets[@]}"
 echo
 fi
 if want noscan; then
