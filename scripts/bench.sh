@@ -101,15 +101,31 @@ CONF
 c-icap -N -f "$dir/c-icap.conf" >/dev/null 2>&1 & cicap=$!; pids+=($cicap)
 wait_port "$cicap_port"
 
-ours_port=$(free_port)
-grpc_port=$(free_port)
-CLAMD_URL="unix://$dir/clamd.sock" ICAP_PORT=$ours_port PRODUCER_PORT=$grpc_port METRICS_PORT=0 LISTEN_ADDR=127.0.0.1 \
-  MAX_SCAN_SIZE=2000M TRUSTED_HOSTS=trusted.test LOG_LEVEL=warn $bin all & ours=$!; pids+=($ours)
-wait_port "$ours_port"
-wait_port "$grpc_port"
-# Every server-side process (clamd, c-icap with its children, this server),
-# for the CPU-per-request column: only the target measured is busy.
-servers="$clamd,$cicap,$(pgrep -P "$cicap" | paste -sd,),$ours"
+# start_ours [PREFIX...]: starts this server (through PREFIX, such as
+# taskset) and sets ours, ours_port, grpc_port and servers: every
+# server-side process (clamd, c-icap with its children, this server), for
+# the CPU-per-request column; only the target measured is busy.
+start_ours() {
+  ours_port=$(free_port)
+  grpc_port=$(free_port)
+  CLAMD_URL="unix://$dir/clamd.sock" ICAP_PORT=$ours_port PRODUCER_PORT=$grpc_port METRICS_PORT=0 LISTEN_ADDR=127.0.0.1 \
+    MAX_SCAN_SIZE=2000M TRUSTED_HOSTS=trusted.test LOG_LEVEL=warn "$@" $bin all & ours=$!; pids+=($ours)
+  wait_port "$ours_port"
+  wait_port "$grpc_port"
+  servers="$clamd,$cicap,$(pgrep -P "$cicap" | paste -sd,),$ours"
+}
+# pinned_ours COMMAND...: runs COMMAND against a second instance of this
+# server started on CPU 0. Started there, it runs one worker thread, as it
+# would in a container limited to one CPU; pinned after its start, it would
+# keep two threads taking turns on that CPU.
+pinned_ours() {
+  local shared=("$ours" "$ours_port" "$grpc_port" "$servers")
+  start_ours taskset -c 0
+  "$@"
+  kill "$ours"; wait "$ours" 2>/dev/null || true
+  ours=${shared[0]} ours_port=${shared[1]} grpc_port=${shared[2]} servers=${shared[3]}
+}
+start_ours
 
 if want scan; then
 echo "## Scanning path (unique bodies, RESPMOD with preview and Allow: 204)"
@@ -146,9 +162,9 @@ echo
 # measures: measured again with the servers on CPU 0 and the load generator
 # alone on CPU 1.
 if can_pin; then
-  echo "Servers (c-icap with its children, virus-scanner) on CPU 0, load generator alone on CPU 1:"
+  echo "Servers on CPU 0 (c-icap with its children; virus-scanner started there, so with one worker thread), load generator alone on CPU 1:"
   echo
-  pinned "$ours $cicap $(pgrep -P "$cicap" | paste -sd' ')" noscan taskset -c 1
+  pinned_ours pinned "$cicap $(pgrep -P "$cicap" | paste -sd' ')" noscan taskset -c 1
   echo
 fi
 fi
@@ -181,9 +197,9 @@ echo
 # resources of its own, so measured again with this server and clamd on
 # CPU 0 and the load generator alone on CPU 1.
 if can_pin; then
-  echo "This server and clamd on CPU 0, load generator alone on CPU 1:"
+  echo "This server (started there, so with one worker thread) and clamd on CPU 0, load generator alone on CPU 1:"
   echo
-  pinned "$ours $clamd" extproc taskset -c 1
+  pinned_ours pinned "$clamd" extproc taskset -c 1
   echo
 fi
 fi
