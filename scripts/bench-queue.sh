@@ -88,11 +88,8 @@ echo "## Producer memory with $QUEUED scans queued (a producer of its own, no ha
 echo
 lonely_prefix=bench$$
 lonely_port=$(free_port)
-# Without transparent huge pages (mimalloc asks for them by default): its
-# RSS then grows by 4 KiB pages rather than 2 MiB ones, which would hide
-# what a thousand connections or scans cost, and it starts about 10 MB lower.
 ICAP_PORT=$lonely_port PRODUCER_PORT=$(free_port) METRICS_PORT=0 MAX_CONNECTIONS=$((QUEUED + 100)) REDIS_PREFIX=$lonely_prefix \
-  MIMALLOC_ALLOW_THP=0 $bin/virus-scanner-producer & lonely=$!; pids+=($lonely)
+  $bin/virus-scanner-producer & lonely=$!; pids+=($lonely)
 wait_port "$lonely_port"
 $bin/virus-scanner bench --duration 2s --connections 8 --sizes 4K \
   --target "warm-up=icap://127.0.0.1:$lonely_port/avscan" >/dev/null 2>&1 || true

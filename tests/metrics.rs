@@ -292,3 +292,53 @@ async fn metrics_count_what_was_sent_and_readiness_follows_clamd() {
     }
     drop(server);
 }
+
+/// What the kernel says about a process's transparent huge pages.
+fn thp_enabled(pid: u32) -> Option<String> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()?
+        .lines()
+        .find_map(|l| Some(l.strip_prefix("THP_enabled:")?.trim().to_owned()))
+}
+
+#[tokio::test]
+async fn binaries_run_without_huge_pages_unless_the_allocator_is_told_otherwise() {
+    if thp_enabled(std::process::id()).is_none() {
+        eprintln!("skipped: this kernel does not report THP_enabled");
+        return;
+    }
+    let wait_for = |server: &Service, want: &str| {
+        let end = Instant::now() + Duration::from_secs(10);
+        loop {
+            let got = thp_enabled(server.pid());
+            if got.as_deref() == Some(want) {
+                return;
+            }
+            assert!(Instant::now() < end, "THP_enabled is {got:?}, not {want}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    let env = |more: Option<(&'static str, String)>| {
+        let mut env = vec![
+            ("ICAP_PORT", "0".to_owned()),
+            ("CLAMD_URL", "tcp://127.0.0.1:9".to_owned()),
+        ];
+        env.extend(more);
+        env
+    };
+    for bin in [
+        env!("CARGO_BIN_EXE_virus-scanner-producer"),
+        env!("CARGO_BIN_EXE_virus-scanner-handler"),
+    ] {
+        let server = Service::start(bin, &env(None));
+        wait_for(&server, "0");
+    }
+    let server = Service::start_with(env!("CARGO_BIN_EXE_virus-scanner"), &["all"], &env(None));
+    wait_for(&server, "0");
+    let server = Service::start_with(
+        env!("CARGO_BIN_EXE_virus-scanner"),
+        &["all"],
+        &env(Some(("MIMALLOC_ALLOW_THP", "1".into()))),
+    );
+    wait_for(&server, "1");
+}
