@@ -311,7 +311,7 @@ impl Worker {
         }
         cmd.arg(">").arg(">").arg(">");
         let reply: Value = cmd.query_async(&mut self.conn).await?;
-        let mut entries = parse_read(&reply, keys);
+        let mut entries = parse_read(reply, keys);
         entries.sort_by_key(|e| e.lane as u8);
         // The lanes stay skipped: a blocking read that finds work returns at
         // once, so until the skip ends it serves as the non-blocking read
@@ -339,7 +339,7 @@ impl Worker {
             .arg(from)
             .query_async(&mut self.conn)
             .await?;
-        Ok(parse_read(&reply, &self.shared.keys).into_iter().next())
+        Ok(parse_read(reply, &self.shared.keys).into_iter().next())
     }
 
     /// One task delivered to this worker and never acknowledged, if any.
@@ -374,10 +374,10 @@ impl Worker {
                 .arg(1)
                 .query_async(&mut self.conn)
                 .await?;
-            let Value::Array(parts) = &reply else {
+            let Value::Array(parts) = reply else {
                 continue;
             };
-            let Some(entries) = parts.get(1) else {
+            let Some(entries) = parts.into_iter().nth(1) else {
                 continue;
             };
             let Some((id, fields)) = parse_entries(entries).into_iter().next() else {
@@ -534,22 +534,10 @@ impl Worker {
                             )
                         }
                     };
-                    let entries = match &reply {
-                        Value::Array(streams) => streams
-                            .iter()
-                            .filter_map(|s| match s {
-                                Value::Array(pair) if pair.len() == 2 => {
-                                    Some(parse_entries(&pair[1]))
-                                }
-                                _ => None,
-                            })
-                            .flatten()
-                            .collect(),
-                        Value::Map(streams) => {
-                            streams.iter().flat_map(|(_, v)| parse_entries(v)).collect()
-                        }
-                        _ => Vec::new(),
-                    };
+                    let entries: Vec<_> = parse_streams(reply)
+                        .into_iter()
+                        .flat_map(|(_, entries)| entries)
+                        .collect();
                     if entries.is_empty() {
                         if quiet_since.elapsed() >= self.shared.config.body_timeout {
                             let n = session.received();
@@ -794,10 +782,12 @@ fn as_u64(v: &Value) -> Option<u64> {
     }
 }
 
-fn bytes_of(v: &Value) -> Option<Vec<u8>> {
+/// A string reply's bytes, moved out of the reply: a body chunk is not
+/// copied again on its way to clamd.
+fn into_bytes(v: Value) -> Option<Vec<u8>> {
     match v {
-        Value::BulkString(b) => Some(b.clone()),
-        Value::SimpleString(s) => Some(s.as_bytes().to_vec()),
+        Value::BulkString(b) => Some(b),
+        Value::SimpleString(s) => Some(s.into_bytes()),
         _ => None,
     }
 }
@@ -805,27 +795,33 @@ fn bytes_of(v: &Value) -> Option<Vec<u8>> {
 /// A stream entry's fields and values, in order.
 type Fields = Vec<(Vec<u8>, Vec<u8>)>;
 
+/// Stream entries: (id, fields).
+type Entries = Vec<(String, Fields)>;
+
 /// `[[id, [field, value, ...]], ...]` as (id, fields); an entry deleted
 /// meanwhile (nil fields) comes with no fields.
-fn parse_entries(v: &Value) -> Vec<(String, Fields)> {
+fn parse_entries(v: Value) -> Entries {
     let Value::Array(items) = v else {
         return Vec::new();
     };
     items
-        .iter()
+        .into_iter()
         .filter_map(|item| {
             let Value::Array(pair) = item else {
                 return None;
             };
-            let id = String::from_utf8(bytes_of(pair.first()?)?).ok()?;
-            let fields = match pair.get(1)? {
-                Value::Array(kv) => kv
-                    .chunks(2)
-                    .filter_map(|c| Some((bytes_of(c.first()?)?, bytes_of(c.get(1)?)?)))
-                    .collect(),
+            let mut pair = pair.into_iter();
+            let id = String::from_utf8(into_bytes(pair.next()?)?).ok()?;
+            let fields = match pair.next()? {
+                Value::Array(kv) => {
+                    let mut kv = kv.into_iter();
+                    std::iter::from_fn(|| Some((kv.next()?, kv.next()?)))
+                        .filter_map(|(k, v)| Some((into_bytes(k)?, into_bytes(v)?)))
+                        .collect()
+                }
                 Value::Map(kv) => kv
-                    .iter()
-                    .filter_map(|(k, v)| Some((bytes_of(k)?, bytes_of(v)?)))
+                    .into_iter()
+                    .filter_map(|(k, v)| Some((into_bytes(k)?, into_bytes(v)?)))
                     .collect(),
                 _ => Vec::new(),
             };
@@ -834,32 +830,40 @@ fn parse_entries(v: &Value) -> Vec<(String, Fields)> {
         .collect()
 }
 
+/// The entries of an XREAD or XREADGROUP reply, with their stream's name.
+fn parse_streams(v: Value) -> Vec<(Vec<u8>, Entries)> {
+    let streams: Vec<(Value, Value)> = match v {
+        Value::Array(streams) => streams
+            .into_iter()
+            .filter_map(|s| match s {
+                Value::Array(pair) if pair.len() == 2 => {
+                    let mut pair = pair.into_iter();
+                    Some((pair.next()?, pair.next()?))
+                }
+                _ => None,
+            })
+            .collect(),
+        Value::Map(streams) => streams,
+        _ => Vec::new(),
+    };
+    streams
+        .into_iter()
+        .filter_map(|(name, entries)| Some((into_bytes(name)?, parse_entries(entries))))
+        .collect()
+}
+
 /// An XREADGROUP reply, each entry tagged with its lane.
-fn parse_read(v: &Value, keys: &Keys) -> Vec<Entry> {
+fn parse_read(v: Value, keys: &Keys) -> Vec<Entry> {
     let lane_of = |name: &[u8]| {
         Priority::ALL
             .into_iter()
             .find(|p| keys.lane(*p).as_bytes() == name)
     };
-    let streams: Vec<(Vec<u8>, &Value)> = match v {
-        Value::Array(streams) => streams
-            .iter()
-            .filter_map(|s| match s {
-                Value::Array(pair) if pair.len() == 2 => Some((bytes_of(&pair[0])?, &pair[1])),
-                _ => None,
-            })
-            .collect(),
-        Value::Map(streams) => streams
-            .iter()
-            .filter_map(|(k, v)| Some((bytes_of(k)?, v)))
-            .collect(),
-        _ => Vec::new(),
-    };
-    streams
+    parse_streams(v)
         .into_iter()
         .filter_map(|(name, entries)| Some((lane_of(&name)?, entries)))
         .flat_map(|(lane, entries)| {
-            parse_entries(entries)
+            entries
                 .into_iter()
                 .map(move |(id, fields)| Entry { lane, id, fields })
         })
@@ -901,11 +905,11 @@ mod tests {
                 Value::Array(vec![bulk("task"), bulk("{}"), bulk("body"), bulk("xyz")]),
             ])]),
         ])]);
-        let entries = parse_read(&reply, &keys);
+        let entries = parse_read(reply, &keys);
         assert_eq!(entries.len(), 1);
         assert_eq!(entries[0].lane, Priority::Low);
         assert_eq!(entries[0].id, "1-0");
         assert_eq!(entries[0].field("body"), Some(&b"xyz"[..]));
-        assert!(parse_read(&Value::Nil, &keys).is_empty());
+        assert!(parse_read(Value::Nil, &keys).is_empty());
     }
 }

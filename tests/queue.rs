@@ -417,6 +417,57 @@ async fn every_data_provider_small_and_large() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_declared_large_is_queued_at_its_first_bytes() {
+    let redis = RedisProcess::start();
+    let clamd = ClamdProcess::start();
+    // INLINE_MAX at its default (256K); the message declares 1 MiB.
+    let (_producer, port) = producer(&redis, &clamd, &[]);
+    let _handler = handler(&redis, &clamd, &[]);
+    let data = body(1 << 20, 9001, true);
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    s.write_all(&respmod_head(
+        port,
+        "http://origin.test/declared",
+        data.len(),
+        "",
+    ))
+    .await
+    .unwrap();
+    s.write_all(&chunked(&data[..4096], false)).await.unwrap();
+    // Only 4 KiB are out, far below INLINE_MAX: the task is queued already,
+    // and its body stream holds them.
+    let mut conn = redis.conn().await;
+    let end = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let queued: u64 = redis::cmd("XLEN")
+            .arg("vs:tasks:normal")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        let bodies: Vec<String> = redis::cmd("KEYS")
+            .arg("vs:body:*")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        if queued == 1 && bodies.len() == 1 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < end,
+            "after 4 KiB of a declared 1 MiB: {queued} tasks, body streams {bodies:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The rest follows on the same stream; EICAR at its very end is found.
+    s.write_all(&chunked(&data[4096..], true)).await.unwrap();
+    let answer = read_icap_answer(&mut s).await.unwrap();
+    assert_verdict(&answer, true, "declared 1 MiB, queued early");
+    redis.assert_keys_expire().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn empty_aborted_and_late_scans_end_explicitly() {
     let redis = RedisProcess::start();
     let clamd = ClamdProcess::start();

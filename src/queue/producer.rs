@@ -3,12 +3,13 @@
 //!
 //! Which data provider a body takes is decided while it arrives:
 //! - it ends within `INLINE_MAX`: one stream entry holds task and body;
-//! - it outgrows `INLINE_MAX`: the task is queued at once and the body
+//! - it outgrows `INLINE_MAX`, or its message declares more: the task is
+//!   queued at once (at its first bytes, when declared so) and the body
 //!   follows as chunks in a stream of its own, so a handler scans while the
 //!   body is still arriving; an explicit entry ends it (or aborts it);
-//! - it outgrows `INLINE_MAX`, `SCAN_MOUNT` is set and the message declares
-//!   at least `DISK_MIN` bytes: the body is written to a file on the shared
-//!   volume, and the task names it once the body is complete.
+//! - as before, but `SCAN_MOUNT` is set and the message declares at least
+//!   `DISK_MIN` bytes: the body is written to a file on the shared volume,
+//!   and the task names it once the body is complete.
 //!
 //! Results come back on one list per producer process: a single connection
 //! blocks on it (BLMPOP, or BLPOP before Redis 7) and hands each result to
@@ -397,7 +398,14 @@ impl QueuedSession {
         let result = match &mut self.state {
             State::Buffer(buf) => {
                 buf.extend_from_slice(data);
-                if buf.len() as u64 > inner.config.inline_max {
+                // A body declared larger than INLINE_MAX will not go inline:
+                // it leaves the buffer at once rather than after INLINE_MAX
+                // bytes were gathered (and copied as the buffer grew).
+                let declared_large = self
+                    .task
+                    .content_length
+                    .is_some_and(|n| n > inner.config.inline_max);
+                if declared_large || buf.len() as u64 > inner.config.inline_max {
                     self.leave_buffer().await
                 } else {
                     Ok(())
