@@ -447,15 +447,19 @@ impl Worker {
                 0,
             )
         } else {
-            let renew = tokio::spawn(renew_claim(
+            // The claim is renewed beside the scan, in this task: no task of
+            // its own to spawn and abort for every scan.
+            let renew = renew_claim(
                 self.shared.clone(),
                 entry.lane,
                 entry.id.clone(),
                 self.consumer.clone(),
-            ));
-            let scanned = self.scan(&task, &entry).await;
-            renew.abort();
-            scanned
+            );
+            tokio::select! {
+                biased;
+                scanned = self.scan(&task, &entry) => scanned,
+                never = renew => match never {},
+            }
         };
         let signature = match &verdict {
             Verdict::Infected { signatures } => signatures.join(","),
@@ -757,7 +761,12 @@ impl Worker {
 
 /// While a scan runs, renews the worker's claim on its entry so that
 /// nobody takes it over (JUSTID: the delivery count is not raised).
-async fn renew_claim(shared: Arc<Shared>, lane: Priority, id: String, consumer: String) {
+async fn renew_claim(
+    shared: Arc<Shared>,
+    lane: Priority,
+    id: String,
+    consumer: String,
+) -> std::convert::Infallible {
     let period = shared.config.claim_idle / 3;
     loop {
         tokio::time::sleep(period).await;

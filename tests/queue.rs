@@ -577,6 +577,34 @@ async fn a_task_that_keeps_failing_goes_to_dead_letter() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_scan_keeps_its_claim() {
+    let redis = RedisProcess::start();
+    let clamd = ClamdProcess::start();
+    let (_producer, port) = producer(&redis, &clamd, &[("INLINE_MAX", "16K")]);
+    let settings = [("CLAIM_IDLE", "1s"), ("HANDLER_CONCURRENCY", "1")];
+    let handlers = [
+        handler(&redis, &clamd, &settings),
+        handler(&redis, &clamd, &settings),
+    ];
+    for h in &handlers {
+        h.wait_log("handler started", 1, Duration::from_secs(20))
+            .await;
+    }
+    // The body stalls for 4 s, four times CLAIM_IDLE, while a handler
+    // scans it: that handler renews its claim, so the other one, idle and
+    // looking for stale tasks, never takes it over.
+    let answer = paused_scan(port, 3, 100_000, true, Duration::from_secs(4)).await;
+    assert_verdict(&answer, true, "a scan that outlasts CLAIM_IDLE");
+    for h in &handlers {
+        let log = h.log();
+        assert!(
+            !log.contains("took over a task left pending"),
+            "a live scan was taken over:\n{log}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_busy_high_lane_does_not_starve_the_low_lane() {
     let redis = RedisProcess::start();
     let clamd = ClamdProcess::start();
