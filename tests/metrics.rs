@@ -301,8 +301,8 @@ fn thp_enabled(pid: u32) -> Option<String> {
         .find_map(|l| Some(l.strip_prefix("THP_enabled:")?.trim().to_owned()))
 }
 
-#[tokio::test]
-async fn binaries_run_without_huge_pages_unless_the_allocator_is_told_otherwise() {
+#[test]
+fn binaries_run_without_huge_pages_unless_the_allocator_is_told_otherwise() {
     if thp_enabled(std::process::id()).is_none() {
         eprintln!("skipped: this kernel does not report THP_enabled");
         return;
