@@ -127,8 +127,9 @@ pub struct ScanConfig {
     #[arg(long, env = "CLAMD_SESSIONS", default_value_t = true, action = clap::ArgAction::Set)]
     pub clamd_sessions: bool,
 
-    /// The largest body scanned. Keep it at or below clamd's StreamMaxLength
-    /// (25M by default in clamd.conf).
+    /// The largest body scanned. Keep it at or below clamd's StreamMaxLength,
+    /// MaxFileSize and MaxScanSize: past MaxFileSize clamd answers OK
+    /// without scanning (unless AlertExceedsMax is on).
     #[arg(long, env = "MAX_SCAN_SIZE", default_value = "25M", value_parser = parse_size)]
     pub max_scan_size: u64,
 

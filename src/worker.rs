@@ -22,7 +22,6 @@ use std::time::{Duration, Instant};
 
 use redis::aio::ConnectionManager;
 use redis::Value;
-use tokio::io::AsyncReadExt;
 use tokio::sync::watch;
 
 use crate::model::{Priority, Verdict};
@@ -606,34 +605,25 @@ impl Worker {
                     Ok(f) => f,
                     Err(e) => return (error("body", e.to_string()), 0),
                 };
-                let mut file = tokio::fs::File::from_std(file);
-                let mut buf = vec![0u8; 256 * 1024];
-                loop {
-                    match file.read(&mut buf).await {
-                        Ok(0) => break,
-                        Ok(n) => session.write(&buf[..n]).await,
-                        Err(e) => {
-                            return (
-                                error("body", format!("reading {name}: {e}")),
-                                session.received(),
-                            )
-                        }
-                    }
-                }
-                let n = session.received();
-                if task.content_length.is_some_and(|len| len != n) {
+                let len = match file.metadata() {
+                    Ok(m) => m.len(),
+                    Err(e) => return (error("body", format!("reading {name}: {e}")), 0),
+                };
+                // The producer wrote the whole body before it queued the
+                // task: a file of another length is not that body.
+                if task.content_length.is_some_and(|declared| declared != len) {
                     return (
                         error(
                             "body",
                             format!(
-                                "body file holds {n} bytes, the task says {:?}",
+                                "body file holds {len} bytes, the task says {:?}",
                                 task.content_length
                             ),
                         ),
-                        n,
+                        len,
                     );
                 }
-                (session.finish().await, n)
+                self.shared.scanner.scan_file(file, len).await
             }
         }
     }

@@ -416,6 +416,48 @@ async fn every_data_provider_small_and_large() {
     redis.assert_keys_expire().await;
 }
 
+/// On a unix socket the handler gives clamd the body file itself (FILDES):
+/// this clamd refuses INSTREAM bodies over 1M, and the 5M and 40M bodies
+/// are still scanned, EICAR at their very end found.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_on_disk_goes_to_clamd_by_descriptor_on_a_unix_socket() {
+    let redis = RedisProcess::start();
+    let clamd = ClamdProcess::start_with_stream_max("1M");
+    let mount = TempDir::new("mount");
+    let mount_path = mount.path().display().to_string();
+    let unix = clamd.unix_url();
+    let _handler = handler(
+        &redis,
+        &clamd,
+        &[("SCAN_MOUNT", &mount_path), ("CLAMD_URL", &unix)],
+    );
+    let (_producer, port) = producer(
+        &redis,
+        &clamd,
+        &[
+            ("INLINE_MAX", "0"),
+            ("DISK_MIN", "0"),
+            ("SCAN_MOUNT", &mount_path),
+        ],
+    );
+    for (seed, size, infected) in [
+        (901, 1024, true),
+        (902, 5 << 20, false),
+        (903, 5 << 20, true),
+        (904, 40 << 20, true),
+    ] {
+        let answer = scan(port, seed, size, infected).await;
+        assert_verdict(
+            &answer,
+            infected,
+            &format!("disk over a unix socket, {size} bytes"),
+        );
+    }
+    let left: Vec<_> = std::fs::read_dir(mount.path()).unwrap().collect();
+    assert!(left.is_empty(), "body files left on the mount: {left:?}");
+    redis.assert_keys_expire().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_body_declared_large_is_queued_at_its_first_bytes() {
     let redis = RedisProcess::start();

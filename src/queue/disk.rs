@@ -2,7 +2,8 @@
 //!
 //! The producer writes a body to a file of its own under the mount and puts
 //! only the file's name in the task; the handler opens that name under its
-//! own mount, streams it to clamd and removes it. A name is one path
+//! own mount, hands it to clamd (the descriptor itself on a unix socket,
+//! streamed on TCP) and removes it. A name is one path
 //! component of a fixed alphabet, opened relative to the mount directory
 //! without following symlinks, so a task can reach nothing outside the
 //! mount: no `..`, no absolute path, no symlink out of it, nothing but a

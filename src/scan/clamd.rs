@@ -493,6 +493,13 @@ impl Clamd {
         verdict
     }
 
+    /// `FILDES` of a body file that is already whole (the disk data
+    /// provider's): clamd reads the file itself, from its start, and no byte
+    /// passes through this process.
+    pub async fn fildes_file(&self, file: &std::fs::File) -> Result<Verdict, ScanError> {
+        self.fildes_of(file).await
+    }
+
     async fn fildes_of(&self, file: &std::fs::File) -> Result<Verdict, ScanError> {
         if !self.is_unix() {
             return Err(ScanError::Protocol("FILDES needs a unix socket".into()));

@@ -16,6 +16,7 @@ pub mod clamd;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::io::AsyncReadExt;
 use tokio::sync::RwLock;
 
 use crate::error::ScanError;
@@ -61,6 +62,52 @@ impl Scanner {
             received: 0,
             failed: None,
         }
+    }
+
+    /// Scans a body that is whole in `file`, `len` bytes long. On a unix
+    /// socket clamd gets the file's descriptor (FILDES) whatever its size:
+    /// nothing is copied, and clamd's `StreamMaxLength` does not apply. On
+    /// TCP the file streams by INSTREAM. Returns the verdict and the bytes
+    /// read (all of them when clamd read the file).
+    pub async fn scan_file(&self, file: std::fs::File, len: u64) -> (Verdict, u64) {
+        if len > self.max_scan_size {
+            return (
+                Verdict::TooLarge {
+                    limit: self.max_scan_size,
+                },
+                len,
+            );
+        }
+        if self.clamd.is_unix() {
+            let verdict = match self.clamd.fildes_file(&file).await {
+                Ok(v) => v,
+                Err(e) => Verdict::Error {
+                    kind: e.kind(),
+                    message: e.to_string(),
+                },
+            };
+            return (verdict, len);
+        }
+        let mut session = self.session();
+        let mut file = tokio::fs::File::from_std(file);
+        let mut buf = vec![0u8; 256 * 1024];
+        loop {
+            match file.read(&mut buf).await {
+                Ok(0) => break,
+                Ok(n) => session.write(&buf[..n]).await,
+                Err(e) => {
+                    return (
+                        Verdict::Error {
+                            kind: "body",
+                            message: format!("reading the body file: {e}"),
+                        },
+                        session.received(),
+                    )
+                }
+            }
+        }
+        let n = session.received();
+        (session.finish().await, n)
     }
 
     /// clamd's version line, as last seen (`None` before the first answer).

@@ -120,16 +120,25 @@ pub struct ClamdProcess {
     child: Option<Child>,
     dir: TempDir,
     pub port: u16,
+    /// clamd's `StreamMaxLength`: the most an INSTREAM scan may send.
+    stream_max: &'static str,
 }
 
 impl ClamdProcess {
     pub fn start() -> ClamdProcess {
+        ClamdProcess::start_with_stream_max("300M")
+    }
+
+    /// A clamd that refuses INSTREAM bodies over `stream_max` (as clamd's
+    /// own default of 25M does) and still scans files up to 300M.
+    pub fn start_with_stream_max(stream_max: &'static str) -> ClamdProcess {
         let dir = TempDir::new("clamd");
         let port = free_port();
         let mut clamd = ClamdProcess {
             child: None,
             dir,
             port,
+            stream_max,
         };
         clamd.launch();
         clamd
@@ -154,8 +163,9 @@ impl ClamdProcess {
             format!(
                 "Foreground yes\nTCPSocket {port}\nTCPAddr 127.0.0.1\nLocalSocket {sock}\n\
                  DatabaseDirectory {db}\nLogFile {dir}/clamd.log\nLogTime yes\n\
-                 StreamMaxLength 300M\nMaxFileSize 300M\nMaxScanSize 400M\nMaxThreads 8\n",
+                 StreamMaxLength {stream_max}\nMaxFileSize 300M\nMaxScanSize 400M\nMaxThreads 8\n",
                 port = self.port,
+                stream_max = self.stream_max,
                 sock = self.socket().display(),
                 db = project_dir().join("clamav/db").display(),
                 dir = self.dir.path().display(),
