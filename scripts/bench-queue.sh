@@ -5,7 +5,11 @@
 # Prints figures and ratios; asserts nothing about time.
 #
 #   scripts/bench-queue.sh
-#   DURATION=10s ROUNDS=3 CONNECTIONS=8,64 SIZES=4K,1M scripts/bench-queue.sh
+#   DURATION=10s ROUNDS=3 CONNECTIONS=8,64 SIZES=4K,1M DISK_SIZES=1M scripts/bench-queue.sh
+#
+# A second section runs split mode with the disk provider (a SCAN_MOUNT
+# shared by producer and handlers, clamd on its unix socket) at DISK_SIZES,
+# against raw clamd by INSTREAM and by FILDES; DISK_SIZES= skips it.
 #
 # Needs clamav-daemon and redis-server (installed when missing, as root or
 # with sudo).
@@ -18,6 +22,7 @@ DURATION=${DURATION:-3s}
 ROUNDS=${ROUNDS:-3}
 CONNECTIONS=${CONNECTIONS:-8,64}
 SIZES=${SIZES:-4K,1M}
+DISK_SIZES=${DISK_SIZES-1M}
 QUEUED=${QUEUED:-1000}
 
 . scripts/lib.sh
@@ -39,6 +44,7 @@ cat >"$dir/clamd.conf" <<CONF
 Foreground yes
 TCPSocket $clamd_port
 TCPAddr 127.0.0.1
+LocalSocket $dir/clamd.sock
 DatabaseDirectory $PWD/clamav/db
 LogFile $dir/clamd.log
 MaxThreads 10
@@ -83,6 +89,34 @@ $bin/virus-scanner bench --duration "$DURATION" --rounds "$ROUNDS" --connections
   --target "all=icap://127.0.0.1:$all_port/avscan" \
   --target "split=icap://127.0.0.1:$split_port/avscan"
 echo
+
+if [ -n "$DISK_SIZES" ]; then
+  echo "## Split mode with the disk provider (unique bodies; same ICAP requests)"
+  echo
+  echo "split-disk: a producer and two handlers of their own (REDIS_PREFIX), sharing"
+  echo "SCAN_MOUNT=$dir/mount ($(df --output=fstype "$dir" | tail -1)); every body goes to a file there"
+  echo "(DISK_MIN=0), and the handlers pass it to clamd by descriptor on clamd's unix"
+  echo "socket. split: the stream provider through Redis, as above."
+  echo
+  mkdir "$dir/mount"
+  disk_prefix=disk$$
+  disk_port=$(free_port)
+  ICAP_PORT=$disk_port PRODUCER_PORT=$(free_port) METRICS_PORT=0 REDIS_PREFIX=$disk_prefix \
+    SCAN_MOUNT=$dir/mount DISK_MIN=0 $bin/virus-scanner-producer & pids+=($!)
+  wait_port "$disk_port"
+  for _ in 1 2; do
+    METRICS_PORT=0 HANDLER_CONCURRENCY=5 CLAMD_MAX_CONCURRENCY=5 REDIS_PREFIX=$disk_prefix \
+      SCAN_MOUNT=$dir/mount CLAMD_URL="unix://$dir/clamd.sock" $bin/virus-scanner-handler & pids+=($!)
+  done
+  sleep 1
+  $bin/virus-scanner bench --duration "$DURATION" --rounds "$ROUNDS" --connections "$CONNECTIONS" --sizes "$DISK_SIZES" \
+    --server-pids "$(IFS=,; echo "${pids[*]}")" \
+    --target "clamd-instream=instream+tcp://127.0.0.1:$clamd_port" \
+    --target "clamd-fildes=fildes+unix://$dir/clamd.sock" \
+    --target "split=icap://127.0.0.1:$split_port/avscan" \
+    --target "split-disk=icap://127.0.0.1:$disk_port/avscan"
+  echo
+fi
 
 echo "## Producer memory with $QUEUED scans queued (a producer of its own, no handler)"
 echo

@@ -578,10 +578,14 @@ impl QueuedSession {
                 self.end_stream().await
             }
             State::Disk { file, name } => {
-                let closed = file
-                    .sync_data()
-                    .map_err(|e| format!("writing body file {name}: {e}"));
-                drop(file);
+                // The last write errors (a full volume, a lost NFS server)
+                // show here, not at close. The flush waits on the disk, so
+                // it runs off the runtime's threads, which serve every
+                // other connection meanwhile.
+                let closed = match tokio::task::spawn_blocking(move || file.sync_data()).await {
+                    Ok(synced) => synced.map_err(|e| format!("writing body file {name}: {e}")),
+                    Err(e) => Err(format!("writing body file {name}: {e}")),
+                };
                 let queued = match closed {
                     Ok(()) => {
                         self.queue_whole(Provider::Disk { name: name.clone() }, None)
