@@ -80,10 +80,15 @@ echo "clamd over TCP for all of them. clamd-instream opens a connection per scan
 echo "clamdscan and c-icap do); clamd-instream-session reuses its connections, as the"
 echo "service does by default (CLAMD_SESSIONS)."
 echo
-# The server-side CPU column counts clamd, Redis, all, the producer and the
-# handlers: for each target, what every process but the load generator spent.
-$bin/virus-scanner bench --duration "$DURATION" --rounds "$ROUNDS" --connections "$CONNECTIONS" --sizes "$SIZES" \
-  --server-pids "$(IFS=,; echo "${pids[*]}")" \
+# One table: `compare SIZES --target ... --target ...`. The server-side CPU
+# column counts clamd, Redis, all, the producers and the handlers: for each
+# target, what every process but the load generator spent.
+compare() {
+  local sizes=$1; shift
+  $bin/virus-scanner bench --duration "$DURATION" --rounds "$ROUNDS" --connections "$CONNECTIONS" --sizes "$sizes" \
+    --server-pids "$(IFS=,; echo "${pids[*]}")" "$@"
+}
+compare "$SIZES" \
   --target "clamd-instream=instream+tcp://127.0.0.1:$clamd_port" \
   --target "clamd-instream-session=instream-session+tcp://127.0.0.1:$clamd_port" \
   --target "all=icap://127.0.0.1:$all_port/avscan" \
@@ -109,8 +114,7 @@ if [ -n "$DISK_SIZES" ]; then
       SCAN_MOUNT=$dir/mount CLAMD_URL="unix://$dir/clamd.sock" $bin/virus-scanner-handler & pids+=($!)
   done
   sleep 1
-  $bin/virus-scanner bench --duration "$DURATION" --rounds "$ROUNDS" --connections "$CONNECTIONS" --sizes "$DISK_SIZES" \
-    --server-pids "$(IFS=,; echo "${pids[*]}")" \
+  compare "$DISK_SIZES" \
     --target "clamd-instream=instream+tcp://127.0.0.1:$clamd_port" \
     --target "clamd-fildes=fildes+unix://$dir/clamd.sock" \
     --target "split=icap://127.0.0.1:$split_port/avscan" \

@@ -79,14 +79,8 @@ impl Scanner {
             );
         }
         if self.clamd.is_unix() {
-            let verdict = match self.clamd.fildes_file(&file).await {
-                Ok(v) => v,
-                Err(e) => Verdict::Error {
-                    kind: e.kind(),
-                    message: e.to_string(),
-                },
-            };
-            return (verdict, len);
+            let verdict = self.clamd.fildes_file(&file).await;
+            return (verdict.unwrap_or_else(error_verdict), len);
         }
         let mut session = self.session();
         let mut file = tokio::fs::File::from_std(file);
@@ -258,12 +252,14 @@ impl ScanSession {
             // from clamd.
             (None, None, None) => self.clamd.scan_whole(&self.held).await,
         };
-        match result {
-            Ok(v) => v,
-            Err(e) => Verdict::Error {
-                kind: e.kind(),
-                message: e.to_string(),
-            },
-        }
+        result.unwrap_or_else(error_verdict)
+    }
+}
+
+/// A failed scan as a verdict: the failure mode decides what it means.
+fn error_verdict(e: ScanError) -> Verdict {
+    Verdict::Error {
+        kind: e.kind(),
+        message: e.to_string(),
     }
 }
