@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The queue benchmark: raw clamd INSTREAM, `virus-scanner all` (in-process)
-# and split mode (one producer, two handlers, through Redis), on the same
-# clamd, in one run; then the producer's memory with 1,000 scans queued.
+# and split mode (one producer, two handlers, through Redis; the handlers
+# on clamd's TCP socket, then on its unix socket), on the same clamd, in one
+# run; then the producer's memory with 1,000 scans queued.
 # Prints figures and ratios; asserts nothing about time.
 #
 #   scripts/bench-queue.sh
@@ -72,13 +73,28 @@ wait_port "$split_port"
 for _ in 1 2; do
   METRICS_PORT=0 HANDLER_CONCURRENCY=5 CLAMD_MAX_CONCURRENCY=5 $bin/virus-scanner-handler & pids+=($!)
 done
+# The same again with the handlers on clamd's unix socket, as in a pod
+# where clamd runs beside the handler: small bodies then go to clamd by
+# descriptor (FILDES) instead of by INSTREAM.
+unix_prefix=unix$$
+unix_port=$(free_port)
+ICAP_PORT=$unix_port PRODUCER_PORT=$(free_port) METRICS_PORT=0 REDIS_PREFIX=$unix_prefix \
+  $bin/virus-scanner-producer & pids+=($!)
+wait_port "$unix_port"
+for _ in 1 2; do
+  METRICS_PORT=0 HANDLER_CONCURRENCY=5 CLAMD_MAX_CONCURRENCY=5 REDIS_PREFIX=$unix_prefix \
+    CLAMD_URL="unix://$dir/clamd.sock" $bin/virus-scanner-handler & pids+=($!)
+done
 sleep 1
 
 echo "## Raw clamd, all mode and split mode (unique bodies; ICAP: RESPMOD with preview and Allow: 204)"
 echo
-echo "clamd over TCP for all of them. clamd-instream opens a connection per scan (as"
-echo "clamdscan and c-icap do); clamd-instream-session reuses its connections, as the"
-echo "service does by default (CLAMD_SESSIONS)."
+echo "clamd over TCP for the first four. clamd-instream opens a connection per scan"
+echo "(as clamdscan and c-icap do); clamd-instream-session reuses its connections, as"
+echo "the service does by default (CLAMD_SESSIONS). split-unix: a producer and two"
+echo "handlers of their own, the handlers on clamd's unix socket (a clamd beside each"
+echo "handler), where bodies up to FILDES_MAX go by descriptor; clamd-fildes is raw"
+echo "clamd on that transport."
 echo
 # One table: `compare SIZES --target ... --target ...`. The server-side CPU
 # column counts clamd, Redis, all, the producers and the handlers: for each
@@ -92,7 +108,9 @@ compare "$SIZES" \
   --target "clamd-instream=instream+tcp://127.0.0.1:$clamd_port" \
   --target "clamd-instream-session=instream-session+tcp://127.0.0.1:$clamd_port" \
   --target "all=icap://127.0.0.1:$all_port/avscan" \
-  --target "split=icap://127.0.0.1:$split_port/avscan"
+  --target "split=icap://127.0.0.1:$split_port/avscan" \
+  --target "split-unix=icap://127.0.0.1:$unix_port/avscan" \
+  --target "clamd-fildes=fildes+unix://$dir/clamd.sock"
 echo
 
 if [ -n "$DISK_SIZES" ]; then
