@@ -73,6 +73,15 @@ async fn scan(port: u16, n: u64, size: usize, infected: bool) -> IcapAnswer {
         .unwrap_or_else(|e| panic!("scan {n}: {e}"))
 }
 
+/// Scans a new body of each (size, infected) and checks its verdict.
+async fn scan_each(port: u16, seed: &mut u64, cases: &[(usize, bool)], what: &str) {
+    for &(size, infected) in cases {
+        *seed += 1;
+        let answer = scan(port, *seed, size, infected).await;
+        assert_verdict(&answer, infected, &format!("{what}, {size} bytes"));
+    }
+}
+
 fn assert_verdict(answer: &IcapAnswer, infected: bool, what: &str) {
     if infected {
         assert!(
@@ -396,17 +405,14 @@ async fn every_data_provider_small_and_large() {
     let mut seed = 500;
     for (provider, settings) in providers {
         let (p, port) = producer(&redis, &clamd, &settings);
-        for (size, infected) in [
+        let cases = [
             (1024, false),
             (1024, true),
             (5 << 20, false),
             (5 << 20, true),
             (200 << 20, true),
-        ] {
-            seed += 1;
-            let answer = scan(port, seed, size, infected).await;
-            assert_verdict(&answer, infected, &format!("{provider}, {size} bytes"));
-        }
+        ];
+        scan_each(port, &mut seed, &cases, provider).await;
         let tag = format!("provider=\"{provider}\"");
         handler.wait_log(&tag, 5, Duration::from_secs(10)).await;
         drop(p);
@@ -455,6 +461,43 @@ async fn a_body_on_disk_goes_to_clamd_by_descriptor_on_a_unix_socket() {
     }
     let left: Vec<_> = std::fs::read_dir(mount.path()).unwrap().collect();
     assert!(left.is_empty(), "body files left on the mount: {left:?}");
+    redis.assert_keys_expire().await;
+}
+
+/// A handler beside clamd on its unix socket (the faster deployment the
+/// README recommends): inline and streamed bodies up to FILDES_MAX reach
+/// clamd by descriptor. This clamd refuses INSTREAM bodies over 1M, so the
+/// 1.5M and 5M bodies pass only that way; a body over FILDES_MAX goes by
+/// INSTREAM, is refused, and is blocked, never passed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handler_on_a_unix_socket_scans_queued_bodies_by_descriptor() {
+    let redis = RedisProcess::start();
+    let clamd = ClamdProcess::start_with_stream_max("1M");
+    let unix = clamd.unix_url();
+    let _handler = handler(
+        &redis,
+        &clamd,
+        &[("CLAMD_URL", &unix), ("FILDES_MAX", "8M")],
+    );
+    let mut seed = 950;
+    for (provider, inline_max) in [("inline", "300M"), ("stream", "0")] {
+        let (_producer, port) = producer(&redis, &clamd, &[("INLINE_MAX", inline_max)]);
+        let cases = [
+            (1024, false),
+            (1024, true),
+            (1536 << 10, true),
+            (5 << 20, false),
+            (5 << 20, true),
+        ];
+        let what = format!("{provider} over a unix socket");
+        scan_each(port, &mut seed, &cases, &what).await;
+        seed += 1;
+        let answer = scan(port, seed, 9 << 20, false).await;
+        assert!(
+            !answer.is_clean() && answer.http_status.is_some(),
+            "{provider}: a 9M body that clamd refused must get a block page, got {answer:?}"
+        );
+    }
     redis.assert_keys_expire().await;
 }
 
