@@ -368,6 +368,23 @@ fn helm_chart_matches_the_code() {
     assert!(
         handler.contains("value: tcp://127.0.0.1:3310") && handler.contains("containerPort: 3310")
     );
+    // handler.clamd.socket: the unix socket instead, its directory mounted
+    // in both containers; empty (TCP) by default.
+    assert_eq!(values["handler"]["clamd"]["socket"], "");
+    assert!(handler.contains("value: unix://{{ .Values.handler.clamd.socket }}"));
+    assert_eq!(
+        handler
+            .matches("mountPath: {{ dir .Values.handler.clamd.socket }}")
+            .count(),
+        2
+    );
+    let socket: virus_scanner::scan::clamd::ClamdAddr = "unix:///run/clamav/clamd.sock"
+        .parse()
+        .expect("the chart's unix:// form is a CLAMD_URL the code takes");
+    assert!(matches!(
+        socket,
+        virus_scanner::scan::clamd::ClamdAddr::Unix(_)
+    ));
     let keda = read("charts/virus-scanner/templates/scaledobject.yaml");
     let keys = Keys::new("vs");
     for lane in Priority::ALL {
