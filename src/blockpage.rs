@@ -47,8 +47,8 @@ pub fn render(reason: &BlockReason, url: &str, id: &ScanId) -> BlockPage {
             StatusCode::FORBIDDEN,
             "Blocked: too large to scan",
             format!(
-                "The file is larger than the {} that can be scanned for malware, so it was blocked.",
-                escape_html(&human_size(*limit))
+                "The file is larger than {}, so it was blocked.",
+                escape_html(&scannable(*limit))
             ),
         ),
         BlockReason::ScannerUnavailable => (
@@ -85,8 +85,8 @@ pub fn render_json(reason: &BlockReason, url: &str, id: &ScanId) -> BlockPage {
             StatusCode::FORBIDDEN,
             "too-large",
             format!(
-                "larger than the {} that can be scanned; the transfer was blocked",
-                human_size(*limit)
+                "larger than {}; the transfer was blocked",
+                scannable(*limit)
             ),
             Vec::new(),
         ),
@@ -145,6 +145,16 @@ pub fn prefers_json(accept: Option<&str>) -> bool {
     }
 }
 
+/// What a too-large body was larger than: "the 25 MiB that can be
+/// scanned for malware", or, when clamd refused it at a limit of its own
+/// (`limit` 0), "the virus scanner can take".
+fn scannable(limit: u64) -> String {
+    match limit {
+        0 => "the virus scanner can take".to_owned(),
+        n => format!("the {} that can be scanned for malware", human_size(n)),
+    }
+}
+
 /// `25 MiB`, `512 KiB`, `300 bytes`.
 pub fn human_size(n: u64) -> String {
     const UNITS: [(u64, &str); 3] = [(1 << 30, "GiB"), (1 << 20, "MiB"), (1 << 10, "KiB")];
@@ -174,7 +184,15 @@ mod tests {
         assert!(!page.html.contains("<script>"));
         assert!(page.html.contains(id.as_str()));
         let page = render(&BlockReason::TooLarge { limit: 25 << 20 }, "u", &id);
-        assert!(page.html.contains("25 MiB"));
+        assert!(page
+            .html
+            .contains("larger than the 25 MiB that can be scanned for malware"));
+        // clamd's own limit: its size is not known.
+        let page = render(&BlockReason::TooLarge { limit: 0 }, "u", &id);
+        assert_eq!(page.status, StatusCode::FORBIDDEN);
+        assert!(page
+            .html
+            .contains("larger than the virus scanner can take, so it was blocked"));
         assert_eq!(
             render(&BlockReason::ScannerUnavailable, "u", &id).status,
             StatusCode::SERVICE_UNAVAILABLE

@@ -133,8 +133,9 @@ pub struct ScanConfig {
     #[arg(long, env = "MAX_SCAN_SIZE", default_value = "25M", value_parser = parse_size)]
     pub max_scan_size: u64,
 
-    /// What to do with a body over MAX_SCAN_SIZE: block it with a page that
-    /// says why, or allow it unscanned (marked with a header and logged).
+    /// What to do with a body over MAX_SCAN_SIZE, or one clamd refuses as
+    /// over its StreamMaxLength: block it with a page that says why, or
+    /// allow it unscanned (marked with a header and logged).
     #[arg(long, env = "TOO_LARGE", value_enum, default_value = "block")]
     pub too_large: TooLargeAction,
 

@@ -44,6 +44,10 @@ pub enum ScanError {
     /// clamd answered with an error line.
     #[error("clamd error: {0}")]
     Clamd(String),
+    /// clamd refused the body as over a size limit of its own
+    /// (StreamMaxLength): the body is too large to scan, not a failure.
+    #[error("clamd refused the body as too large: {0}")]
+    SizeLimit(String),
     /// clamd's answer could not be understood.
     #[error("unexpected clamd reply: {0:?}")]
     Protocol(String),
@@ -58,7 +62,10 @@ impl ScanError {
     /// Whether the same scan might succeed if tried again (on another
     /// connection or after clamd restarts).
     pub fn retryable(&self) -> bool {
-        !matches!(self, ScanError::Clamd(_) | ScanError::Protocol(_))
+        !matches!(
+            self,
+            ScanError::Clamd(_) | ScanError::SizeLimit(_) | ScanError::Protocol(_)
+        )
     }
 
     /// A short label for logs and metrics.
@@ -68,6 +75,7 @@ impl ScanError {
             ScanError::Timeout { .. } => "timeout",
             ScanError::Io(_) => "io",
             ScanError::Clamd(_) => "clamd_error",
+            ScanError::SizeLimit(_) => "size_limit",
             ScanError::Protocol(_) => "protocol",
         }
     }

@@ -175,9 +175,11 @@ pub enum Verdict {
         /// The signature names, as clamd reports them.
         signatures: Vec<String>,
     },
-    /// The body exceeded the scan limit.
+    /// The body exceeded the scan limit, or clamd refused it as over a
+    /// limit of its own.
     TooLarge {
-        /// The limit, in bytes.
+        /// The limit, in bytes; 0 when it was clamd's, whose size is not
+        /// known here.
         limit: u64,
     },
     /// Not scanned, on purpose.
@@ -211,7 +213,7 @@ pub enum BlockReason {
     Infected(Vec<String>),
     /// The body was too large to scan, and policy blocks what it cannot scan.
     TooLarge {
-        /// The limit, in bytes.
+        /// The limit, in bytes (0: clamd's own, size not known).
         limit: u64,
     },
     /// The scanner failed, and the failure mode is closed.

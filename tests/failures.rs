@@ -160,6 +160,54 @@ async fn oversized_bodies_are_blocked_or_marked() {
     );
 }
 
+/// A body clamd itself refuses as over its StreamMaxLength (MAX_SCAN_SIZE
+/// set above it) is too large to scan, not a scanner failure: the
+/// too-large policy decides, even with the failure mode open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_clamd_refuses_as_too_large_follows_the_too_large_policy() {
+    let clamd = ClamdProcess::start_with_stream_max("1M");
+    let url = clamd.tcp_url();
+    let dir = TempDir::new("refused");
+    let big = write_file(&dir, "big.bin", &vec![b'x'; 3 << 20]);
+    let out = dir.path().join("page").display().to_string();
+    let server = |too_large| {
+        let args = [
+            "--clamd-url",
+            &url,
+            "--max-scan-size",
+            "300M",
+            "--fail-mode",
+            "open",
+            "--too-large",
+            too_large,
+        ];
+        async move { TestServer::start(&args).await }
+    };
+    // Whole bodies without preview: c-icap-client sends `Allow: 204`, so
+    // the answer waits for the verdict.
+    let respmod = |port, save_page: bool| {
+        let mut args = vec!["-s", "avscan", "-v", "-nopreview", "-f", &big];
+        if save_page {
+            args.extend(["-o", &out]);
+        }
+        args.extend(["-resp", "http://x/big.bin"]);
+        async move { c_icap_text(port, &args).await }
+    };
+    let blocking = server("block").await;
+    let t = respmod(blocking.port(), true).await;
+    assert!(t.contains("HTTP/1.1 403 Forbidden"), "{t}");
+    let page = std::fs::read_to_string(&out).unwrap();
+    assert!(page.contains("too large to scan"), "{page}");
+    assert!(page.contains("the virus scanner can take"), "{page}");
+    let allowing = server("allow").await;
+    let t = respmod(allowing.port(), false).await;
+    assert!(t.contains("ICAP/1.0 204"), "{t}");
+    assert!(
+        t.contains("X-Virus-Scanner-Warning: not scanned; reason=too-large"),
+        "{t}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn trusted_hosts_skip_the_scan() {
     let clamd = ClamdProcess::start();

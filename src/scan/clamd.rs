@@ -707,6 +707,10 @@ pub fn parse_scan_reply(reply: &str) -> Result<Verdict, ScanError> {
         return Ok(Verdict::Clean);
     }
     if reply.ends_with("ERROR") {
+        // clamd 0.9x to 1.x: "INSTREAM size limit exceeded. ERROR".
+        if reply.contains("size limit exceeded") {
+            return Err(ScanError::SizeLimit(reply.to_owned()));
+        }
         return Err(ScanError::Clamd(reply.to_owned()));
     }
     Err(ScanError::Protocol(reply.to_owned()))
@@ -864,6 +868,10 @@ mod tests {
         assert_eq!(parse_scan_reply("fd[10]: OK").unwrap(), Verdict::Clean);
         assert!(matches!(
             parse_scan_reply("INSTREAM size limit exceeded. ERROR"),
+            Err(ScanError::SizeLimit(_))
+        ));
+        assert!(matches!(
+            parse_scan_reply("stream: Can't allocate memory ERROR"),
             Err(ScanError::Clamd(_))
         ));
         assert!(matches!(

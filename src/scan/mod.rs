@@ -256,8 +256,14 @@ impl ScanSession {
     }
 }
 
-/// A failed scan as a verdict: the failure mode decides what it means.
+/// A failed scan as a verdict: the failure mode decides what it means. A
+/// body clamd refused as over its own size limit is too large to scan
+/// instead, and the too-large policy decides (its limit is not known here).
 fn error_verdict(e: ScanError) -> Verdict {
+    if let ScanError::SizeLimit(reply) = &e {
+        tracing::warn!(clamd = %reply, "clamd refused a body as over its StreamMaxLength: keep MAX_SCAN_SIZE at or below it");
+        return Verdict::TooLarge { limit: 0 };
+    }
     Verdict::Error {
         kind: e.kind(),
         message: e.to_string(),
