@@ -32,27 +32,8 @@ need_packages clamd clamav-daemon redis-server redis-server
 cargo build --release --locked --bins
 bin=target/release
 
-dir=$(mktemp -d)
-pids=()
-cleanup() { set +e; for p in "${pids[@]}"; do kill "$p" 2>/dev/null; done; wait 2>/dev/null; rm -rf "$dir"; }
-trap cleanup EXIT
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() { for _ in $(seq 1 200); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.1; done; echo "port $1 never opened" >&2; return 1; }
-
-clamd_port=$(free_port)
-cat >"$dir/clamd.conf" <<CONF
-Foreground yes
-TCPSocket $clamd_port
-TCPAddr 127.0.0.1
-LocalSocket $dir/clamd.sock
-DatabaseDirectory $PWD/clamav/db
-LogFile $dir/clamd.log
-MaxThreads 10
-StreamMaxLength 100M
-CONF
-clamd -c "$dir/clamd.conf" >/dev/null 2>&1 & pids+=($!)
-wait_port "$clamd_port"
+start_scratch
+start_clamd "StreamMaxLength 100M"
 
 redis_port=$(free_port)
 redis-server --bind 127.0.0.1 --port "$redis_port" --save "" --appendonly no \

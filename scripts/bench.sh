@@ -35,13 +35,9 @@ cargo build --release --locked --bin virus-scanner
 if want extproc; then cargo bench --locked --bench extproc --no-run --quiet; fi
 bin=target/release/virus-scanner
 
-dir=$(mktemp -d)
+start_scratch
 chmod 777 "$dir"
-pids=()
-cleanup() { set +e; for p in "${pids[@]}"; do kill "$p" 2>/dev/null; done; wait 2>/dev/null; rm -rf "$dir"; }
-trap cleanup EXIT
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 # pinned "PID ..." COMMAND...: runs COMMAND with those processes (all their
 # threads) on CPU 0, then gives them every CPU back.
 can_pin() { [ "$(nproc)" -ge 2 ] && command -v taskset >/dev/null; }
@@ -53,23 +49,8 @@ pinned() {
   "$@"
   for p in "${procs[@]}"; do taskset -a -p "$all" "$p" >/dev/null; done
 }
-wait_port() { for _ in $(seq 1 200); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.1; done; echo "port $1 never opened" >&2; return 1; }
 
-clamd_port=$(free_port)
-cat >"$dir/clamd.conf" <<CONF
-Foreground yes
-TCPSocket $clamd_port
-TCPAddr 127.0.0.1
-LocalSocket $dir/clamd.sock
-DatabaseDirectory $PWD/clamav/db
-LogFile $dir/clamd.log
-MaxThreads 10
-StreamMaxLength 2000M
-MaxFileSize 2000M
-MaxScanSize 4000M
-CONF
-clamd -c "$dir/clamd.conf" >/dev/null 2>&1 & clamd=$!; pids+=($clamd)
-wait_port "$clamd_port"
+start_clamd "StreamMaxLength 2000M" "MaxFileSize 2000M" "MaxScanSize 4000M"
 
 cicap_port=$(free_port)
 cat >"$dir/c-icap.conf" <<CONF

@@ -33,3 +33,45 @@ need_packages() {
   done
   if [ ${#missing[@]} -gt 0 ]; then install_packages "${missing[@]}"; fi
 }
+
+# For the benchmarks, which start servers of their own: `dir`, a temporary
+# directory, and `pids`, the servers started; at exit the servers are
+# stopped and the directory removed.
+start_scratch() {
+  dir=$(mktemp -d)
+  pids=()
+  trap stop_scratch EXIT
+}
+stop_scratch() {
+  set +e
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null; done
+  wait 2>/dev/null
+  rm -rf "$dir"
+}
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+wait_port() {
+  for _ in $(seq 1 200); do
+    (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0
+    sleep 0.1
+  done
+  echo "port $1 never opened" >&2
+  return 1
+}
+
+# start_clamd [CONFIG LINE...]: a clamd with the project's signatures on
+# `clamd_port` (TCP) and `$dir/clamd.sock`, its pid in `clamd` and `pids`.
+start_clamd() {
+  clamd_port=$(free_port)
+  {
+    printf '%s\n' "Foreground yes" "TCPSocket $clamd_port" "TCPAddr 127.0.0.1" \
+      "LocalSocket $dir/clamd.sock" "DatabaseDirectory $PWD/clamav/db" \
+      "LogFile $dir/clamd.log" "MaxThreads 10"
+    printf '%s\n' "$@"
+  } >"$dir/clamd.conf"
+  clamd -c "$dir/clamd.conf" >/dev/null 2>&1 &
+  clamd=$!
+  pids+=($clamd)
+  wait_port "$clamd_port"
+}
