@@ -63,4 +63,38 @@ async fn reused_memory_files_hold_only_their_own_body() {
         assert_eq!(infected(&v), bad, "{v:?}");
     }
     assert_eq!(memfds(), 1, "one memory file kept and reused");
+
+    // A body that outgrows FILDES_MAX goes on by INSTREAM from what the
+    // file held; the file is kept for the next body all the same, and
+    // that body must not see the bytes left in it (EICAR at 500 KiB).
+    let roomy = Scanner::new(client.clone(), 8 << 20);
+    let kept = memfd_inodes();
+    let mut big = vec![b'.'; 500 << 10];
+    big.extend_from_slice(&eicar());
+    big.resize(3 << 20, b'.');
+    for (body, bad) in [(&big, true), (&short, false), (&big, true), (&short, false)] {
+        let mut session = roomy.session();
+        for piece in body.chunks(64 << 10) {
+            session.write(piece).await;
+        }
+        let v = session.finish().await;
+        assert_eq!(infected(&v), bad, "{} bytes: {v:?}", body.len());
+    }
+    assert_eq!(memfd_inodes(), kept, "the same memory file, kept");
+}
+
+/// The inodes of the memory files this process holds open.
+fn memfd_inodes() -> Vec<u64> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .filter_map(|e| {
+            let path = e.ok()?.path();
+            let target = std::fs::read_link(&path).ok()?;
+            target
+                .to_string_lossy()
+                .contains("virus-scanner-body")
+                .then(|| std::fs::metadata(&path).ok().map(|m| m.ino()))?
+        })
+        .collect()
 }

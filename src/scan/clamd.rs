@@ -245,7 +245,7 @@ impl Clamd {
     /// Keeps a memory file for a later body: at most one per scan that may
     /// run at once, and none larger than `FILDES_MAX`, so that what is kept
     /// stays within CLAMD_MAX_CONCURRENCY x FILDES_MAX of memory.
-    fn keep(&self, spool: Spool) {
+    pub(crate) fn keep(&self, spool: Spool) {
         if spool.size > self.options.fildes_max as u64 {
             return;
         }

@@ -172,7 +172,7 @@ impl ScanSession {
         if self.is_too_large() {
             // Nothing more goes to clamd; the verdict will say why.
             self.stream = None;
-            self.spool = None;
+            self.keep_spool();
             self.held = Vec::new();
             return;
         }
@@ -212,6 +212,7 @@ impl ScanSession {
                     at += n as u64;
                     stream.send(&buf[..n]).await?;
                 }
+                self.clamd.keep(spool);
             }
             stream.send(data).await?;
             Ok::<_, ScanError>(stream)
@@ -232,9 +233,16 @@ impl ScanSession {
         Ok(())
     }
 
+    /// Gives the memory file, if any, back for a later body.
+    fn keep_spool(&mut self) {
+        if let Some(spool) = self.spool.take() {
+            self.clamd.keep(spool);
+        }
+    }
+
     fn fail(&mut self, e: ScanError) {
         self.stream = None;
-        self.spool = None;
+        self.keep_spool();
         self.held = Vec::new();
         self.failed = Some(e);
     }
