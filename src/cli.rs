@@ -226,26 +226,28 @@ pub fn main(subcommand: Option<&str>) -> ExitCode {
             probe(&url).map_err(anyhow::Error::msg),
         ),
         Command::Bench(args) => finished("virus-scanner bench", bench(args)),
-        Command::All(args) => {
-            let checked = valid(args.checks())
-                .and_then(|_| telemetry::init(&args.run.log_level, args.run.log_format));
-            serve(checked, args.run.check_config, || all(args))
-        }
+        Command::All(args) => match args.run.prepare(valid(args.checks())) {
+            Some(exit) => exit,
+            None => serve(|| all(args)),
+        },
         Command::Producer(args) => {
-            let run = &args.front.run;
             let checked = valid(args.front.checks())
-                .and_then(|_| valid([args.redis.validate(), args.producer.validate()]))
-                .and_then(|_| telemetry::init(&run.log_level, run.log_format));
-            serve(checked, run.check_config, || producer(args))
+                .and_then(|_| valid([args.redis.validate(), args.producer.validate()]));
+            match args.front.run.prepare(checked) {
+                Some(exit) => exit,
+                None => serve(|| producer(args)),
+            }
         }
         Command::Handler(args) => {
             let checked = valid([
                 args.scan.validate(),
                 args.redis.validate(),
                 args.handler.validate(),
-            ])
-            .and_then(|_| telemetry::init(&args.run.log_level, args.run.log_format));
-            serve(checked, args.run.check_config, || handler(args))
+            ]);
+            match args.run.prepare(checked) {
+                Some(exit) => exit,
+                None => serve(|| handler(args)),
+            }
         }
         Command::QueueStatus(args) => match args.redis.validate() {
             Err(e) => {
@@ -274,20 +276,25 @@ fn finished(what: &str, result: anyhow::Result<()>) -> ExitCode {
     }
 }
 
-/// Exits 64 on a bad setting, 0 after `--check-config`, else runs `serve`.
-fn serve(
-    checked: Result<(), String>,
-    check_only: bool,
-    serve: impl FnOnce() -> anyhow::Result<()>,
-) -> ExitCode {
-    if let Err(e) = checked {
-        eprintln!("virus-scanner: {e}");
-        return ExitCode::from(EX_USAGE);
+impl RunArgs {
+    /// Once the command's own settings are `checked`, starts logging. The
+    /// exit status when the command ends here: 64 on a bad setting, 0 after
+    /// `--check-config`; None when it goes on to serve.
+    fn prepare(&self, checked: Result<(), String>) -> Option<ExitCode> {
+        if let Err(e) = checked.and_then(|_| telemetry::init(&self.log_level, self.log_format)) {
+            eprintln!("virus-scanner: {e}");
+            return Some(ExitCode::from(EX_USAGE));
+        }
+        if self.check_config {
+            println!("configuration OK");
+            return Some(ExitCode::SUCCESS);
+        }
+        None
     }
-    if check_only {
-        println!("configuration OK");
-        return ExitCode::SUCCESS;
-    }
+}
+
+/// Serves until the end, then exits 0, or 1 with the error logged.
+fn serve(serve: impl FnOnce() -> anyhow::Result<()>) -> ExitCode {
     match serve() {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
