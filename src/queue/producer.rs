@@ -343,8 +343,13 @@ enum State {
     Buffer(Vec<u8>),
     /// Queued; chunks follow in the body stream.
     Stream { key: String, pending: Vec<u8> },
-    /// Being written to the shared volume.
-    Disk { file: std::fs::File, name: String },
+    /// Being written to the shared volume: `block` gathers the bytes not
+    /// yet written.
+    Disk {
+        file: Arc<std::fs::File>,
+        name: String,
+        block: Vec<u8>,
+    },
     /// Over the scan limit: nothing more is kept.
     TooLarge,
     /// The queue failed: the verdict will be an error.
@@ -412,8 +417,18 @@ impl QueuedSession {
                 }
             }
             State::Stream { .. } => self.stream_write(data).await,
-            State::Disk { file, name } => std::io::Write::write_all(file, data)
-                .map_err(|e| format!("writing body file {name}: {e}")),
+            State::Disk { file, name, block } => {
+                block.extend_from_slice(data);
+                if block.len() >= DISK_BLOCK {
+                    let full = std::mem::replace(block, Vec::with_capacity(DISK_BLOCK));
+                    on_disk(file, name, move |mut f| {
+                        std::io::Write::write_all(&mut f, &full)
+                    })
+                    .await
+                } else {
+                    Ok(())
+                }
+            }
             State::TooLarge | State::Failed(_) | State::Done => Ok(()),
         };
         if let Err(e) = result {
@@ -432,12 +447,20 @@ impl QueuedSession {
                 .task
                 .content_length
                 .is_some_and(|n| n >= inner.config.disk_min);
-        if let (true, Some(mount)) = (to_disk, inner.mount.as_ref()) {
+        if let (true, Some(mount)) = (to_disk, inner.mount.clone()) {
             let name = format!("{}.body", self.task.id);
-            let mut file = mount.create(&name).map_err(|e| e.to_string())?;
-            std::io::Write::write_all(&mut file, &buf)
-                .map_err(|e| format!("writing body file {name}: {e}"))?;
-            self.state = State::Disk { file, name };
+            let created = {
+                let name = name.clone();
+                tokio::task::spawn_blocking(move || mount.create(&name)).await
+            };
+            let file = match created {
+                Ok(Ok(file)) => Arc::new(file),
+                Ok(Err(e)) => return Err(e.to_string()),
+                Err(e) => return Err(format!("creating body file {name}: {e}")),
+            };
+            let mut block = Vec::with_capacity(DISK_BLOCK.max(buf.len()));
+            block.extend_from_slice(&buf);
+            self.state = State::Disk { file, name, block };
             return Ok(());
         }
         self.start_stream(&buf).await
@@ -528,7 +551,7 @@ impl QueuedSession {
             State::Stream { key, .. } => {
                 let _ = self.stream_entry(&key, "abort", why.as_bytes()).await;
             }
-            State::Disk { name, file } => {
+            State::Disk { name, file, .. } => {
                 drop(file);
                 if let Some(mount) = &self.producer.inner.mount {
                     let _ = mount.remove(&name);
@@ -577,15 +600,14 @@ impl QueuedSession {
                 self.state = state;
                 self.end_stream().await
             }
-            State::Disk { file, name } => {
-                // The last write errors (a full volume, a lost NFS server)
-                // show here, not at close. The flush waits on the disk, so
-                // it runs off the runtime's threads, which serve every
-                // other connection meanwhile.
-                let closed = match tokio::task::spawn_blocking(move || file.sync_data()).await {
-                    Ok(synced) => synced.map_err(|e| format!("writing body file {name}: {e}")),
-                    Err(e) => Err(format!("writing body file {name}: {e}")),
-                };
+            State::Disk { file, name, block } => {
+                // The last block, then the flush: write errors (a full
+                // volume, a lost NFS server) show here, not at close.
+                let closed = on_disk(&file, &name, move |mut f| {
+                    std::io::Write::write_all(&mut f, &block)?;
+                    f.sync_data()
+                })
+                .await;
                 let queued = match closed {
                     Ok(()) => {
                         self.queue_whole(Provider::Disk { name: name.clone() }, None)
@@ -716,7 +738,7 @@ impl Drop for QueuedSession {
                     });
                 }
             }
-            State::Disk { name, file } => {
+            State::Disk { name, file, .. } => {
                 drop(file);
                 if let Some(mount) = &self.producer.inner.mount {
                     let _ = mount.remove(&name);
@@ -725,6 +747,25 @@ impl Drop for QueuedSession {
             }
             _ => {}
         }
+    }
+}
+
+/// Bytes a body file gathers before they are written.
+const DISK_BLOCK: usize = 64 * 1024;
+
+/// Runs `io` on the body file off the runtime's threads: a slow volume
+/// (NFS, say) then holds up this body only, not every connection the same
+/// thread serves.
+async fn on_disk(
+    file: &Arc<std::fs::File>,
+    name: &str,
+    io: impl FnOnce(&std::fs::File) -> std::io::Result<()> + Send + 'static,
+) -> Result<(), String> {
+    let file = file.clone();
+    match tokio::task::spawn_blocking(move || io(&file)).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(format!("writing body file {name}: {e}")),
+        Err(e) => Err(format!("writing body file {name}: {e}")),
     }
 }
 
