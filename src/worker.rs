@@ -500,16 +500,17 @@ impl Worker {
     /// Scans the task's body, wherever it is. Returns the verdict and the
     /// bytes scanned.
     async fn scan(&mut self, task: &Task, entry: &Entry) -> (Verdict, u64) {
-        let mut session = self.shared.scanner.session();
         let error = |kind: &'static str, message: String| Verdict::Error { kind, message };
         match &task.provider {
             Provider::Inline => {
                 let body = entry.field("body").unwrap_or_default();
+                let mut session = self.shared.scanner.session();
                 session.write(body).await;
                 let n = session.received();
                 (session.finish().await, n)
             }
             Provider::Stream { key } => {
+                let mut session = self.shared.scanner.session();
                 let mut last = "0-0".to_owned();
                 let mut quiet_since = Instant::now();
                 loop {

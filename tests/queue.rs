@@ -73,6 +73,12 @@ async fn scan(port: u16, n: u64, size: usize, infected: bool) -> IcapAnswer {
         .unwrap_or_else(|e| panic!("scan {n}: {e}"))
 }
 
+/// Every body file was removed after its scan.
+fn assert_mount_empty(mount: &TempDir) {
+    let left: Vec<_> = std::fs::read_dir(mount.path()).unwrap().collect();
+    assert!(left.is_empty(), "body files left on the mount: {left:?}");
+}
+
 /// Scans a new body of each (size, infected) and checks its verdict.
 async fn scan_each(port: u16, seed: &mut u64, cases: &[(usize, bool)], what: &str) {
     for &(size, infected) in cases {
@@ -417,8 +423,7 @@ async fn every_data_provider_small_and_large() {
         handler.wait_log(&tag, 5, Duration::from_secs(10)).await;
         drop(p);
     }
-    let left: Vec<_> = std::fs::read_dir(mount.path()).unwrap().collect();
-    assert!(left.is_empty(), "body files left on the mount: {left:?}");
+    assert_mount_empty(&mount);
     redis.assert_keys_expire().await;
 }
 
@@ -446,21 +451,14 @@ async fn a_body_on_disk_goes_to_clamd_by_descriptor_on_a_unix_socket() {
             ("SCAN_MOUNT", &mount_path),
         ],
     );
-    for (seed, size, infected) in [
-        (901, 1024, true),
-        (902, 5 << 20, false),
-        (903, 5 << 20, true),
-        (904, 40 << 20, true),
-    ] {
-        let answer = scan(port, seed, size, infected).await;
-        assert_verdict(
-            &answer,
-            infected,
-            &format!("disk over a unix socket, {size} bytes"),
-        );
-    }
-    let left: Vec<_> = std::fs::read_dir(mount.path()).unwrap().collect();
-    assert!(left.is_empty(), "body files left on the mount: {left:?}");
+    let cases = [
+        (1024, true),
+        (5 << 20, false),
+        (5 << 20, true),
+        (40 << 20, true),
+    ];
+    scan_each(port, &mut 900, &cases, "disk over a unix socket").await;
+    assert_mount_empty(&mount);
     redis.assert_keys_expire().await;
 }
 

@@ -762,11 +762,11 @@ async fn on_disk(
     io: impl FnOnce(&std::fs::File) -> std::io::Result<()> + Send + 'static,
 ) -> Result<(), String> {
     let file = file.clone();
-    match tokio::task::spawn_blocking(move || io(&file)).await {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(e)) => Err(format!("writing body file {name}: {e}")),
-        Err(e) => Err(format!("writing body file {name}: {e}")),
-    }
+    tokio::task::spawn_blocking(move || io(&file))
+        .await
+        .map_err(std::io::Error::other)
+        .and_then(|written| written)
+        .map_err(|e| format!("writing body file {name}: {e}"))
 }
 
 /// This machine's name, for producer and handler names.
