@@ -5,6 +5,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 
 use crate::model::{Priority, ScanRequest, Verdict};
 use crate::queue::producer::{Producer, QueuedSession};
@@ -34,7 +35,7 @@ impl Pipeline {
     }
 
     /// clamd's version line, as last seen (the ISTag follows it).
-    pub async fn version(&self) -> Option<String> {
+    pub async fn version(&self) -> Option<Arc<str>> {
         match self {
             Pipeline::Local(scanner) => scanner.version().await,
             Pipeline::Queue(producer) => producer.version().await,

@@ -56,7 +56,8 @@ pub use http_head::{encode_request_head, encode_response_head, HttpRequestHead, 
 pub use limits::Limits;
 pub use request::{encode_request, parse_request, Allow, Method, Request};
 pub use response::{
-    encode_response, http_date, istag_value, parse_response, Response, ServiceOptions, StatusCode,
+    encode_response, http_date, istag_value, parse_response, IsTag, Response, ServiceOptions,
+    StatusCode,
 };
 pub use uri::{IcapUri, Scheme};
 

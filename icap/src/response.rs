@@ -109,20 +109,20 @@ impl Response {
     }
 
     /// `204 No Content` with `Encapsulated: null-body=0`.
-    pub fn no_content(istag: &str) -> Response {
+    pub fn no_content(istag: &IsTag) -> Response {
         Response::with_istag(StatusCode::NO_CONTENT, istag, Sections::NULL)
     }
 
     /// An error status, with `Encapsulated: null-body=0`.
-    pub fn error(status: StatusCode, istag: &str) -> Response {
+    pub fn error(status: StatusCode, istag: &IsTag) -> Response {
         Response::with_istag(status, istag, Sections::NULL)
     }
 
     /// A response carrying `ISTag` and the given sections: a `200` with
     /// `res-hdr` and `res-body`, say.
-    pub fn with_istag(status: StatusCode, istag: &str, sections: Sections) -> Response {
+    pub fn with_istag(status: StatusCode, istag: &IsTag, sections: Sections) -> Response {
         let mut response = Response::new(status);
-        response.headers.insert("istag", istag_value(istag));
+        response.headers.insert("istag", istag.0.clone());
         response.sections = Some(sections);
         response
     }
@@ -131,6 +131,25 @@ impl Response {
     pub fn istag(&self) -> Option<&str> {
         let v = self.headers.get("istag")?.to_str().ok()?;
         Some(v.trim_matches('"'))
+    }
+}
+
+/// An `ISTag`, cleaned and quoted once (see [`istag_value`]). Cheap to
+/// clone: a server keeps one for as long as its tag holds and answers
+/// every transaction with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IsTag(HeaderValue);
+
+impl IsTag {
+    /// `tag` made fit for the header.
+    pub fn new(tag: &str) -> IsTag {
+        IsTag(istag_value(tag))
+    }
+
+    /// The tag, without its quotes.
+    pub fn as_str(&self) -> &str {
+        // istag_value makes printable ASCII only.
+        self.0.to_str().unwrap_or_default().trim_matches('"')
     }
 }
 
@@ -177,7 +196,7 @@ pub struct ServiceOptions {
 impl ServiceOptions {
     /// The `200 OK` answer to OPTIONS, with `Encapsulated: null-body=0`.
     pub fn response(&self) -> Response {
-        let mut r = Response::with_istag(StatusCode::OK, &self.istag, Sections::NULL);
+        let mut r = Response::with_istag(StatusCode::OK, &IsTag::new(&self.istag), Sections::NULL);
         let h = &mut r.headers;
         let methods: Vec<&str> = self.methods.iter().map(|m| m.as_str()).collect();
         h.insert("methods", header(&methods.join(", ")));
@@ -444,5 +463,25 @@ mod tests {
         assert_eq!(used, out.len());
         assert_eq!(parsed, opts.response());
         assert_eq!(parsed.istag(), Some("sig-1"));
+    }
+
+    #[test]
+    fn an_istag_is_cleaned_and_quoted_once_and_kept_as_made() {
+        let long = "A".repeat(40);
+        for (given, kept) in [
+            ("VS-0123456789abcdef", "VS-0123456789abcdef"),
+            ("\"quoted\"", "quoted"),
+            ("in\"side and\x07 ctl\\", "insideandctl"),
+            (long.as_str(), &long[..32]),
+        ] {
+            let tag = IsTag::new(given);
+            assert_eq!(tag.as_str(), kept, "{given:?}");
+            let res = Response::no_content(&tag);
+            assert_eq!(res.istag(), Some(kept));
+            let mut out = Vec::new();
+            encode_response(&res, &mut out);
+            let wire = format!("ISTag: \"{kept}\"\r\n");
+            assert!(String::from_utf8(out).unwrap().contains(&wire), "{given:?}");
+        }
     }
 }

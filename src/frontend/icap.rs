@@ -21,8 +21,8 @@ use bytes::{Buf, Bytes, BytesMut};
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use icap::{
     encode_chunk, encode_last_chunk, encode_response, Body, ChunkedDecoder, Event,
-    HttpResponseHead, LastChunk, Limits, Method, Request, Response, Sections, ServiceOptions,
-    StatusCode,
+    HttpResponseHead, IsTag, LastChunk, Limits, Method, Request, Response, Sections,
+    ServiceOptions, StatusCode,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
@@ -47,6 +47,9 @@ pub struct IcapService {
     pipeline: Pipeline,
     policy: Policy,
     limits: Limits,
+    /// The ISTag made for the clamd version last seen: made again only when
+    /// that version changes, not for every answer.
+    istag: std::sync::Mutex<Option<(Arc<str>, IsTag)>>,
 }
 
 impl IcapService {
@@ -57,14 +60,23 @@ impl IcapService {
             pipeline,
             policy,
             limits: Limits::DEFAULT,
+            istag: std::sync::Mutex::new(None),
         }
     }
 
     /// The current ISTag: follows clamd's version (engine and signatures).
-    pub async fn istag(&self) -> String {
-        match self.pipeline.version().await {
-            Some(v) => format!("VS-{:016x}", fnv1a(v.as_bytes())),
-            None => "VS-unknown".to_owned(),
+    pub async fn istag(&self) -> IsTag {
+        let Some(version) = self.pipeline.version().await else {
+            return IsTag::new("VS-unknown");
+        };
+        let mut made = self.istag.lock().unwrap_or_else(|e| e.into_inner());
+        match &*made {
+            Some((seen, tag)) if **seen == *version => tag.clone(),
+            _ => {
+                let tag = IsTag::new(&format!("VS-{:016x}", fnv1a(version.as_bytes())));
+                *made = Some((version, tag.clone()));
+                tag
+            }
         }
     }
 
@@ -86,7 +98,7 @@ impl IcapService {
         ServiceOptions {
             methods,
             service: format!("virus-scanner/{} (ClamAV)", env!("CARGO_PKG_VERSION")),
-            istag: self.istag().await,
+            istag: self.istag().await.as_str().to_owned(),
             max_connections: Some(self.config.max_connections as u32),
             options_ttl: Some(self.config.options_ttl.as_secs() as u32),
             allow_204: true,
@@ -917,7 +929,7 @@ impl<'c, S: AsyncRead + AsyncWrite + Unpin + Send> Transaction<'c, S> {
     }
 
     /// A `200` whose encapsulated HTTP response is the block page.
-    fn block_response(&self, reason: &BlockReason, istag: &str) -> (Response, String) {
+    fn block_response(&self, reason: &BlockReason, istag: &IsTag) -> (Response, String) {
         let page = blockpage::render(reason, &self.scan.url, &self.scan.id);
         let mut headers = HeaderMap::new();
         headers.insert(
@@ -1075,6 +1087,47 @@ mod tests {
         assert_eq!(scan.declared_length, Some(12345));
         assert_eq!(scan.direction, Direction::Response);
         assert_eq!(scan.client_ip, Some("10.0.0.7".parse().unwrap()));
+    }
+
+    #[tokio::test]
+    async fn the_istag_is_made_again_when_clamd_version_changes() {
+        #[derive(clap::Parser)]
+        struct Settings {
+            #[command(flatten)]
+            icap: IcapConfig,
+            #[command(flatten)]
+            scan: crate::config::ScanConfig,
+        }
+        let settings = <Settings as clap::Parser>::parse_from(["virus-scanner"]);
+        let clamd = crate::scan::clamd::Clamd::new(
+            settings.scan.clamd_url.clone(),
+            settings.scan.clamd_options(),
+        );
+        let scanner = crate::scan::Scanner::new(clamd, 1 << 20);
+        let service = IcapService::new(
+            settings.icap,
+            Pipeline::Local(scanner.clone()),
+            settings.scan.policy(),
+        );
+        assert_eq!(service.istag().await.as_str(), "VS-unknown");
+        let old = "ClamAV 1.4.3/27840/Fri Dec  4 09:27:02 2026";
+        scanner.set_version(old).await;
+        let first = service.istag().await;
+        assert!(first.as_str().starts_with("VS-"), "{first:?}");
+        assert_eq!(service.istag().await, first);
+        // A signature update: a new tag, and every answer carries it.
+        scanner
+            .set_version("ClamAV 1.4.3/27841/Sat Dec  5 09:25:01 2026")
+            .await;
+        let second = service.istag().await;
+        assert_ne!(second, first);
+        assert_eq!(
+            Response::no_content(&service.istag().await).istag(),
+            Some(second.as_str())
+        );
+        assert_eq!(service.options().await.istag(), Some(second.as_str()));
+        scanner.set_version(old).await;
+        assert_eq!(service.istag().await, first);
     }
 
     #[test]

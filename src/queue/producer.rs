@@ -103,7 +103,7 @@ struct Inner {
     reply_key: String,
     version_refresh: Duration,
     waiters: Waiters,
-    version: RwLock<Option<String>>,
+    version: RwLock<Option<Arc<str>>>,
 }
 
 impl std::fmt::Debug for Producer {
@@ -154,7 +154,7 @@ impl Producer {
     }
 
     /// clamd's version as the handlers last published it.
-    pub async fn version(&self) -> Option<String> {
+    pub async fn version(&self) -> Option<Arc<str>> {
         self.inner.version.read().await.clone()
     }
 
@@ -312,7 +312,7 @@ async fn watch_version(inner: std::sync::Weak<Inner>) {
             .query_async(&mut conn)
             .await;
         if let Ok(Some(v)) = got {
-            *i.version.write().await = Some(v);
+            *i.version.write().await = Some(v.into());
         }
         let period = i.version_refresh;
         drop(i);

@@ -28,7 +28,7 @@ use clamd::{Clamd, Instream, Spool};
 pub struct Scanner {
     clamd: Clamd,
     max_scan_size: u64,
-    version: Arc<RwLock<Option<String>>>,
+    version: Arc<RwLock<Option<Arc<str>>>>,
 }
 
 impl Scanner {
@@ -105,15 +105,20 @@ impl Scanner {
     }
 
     /// clamd's version line, as last seen (`None` before the first answer).
-    pub async fn version(&self) -> Option<String> {
+    pub async fn version(&self) -> Option<Arc<str>> {
         self.version.read().await.clone()
     }
 
     /// Asks clamd for its version now; keeps the last good answer.
     pub async fn refresh_version(&self) -> Result<String, ScanError> {
         let v = self.clamd.version().await?;
-        *self.version.write().await = Some(v.clone());
+        self.set_version(&v).await;
         Ok(v)
+    }
+
+    /// Takes `v` as clamd's version line.
+    pub(crate) async fn set_version(&self, v: &str) {
+        *self.version.write().await = Some(v.into());
     }
 
     /// Refreshes the version every `period`, so that a signature update
