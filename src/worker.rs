@@ -602,13 +602,9 @@ impl Worker {
                         0,
                     );
                 };
-                let file = match mount.open(name) {
-                    Ok(f) => f,
+                let (file, len) = match mount.open_off_thread(name).await {
+                    Ok(opened) => opened,
                     Err(e) => return (error("body", e.to_string()), 0),
-                };
-                let len = match file.metadata() {
-                    Ok(m) => m.len(),
-                    Err(e) => return (error("body", format!("reading {name}: {e}")), 0),
                 };
                 // The producer wrote the whole body before it queued the
                 // task: a file of another length is not that body.
@@ -683,7 +679,7 @@ impl Worker {
         if let (Some(Provider::Disk { name }), Some(mount)) =
             (task.map(|t| &t.provider), &shared.mount)
         {
-            if let Err(e) = mount.remove(name) {
+            if let Err(e) = mount.remove_off_thread(name).await {
                 tracing::warn!(error = %e, "could not remove the body file");
             }
         }

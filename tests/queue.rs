@@ -73,6 +73,16 @@ async fn scan(port: u16, n: u64, size: usize, infected: bool) -> IcapAnswer {
         .unwrap_or_else(|e| panic!("scan {n}: {e}"))
 }
 
+/// Producer settings that put every body in a file under `mount` (the
+/// disk provider).
+fn on_disk(mount: &str) -> [(&'static str, &str); 3] {
+    [
+        ("INLINE_MAX", "0"),
+        ("DISK_MIN", "0"),
+        ("SCAN_MOUNT", mount),
+    ]
+}
+
 /// Every body file was removed after its scan.
 fn assert_mount_empty(mount: &TempDir) {
     let left: Vec<_> = std::fs::read_dir(mount.path()).unwrap().collect();
@@ -399,14 +409,7 @@ async fn every_data_provider_small_and_large() {
     let providers = [
         ("inline", vec![("INLINE_MAX", "300M")]),
         ("stream", vec![("INLINE_MAX", "0")]),
-        (
-            "disk",
-            vec![
-                ("INLINE_MAX", "0"),
-                ("DISK_MIN", "0"),
-                ("SCAN_MOUNT", mount_path.as_str()),
-            ],
-        ),
+        ("disk", on_disk(&mount_path).to_vec()),
     ];
     let mut seed = 500;
     for (provider, settings) in providers {
@@ -442,15 +445,7 @@ async fn a_body_on_disk_goes_to_clamd_by_descriptor_on_a_unix_socket() {
         &clamd,
         &[("SCAN_MOUNT", &mount_path), ("CLAMD_URL", &unix)],
     );
-    let (_producer, port) = producer(
-        &redis,
-        &clamd,
-        &[
-            ("INLINE_MAX", "0"),
-            ("DISK_MIN", "0"),
-            ("SCAN_MOUNT", &mount_path),
-        ],
-    );
+    let (_producer, port) = producer(&redis, &clamd, &on_disk(&mount_path));
     let cases = [
         (1024, true),
         (5 << 20, false),
@@ -617,6 +612,62 @@ async fn empty_aborted_and_late_scans_end_explicitly() {
         !keys.iter().any(|k| k.starts_with("vs:body:")),
         "body streams left: {keys:?}"
     );
+}
+
+/// Body files the producer gives up are removed from the mount: a
+/// transfer cut off halfway, and a whole body that cannot be queued because
+/// Redis is gone (the answer is then the failure mode). No handler runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn body_files_given_up_are_removed_from_the_mount() {
+    let mut redis = RedisProcess::start();
+    let clamd = ClamdProcess::start();
+    let mount = TempDir::new("mount");
+    let mount_path = mount.path().display().to_string();
+    let settings = [&on_disk(&mount_path)[..], &[("SCAN_DEADLINE", "3s")]].concat();
+    let (_producer, port) = producer(&redis, &clamd, &settings);
+    let files = || std::fs::read_dir(mount.path()).unwrap().count();
+    let until = async |n: usize, what: &str| {
+        for _ in 0..100 {
+            if files() == n {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(files(), n, "{what}");
+    };
+    // The first 100,000 of 150,000 declared bytes: the body has its file.
+    let start = |s: u64| {
+        let mut out = respmod_head(port, &format!("http://origin.test/{s}"), 150_000, "");
+        out.extend_from_slice(&chunked(&body(100_000, s, false), false));
+        out
+    };
+
+    // Cut off halfway: the file goes with the connection.
+    {
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .unwrap();
+        s.write_all(&start(31)).await.unwrap();
+        until(1, "the body file while the body arrives").await;
+    }
+    until(0, "the file of a transfer cut off").await;
+
+    // Whole, but Redis is gone: the failure mode, and the file goes.
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    s.write_all(&start(32)).await.unwrap();
+    until(1, "the body file while the body arrives").await;
+    redis.stop();
+    let rest = chunked(&body(50_000, 33, false), true);
+    let (mut rd, mut wr) = s.split();
+    let write = async {
+        let _ = wr.write_all(&rest).await;
+    };
+    let (_, answer) = tokio::join!(write, read_icap_answer(&mut rd));
+    let answer = answer.unwrap();
+    assert!(answer.is_unavailable(), "{answer:?}");
+    until(0, "the file of a body that could not be queued").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -126,6 +126,39 @@ impl ScanMount {
             Err(e) => Err(io(e.into())),
         }
     }
+
+    /// [`ScanMount::open`] and the file's length, on a blocking thread: on
+    /// a slow volume (NFS, say) the wait then holds up this body only, not
+    /// every task the runtime's thread serves.
+    pub async fn open_off_thread(&self, name: &str) -> Result<(File, u64), DiskError> {
+        self.off_thread(name, |mount, name| {
+            let file = mount.open(name)?;
+            let len = file.metadata().map_err(io_error(name))?.len();
+            Ok((file, len))
+        })
+        .await
+    }
+
+    /// [`ScanMount::create`] on a blocking thread, for the same reason.
+    pub async fn create_off_thread(&self, name: &str) -> Result<File, DiskError> {
+        self.off_thread(name, ScanMount::create).await
+    }
+
+    /// [`ScanMount::remove`] on a blocking thread, for the same reason.
+    pub async fn remove_off_thread(&self, name: &str) -> Result<(), DiskError> {
+        self.off_thread(name, ScanMount::remove).await
+    }
+
+    async fn off_thread<T: Send + 'static>(
+        &self,
+        name: &str,
+        f: impl FnOnce(&ScanMount, &str) -> Result<T, DiskError> + Send + 'static,
+    ) -> Result<T, DiskError> {
+        let (mount, owned) = (self.clone(), name.to_owned());
+        tokio::task::spawn_blocking(move || f(&mount, &owned))
+            .await
+            .unwrap_or_else(|e| Err(io_error(name)(std::io::Error::other(e))))
+    }
 }
 
 /// One path component of `[A-Za-z0-9_.-]`, not starting with a dot (so

@@ -449,15 +449,12 @@ impl QueuedSession {
                 .is_some_and(|n| n >= inner.config.disk_min);
         if let (true, Some(mount)) = (to_disk, inner.mount.clone()) {
             let name = format!("{}.body", self.task.id);
-            let created = {
-                let name = name.clone();
-                tokio::task::spawn_blocking(move || mount.create(&name)).await
-            };
-            let file = match created {
-                Ok(Ok(file)) => Arc::new(file),
-                Ok(Err(e)) => return Err(e.to_string()),
-                Err(e) => return Err(format!("creating body file {name}: {e}")),
-            };
+            let file = Arc::new(
+                mount
+                    .create_off_thread(&name)
+                    .await
+                    .map_err(|e| e.to_string())?,
+            );
             let mut block = Vec::with_capacity(DISK_BLOCK.max(buf.len()));
             block.extend_from_slice(&buf);
             self.state = State::Disk { file, name, block };
@@ -553,11 +550,19 @@ impl QueuedSession {
             }
             State::Disk { name, file, .. } => {
                 drop(file);
-                if let Some(mount) = &self.producer.inner.mount {
-                    let _ = mount.remove(&name);
-                }
+                self.remove_body_file(&name).await;
             }
             _ => {}
+        }
+    }
+
+    /// Removes a body file that will not be scanned, off the runtime's
+    /// threads (an unlink can stall on NFS as a write can).
+    async fn remove_body_file(&self, name: &str) {
+        if let Some(mount) = &self.producer.inner.mount {
+            if let Err(e) = mount.remove_off_thread(name).await {
+                tracing::warn!(id = %self.task.id, error = %e, "could not remove the body file");
+            }
         }
     }
 
@@ -616,9 +621,7 @@ impl QueuedSession {
                     Err(e) => Err(e),
                 };
                 if queued.is_err() {
-                    if let Some(mount) = &inner.mount {
-                        let _ = mount.remove(&name);
-                    }
+                    self.remove_body_file(&name).await;
                 }
                 queued
             }
@@ -740,8 +743,19 @@ impl Drop for QueuedSession {
             }
             State::Disk { name, file, .. } => {
                 drop(file);
-                if let Some(mount) = &self.producer.inner.mount {
-                    let _ = mount.remove(&name);
+                if let Some(mount) = self.producer.inner.mount.clone() {
+                    // Off the runtime's threads, as in remove_body_file;
+                    // nobody waits for it.
+                    let id = self.task.id.clone();
+                    let remove = move || {
+                        if let Err(e) = mount.remove(&name) {
+                            tracing::warn!(id = %id, error = %e, "could not remove the body file");
+                        }
+                    };
+                    match tokio::runtime::Handle::try_current() {
+                        Ok(rt) => drop(rt.spawn_blocking(remove)),
+                        Err(_) => remove(),
+                    }
                 }
                 tracing::info!(id = %self.task.id, "transfer aborted before the task was queued");
             }
