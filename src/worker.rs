@@ -65,6 +65,13 @@ pub struct HandlerConfig {
     #[arg(long, env = "SCAN_MOUNT", default_value = "")]
     pub scan_mount: String,
 
+    /// Body files on SCAN_MOUNT last written longer ago than this are
+    /// removed as left behind (a producer that died mid-upload leaves one);
+    /// 0 keeps them. Keep it above the producers' SCAN_DEADLINE plus the
+    /// longest scan.
+    #[arg(long, env = "ORPHAN_AGE", default_value = "1h", value_parser = crate::config::parse_duration)]
+    pub orphan_age: Duration,
+
     /// How often clamd's version is published for the producers' ISTag.
     #[arg(long, env = "VERSION_REFRESH", default_value = "60s", value_parser = crate::config::parse_duration)]
     pub version_refresh: Duration,
@@ -183,6 +190,12 @@ pub async fn run(
     });
     tracing::info!(handler = %name, workers, redis = %redis.display_url(), "handler started");
     let version = tokio::spawn(publish_version(shared.clone()));
+    let sweeper = match (&shared.mount, shared.config.orphan_age) {
+        (Some(mount), age) if !age.is_zero() => {
+            Some(tokio::spawn(sweep_orphans(mount.clone(), age)))
+        }
+        _ => None,
+    };
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut tasks = tokio::task::JoinSet::new();
     for n in 0..workers {
@@ -206,7 +219,39 @@ pub async fn run(
         tracing::warn!("scans still running after SHUTDOWN_GRACE; their tasks stay pending and another handler takes them over");
     }
     version.abort();
+    if let Some(sweeper) = sweeper {
+        sweeper.abort();
+    }
     Ok(())
+}
+
+/// Removes body files older than `age` from the mount, at start and then
+/// every quarter of `age` (at most every 15 minutes). Every handler does
+/// this; a file another one removed first is simply gone.
+async fn sweep_orphans(mount: ScanMount, age: Duration) {
+    let period = (age / 4).clamp(Duration::from_secs(1), Duration::from_secs(15 * 60));
+    loop {
+        let looked = mount.clone();
+        match tokio::task::spawn_blocking(move || looked.sweep(age)).await {
+            Ok(Ok(swept)) => {
+                for (file, old, failed) in swept {
+                    match failed {
+                        None => tracing::warn!(
+                            file,
+                            age_s = old.as_secs(),
+                            "removed a body file left behind"
+                        ),
+                        Some(e) => {
+                            tracing::warn!(file, error = %e, "could not remove a body file left behind")
+                        }
+                    }
+                }
+            }
+            Ok(Err(e)) => tracing::warn!(error = %e, "could not look for body files left behind"),
+            Err(e) => tracing::warn!(error = %e, "looking for body files left behind"),
+        }
+        tokio::time::sleep(period).await;
+    }
 }
 
 /// Publishes clamd's version for the producers' ISTag.

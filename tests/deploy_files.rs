@@ -48,6 +48,7 @@ fn readme_lists_every_queue_setting() {
         "STREAM_CHUNK",
         "SCAN_MOUNT",
         "DISK_MIN",
+        "ORPHAN_AGE",
         "SCAN_DEADLINE",
         "BODY_TTL",
         "HANDLER_CONCURRENCY",

@@ -73,6 +73,13 @@ async fn scan(port: u16, n: u64, size: usize, infected: bool) -> IcapAnswer {
         .unwrap_or_else(|e| panic!("scan {n}: {e}"))
 }
 
+/// A fresh directory for SCAN_MOUNT, and its path as a setting's value.
+fn scan_mount() -> (TempDir, String) {
+    let mount = TempDir::new("mount");
+    let path = mount.path().display().to_string();
+    (mount, path)
+}
+
 /// Producer settings that put every body in a file under `mount` (the
 /// disk provider).
 fn on_disk(mount: &str) -> [(&'static str, &str); 3] {
@@ -403,8 +410,7 @@ async fn redis_restart_under_load_never_passes_infected() {
 async fn every_data_provider_small_and_large() {
     let redis = RedisProcess::start();
     let clamd = ClamdProcess::start();
-    let mount = TempDir::new("mount");
-    let mount_path = mount.path().display().to_string();
+    let (mount, mount_path) = scan_mount();
     let handler = handler(&redis, &clamd, &[("SCAN_MOUNT", &mount_path)]);
     let providers = [
         ("inline", vec![("INLINE_MAX", "300M")]),
@@ -437,8 +443,7 @@ async fn every_data_provider_small_and_large() {
 async fn a_body_on_disk_goes_to_clamd_by_descriptor_on_a_unix_socket() {
     let redis = RedisProcess::start();
     let clamd = ClamdProcess::start_with_stream_max("1M");
-    let mount = TempDir::new("mount");
-    let mount_path = mount.path().display().to_string();
+    let (mount, mount_path) = scan_mount();
     let unix = clamd.unix_url();
     let _handler = handler(
         &redis,
@@ -621,8 +626,7 @@ async fn empty_aborted_and_late_scans_end_explicitly() {
 async fn body_files_given_up_are_removed_from_the_mount() {
     let mut redis = RedisProcess::start();
     let clamd = ClamdProcess::start();
-    let mount = TempDir::new("mount");
-    let mount_path = mount.path().display().to_string();
+    let (mount, mount_path) = scan_mount();
     let settings = [&on_disk(&mount_path)[..], &[("SCAN_DEADLINE", "3s")]].concat();
     let (_producer, port) = producer(&redis, &clamd, &settings);
     let files = || std::fs::read_dir(mount.path()).unwrap().count();
@@ -668,6 +672,40 @@ async fn body_files_given_up_are_removed_from_the_mount() {
     let answer = answer.unwrap();
     assert!(answer.is_unavailable(), "{answer:?}");
     until(0, "the file of a body that could not be queued").await;
+}
+
+/// A body file nobody will scan (its producer died mid-upload) is removed
+/// by a handler once it is older than ORPHAN_AGE; a file still being
+/// written stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handler_removes_body_files_left_behind() {
+    let redis = RedisProcess::start();
+    let clamd = ClamdProcess::start();
+    let (mount, mount_path) = scan_mount();
+    let left = mount.path().join("dead-1.body");
+    let fresh = mount.path().join("alive-1.body");
+    std::fs::write(&left, b"half a body").unwrap();
+    std::fs::write(&fresh, b"a body on its way").unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(&left)
+        .unwrap()
+        .set_modified(std::time::SystemTime::now() - Duration::from_secs(2 * 3600))
+        .unwrap();
+    let handler = handler(
+        &redis,
+        &clamd,
+        &[("SCAN_MOUNT", &mount_path), ("ORPHAN_AGE", "1h")],
+    );
+    handler
+        .wait_log(
+            "removed a body file left behind",
+            1,
+            Duration::from_secs(20),
+        )
+        .await;
+    assert!(!left.exists(), "the old body file is still there");
+    assert!(fresh.exists(), "the fresh body file was removed");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

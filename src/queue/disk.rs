@@ -12,8 +12,16 @@
 use std::fs::File;
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
 
 use rustix::fs::{AtFlags, FileType, Mode, OFlags};
+
+/// How a producer's body files end: `<task id>.body`.
+pub const BODY_SUFFIX: &str = ".body";
+
+/// A body file [`ScanMount::sweep`] found too old: its name, how long ago
+/// it was last written, and why it could not be removed, if it could not.
+pub type Swept = (String, Duration, Option<DiskError>);
 
 /// The shared volume.
 #[derive(Debug, Clone)]
@@ -127,6 +135,43 @@ impl ScanMount {
         }
     }
 
+    /// Removes the body files last written more than `older_than` ago:
+    /// files nobody will scan any more, such as the one a producer that died
+    /// mid-upload leaves behind. Only regular files named like a body file
+    /// are touched; symlinks, directories and other files stay.
+    pub fn sweep(&self, older_than: Duration) -> Result<Vec<Swept>, DiskError> {
+        let now = SystemTime::now();
+        let listed = std::fs::read_dir(&self.path).map_err(|source| DiskError::Io {
+            name: self.path.display().to_string(),
+            source,
+        })?;
+        let mut swept = Vec::new();
+        for entry in listed.flatten() {
+            let Ok(name) = entry.file_name().into_string() else {
+                continue;
+            };
+            if !name.ends_with(BODY_SUFFIX) || check_name(&name).is_err() {
+                continue;
+            }
+            // DirEntry::metadata does not follow a symlink.
+            let Ok(meta) = entry.metadata() else {
+                continue;
+            };
+            let age = meta
+                .modified()
+                .ok()
+                .and_then(|m| now.duration_since(m).ok());
+            match age {
+                Some(age) if meta.is_file() && age > older_than => {
+                    let failed = self.remove(&name).err();
+                    swept.push((name, age, failed));
+                }
+                _ => {}
+            }
+        }
+        Ok(swept)
+    }
+
     /// [`ScanMount::open`] and the file's length, on a blocking thread: on
     /// a slow volume (NFS, say) the wait then holds up this body only, not
     /// every task the runtime's thread serves.
@@ -220,6 +265,44 @@ mod tests {
         mount.remove("abc-1.body").unwrap();
         mount.remove("abc-1.body").unwrap();
         assert!(mount.open("abc-1.body").is_err());
+        std::fs::remove_dir_all(base).unwrap();
+    }
+
+    #[test]
+    fn a_sweep_removes_old_body_files_only() {
+        let (mount, base) = temp_mount("sweep");
+        let two_hours_ago = SystemTime::now() - Duration::from_secs(2 * 3600);
+        let aged = |path: &Path| {
+            let f = File::options().write(true).open(path).unwrap();
+            f.set_modified(two_hours_ago).unwrap();
+        };
+        for name in ["old-1.body", "new-1.body", "old-notes.txt"] {
+            std::fs::write(mount.path().join(name), b"x").unwrap();
+        }
+        aged(&mount.path().join("old-1.body"));
+        aged(&mount.path().join("old-notes.txt"));
+        // An old file outside, reached by a symlink named like a body file.
+        std::fs::write(base.join("outside"), b"keep").unwrap();
+        aged(&base.join("outside"));
+        std::os::unix::fs::symlink(base.join("outside"), mount.path().join("link-1.body")).unwrap();
+        std::fs::create_dir(mount.path().join("dir-1.body")).unwrap();
+
+        let swept = mount.sweep(Duration::from_secs(3600)).unwrap();
+        let names: Vec<_> = swept.iter().map(|(n, _, _)| n.as_str()).collect();
+        assert_eq!(names, ["old-1.body"]);
+        assert!(swept[0].1 >= Duration::from_secs(2 * 3600 - 60));
+        assert!(swept[0].2.is_none());
+        let mut left: Vec<_> = std::fs::read_dir(mount.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        left.sort();
+        assert_eq!(
+            left,
+            ["dir-1.body", "link-1.body", "new-1.body", "old-notes.txt"]
+        );
+        assert!(base.join("outside").exists());
+        assert!(mount.sweep(Duration::from_secs(3600)).unwrap().is_empty());
         std::fs::remove_dir_all(base).unwrap();
     }
 

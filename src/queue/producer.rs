@@ -448,7 +448,7 @@ impl QueuedSession {
                 .content_length
                 .is_some_and(|n| n >= inner.config.disk_min);
         if let (true, Some(mount)) = (to_disk, inner.mount.clone()) {
-            let name = format!("{}.body", self.task.id);
+            let name = format!("{}{}", self.task.id, crate::queue::disk::BODY_SUFFIX);
             let file = Arc::new(
                 mount
                     .create_off_thread(&name)
