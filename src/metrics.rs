@@ -124,6 +124,7 @@ pub struct Metrics {
     body_bytes: Histogram,
     connections_open: AtomicI64,
     connections_total: AtomicU64,
+    body_files_left: AtomicU64,
 }
 
 /// The process's metrics.
@@ -142,6 +143,7 @@ impl Metrics {
             body_bytes: Histogram::new(&BYTES),
             connections_open: AtomicI64::new(0),
             connections_total: AtomicU64::new(0),
+            body_files_left: AtomicU64::new(0),
         }
     }
 
@@ -207,6 +209,11 @@ impl Metrics {
         self.connections_open.fetch_sub(1, Ordering::Relaxed);
     }
 
+    /// A body file left behind on the mount was removed (`ORPHAN_AGE`).
+    pub fn body_file_left_removed(&self) {
+        self.body_files_left.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// The Prometheus text exposition of everything in this process.
     pub fn render(&self) -> String {
         let mut out = String::with_capacity(4096);
@@ -257,10 +264,14 @@ impl Metrics {
              # HELP virus_scanner_connections_total ICAP connections accepted.\n# TYPE virus_scanner_connections_total counter\n\
              virus_scanner_connections_total {}\n\
              # HELP virus_scanner_extproc_streams Open Envoy ext_proc streams.\n# TYPE virus_scanner_extproc_streams gauge\n\
-             virus_scanner_extproc_streams {}",
+             virus_scanner_extproc_streams {}\n\
+             # HELP virus_scanner_body_files_left_removed_total Body files left behind on SCAN_MOUNT that a handler removed (ORPHAN_AGE).\n\
+             # TYPE virus_scanner_body_files_left_removed_total counter\n\
+             virus_scanner_body_files_left_removed_total {}",
             self.connections_open.load(Ordering::Relaxed),
             self.connections_total.load(Ordering::Relaxed),
             virus_scanner_grpc::server::open_streams(),
+            self.body_files_left.load(Ordering::Relaxed),
         );
         out
     }

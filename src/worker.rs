@@ -236,11 +236,14 @@ async fn sweep_orphans(mount: ScanMount, age: Duration) {
             Ok(Ok(swept)) => {
                 for (file, old, failed) in swept {
                     match failed {
-                        None => tracing::warn!(
-                            file,
-                            age_s = old.as_secs(),
-                            "removed a body file left behind"
-                        ),
+                        None => {
+                            crate::metrics::METRICS.body_file_left_removed();
+                            tracing::warn!(
+                                file,
+                                age_s = old.as_secs(),
+                                "removed a body file left behind"
+                            );
+                        }
                         Some(e) => {
                             tracing::warn!(file, error = %e, "could not remove a body file left behind")
                         }

@@ -6,8 +6,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use support::{eicar, icap_respmod, ClamdProcess, Service};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use support::{eicar, http_get as get, icap_respmod, ClamdProcess, Service};
 
 /// One BUFFERED upload over ext_proc, as Envoy sends it; true when it was
 /// blocked.
@@ -71,28 +70,6 @@ async fn extproc_upload(port: u16, body: &[u8]) -> bool {
             Some(other) => panic!("{other:?}"),
         }
     }
-}
-
-/// `GET path` on the metrics port: the status and the body.
-async fn get(port: u16, path: &str) -> (u16, String) {
-    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .unwrap();
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
-    let mut raw = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut raw))
-        .await
-        .unwrap()
-        .unwrap();
-    let text = String::from_utf8_lossy(&raw).into_owned();
-    let status = text[9..12].parse().unwrap();
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    (status, body)
 }
 
 /// Parses the exposition with prometheus_client's parser and prints

@@ -692,10 +692,15 @@ async fn a_handler_removes_body_files_left_behind() {
         .unwrap()
         .set_modified(std::time::SystemTime::now() - Duration::from_secs(2 * 3600))
         .unwrap();
+    let metrics = support::free_port().to_string();
     let handler = handler(
         &redis,
         &clamd,
-        &[("SCAN_MOUNT", &mount_path), ("ORPHAN_AGE", "1h")],
+        &[
+            ("SCAN_MOUNT", &mount_path),
+            ("ORPHAN_AGE", "1h"),
+            ("METRICS_PORT", &metrics),
+        ],
     );
     handler
         .wait_log(
@@ -706,6 +711,13 @@ async fn a_handler_removes_body_files_left_behind() {
         .await;
     assert!(!left.exists(), "the old body file is still there");
     assert!(fresh.exists(), "the fresh body file was removed");
+    let port = metrics.parse().unwrap();
+    handler.wait_port(port, Duration::from_secs(20));
+    let (_, text) = support::http_get(port, "/metrics").await;
+    assert!(
+        text.contains("\nvirus_scanner_body_files_left_removed_total 1\n"),
+        "{text}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
