@@ -25,7 +25,7 @@ use redis::Value;
 use tokio::sync::watch;
 
 use crate::model::{Priority, Verdict};
-use crate::queue::disk::ScanMount;
+use crate::queue::disk::{ScanMount, Swept};
 use crate::queue::producer::hostname;
 use crate::queue::task::{now_ms, Provider, Task, TaskResult, WireVerdict, SCHEMA_VERSION};
 use crate::queue::{ensure_groups, Backoff, Keys, RedisConfig, GROUP, VERSION_TTL};
@@ -234,18 +234,18 @@ async fn sweep_orphans(mount: ScanMount, age: Duration) {
         let looked = mount.clone();
         match tokio::task::spawn_blocking(move || looked.sweep(age)).await {
             Ok(Ok(swept)) => {
-                for (file, old, failed) in swept {
+                for Swept { name, age, failed } in swept {
                     match failed {
                         None => {
                             crate::metrics::METRICS.body_file_left_removed();
                             tracing::warn!(
-                                file,
-                                age_s = old.as_secs(),
+                                file = name,
+                                age_s = age.as_secs(),
                                 "removed a body file left behind"
                             );
                         }
                         Some(e) => {
-                            tracing::warn!(file, error = %e, "could not remove a body file left behind")
+                            tracing::warn!(file = name, error = %e, "could not remove a body file left behind")
                         }
                     }
                 }

@@ -7,7 +7,9 @@
 //! component of a fixed alphabet, opened relative to the mount directory
 //! without following symlinks, so a task can reach nothing outside the
 //! mount: no `..`, no absolute path, no symlink out of it, nothing but a
-//! regular file.
+//! regular file. A file whose producer died before it queued the task is
+//! never scanned; the handlers sweep such files away once they are old
+//! (`ORPHAN_AGE`).
 
 use std::fs::File;
 use std::os::fd::OwnedFd;
@@ -19,9 +21,16 @@ use rustix::fs::{AtFlags, FileType, Mode, OFlags};
 /// How a producer's body files end: `<task id>.body`.
 pub const BODY_SUFFIX: &str = ".body";
 
-/// A body file [`ScanMount::sweep`] found too old: its name, how long ago
-/// it was last written, and why it could not be removed, if it could not.
-pub type Swept = (String, Duration, Option<DiskError>);
+/// A body file [`ScanMount::sweep`] found too old.
+#[derive(Debug)]
+pub struct Swept {
+    /// The file's name.
+    pub name: String,
+    /// How long ago it was last written.
+    pub age: Duration,
+    /// Why it could not be removed, if it could not.
+    pub failed: Option<DiskError>,
+}
 
 /// The shared volume.
 #[derive(Debug, Clone)]
@@ -164,7 +173,7 @@ impl ScanMount {
             match age {
                 Some(age) if meta.is_file() && age > older_than => {
                     let failed = self.remove(&name).err();
-                    swept.push((name, age, failed));
+                    swept.push(Swept { name, age, failed });
                 }
                 _ => {}
             }
@@ -288,10 +297,10 @@ mod tests {
         std::fs::create_dir(mount.path().join("dir-1.body")).unwrap();
 
         let swept = mount.sweep(Duration::from_secs(3600)).unwrap();
-        let names: Vec<_> = swept.iter().map(|(n, _, _)| n.as_str()).collect();
+        let names: Vec<_> = swept.iter().map(|s| s.name.as_str()).collect();
         assert_eq!(names, ["old-1.body"]);
-        assert!(swept[0].1 >= Duration::from_secs(2 * 3600 - 60));
-        assert!(swept[0].2.is_none());
+        assert!(swept[0].age >= Duration::from_secs(2 * 3600 - 60));
+        assert!(swept[0].failed.is_none());
         let mut left: Vec<_> = std::fs::read_dir(mount.path())
             .unwrap()
             .map(|e| e.unwrap().file_name().into_string().unwrap())

@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use redis::aio::ConnectionManager;
 use tokio::sync::{oneshot, RwLock};
 
-use super::disk::ScanMount;
+use super::disk::{ScanMount, BODY_SUFFIX};
 use super::task::{now_ms, Provider, Task, TaskResult};
 use super::{ensure_groups, Backoff, Keys, RedisConfig};
 use crate::model::{Priority, ScanRequest, Verdict};
@@ -448,7 +448,7 @@ impl QueuedSession {
                 .content_length
                 .is_some_and(|n| n >= inner.config.disk_min);
         if let (true, Some(mount)) = (to_disk, inner.mount.clone()) {
-            let name = format!("{}{}", self.task.id, crate::queue::disk::BODY_SUFFIX);
+            let name = format!("{}{BODY_SUFFIX}", self.task.id);
             let file = Arc::new(
                 mount
                     .create_off_thread(&name)
