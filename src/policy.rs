@@ -115,6 +115,10 @@ impl FromStr for HostRule {
     }
 }
 
+/// The header a request may choose its lane with, when the configuration
+/// allows it. A constant: looking a header up by a string parses the string.
+pub const PRIORITY_HEADER: http::HeaderName = http::HeaderName::from_static("x-priority");
+
 /// The policy in force.
 #[derive(Debug, Clone)]
 pub struct Policy {

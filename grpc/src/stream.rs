@@ -35,6 +35,11 @@ use crate::{
     StreamedRelease,
 };
 
+/// Where Envoy says the client connected from (its trusted downstream
+/// address), made once: looking a header up by a string parses the string.
+const EXTERNAL_ADDRESS: http::HeaderName =
+    http::HeaderName::from_static("x-envoy-external-address");
+
 /// How long a body message without its end waits for a next one, when
 /// Envoy did not say its body mode, before it is answered as a BUFFERED body.
 const SETTLE: std::time::Duration = std::time::Duration::from_millis(50);
@@ -228,7 +233,7 @@ impl<S: Scanning> ExtProcStream<S> {
                 }
                 if self.exchange.client.is_none() {
                     self.exchange.client = fields
-                        .get("x-envoy-external-address")
+                        .get(EXTERNAL_ADDRESS)
                         .and_then(|v| v.to_str().ok())
                         .and_then(|v| v.trim().parse().ok());
                 }

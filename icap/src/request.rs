@@ -7,7 +7,7 @@
 
 use std::net::IpAddr;
 
-use http::header::{HeaderMap, HeaderValue};
+use http::header::{HeaderMap, HeaderName, HeaderValue};
 use nom::bytes::complete::take_while1;
 use nom::character::complete::char;
 use nom::combinator::rest;
@@ -119,6 +119,11 @@ pub struct Request {
     pub sections: Option<Sections>,
 }
 
+// Names made once: looking a header up by a string parses the string.
+const X_CLIENT_IP: HeaderName = HeaderName::from_static("x-client-ip");
+const X_AUTHENTICATED_USER: HeaderName = HeaderName::from_static("x-authenticated-user");
+const X_CLIENT_USERNAME: HeaderName = HeaderName::from_static("x-client-username");
+
 impl Request {
     /// True when chunks follow the head (a `*-body` section, not `null-body`).
     pub fn has_body(&self) -> bool {
@@ -127,7 +132,7 @@ impl Request {
 
     /// `X-Client-IP`, when present and an address.
     pub fn client_ip(&self) -> Option<IpAddr> {
-        let v = self.headers.get("x-client-ip")?.to_str().ok()?;
+        let v = self.headers.get(X_CLIENT_IP)?.to_str().ok()?;
         v.trim().parse().ok()
     }
 
@@ -135,12 +140,12 @@ impl Request {
     /// `icap_client_username_encode on` form), else `X-Client-Username` (plain,
     /// Squid's default).
     pub fn client_username(&self) -> Option<String> {
-        if let Some(v) = self.headers.get("x-authenticated-user") {
+        if let Some(v) = self.headers.get(X_AUTHENTICATED_USER) {
             if let Some(user) = crate::base64::decode(v.as_bytes()) {
                 return Some(String::from_utf8_lossy(&user).into_owned());
             }
         }
-        let v = self.headers.get("x-client-username")?;
+        let v = self.headers.get(X_CLIENT_USERNAME)?;
         Some(String::from_utf8_lossy(v.as_bytes()).into_owned())
     }
 }

@@ -122,17 +122,20 @@ impl Response {
     /// `res-hdr` and `res-body`, say.
     pub fn with_istag(status: StatusCode, istag: &IsTag, sections: Sections) -> Response {
         let mut response = Response::new(status);
-        response.headers.insert("istag", istag.0.clone());
+        response.headers.insert(ISTAG, istag.0.clone());
         response.sections = Some(sections);
         response
     }
 
     /// The `ISTag`, without its quotes.
     pub fn istag(&self) -> Option<&str> {
-        let v = self.headers.get("istag")?.to_str().ok()?;
+        let v = self.headers.get(ISTAG)?.to_str().ok()?;
         Some(v.trim_matches('"'))
     }
 }
+
+// Made once: inserting by a string parses the string.
+const ISTAG: HeaderName = HeaderName::from_static("istag");
 
 /// An `ISTag`, cleaned and quoted once (see [`istag_value`]). Cheap to
 /// clone: a server keeps one for as long as its tag holds and answers
@@ -342,7 +345,12 @@ pub fn parse_response(buf: &[u8], limits: &Limits) -> Result<Option<(Response, u
 /// `Encapsulated`, then the HTTP heads. A body, if any, follows as chunks.
 pub fn encode_response(res: &Response, out: &mut Vec<u8>) {
     out.extend_from_slice(b"ICAP/1.0 ");
-    out.extend_from_slice(format!("{:03}", res.status.0.min(999)).as_bytes());
+    let code = res.status.0.min(999);
+    out.extend_from_slice(&[
+        b'0' + (code / 100) as u8,
+        b'0' + (code / 10 % 10) as u8,
+        b'0' + (code % 10) as u8,
+    ]);
     out.push(b' ');
     out.extend_from_slice(res.reason.as_bytes());
     out.extend_from_slice(b"\r\n");

@@ -48,7 +48,7 @@ impl Scanning for ExtProcScanning {
         let scan = scan_request(exchange, direction);
         let priority = exchange
             .request_headers
-            .get("x-priority")
+            .get(crate::policy::PRIORITY_HEADER)
             .and_then(|v| v.to_str().ok());
         match self.policy.route(scan.host.as_deref(), priority) {
             Route::Skip => {
@@ -193,7 +193,6 @@ fn scan_request(exchange: &Exchange, envoy: EnvoyDirection) -> ScanRequest {
         method: exchange.method.clone(),
         url: exchange.url(),
         host: exchange.host(),
-        request_headers: Some(exchange.request_headers.clone()),
         response_status: exchange.status,
         declared_length: exchange.declared_length(envoy),
         client_ip: exchange.client,

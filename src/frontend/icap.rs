@@ -33,8 +33,8 @@ use crate::blockpage;
 use crate::config::{IcapConfig, Methods};
 use crate::model::{BlockReason, Decision, Direction, ScanId, ScanRequest, SkipReason, Verdict};
 use crate::pipeline::Pipeline;
-use crate::policy::Route;
 use crate::policy::{Policy, TooLargeAction};
+use crate::policy::{Route, PRIORITY_HEADER};
 
 /// Service names this server answers to: its own, and those of c-icap's
 /// virus_scan, c-icap's srv_clamav and squidclamav, so that an existing
@@ -668,10 +668,11 @@ impl<'c, S: AsyncRead + AsyncWrite + Unpin + Send> Transaction<'c, S> {
             .declared_length
             .is_some_and(|n| n > policy.max_scan_size);
         let priority_header = self
-            .scan
-            .request_headers
+            .req
+            .sections
             .as_ref()
-            .and_then(|h| h.get("x-priority"))
+            .and_then(|s| s.request.as_ref())
+            .and_then(|h| h.headers.get(PRIORITY_HEADER))
             .and_then(|v| v.to_str().ok());
         let route = policy.route(self.scan.host.as_deref(), priority_header);
         if let (Route::Scan(p), true) = (route, service.pipeline.is_queued()) {
@@ -761,7 +762,6 @@ impl<'c, S: AsyncRead + AsyncWrite + Unpin + Send> Transaction<'c, S> {
     /// replace.
     fn travel_light(&mut self, answers_preview: bool) {
         self.req.headers = HeaderMap::new();
-        self.scan.request_headers = None;
         if answers_preview || self.req.allow.no_content {
             if let Some(sections) = self.req.sections.as_mut() {
                 sections.request = None;
@@ -1015,7 +1015,7 @@ fn scan_request(req: &Request) -> ScanRequest {
         Direction::Response
     };
     let host_header = http_req
-        .and_then(|h| h.headers.get("host"))
+        .and_then(|h| h.headers.get(http::header::HOST))
         .and_then(|v| v.to_str().ok());
     let target = http_req.map(|h| h.target.as_str()).unwrap_or("");
     let uri = http_req.and_then(|h| h.uri());
@@ -1030,7 +1030,7 @@ fn scan_request(req: &Request) -> ScanRequest {
     };
     let length_of = |headers: &HeaderMap| {
         headers
-            .get("content-length")
+            .get(http::header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse::<u64>().ok())
     };
@@ -1044,7 +1044,6 @@ fn scan_request(req: &Request) -> ScanRequest {
         method: http_req.map(|h| h.method.clone()),
         url,
         host,
-        request_headers: http_req.map(|h| h.headers.clone()),
         response_status: http_res.map(|h| h.status),
         declared_length,
         client_ip: req.client_ip(),

@@ -275,7 +275,6 @@ mod tests {
             method: None,
             url: "http://example.com/a.zip".into(),
             host: Some("example.com".into()),
-            request_headers: None,
             response_status: None,
             declared_length: Some(42),
             client_ip: Some("10.1.2.3".parse().unwrap()),
