@@ -10,7 +10,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use crate::bench::{cpu_time, measure, size_label, IcapConn, RespmodTemplate, Rounds, Target};
-use crate::config::{ExtProcConfig, IcapConfig, MetricsConfig, ScanConfig};
+use crate::config::{ExtProcConfig, IcapConfig, MetricsConfig, PageConfig, ScanConfig};
 use crate::frontend::extproc::ExtProcScanning;
 use crate::frontend::icap::{run, IcapService};
 use crate::pipeline::Pipeline;
@@ -138,15 +138,18 @@ struct FrontendArgs {
     #[command(flatten)]
     scan: ScanConfig,
     #[command(flatten)]
+    page: PageConfig,
+    #[command(flatten)]
     run: RunArgs,
 }
 
 impl FrontendArgs {
-    fn checks(&self) -> [Result<(), String>; 3] {
+    fn checks(&self) -> [Result<(), String>; 4] {
         [
             self.icap.validate(),
             self.extproc.validate(),
             self.scan.validate(),
+            self.page.validate(),
         ]
     }
 }
@@ -346,8 +349,13 @@ async fn serve_frontends(args: FrontendArgs, pipeline: Pipeline) -> anyhow::Resu
         icap,
         extproc,
         scan,
+        page,
         ..
     } = args;
+    let policy = crate::policy::Policy {
+        pages: page.pages().map_err(anyhow::Error::msg)?,
+        ..scan.policy()
+    };
     let addr = SocketAddr::new(icap.listen_addr, icap.icap_port);
     let listener = tokio::net::TcpListener::bind(addr)
         .await
@@ -372,7 +380,7 @@ async fn serve_frontends(args: FrontendArgs, pipeline: Pipeline) -> anyhow::Resu
     let grace = icap.shutdown_grace;
     let grpc = tokio::spawn(virus_scanner_grpc::serve(
         grpc_listener,
-        ExtProcScanning::new(pipeline.clone(), scan.policy()),
+        ExtProcScanning::new(pipeline.clone(), policy.clone()),
         extproc.settings(),
         server,
         stopped(stop_rx.clone()),
@@ -390,7 +398,7 @@ async fn serve_frontends(args: FrontendArgs, pipeline: Pipeline) -> anyhow::Resu
             Some((listener, tls))
         }
     };
-    let service = Arc::new(IcapService::new(icap, pipeline, scan.policy()));
+    let service = Arc::new(IcapService::new(icap, pipeline, policy));
     let icaps = icaps.map(|(listener, tls)| {
         let (service, stop) = (service.clone(), stopped(stop_rx.clone()));
         tokio::spawn(async move {
@@ -644,5 +652,27 @@ mod tests {
     fn every_command_line_is_well_formed() {
         use clap::CommandFactory;
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn the_readme_lists_every_setting() {
+        use clap::CommandFactory;
+        let readme =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+        let command = Cli::command();
+        let mut missing = Vec::new();
+        for sub in command.get_subcommands() {
+            for arg in sub.get_arguments() {
+                let Some(env) = arg.get_env() else { continue };
+                let env = env.to_string_lossy();
+                if !readme.contains(&format!("| `{env}` |")) {
+                    missing.push(format!("{} {env}", sub.get_name()));
+                }
+            }
+        }
+        assert!(
+            missing.is_empty(),
+            "not in the README's settings tables: {missing:?}"
+        );
     }
 }

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use clap::Args;
 
+use crate::blockpage::BlockPages;
 use crate::model::Priority;
 use crate::policy::{FailureMode, HostPattern, HostRule, Policy, Route, TooLargeAction};
 use crate::scan::clamd::{ClamdAddr, ClamdOptions};
@@ -196,6 +197,7 @@ impl ScanConfig {
             failure_mode: self.fail_mode,
             too_large: self.too_large,
             max_scan_size: self.max_scan_size,
+            pages: Default::default(),
         }
     }
 
@@ -325,6 +327,32 @@ impl IcapConfig {
             key: self.icaps_key.clone(),
             client_ca: (!self.icaps_client_ca.is_empty()).then(|| self.icaps_client_ca.clone()),
         })
+    }
+}
+
+/// What the frontends answer a blocked message with.
+#[derive(Debug, Clone, Args)]
+pub struct PageConfig {
+    /// An HTML file shown instead of the built-in block page, with the
+    /// fields {{title}}, {{message}}, {{reason}}, {{signatures}}, {{url}}
+    /// and {{reference}} filled in (escaped for HTML). Read at start. Empty:
+    /// the built-in page.
+    #[arg(long, env = "BLOCK_PAGE", default_value = "")]
+    pub block_page: String,
+}
+
+impl PageConfig {
+    /// The block pages: the file's, or the built-in one.
+    pub fn pages(&self) -> Result<BlockPages, String> {
+        if self.block_page.is_empty() {
+            return Ok(BlockPages::default());
+        }
+        BlockPages::from_file(std::path::Path::new(&self.block_page))
+    }
+
+    /// Checks that the file can be read and its fields are known.
+    pub fn validate(&self) -> Result<(), String> {
+        self.pages().map(drop)
     }
 }
 

@@ -24,7 +24,8 @@
 //! - [`frontend::extproc`]: the Envoy ext_proc frontend's service side: the
 //!   `grpc/` crate (`virus_scanner_grpc`) speaks ext_proc and asks this
 //!   module to start scans and turn verdicts into Envoy's answers.
-//! - [`blockpage`]: the page users see instead of a blocked message.
+//! - [`blockpage`]: the page users see instead of a blocked message, built in
+//!   or the operator's own.
 //! - [`config`]: every setting, as flags and environment variables.
 //! - [`error`]: scan errors, with their origin and retryability.
 //! - [`telemetry`]: logging, one audit line per verdict.

@@ -135,6 +135,8 @@ pub struct Policy {
     pub too_large: TooLargeAction,
     /// The scan limit, in bytes.
     pub max_scan_size: u64,
+    /// The HTML page a blocked message is answered with.
+    pub pages: crate::blockpage::BlockPages,
 }
 
 impl Policy {
@@ -215,6 +217,7 @@ mod tests {
             failure_mode: FailureMode::Closed,
             too_large: TooLargeAction::Block,
             max_scan_size: 10,
+            pages: Default::default(),
         };
         let err = Verdict::Error {
             kind: "connect",
@@ -264,6 +267,7 @@ mod tests {
             failure_mode: FailureMode::Closed,
             too_large: TooLargeAction::Block,
             max_scan_size: 10,
+            pages: Default::default(),
         };
         assert_eq!(p.route(Some("updates.example.com"), None), Route::Skip);
         assert_eq!(

@@ -9,7 +9,7 @@ use virus_scanner_grpc::{
     Begin, Direction as EnvoyDirection, Exchange, Headers, Outcome, Scan, Scanning,
 };
 
-use crate::blockpage;
+use crate::blockpage::{self, BlockPages};
 use crate::model::{BlockReason, Decision, Direction, ScanId, ScanRequest, SkipReason, Verdict};
 use crate::pipeline::{Pipeline, Session};
 use crate::policy::{Policy, Route};
@@ -104,13 +104,26 @@ impl Scan for ExtProcScan {
             bytes,
             self.lane,
         );
-        outcome(&self.scan, &verdict, &decision, self.json)
+        outcome(
+            &self.scan,
+            &verdict,
+            &decision,
+            self.json,
+            &self.policy.pages,
+        )
     }
 }
 
 /// What Envoy is told for a decision: the one place where the model meets
-/// ext_proc's answers.
-fn outcome(scan: &ScanRequest, verdict: &Verdict, decision: &Decision, json: bool) -> Outcome {
+/// ext_proc's answers. A block is a JSON body when `json`, else the HTML
+/// page of `pages`.
+fn outcome(
+    scan: &ScanRequest,
+    verdict: &Verdict,
+    decision: &Decision,
+    json: bool,
+    pages: &BlockPages,
+) -> Outcome {
     let reason = match decision {
         Decision::Allow { unscanned: None } => {
             return Outcome::Allow {
@@ -136,7 +149,7 @@ fn outcome(scan: &ScanRequest, verdict: &Verdict, decision: &Decision, json: boo
         )
     } else {
         (
-            blockpage::render(reason, &scan.url, &scan.id),
+            pages.html(reason, &scan.url, &scan.id),
             "text/html; charset=utf-8",
         )
     };
@@ -241,7 +254,7 @@ mod tests {
             headers,
             body,
             ..
-        } = outcome(&scan, &verdict, &decision, true)
+        } = outcome(&scan, &verdict, &decision, true, &BlockPages::default())
         else {
             panic!("not a block");
         };
@@ -269,9 +282,27 @@ mod tests {
             &failed,
             &Decision::Block(BlockReason::ScannerUnavailable),
             false,
+            &BlockPages::default(),
         ) else {
             panic!("not a block");
         };
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        // An operator's page (BLOCK_PAGE) for clients that want HTML; JSON
+        // stays JSON.
+        let own: BlockPages = blockpage::Template::parse("<p>{{reason}}: {{signatures}}</p>")
+            .unwrap()
+            .into();
+        let Outcome::Block { status, body, .. } = outcome(&scan, &verdict, &decision, false, &own)
+        else {
+            panic!("not a block");
+        };
+        assert_eq!(status, StatusCode::FORBIDDEN);
+        assert_eq!(body, b"<p>infected: Eicar-Test-Signature</p>");
+        let Outcome::Block { body, .. } = outcome(&scan, &verdict, &decision, true, &own) else {
+            panic!("not a block");
+        };
+        assert!(String::from_utf8(body)
+            .unwrap()
+            .contains("\"reason\":\"infected\""));
     }
 }

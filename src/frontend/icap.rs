@@ -29,7 +29,6 @@ use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 use tokio::time::timeout;
 
-use crate::blockpage;
 use crate::config::{IcapConfig, Methods};
 use crate::model::{BlockReason, Decision, Direction, ScanId, ScanRequest, SkipReason, Verdict};
 use crate::pipeline::Pipeline;
@@ -930,7 +929,11 @@ impl<'c, S: AsyncRead + AsyncWrite + Unpin + Send> Transaction<'c, S> {
 
     /// A `200` whose encapsulated HTTP response is the block page.
     fn block_response(&self, reason: &BlockReason, istag: &IsTag) -> (Response, String) {
-        let page = blockpage::render(reason, &self.scan.url, &self.scan.id);
+        let page = self
+            .service()
+            .policy
+            .pages
+            .html(reason, &self.scan.url, &self.scan.id);
         let mut headers = HeaderMap::new();
         headers.insert(
             "content-type",

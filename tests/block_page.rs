@@ -1,0 +1,110 @@
+//! A block page of the operator's own (`BLOCK_PAGE`), through the real
+//! binary: c-icap-client gets it for an EICAR download, and a page with a
+//! mistake stops the server at start with the setting named.
+
+mod support;
+
+use std::process::Command;
+use std::time::Duration;
+
+use support::{
+    c_icap_text, eicar, project_dir, write_file, ClamdProcess, Service, TempDir, EICAR_NAME,
+};
+
+const BIN: &str = env!("CARGO_BIN_EXE_virus-scanner");
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_infected_download_gets_the_operators_page() {
+    let clamd = ClamdProcess::start();
+    let example = project_dir().join("docs/examples/block-page.html");
+    let port = support::free_port();
+    let server = Service::start_with(
+        BIN,
+        &["all"],
+        &[
+            ("CLAMD_URL", clamd.tcp_url()),
+            ("ICAP_PORT", port.to_string()),
+            ("BLOCK_PAGE", example.display().to_string()),
+        ],
+    );
+    server.wait_port(port, Duration::from_secs(20));
+    let dir = TempDir::new("blockpage");
+    let infected = write_file(&dir, "eicar.com", &eicar());
+    let page_file = dir.path().join("page.html").display().to_string();
+    let t = c_icap_text(
+        port,
+        &[
+            "-s",
+            "avscan",
+            "-v",
+            "-f",
+            &infected,
+            "-o",
+            &page_file,
+            "-resp",
+            "http://origin.test/files/eicar.com?a=1&b=2",
+        ],
+    )
+    .await;
+    assert!(t.contains("HTTP/1.1 403 Forbidden"), "{t}");
+    assert!(t.contains(&format!("X-Virus-ID: {EICAR_NAME}")), "{t}");
+    let page = std::fs::read_to_string(&page_file).unwrap();
+    // The example's own words, with every field filled in and escaped.
+    assert!(page.contains("Example Corp help desk"), "{page}");
+    assert!(page.contains("<body class=\"reason-infected\">"), "{page}");
+    assert!(page.contains(&format!("<b>{EICAR_NAME}</b>")), "{page}");
+    assert!(
+        page.contains("<code>http://origin.test/files/eicar.com?a=1&amp;b=2</code>"),
+        "{page}"
+    );
+    assert!(!page.contains("{{"), "{page}");
+    // The reference on the page is the one in the answer's header.
+    let reference = t
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("X-Virus-Scanner-Reference: "))
+        .unwrap_or_else(|| panic!("no reference header: {t}"));
+    assert!(
+        page.contains(&format!("<code>{}</code>", reference.trim())),
+        "{page}"
+    );
+    // The Content-Length the page went out with is its length.
+    let length = t
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Content-Length: "))
+        .unwrap_or_else(|| panic!("no Content-Length: {t}"));
+    assert_eq!(length.trim().parse::<usize>().unwrap(), page.len());
+}
+
+#[test]
+fn a_page_with_a_mistake_stops_the_start() {
+    let dir = TempDir::new("blockpage-bad");
+    let typo = write_file(&dir, "typo.html", b"<p>Found: {{virus}}</p>");
+    let missing = dir.path().join("missing.html").display().to_string();
+    for (page, said) in [
+        (typo.as_str(), "unknown field {{virus}}"),
+        (missing.as_str(), "missing.html"),
+    ] {
+        let out = Command::new(BIN)
+            .args(["all", "--check-config"])
+            .env("BLOCK_PAGE", page)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(64), "{page}: {err}");
+        assert!(err.contains("BLOCK_PAGE") && err.contains(said), "{err}");
+    }
+    // The shipped example passes, for the producer too.
+    let example = project_dir().join("docs/examples/block-page.html");
+    for command in ["all", "producer"] {
+        let out = Command::new(BIN)
+            .args([command, "--check-config"])
+            .env("BLOCK_PAGE", &example)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{command}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
