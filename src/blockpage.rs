@@ -6,7 +6,7 @@
 //! (`BLOCK_PAGE`, a [`Template`]); the JSON answer for API clients stays.
 
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use http::StatusCode;
 
@@ -104,33 +104,49 @@ pub fn render(reason: &BlockReason, url: &str, id: &ScanId) -> BlockPage {
 }
 
 /// The HTML block pages in force: the built-in one, or the operator's own
-/// (`BLOCK_PAGE`). Cheap to clone.
+/// (`BLOCK_PAGE`), which [`BlockPages::reload`] reads again. Cheap to
+/// clone; clones share the page.
 #[derive(Debug, Clone, Default)]
 pub struct BlockPages {
-    template: Option<Arc<Template>>,
+    /// The operator's file, when there is one.
+    path: Option<Arc<Path>>,
+    template: Arc<RwLock<Option<Arc<Template>>>>,
 }
 
 impl BlockPages {
     /// The operator's page, read from `path` (see [`Template::parse`]).
     pub fn from_file(path: &Path) -> Result<BlockPages, String> {
-        let shown = path.display();
-        let bytes = std::fs::read(path).map_err(|e| format!("BLOCK_PAGE {shown}: {e}"))?;
-        if bytes.len() > MAX_TEMPLATE {
-            return Err(format!(
-                "BLOCK_PAGE {shown}: {} bytes; a block page may have at most {}",
-                bytes.len(),
-                human_size(MAX_TEMPLATE as u64)
-            ));
-        }
-        let text =
-            String::from_utf8(bytes).map_err(|_| format!("BLOCK_PAGE {shown}: not UTF-8"))?;
-        let template = Template::parse(&text).map_err(|e| format!("BLOCK_PAGE {shown}: {e}"))?;
-        Ok(template.into())
+        let template = read_template(path)?;
+        Ok(BlockPages {
+            path: Some(path.into()),
+            template: Arc::new(RwLock::new(Some(Arc::new(template)))),
+        })
+    }
+
+    /// Reads the operator's file again. On an error the page in force
+    /// stays. Without a file of the operator's, nothing to do.
+    pub fn reload(&self) -> Result<(), String> {
+        let Some(path) = &self.path else {
+            return Ok(());
+        };
+        let template = read_template(path)?;
+        *self.template.write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(template));
+        Ok(())
+    }
+
+    /// Whether an operator's file is in force.
+    pub fn is_custom(&self) -> bool {
+        self.path.is_some()
     }
 
     /// The HTML page for a blocked message.
     pub fn html(&self, reason: &BlockReason, url: &str, id: &ScanId) -> BlockPage {
-        match &self.template {
+        let template = self
+            .template
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        match template {
             None => render(reason, url, id),
             Some(template) => {
                 let facts = facts(reason);
@@ -143,10 +159,26 @@ impl BlockPages {
     }
 }
 
+fn read_template(path: &Path) -> Result<Template, String> {
+    let shown = path.display();
+    let bytes = std::fs::read(path).map_err(|e| format!("BLOCK_PAGE {shown}: {e}"))?;
+    if bytes.len() > MAX_TEMPLATE {
+        return Err(format!(
+            "BLOCK_PAGE {shown}: {} bytes; a block page may have at most {}",
+            bytes.len(),
+            human_size(MAX_TEMPLATE as u64)
+        ));
+    }
+    let text = String::from_utf8(bytes).map_err(|_| format!("BLOCK_PAGE {shown}: not UTF-8"))?;
+    Template::parse(&text).map_err(|e| format!("BLOCK_PAGE {shown}: {e}"))
+}
+
 impl From<Template> for BlockPages {
+    /// A page given whole, not read from a file (so never reloaded).
     fn from(template: Template) -> Self {
         BlockPages {
-            template: Some(Arc::new(template)),
+            path: None,
+            template: Arc::new(RwLock::new(Some(Arc::new(template)))),
         }
     }
 }
@@ -425,9 +457,7 @@ mod tests {
              <b>{{signatures}}</b> <code>{{url}}</code> {{reference}} {{url}}",
         )
         .unwrap();
-        let pages = BlockPages {
-            template: Some(Arc::new(template)),
-        };
+        let pages = BlockPages::from(template);
         let reason =
             BlockReason::Infected(vec!["Eicar-Test-Signature.UNOFFICIAL".into(), "<b>".into()]);
         let page = pages.html(&reason, "http://x/<script>\"", &id);
@@ -473,9 +503,7 @@ mod tests {
         assert_eq!(e, "a {{ at byte 17 has no }}");
         // Single braces and a lone closing pair are text.
         let t = Template::parse("a{b}c}}d").unwrap();
-        let page = BlockPages {
-            template: Some(Arc::new(t)),
-        };
+        let page = BlockPages::from(t);
         assert_eq!(
             page.html(&BlockReason::ScannerUnavailable, "u", &ScanId::next())
                 .html,
@@ -510,6 +538,27 @@ mod tests {
             e.contains("typo.html") && e.contains("unknown field {{URL}}"),
             "{e}"
         );
+        // Read again on demand (SIGHUP); a page gone wrong leaves the last
+        // good one in force.
+        let own = dir.join("own.html");
+        std::fs::write(&own, "first {{reason}}").unwrap();
+        let pages = BlockPages::from_file(&own).unwrap();
+        let shared = pages.clone();
+        let show = |p: &BlockPages| {
+            p.html(&BlockReason::ScannerUnavailable, "u", &ScanId::next())
+                .html
+        };
+        assert_eq!(show(&shared), "first scanner-unavailable");
+        std::fs::write(&own, "second {{reason}}").unwrap();
+        pages.reload().unwrap();
+        assert_eq!(show(&shared), "second scanner-unavailable");
+        std::fs::write(&own, "third {{resaon}}").unwrap();
+        assert!(pages
+            .reload()
+            .unwrap_err()
+            .contains("unknown field {{resaon}}"));
+        assert_eq!(show(&shared), "second scanner-unavailable");
+        assert!(BlockPages::default().reload().is_ok());
         std::fs::remove_dir_all(&dir).unwrap();
         // The example the README points to.
         let example =

@@ -356,6 +356,13 @@ async fn serve_frontends(args: FrontendArgs, pipeline: Pipeline) -> anyhow::Resu
         pages: page.pages().map_err(anyhow::Error::msg)?,
         ..scan.policy()
     };
+    if policy.pages.is_custom() {
+        // Listening before the ports open: a SIGHUP from then on reloads
+        // the page rather than ending the process.
+        let hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            .context("cannot listen for SIGHUP")?;
+        tokio::spawn(reload_page_on_sighup(hup, policy.pages.clone()));
+    }
     let addr = SocketAddr::new(icap.listen_addr, icap.icap_port);
     let listener = tokio::net::TcpListener::bind(addr)
         .await
@@ -600,6 +607,21 @@ async fn reload_on_sighup(tls: crate::tls::Reloadable) {
             Ok(()) => tracing::info!("SIGHUP: ICAPS certificate reloaded"),
             Err(e) => {
                 tracing::error!(error = %e, "SIGHUP: ICAPS certificate not reloaded; the old one stays")
+            }
+        }
+    }
+}
+
+/// Reads the operator's block page (BLOCK_PAGE) again on each SIGHUP.
+async fn reload_page_on_sighup(
+    mut hup: tokio::signal::unix::Signal,
+    pages: crate::blockpage::BlockPages,
+) {
+    while hup.recv().await.is_some() {
+        match pages.reload() {
+            Ok(()) => tracing::info!("SIGHUP: block page reloaded"),
+            Err(e) => {
+                tracing::error!(error = %e, "SIGHUP: block page not reloaded; the old one stays")
             }
         }
     }

@@ -335,8 +335,8 @@ impl IcapConfig {
 pub struct PageConfig {
     /// An HTML file shown instead of the built-in block page, with the
     /// fields {{title}}, {{message}}, {{reason}}, {{signatures}}, {{url}}
-    /// and {{reference}} filled in (escaped for HTML). Read at start. Empty:
-    /// the built-in page.
+    /// and {{reference}} filled in (escaped for HTML). Read at start and on
+    /// SIGHUP. Empty: the built-in page.
     #[arg(long, env = "BLOCK_PAGE", default_value = "")]
     pub block_page: String,
 }

@@ -4,6 +4,7 @@
 
 mod support;
 
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
@@ -13,42 +14,45 @@ use support::{
 
 const BIN: &str = env!("CARGO_BIN_EXE_virus-scanner");
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_infected_download_gets_the_operators_page() {
-    let clamd = ClamdProcess::start();
-    let example = project_dir().join("docs/examples/block-page.html");
-    let port = support::free_port();
+/// Sends EICAR to the server on `port` with c-icap-client as a download
+/// of `url`; returns what c-icap-client printed and the page it got.
+async fn download_eicar(port: u16, dir: &TempDir, url: &str) -> (String, String) {
+    let infected = write_file(dir, "eicar.com", &eicar());
+    let page_file = dir.path().join("page.html").display().to_string();
+    let _ = std::fs::remove_file(&page_file);
+    let args = [
+        "-s", "avscan", "-v", "-f", &infected, "-o", &page_file, "-resp", url,
+    ];
+    let printed = c_icap_text(port, &args).await;
+    let page = std::fs::read_to_string(&page_file).unwrap_or_default();
+    (printed, page)
+}
+
+/// `virus-scanner all` on `port` with BLOCK_PAGE set to `page`.
+fn start_with_page(clamd: &ClamdProcess, port: u16, page: &Path) -> Service {
     let server = Service::start_with(
         BIN,
         &["all"],
         &[
             ("CLAMD_URL", clamd.tcp_url()),
             ("ICAP_PORT", port.to_string()),
-            ("BLOCK_PAGE", example.display().to_string()),
+            ("BLOCK_PAGE", page.display().to_string()),
         ],
     );
     server.wait_port(port, Duration::from_secs(20));
+    server
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_infected_download_gets_the_operators_page() {
+    let clamd = ClamdProcess::start();
+    let example = project_dir().join("docs/examples/block-page.html");
+    let port = support::free_port();
+    let _server = start_with_page(&clamd, port, &example);
     let dir = TempDir::new("blockpage");
-    let infected = write_file(&dir, "eicar.com", &eicar());
-    let page_file = dir.path().join("page.html").display().to_string();
-    let t = c_icap_text(
-        port,
-        &[
-            "-s",
-            "avscan",
-            "-v",
-            "-f",
-            &infected,
-            "-o",
-            &page_file,
-            "-resp",
-            "http://origin.test/files/eicar.com?a=1&b=2",
-        ],
-    )
-    .await;
+    let (t, page) = download_eicar(port, &dir, "http://origin.test/files/eicar.com?a=1&b=2").await;
     assert!(t.contains("HTTP/1.1 403 Forbidden"), "{t}");
     assert!(t.contains(&format!("X-Virus-ID: {EICAR_NAME}")), "{t}");
-    let page = std::fs::read_to_string(&page_file).unwrap();
     // The example's own words, with every field filled in and escaped.
     assert!(page.contains("Example Corp help desk"), "{page}");
     assert!(page.contains("<body class=\"reason-infected\">"), "{page}");
@@ -73,6 +77,53 @@ async fn an_infected_download_gets_the_operators_page() {
         .find_map(|l| l.trim().strip_prefix("Content-Length: "))
         .unwrap_or_else(|| panic!("no Content-Length: {t}"));
     assert_eq!(length.trim().parse::<usize>().unwrap(), page.len());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_page_is_read_again_on_sighup() {
+    let clamd = ClamdProcess::start();
+    let dir = TempDir::new("blockpage-hup");
+    let file = dir.path().join("page.tmpl");
+    std::fs::write(&file, "<p>first: {{signatures}}</p>").unwrap();
+    let port = support::free_port();
+    let server = start_with_page(&clamd, port, &file);
+    let url = "http://origin.test/eicar.com";
+    assert_eq!(
+        download_eicar(port, &dir, url).await.1,
+        format!("<p>first: {EICAR_NAME}</p>")
+    );
+    let hup = || {
+        let pid = server.pid().to_string();
+        assert!(Command::new("kill")
+            .args(["-HUP", &pid])
+            .status()
+            .unwrap()
+            .success());
+    };
+    std::fs::write(&file, "<p>second: {{signatures}}</p>").unwrap();
+    hup();
+    server
+        .wait_log("SIGHUP: block page reloaded", 1, Duration::from_secs(10))
+        .await;
+    assert_eq!(
+        download_eicar(port, &dir, url).await.1,
+        format!("<p>second: {EICAR_NAME}</p>")
+    );
+    // A page gone wrong is refused and the last good one stays.
+    std::fs::write(&file, "<p>third: {{signature}}</p>").unwrap();
+    hup();
+    server
+        .wait_log("block page not reloaded", 1, Duration::from_secs(10))
+        .await;
+    assert!(
+        server.log().contains("unknown field {{signature}}"),
+        "{}",
+        server.log()
+    );
+    assert_eq!(
+        download_eicar(port, &dir, url).await.1,
+        format!("<p>second: {EICAR_NAME}</p>")
+    );
 }
 
 #[test]
