@@ -365,6 +365,12 @@ fn helm_chart_matches_the_code() {
             "{port}"
         );
     }
+    // producer.blockPageConfigMap: the operator's block page, mounted from a
+    // ConfigMap at the path BLOCK_PAGE names; empty (built-in) by default.
+    assert_eq!(values["producer"]["blockPageConfigMap"], "");
+    assert!(producer.contains("value: /etc/virus-scanner/block-page/block-page.html"));
+    assert!(producer.contains("mountPath: /etc/virus-scanner/block-page\n"));
+    assert!(producer.contains("name: {{ .Values.producer.blockPageConfigMap }}"));
     let handler = read("charts/virus-scanner/templates/handler.yaml");
     assert!(
         handler.contains("value: tcp://127.0.0.1:3310") && handler.contains("containerPort: 3310")
