@@ -11,7 +11,7 @@ use clap::Args;
 
 use crate::blockpage::BlockPages;
 use crate::model::Priority;
-use crate::policy::{FailureMode, HostPattern, HostRule, Policy, Route, TooLargeAction};
+use crate::policy::{ClientNet, FailureMode, HostPattern, HostRule, Policy, Route, TooLargeAction};
 use crate::scan::clamd::{ClamdAddr, ClamdOptions};
 
 /// Parses `25M`, `32K`, `1G` or a plain byte count (binary units).
@@ -59,23 +59,29 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     })
 }
 
-fn parse_hosts(s: &str) -> Result<HostList, String> {
-    let hosts = s
-        .split(',')
-        .filter(|h| !h.trim().is_empty())
+/// A comma-separated list; empty items (a trailing comma, say) are skipped.
+fn parse_list<T: std::str::FromStr<Err = String>>(s: &str) -> Result<Vec<T>, String> {
+    s.split(',')
+        .filter(|item| !item.trim().is_empty())
         .map(str::parse)
-        .collect::<Result<Vec<HostPattern>, _>>()?;
-    Ok(HostList(hosts))
+        .collect()
+}
+
+fn parse_hosts(s: &str) -> Result<HostList, String> {
+    parse_list(s).map(HostList)
+}
+
+fn parse_clients(s: &str) -> Result<ClientList, String> {
+    parse_list(s).map(ClientList)
 }
 
 fn parse_rules(s: &str) -> Result<RuleList, String> {
-    let rules = s
-        .split(',')
-        .filter(|r| !r.trim().is_empty())
-        .map(str::parse)
-        .collect::<Result<Vec<HostRule>, _>>()?;
-    Ok(RuleList(rules))
+    parse_list(s).map(RuleList)
 }
+
+/// A comma-separated list of client addresses and networks.
+#[derive(Debug, Clone, Default)]
+pub struct ClientList(pub Vec<ClientNet>);
 
 /// A comma-separated list of host rules.
 #[derive(Debug, Clone, Default)]
@@ -150,6 +156,13 @@ pub struct ScanConfig {
     #[arg(long, env = "TRUSTED_HOSTS", default_value = "", value_parser = parse_hosts)]
     pub trusted_hosts: HostList,
 
+    /// Clients whose messages are not scanned, comma-separated addresses or
+    /// networks (10.0.0.5, 10.1.0.0/16, fd00::/8): the address Squid sends
+    /// in X-Client-IP (icap_send_client_ip on), or Envoy's source.address
+    /// attribute. Logged and counted as not scanned (trusted-client).
+    #[arg(long, env = "TRUSTED_CLIENTS", default_value = "", value_parser = parse_clients)]
+    pub trusted_clients: ClientList,
+
     /// Host rules, comma-separated, tried in order after TRUSTED_HOSTS:
     /// `pattern=skip|low|normal|high`, where pattern is an exact name or
     /// .suffix. `skip` is the same as a trusted host; the others pick the
@@ -197,6 +210,7 @@ impl ScanConfig {
             failure_mode: self.fail_mode,
             too_large: self.too_large,
             max_scan_size: self.max_scan_size,
+            trusted_clients: self.trusted_clients.0.clone(),
             pages: Default::default(),
         }
     }

@@ -117,6 +117,7 @@ impl<const N: usize> Family<N> {
 pub struct Metrics {
     requests: Family<3>,
     verdicts: Family<2>,
+    not_scanned: Family<2>,
     scan_errors: Family<1>,
     failure_mode: Family<1>,
     icap_requests: Family<1>,
@@ -136,6 +137,7 @@ impl Metrics {
         Metrics {
             requests: Family::new(),
             verdicts: Family::new(),
+            not_scanned: Family::new(),
             scan_errors: Family::new(),
             failure_mode: Family::new(),
             icap_requests: Family::new(),
@@ -163,6 +165,9 @@ impl Metrics {
         };
         self.requests.inc([frontend, direction, action]);
         self.verdict("frontend", verdict);
+        if let Some(reason) = decision.unscanned(verdict) {
+            self.not_scanned.inc([frontend, reason.as_str()]);
+        }
         if !matches!(verdict, Verdict::NotScanned(_)) {
             self.scan_seconds.observe(elapsed.as_secs_f64());
         }
@@ -228,6 +233,12 @@ impl Metrics {
             "virus_scanner_verdicts_total",
             "Verdicts, by where they were reached and result (clean, infected, too-large, not-scanned, error).",
             ["source", "result"],
+        );
+        self.not_scanned.render(
+            &mut out,
+            "virus_scanner_not_scanned_total",
+            "Messages let through without a clean scan, by frontend and reason (trusted, trusted-client, no-body, too-large, scanner-failed).",
+            ["frontend", "reason"],
         );
         self.scan_errors.render(
             &mut out,

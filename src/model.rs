@@ -158,6 +158,8 @@ impl std::str::FromStr for Priority {
 pub enum SkipReason {
     /// The host is on the trusted list.
     Trusted,
+    /// The client is on the trusted list (`TRUSTED_CLIENTS`).
+    TrustedClient,
     /// The message has no body.
     NoBody,
     /// The body is larger than the scan limit, and policy lets it through.
@@ -171,6 +173,7 @@ impl SkipReason {
     pub fn as_str(self) -> &'static str {
         match self {
             SkipReason::Trusted => "trusted",
+            SkipReason::TrustedClient => "trusted-client",
             SkipReason::NoBody => "no-body",
             SkipReason::TooLarge => "too-large",
             SkipReason::ScannerFailed => "scanner-failed",
@@ -245,6 +248,19 @@ pub enum Decision {
     },
     /// Replace the message with a block page.
     Block(BlockReason),
+}
+
+impl Decision {
+    /// Why a message was let through without a clean scan, if it was: a
+    /// skip the verdict says (a trusted host, no body), or one the decision
+    /// made (too large, the scanner failed with the failure mode open).
+    pub fn unscanned(&self, verdict: &Verdict) -> Option<SkipReason> {
+        match (verdict, self) {
+            (Verdict::NotScanned(reason), _) => Some(*reason),
+            (_, Decision::Allow { unscanned }) => *unscanned,
+            (_, Decision::Block(_)) => None,
+        }
+    }
 }
 
 #[cfg(test)]

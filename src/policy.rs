@@ -2,10 +2,12 @@
 //! for the user.
 //!
 //! Host rules send a message to a priority lane or let it skip the scan
-//! (trusted hosts are skip rules); the first rule that matches wins. An oversized body is blocked unless policy
+//! (trusted hosts are skip rules); the first rule that matches wins. Trusted
+//! clients, by the address the proxy reports, skip it too. An oversized body is blocked unless policy
 //! lets it through (marked). A scanner failure follows the failure mode:
 //! closed by default, so nothing passes unscanned in silence.
 
+use std::net::IpAddr;
 use std::str::FromStr;
 
 use crate::model::{BlockReason, Decision, Priority, SkipReason, Verdict};
@@ -64,6 +66,71 @@ impl HostPattern {
             HostPattern::Suffix(s) => {
                 host == s
                     || (host.ends_with(s.as_str()) && host[..host.len() - s.len()].ends_with('.'))
+            }
+        }
+    }
+}
+
+/// A client address or network: `10.0.0.5`, `10.1.0.0/16`, `fd00::/8`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientNet {
+    addr: IpAddr,
+    prefix: u8,
+}
+
+impl FromStr for ClientNet {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let s = s.trim();
+        let bad = || format!("{s:?} is not an IP address or address/prefix");
+        let (addr, prefix) = match s.split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (s, None),
+        };
+        let addr: IpAddr = addr.parse().map_err(|_| bad())?;
+        let addr = addr.to_canonical();
+        let bits = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            None => bits,
+            Some(p) => p
+                .parse::<u8>()
+                .ok()
+                .filter(|p| *p <= bits)
+                .ok_or_else(bad)?,
+        };
+        let net = ClientNet { addr, prefix };
+        if net.masked(addr) != addr {
+            return Err(format!(
+                "{s:?} has bits set past its /{prefix}: write the network's first address"
+            ));
+        }
+        Ok(net)
+    }
+}
+
+impl ClientNet {
+    /// Whether `client` is this address or in this network. IPv4 addresses
+    /// written as IPv6 (`::ffff:10.0.0.1`) count as IPv4.
+    pub fn contains(&self, client: IpAddr) -> bool {
+        let client = client.to_canonical();
+        client.is_ipv4() == self.addr.is_ipv4() && self.masked(client) == self.addr
+    }
+
+    /// `addr` with the bits past the prefix cleared.
+    fn masked(&self, addr: IpAddr) -> IpAddr {
+        match addr {
+            IpAddr::V4(a) => {
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                IpAddr::V4((u32::from(a) & mask).into())
+            }
+            IpAddr::V6(a) => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                IpAddr::V6((u128::from(a) & mask).into())
             }
         }
     }
@@ -135,6 +202,9 @@ pub struct Policy {
     pub too_large: TooLargeAction,
     /// The scan limit, in bytes.
     pub max_scan_size: u64,
+    /// Clients whose messages are not scanned (their address as the proxy
+    /// reports it).
+    pub trusted_clients: Vec<ClientNet>,
     /// The HTML page a blocked message is answered with.
     pub pages: crate::blockpage::BlockPages,
 }
@@ -159,6 +229,27 @@ impl Policy {
         }
     }
 
+    /// Where a message goes: scanned in a lane (see [`Policy::route`]), or
+    /// not scanned and why. A trusted host is tried first, then a trusted
+    /// client; `client` is the address the proxy reported, and only one it
+    /// vouches for (not one a client could have written itself).
+    pub fn triage(
+        &self,
+        host: Option<&str>,
+        client: Option<IpAddr>,
+        header: Option<&str>,
+    ) -> Result<Priority, SkipReason> {
+        match self.route(host, header) {
+            Route::Skip => Err(SkipReason::Trusted),
+            Route::Scan(_)
+                if client.is_some_and(|c| self.trusted_clients.iter().any(|n| n.contains(c))) =>
+            {
+                Err(SkipReason::TrustedClient)
+            }
+            Route::Scan(priority) => Ok(priority),
+        }
+    }
+
     /// Whether a message to `host` skips the scan.
     pub fn is_trusted(&self, host: Option<&str>) -> bool {
         self.route(host, None) == Route::Skip
@@ -171,9 +262,9 @@ impl Policy {
             Verdict::Infected { signatures } => {
                 Decision::Block(BlockReason::Infected(signatures.clone()))
             }
-            Verdict::NotScanned(SkipReason::Trusted | SkipReason::NoBody) => {
-                Decision::Allow { unscanned: None }
-            }
+            Verdict::NotScanned(
+                SkipReason::Trusted | SkipReason::TrustedClient | SkipReason::NoBody,
+            ) => Decision::Allow { unscanned: None },
             Verdict::NotScanned(reason) => Decision::Allow {
                 unscanned: Some(*reason),
             },
@@ -217,6 +308,7 @@ mod tests {
             failure_mode: FailureMode::Closed,
             too_large: TooLargeAction::Block,
             max_scan_size: 10,
+            trusted_clients: Vec::new(),
             pages: Default::default(),
         };
         let err = Verdict::Error {
@@ -267,6 +359,7 @@ mod tests {
             failure_mode: FailureMode::Closed,
             too_large: TooLargeAction::Block,
             max_scan_size: 10,
+            trusted_clients: Vec::new(),
             pages: Default::default(),
         };
         assert_eq!(p.route(Some("updates.example.com"), None), Route::Skip);
@@ -307,5 +400,76 @@ mod tests {
         );
         assert!("example.com".parse::<HostRule>().is_err());
         assert!("example.com=urgent".parse::<HostRule>().is_err());
+    }
+
+    #[test]
+    fn client_networks_parse_and_match() {
+        let net = |s: &str| s.parse::<ClientNet>();
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let v4 = net("10.1.0.0/16").unwrap();
+        assert!(v4.contains(ip("10.1.255.255")) && v4.contains(ip("::ffff:10.1.0.1")));
+        assert!(!v4.contains(ip("10.2.0.0")) && !v4.contains(ip("::a01:1")));
+        let one = net(" 192.0.2.7 ").unwrap();
+        assert!(one.contains(ip("192.0.2.7")) && !one.contains(ip("192.0.2.6")));
+        let v6 = net("fd00::/8").unwrap();
+        assert!(v6.contains(ip("fdff::1")) && !v6.contains(ip("fe00::1")));
+        assert!(!v6.contains(ip("10.0.0.1")));
+        let all = net("0.0.0.0/0").unwrap();
+        assert!(all.contains(ip("203.0.113.9")) && !all.contains(ip("2001:db8::1")));
+        for bad in [
+            "",
+            "10.1.0.0/33",
+            "10.1.0.0/",
+            "host.test",
+            "fd00::/129",
+            "10.1.0.0/-1",
+        ] {
+            assert!(net(bad).is_err(), "{bad:?}");
+        }
+        let e = net("10.1.2.3/16").unwrap_err();
+        assert!(e.contains("first address"), "{e}");
+    }
+
+    #[test]
+    fn trusted_hosts_come_before_trusted_clients() {
+        let mut p = Policy {
+            rules: vec![
+                "cdn.test=skip".parse().unwrap(),
+                ".bank.test=high".parse().unwrap(),
+            ],
+            default_priority: Priority::Normal,
+            priority_header: false,
+            failure_mode: FailureMode::Closed,
+            too_large: TooLargeAction::Block,
+            max_scan_size: 10,
+            trusted_clients: vec!["10.0.0.0/8".parse().unwrap()],
+            pages: Default::default(),
+        };
+        let inside: Option<IpAddr> = Some("10.9.9.9".parse().unwrap());
+        let outside: Option<IpAddr> = Some("11.0.0.1".parse().unwrap());
+        assert_eq!(
+            p.triage(Some("cdn.test"), inside, None),
+            Err(SkipReason::Trusted)
+        );
+        assert_eq!(
+            p.triage(Some("a.bank.test"), inside, None),
+            Err(SkipReason::TrustedClient)
+        );
+        assert_eq!(
+            p.triage(Some("a.bank.test"), outside, None),
+            Ok(Priority::High)
+        );
+        assert_eq!(p.triage(Some("x.test"), None, None), Ok(Priority::Normal));
+        p.trusted_clients.clear();
+        assert_eq!(
+            p.triage(Some("a.bank.test"), inside, None),
+            Ok(Priority::High)
+        );
+        let d = p.decide(&Verdict::NotScanned(SkipReason::TrustedClient));
+        assert_eq!(d, Decision::Allow { unscanned: None });
+        assert_eq!(
+            d.unscanned(&Verdict::NotScanned(SkipReason::TrustedClient)),
+            Some(SkipReason::TrustedClient)
+        );
     }
 }

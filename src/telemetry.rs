@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use tracing_subscriber::filter::LevelFilter;
 
-use crate::model::{Decision, Priority, ScanRequest, Verdict};
+use crate::model::{Decision, Priority, ScanRequest, SkipReason, Verdict};
 
 /// How log lines look.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -78,6 +78,7 @@ pub fn audit(
         verdict = verdict.label(),
         signature = %signature,
         action,
+        unscanned = decision.unscanned(verdict).map_or("", SkipReason::as_str),
         error,
         bytes,
         lane = lane.map_or("", Priority::as_str),

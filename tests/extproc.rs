@@ -696,6 +696,59 @@ async fn trusted_hosts_skip_body_processing() {
     server.stop().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trusted_clients_count_only_by_the_address_envoy_vouches_for() {
+    let (_clamd, server) = with_clamd(&["--trusted-clients", "10.1.0.0/16"]).await;
+    // Envoy's source.address attribute (request_attributes), as the
+    // example envoy.yaml asks for it: a trusted client's body is skipped.
+    let attributed = |addr: &str| {
+        let mut msg = request_headers("/up", &[], false);
+        let fields = [(
+            "source.address".to_owned(),
+            envoy_types::pb::google::protobuf::Value {
+                kind: Some(envoy_types::pb::google::protobuf::value::Kind::StringValue(
+                    addr.to_owned(),
+                )),
+            },
+        )];
+        msg.attributes.insert(
+            "envoy.filters.http.ext_proc".to_owned(),
+            envoy_types::pb::google::protobuf::Struct {
+                fields: fields.into_iter().collect(),
+            },
+        );
+        msg
+    };
+    let mut s = server.open().await;
+    s.send(attributed("10.1.2.3:51234")).await;
+    let reply = tokio::time::timeout(Duration::from_secs(10), s.rx.message())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(reply.mode_override.is_some(), "{reply:?}");
+    s.passes(body(Direction::Request, &eicar(), true)).await;
+    drop(s);
+    // Another client is scanned.
+    let mut s = server.open().await;
+    s.passes(attributed("10.2.0.1:51234")).await;
+    s.send(body(Direction::Request, &eicar(), true)).await;
+    assert_infected(s.next().await);
+    drop(s);
+    // A header the client could have sent itself does not make it trusted.
+    let mut s = server.open().await;
+    s.passes(request_headers(
+        "/up",
+        &[("x-envoy-external-address", "10.1.2.3")],
+        false,
+    ))
+    .await;
+    s.send(body(Direction::Request, &eicar(), true)).await;
+    assert_infected(s.next().await);
+    drop(s);
+    server.stop().await;
+}
+
 /// Wraps the service's scanning and counts scans finished and dropped.
 #[derive(Clone)]
 struct Counting {

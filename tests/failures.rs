@@ -208,40 +208,66 @@ async fn a_body_clamd_refuses_as_too_large_follows_the_too_large_policy() {
     );
 }
 
+/// A server on a real clamd with a trusted list, and an EICAR file to send
+/// it.
+struct Trusting {
+    _clamd: ClamdProcess,
+    server: TestServer,
+    _dir: TempDir,
+    bad: String,
+}
+
+impl Trusting {
+    /// The server with `setting` (a trusted-list flag) set to `value`.
+    async fn start(setting: &str, value: &str) -> Trusting {
+        let clamd = ClamdProcess::start();
+        let server = TestServer::start(&["--clamd-url", &clamd.tcp_url(), setting, value]).await;
+        let dir = TempDir::new("trusted");
+        let bad = write_file(&dir, "eicar.com", &eicar());
+        Trusting {
+            _clamd: clamd,
+            server,
+            _dir: dir,
+            bad,
+        }
+    }
+
+    /// Sends EICAR as a download of `url`, with `X-Client-IP: client` when
+    /// given; returns what c-icap-client printed.
+    async fn eicar(&self, url: &str, client: Option<&str>) -> String {
+        let header = client.map(|c| format!("X-Client-IP: {c}"));
+        let mut args = vec!["-s", "avscan", "-v", "-f", &self.bad, "-resp", url];
+        if let Some(h) = &header {
+            args.extend(["-x", h]);
+        }
+        c_icap_text(self.server.port(), &args).await
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn trusted_hosts_skip_the_scan() {
-    let clamd = ClamdProcess::start();
-    let server = TestServer::start(&[
-        "--clamd-url",
-        &clamd.tcp_url(),
-        "--trusted-hosts",
-        ".updates.example, cdn.test",
-    ])
-    .await;
-    let dir = TempDir::new("trusted");
-    let bad = write_file(&dir, "eicar.com", &eicar());
+    let t = Trusting::start("--trusted-hosts", ".updates.example, cdn.test").await;
     for url in ["http://dl.updates.example/e", "http://cdn.test/e"] {
-        let t = c_icap_text(
-            server.port(),
-            &["-s", "avscan", "-v", "-f", &bad, "-resp", url],
-        )
-        .await;
-        assert!(t.contains("ICAP/1.0 204"), "{url}: {t}");
+        let out = t.eicar(url, None).await;
+        assert!(out.contains("ICAP/1.0 204"), "{url}: {out}");
     }
-    let t = c_icap_text(
-        server.port(),
-        &[
-            "-s",
-            "avscan",
-            "-v",
-            "-f",
-            &bad,
-            "-resp",
-            "http://notcdn.test/e",
-        ],
-    )
-    .await;
-    assert!(t.contains(EICAR_NAME), "{t}");
+    let out = t.eicar("http://notcdn.test/e", None).await;
+    assert!(out.contains(EICAR_NAME), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trusted_clients_skip_the_scan() {
+    let t = Trusting::start("--trusted-clients", "10.1.0.0/16, 192.0.2.7, fd00::/8").await;
+    // The client as Squid reports it (icap_send_client_ip on), here from
+    // c-icap-client; IPv4 written as IPv6 counts as IPv4.
+    for client in ["10.1.2.3", "192.0.2.7", "fd00::1", "::ffff:10.1.200.9"] {
+        let out = t.eicar("http://files.test/e", Some(client)).await;
+        assert!(out.contains("ICAP/1.0 204"), "{client}: {out}");
+    }
+    for client in [Some("10.2.0.1"), Some("192.0.2.8"), Some("fe80::1"), None] {
+        let out = t.eicar("http://files.test/e", client).await;
+        assert!(out.contains(EICAR_NAME), "{client:?}: {out}");
+    }
 }
 
 /// The status line of a raw answer.

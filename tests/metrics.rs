@@ -139,6 +139,7 @@ async fn metrics_count_what_was_sent_and_readiness_follows_clamd() {
             ("METRICS_ADDR", "127.0.0.1".into()),
             ("CLAMD_URL", clamd.tcp_url()),
             ("CLAMD_CONNECT_TIMEOUT", "1s".into()),
+            ("TRUSTED_HOSTS", ".trusted.test".into()),
         ],
     );
     server.wait_port(metrics, Duration::from_secs(20));
@@ -222,6 +223,35 @@ async fn metrics_count_what_was_sent_and_readiness_follows_clamd() {
         value(&samples, "virus_scanner_connections_total{}"),
         10.0,
         "{samples}"
+    );
+
+    // Trusted hosts: let through unscanned, counted and logged with the
+    // reason.
+    for n in 0..2 {
+        let answer = icap_respmod(
+            icap,
+            &format!("http://updates.trusted.test/{n}"),
+            &infected,
+            "Allow: 204\r\n",
+        )
+        .await
+        .unwrap();
+        assert!(!answer.is_infected(), "{answer:?}");
+    }
+    let samples = parse_with_prometheus(&get(metrics, "/metrics").await.1);
+    assert_eq!(
+        value(
+            &samples,
+            "virus_scanner_not_scanned_total{frontend=\"icap\",reason=\"trusted\"}"
+        ),
+        2.0,
+        "{samples}"
+    );
+    assert_eq!(
+        server.log().matches("unscanned=\"trusted\"").count(),
+        2,
+        "{}",
+        server.log()
     );
 
     // clamd goes down: unready within a second; a scan now fails closed and

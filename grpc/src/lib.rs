@@ -62,6 +62,9 @@ pub struct Exchange {
     /// The downstream client's address: the `source.address` attribute when
     /// Envoy is configured to send it, else `x-envoy-external-address`.
     pub client: Option<IpAddr>,
+    /// Whether `client` is the `source.address` attribute, which Envoy sets
+    /// itself, rather than a header a client may have written.
+    pub client_from_envoy: bool,
 }
 
 impl Exchange {

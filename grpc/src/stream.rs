@@ -168,8 +168,11 @@ impl<S: Scanning> ExtProcStream<S> {
                 )
             });
         }
-        if self.exchange.client.is_none() {
-            self.exchange.client = client_address(&msg);
+        if !self.exchange.client_from_envoy {
+            if let Some(client) = client_address(&msg) {
+                self.exchange.client = Some(client);
+                self.exchange.client_from_envoy = true;
+            }
         }
         use processing_request::Request as R;
         match msg.request {

@@ -10,9 +10,9 @@ use virus_scanner_grpc::{
 };
 
 use crate::blockpage::{self, BlockPages};
-use crate::model::{BlockReason, Decision, Direction, ScanId, ScanRequest, SkipReason, Verdict};
+use crate::model::{BlockReason, Decision, Direction, ScanId, ScanRequest, Verdict};
 use crate::pipeline::{Pipeline, Session};
-use crate::policy::{Policy, Route};
+use crate::policy::Policy;
 
 /// Starts scans for Envoy's messages. Cheap to clone.
 #[derive(Clone)]
@@ -50,9 +50,12 @@ impl Scanning for ExtProcScanning {
             .request_headers
             .get(crate::policy::PRIORITY_HEADER)
             .and_then(|v| v.to_str().ok());
-        match self.policy.route(scan.host.as_deref(), priority) {
-            Route::Skip => {
-                let verdict = Verdict::NotScanned(SkipReason::Trusted);
+        // Only an address Envoy vouches for (its source.address attribute)
+        // can make a client trusted, not a header the client could send.
+        let client = exchange.client.filter(|_| exchange.client_from_envoy);
+        match self.policy.triage(scan.host.as_deref(), client, priority) {
+            Err(reason) => {
+                let verdict = Verdict::NotScanned(reason);
                 let decision = self.policy.decide(&verdict);
                 crate::telemetry::audit(
                     "ext_proc",
@@ -67,7 +70,7 @@ impl Scanning for ExtProcScanning {
                     headers: Vec::new(),
                 }
             }
-            Route::Scan(priority) => {
+            Ok(priority) => {
                 let accept = exchange.request_headers.get(http::header::ACCEPT);
                 Begin::Scan(ExtProcScan {
                     session: self.pipeline.session(&scan, priority),

@@ -32,8 +32,8 @@ use tokio::time::timeout;
 use crate::config::{IcapConfig, Methods};
 use crate::model::{BlockReason, Decision, Direction, ScanId, ScanRequest, SkipReason, Verdict};
 use crate::pipeline::Pipeline;
+use crate::policy::PRIORITY_HEADER;
 use crate::policy::{Policy, TooLargeAction};
-use crate::policy::{Route, PRIORITY_HEADER};
 
 /// Service names this server answers to: its own, and those of c-icap's
 /// virus_scan, c-icap's srv_clamav and squidclamav, so that an existing
@@ -673,33 +673,40 @@ impl<'c, S: AsyncRead + AsyncWrite + Unpin + Send> Transaction<'c, S> {
             .and_then(|s| s.request.as_ref())
             .and_then(|h| h.headers.get(PRIORITY_HEADER))
             .and_then(|v| v.to_str().ok());
-        let route = policy.route(self.scan.host.as_deref(), priority_header);
-        if let (Route::Scan(p), true) = (route, service.pipeline.is_queued()) {
+        let triage = policy.triage(
+            self.scan.host.as_deref(),
+            self.scan.client_ip,
+            priority_header,
+        );
+        if let (Ok(p), true) = (triage, service.pipeline.is_queued()) {
             self.lane = Some(p);
         }
-        let skip = if route == Route::Skip {
-            Some(Verdict::NotScanned(SkipReason::Trusted))
-        } else if declared_too_large {
-            Some(Verdict::TooLarge {
-                limit: policy.max_scan_size,
-            })
-        } else {
-            None
-        };
         let mut dec = match self.req.preview {
             Some(p) => ChunkedDecoder::preview(service.limits, p),
             None => ChunkedDecoder::new(service.limits),
         };
-        if let Some(verdict) = skip {
-            return self
-                .without_scan(verdict, &mut dec)
-                .await
-                .map(Received::Answered);
-        }
-        let priority = match route {
-            Route::Scan(p) => p,
-            Route::Skip => unreachable!("skipped above"),
+        let skip = match triage {
+            Err(reason) => Verdict::NotScanned(reason),
+            Ok(_) if declared_too_large => Verdict::TooLarge {
+                limit: policy.max_scan_size,
+            },
+            Ok(priority) => {
+                return self.scan_body(priority, dec).await;
+            }
         };
+        self.without_scan(skip, &mut dec)
+            .await
+            .map(Received::Answered)
+    }
+
+    /// Reads the body into a scan in the `priority` lane.
+    async fn scan_body(
+        &mut self,
+        priority: crate::model::Priority,
+        mut dec: ChunkedDecoder,
+    ) -> Result<Received, Failure> {
+        let service = self.service();
+        let policy = &service.policy;
         let mut session = service.pipeline.session(&self.scan, priority);
         let mut whole_in_preview = false;
         if self.req.preview.is_some() {
