@@ -30,10 +30,11 @@ use tokio::sync::{watch, Semaphore};
 use tokio::time::timeout;
 
 use crate::config::{IcapConfig, Methods};
-use crate::model::{BlockReason, Decision, Direction, ScanId, ScanRequest, SkipReason, Verdict};
+use crate::model::{
+    BlockReason, Decision, Direction, Priority, ScanId, ScanRequest, SkipReason, Verdict,
+};
 use crate::pipeline::Pipeline;
-use crate::policy::PRIORITY_HEADER;
-use crate::policy::{Policy, TooLargeAction};
+use crate::policy::{Policy, TooLargeAction, PRIORITY_HEADER};
 
 /// Service names this server answers to: its own, and those of c-icap's
 /// virus_scan, c-icap's srv_clamav and squidclamav, so that an existing
@@ -609,7 +610,7 @@ struct Transaction<'c, S> {
     /// Body bytes received, for the audit line.
     bytes: u64,
     /// The queue lane, when the scan was queued.
-    lane: Option<crate::model::Priority>,
+    lane: Option<Priority>,
     /// Body bytes kept for an answer that must send the body back, and
     /// whether that answer has begun.
     echo: Echo,
@@ -702,7 +703,7 @@ impl<'c, S: AsyncRead + AsyncWrite + Unpin + Send> Transaction<'c, S> {
     /// Reads the body into a scan in the `priority` lane.
     async fn scan_body(
         &mut self,
-        priority: crate::model::Priority,
+        priority: Priority,
         mut dec: ChunkedDecoder,
     ) -> Result<Received, Failure> {
         let service = self.service();
