@@ -356,13 +356,15 @@ async fn serve_frontends(args: FrontendArgs, pipeline: Pipeline) -> anyhow::Resu
         pages: page.pages().map_err(anyhow::Error::msg)?,
         ..scan.policy()
     };
-    if policy.pages.is_custom() {
-        // Listening before the ports open: a SIGHUP from then on reloads
-        // the page rather than ending the process.
+    // Listening for SIGHUP before the ports open, when something can be
+    // read again: from then on a SIGHUP reloads rather than ends the process.
+    let hup = if policy.pages.is_custom() || icap.icaps_paths().is_some() {
         let hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
             .context("cannot listen for SIGHUP")?;
-        tokio::spawn(reload_page_on_sighup(hup, policy.pages.clone()));
-    }
+        Some(hup)
+    } else {
+        None
+    };
     let addr = SocketAddr::new(icap.listen_addr, icap.icap_port);
     let listener = tokio::net::TcpListener::bind(addr)
         .await
@@ -401,10 +403,13 @@ async fn serve_frontends(args: FrontendArgs, pipeline: Pipeline) -> anyhow::Resu
                 .await
                 .with_context(|| format!("cannot listen on {addr} (ICAPS_PORT)"))?;
             tracing::info!(%addr, "ICAPS server listening");
-            tokio::spawn(reload_on_sighup(tls.clone()));
             Some((listener, tls))
         }
     };
+    if let Some(hup) = hup {
+        let tls = icaps.as_ref().map(|(_, tls)| tls.clone());
+        tokio::spawn(reload_on_sighup(hup, tls, policy.pages.clone()));
+    }
     let service = Arc::new(IcapService::new(icap, pipeline, policy));
     let icaps = icaps.map(|(listener, tls)| {
         let (service, stop) = (service.clone(), stopped(stop_rx.clone()));
@@ -596,32 +601,29 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Reads the ICAPS certificate and key again on each SIGHUP.
-async fn reload_on_sighup(tls: crate::tls::Reloadable) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let Ok(mut hup) = signal(SignalKind::hangup()) else {
-        return;
-    };
-    while hup.recv().await.is_some() {
-        match tls.reload() {
-            Ok(()) => tracing::info!("SIGHUP: ICAPS certificate reloaded"),
-            Err(e) => {
-                tracing::error!(error = %e, "SIGHUP: ICAPS certificate not reloaded; the old one stays")
-            }
-        }
-    }
-}
-
-/// Reads the operator's block page (BLOCK_PAGE) again on each SIGHUP.
-async fn reload_page_on_sighup(
+/// On each SIGHUP, reads again what can be: the ICAPS certificate and key,
+/// and the operator's block page (BLOCK_PAGE). What fails to load is
+/// logged, and the old one stays.
+async fn reload_on_sighup(
     mut hup: tokio::signal::unix::Signal,
+    tls: Option<crate::tls::Reloadable>,
     pages: crate::blockpage::BlockPages,
 ) {
     while hup.recv().await.is_some() {
-        match pages.reload() {
-            Ok(()) => tracing::info!("SIGHUP: block page reloaded"),
-            Err(e) => {
-                tracing::error!(error = %e, "SIGHUP: block page not reloaded; the old one stays")
+        if let Some(tls) = &tls {
+            match tls.reload() {
+                Ok(()) => tracing::info!("SIGHUP: ICAPS certificate reloaded"),
+                Err(e) => {
+                    tracing::error!(error = %e, "SIGHUP: ICAPS certificate not reloaded; the old one stays")
+                }
+            }
+        }
+        if pages.is_custom() {
+            match pages.reload() {
+                Ok(()) => tracing::info!("SIGHUP: block page reloaded"),
+                Err(e) => {
+                    tracing::error!(error = %e, "SIGHUP: block page not reloaded; the old one stays")
+                }
             }
         }
     }
