@@ -677,26 +677,4 @@ mod tests {
         use clap::CommandFactory;
         Cli::command().debug_assert();
     }
-
-    #[test]
-    fn the_readme_lists_every_setting() {
-        use clap::CommandFactory;
-        let readme =
-            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
-        let command = Cli::command();
-        let mut missing = Vec::new();
-        for sub in command.get_subcommands() {
-            for arg in sub.get_arguments() {
-                let Some(env) = arg.get_env() else { continue };
-                let env = env.to_string_lossy();
-                if !readme.contains(&format!("| `{env}` |")) {
-                    missing.push(format!("{} {env}", sub.get_name()));
-                }
-            }
-        }
-        assert!(
-            missing.is_empty(),
-            "not in the README's settings tables: {missing:?}"
-        );
-    }
 }

@@ -37,6 +37,23 @@ fn readme_lists(settings: &[&str]) {
 }
 
 #[test]
+fn readme_settings_tables_name_every_setting_of_every_command() {
+    let readme = read("README.md");
+    let mut missing = Vec::new();
+    for command in ["all", "producer", "handler"] {
+        for setting in virus_scanner::cli::settings(command) {
+            if !readme.contains(&format!("| `{setting}` |")) {
+                missing.push(format!("{command} {setting}"));
+            }
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "not in the README's settings tables: {missing:?}"
+    );
+}
+
+#[test]
 fn readme_lists_every_queue_setting() {
     readme_lists(&[
         "REDIS_HOST",
