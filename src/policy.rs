@@ -250,11 +250,6 @@ impl Policy {
         }
     }
 
-    /// Whether a message to `host` skips the scan.
-    pub fn is_trusted(&self, host: Option<&str>) -> bool {
-        self.route(host, None) == Route::Skip
-    }
-
     /// What the user gets for a verdict.
     pub fn decide(&self, verdict: &Verdict) -> Decision {
         match verdict {
