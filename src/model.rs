@@ -74,8 +74,8 @@ impl ScanId {
 }
 
 /// Appends `n` in lower-case hex, at least `min_digits` long: what
-/// `{n:0min_digits$x}` writes, without the formatting machinery, which costs
-/// as much as the rest of a no-scan transaction's bookkeeping.
+/// `{n:0min_digits$x}` writes, without the formatting machinery (about a
+/// thousand instructions per id, made for every transaction).
 fn push_hex(out: &mut String, n: u64, min_digits: u32) {
     let digits = (64 - n.leading_zeros()).div_ceil(4).max(min_digits).max(1);
     for shift in (0..digits).rev() {
