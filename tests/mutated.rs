@@ -1,0 +1,332 @@
+//! Malformed ICAP beyond the hand-picked cases of failures.rs: well-formed
+//! requests of every kind Squid and c-icap-client send, each damaged a few
+//! bytes at a time, sent to the real binary. The codec is fuzzed on its own
+//! (`fuzz/`); this drives the server around it (previews, `100 Continue`,
+//! echoes, timeouts) with what the codec lets through or refuses.
+//!
+//! Every connection must end in an ICAP answer or a close, within the
+//! server's timeouts; nothing may panic; the server must still scan
+//! afterwards. The cases come from a fixed seed, so a failure names one that
+//! can be sent again.
+
+mod support;
+
+use std::time::Duration;
+
+use support::{c_icap_text, eicar, ClamdProcess, Service, EICAR_NAME};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// xorshift64*: enough to spread the damage, and the same on every run.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+
+    fn bytes(&mut self, n: usize) -> Vec<u8> {
+        (0..n).map(|_| self.next() as u8).collect()
+    }
+}
+
+fn chunked(body: &[u8], ieof: bool, out: &mut Vec<u8>) {
+    if !body.is_empty() {
+        out.extend_from_slice(format!("{:x}\r\n", body.len()).as_bytes());
+        out.extend_from_slice(body);
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(if ieof {
+        b"0; ieof\r\n\r\n"
+    } else {
+        b"0\r\n\r\n"
+    });
+}
+
+/// One well-formed request: OPTIONS, a null-body REQMOD, a REQMOD upload,
+/// or a RESPMOD with or without a preview and `Allow: 204`.
+fn well_formed(rng: &mut Rng) -> Vec<u8> {
+    let body = match rng.below(5) {
+        0 => Vec::new(),
+        1 => b"hello".to_vec(),
+        2 => eicar(),
+        3 => {
+            let mut b = rng.bytes(100);
+            b.extend_from_slice(&eicar());
+            b
+        }
+        _ => {
+            let n = 1 + rng.below(3000);
+            rng.bytes(n)
+        }
+    };
+    let mut out = Vec::new();
+    match rng.below(6) {
+        0 => out.extend_from_slice(b"OPTIONS icap://127.0.0.1/avscan ICAP/1.0\r\nHost: x\r\n\r\n"),
+        1 => {
+            let req = b"GET http://example.com/ HTTP/1.1\r\nHost: example.com\r\n\r\n";
+            out.extend_from_slice(
+                format!(
+                    "REQMOD icap://127.0.0.1/avscan ICAP/1.0\r\nHost: x\r\nPreview: 0\r\n\
+                     Allow: 204\r\nEncapsulated: req-hdr=0, null-body={}\r\n\r\n",
+                    req.len()
+                )
+                .as_bytes(),
+            );
+            out.extend_from_slice(req);
+        }
+        2 => {
+            let req = format!(
+                "POST http://example.com/up HTTP/1.1\r\nHost: example.com\r\n\
+                 Content-Length: {}\r\n\r\n",
+                body.len()
+            );
+            out.extend_from_slice(
+                format!(
+                    "REQMOD icap://127.0.0.1/virus_scan ICAP/1.0\r\nHost: x\r\nAllow: 204\r\n\
+                     Encapsulated: req-hdr=0, req-body={}\r\n\r\n",
+                    req.len()
+                )
+                .as_bytes(),
+            );
+            out.extend_from_slice(req.as_bytes());
+            chunked(&body, false, &mut out);
+        }
+        _ => {
+            let req = b"GET http://example.com/f HTTP/1.1\r\nHost: example.com\r\n\r\n";
+            let res = format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\n\
+                 Content-Length: {}\r\n\r\n",
+                body.len()
+            );
+            let preview = [None, Some(0), Some(4), Some(1024)][rng.below(4)];
+            out.extend_from_slice(b"RESPMOD icap://127.0.0.1/avscan ICAP/1.0\r\nHost: x\r\n");
+            if rng.below(10) < 7 {
+                out.extend_from_slice(b"Allow: 204\r\n");
+            }
+            if let Some(p) = preview {
+                out.extend_from_slice(format!("Preview: {p}\r\n").as_bytes());
+            }
+            out.extend_from_slice(
+                format!(
+                    "Encapsulated: req-hdr=0, res-hdr={}, res-body={}\r\n\r\n",
+                    req.len(),
+                    req.len() + res.len()
+                )
+                .as_bytes(),
+            );
+            out.extend_from_slice(req);
+            out.extend_from_slice(res.as_bytes());
+            match preview {
+                Some(p) if p < body.len() => {
+                    chunked(&body[..p], false, &mut out);
+                    chunked(&body[p..], false, &mut out);
+                }
+                Some(_) => chunked(&body, true, &mut out),
+                None => chunked(&body, false, &mut out),
+            }
+        }
+    }
+    out
+}
+
+/// One to four edits: a byte changed, a span cut or inserted, the end cut
+/// off, a delimiter or an extreme number put in, a number changed, a line
+/// doubled, the message sent twice over.
+fn damage(rng: &mut Rng, mut m: Vec<u8>) -> Vec<u8> {
+    const TOKENS: &[&[u8]] = &[
+        b"\r\n",
+        b"\n",
+        b"\r",
+        b"\0",
+        b":",
+        b";",
+        b",",
+        b" ",
+        b"ffffffffffffffff",
+        b"-1",
+        b"99999999999999999999",
+    ];
+    for _ in 0..1 + rng.below(4) {
+        if m.is_empty() {
+            break;
+        }
+        let i = rng.below(m.len());
+        match rng.below(8) {
+            0 => m[i] = rng.next() as u8,
+            1 => {
+                let end = (i + 1 + rng.below(20)).min(m.len());
+                m.drain(i..end);
+            }
+            2 => {
+                let n = 1 + rng.below(20);
+                let b = rng.bytes(n);
+                m.splice(i..i, b);
+            }
+            3 => m.truncate(i),
+            4 => {
+                let t = TOKENS[rng.below(TOKENS.len())];
+                m.splice(i..i, t.iter().copied());
+            }
+            5 => {
+                let digits: Vec<usize> = (0..m.len()).filter(|&j| m[j].is_ascii_digit()).collect();
+                if !digits.is_empty() {
+                    let start = digits[rng.below(digits.len())];
+                    let end = (start..m.len())
+                        .find(|&j| !m[j].is_ascii_digit())
+                        .unwrap_or(m.len());
+                    let value =
+                        ["0", "1", "65536", "2147483648", "18446744073709551616"][rng.below(5)];
+                    m.splice(start..end, value.bytes());
+                }
+            }
+            6 => {
+                let n = rng.below(m.len() + 1);
+                let again = m[..n].to_vec();
+                m.extend_from_slice(&again);
+            }
+            _ => {
+                let starts: Vec<usize> = std::iter::once(0)
+                    .chain((1..m.len()).filter(|&j| m[j - 1] == b'\n'))
+                    .collect();
+                let s = starts[rng.below(starts.len())];
+                let e = (s..m.len())
+                    .find(|&j| m[j] == b'\n')
+                    .map_or(m.len(), |j| j + 1);
+                let line = m[s..e].to_vec();
+                m.splice(s..s, line);
+            }
+        }
+    }
+    m
+}
+
+/// Sends `bytes` on a fresh connection and reads until the server closes.
+/// `None` when it neither answered nor closed within `bound`.
+async fn exchange(port: u16, bytes: &[u8], bound: Duration) -> Option<Vec<u8>> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    // The server may answer and close before all is written.
+    let _ = s.write_all(bytes).await;
+    let mut out = Vec::new();
+    match tokio::time::timeout(bound, s.read_to_end(&mut out)).await {
+        Ok(_) => Some(out),
+        Err(_) => None,
+    }
+}
+
+/// What an answer must look like: nothing (a close), or ICAP answers, each
+/// beginning with a status line.
+fn check_answer(answer: &[u8]) -> Result<(), String> {
+    if answer.is_empty() {
+        return Ok(());
+    }
+    let text = String::from_utf8_lossy(answer);
+    let status = text.lines().next().unwrap_or("");
+    let code = status
+        .strip_prefix("ICAP/1.0 ")
+        .map(|s| &s[..3.min(s.len())]);
+    match code {
+        Some(c) if c.len() == 3 && c.bytes().all(|b| b.is_ascii_digit()) => Ok(()),
+        _ => Err(format!("not an ICAP answer: {status:?}")),
+    }
+}
+
+/// What an undamaged request must get: 200 (OPTIONS, an echo, a block
+/// page) or 204, after a `100 Continue` when its preview did not hold the
+/// whole body.
+fn check_served(answer: &[u8]) -> Result<(), String> {
+    let text = String::from_utf8_lossy(answer);
+    let text = text
+        .strip_prefix("ICAP/1.0 100 Continue\r\n\r\n")
+        .unwrap_or(&text);
+    let status = text.lines().next().unwrap_or("");
+    if status.starts_with("ICAP/1.0 200 ") || status.starts_with("ICAP/1.0 204 ") {
+        Ok(())
+    } else {
+        Err(format!("a well-formed request got {status:?}"))
+    }
+}
+
+const CASES: u64 = 600;
+/// Connections at once; most cases are answered at once, the ones cut
+/// short wait for a timeout.
+const AT_ONCE: usize = 32;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn damaged_requests_get_an_answer_or_a_close_and_nothing_panics() {
+    let clamd = ClamdProcess::start();
+    let port = support::free_port();
+    let server = Service::start_with(
+        env!("CARGO_BIN_EXE_virus-scanner"),
+        &["all"],
+        &[
+            ("ICAP_PORT", port.to_string()),
+            ("CLAMD_URL", clamd.tcp_url()),
+            // Short, so that a request cut short ends soon: a head with 408,
+            // a body or an idle connection with a close.
+            ("HEAD_TIMEOUT", "1s".into()),
+            ("BODY_TIMEOUT", "2s".into()),
+            ("IDLE_TIMEOUT", "2s".into()),
+        ],
+    );
+    server.wait_port(port, Duration::from_secs(20));
+    // Well past every timeout above, so that only a hang exceeds it.
+    let bound = Duration::from_secs(20);
+    let mut failures = Vec::new();
+    let mut set = tokio::task::JoinSet::new();
+    for case in 0..CASES {
+        if set.len() >= AT_ONCE {
+            failures.extend(set.join_next().await.unwrap().unwrap());
+        }
+        set.spawn(async move {
+            let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ (case + 1).wrapping_mul(0xff51_afd7));
+            let request = well_formed(&mut rng);
+            // One case in ten goes undamaged: the server must still serve
+            // those between the others.
+            let intact = case % 10 == 0;
+            let request = if intact {
+                request
+            } else {
+                damage(&mut rng, request)
+            };
+            if request.is_empty() {
+                return None;
+            }
+            let verdict = match exchange(port, &request, bound).await {
+                None => Err(format!("no answer and no close within {bound:?}")),
+                Some(answer) if intact => check_served(&answer),
+                Some(answer) => check_answer(&answer),
+            };
+            verdict.err().map(|why| {
+                let shown = &request[..request.len().min(400)];
+                format!("case {case}: {why}; sent {}", shown.escape_ascii())
+            })
+        });
+    }
+    while let Some(result) = set.join_next().await {
+        failures.extend(result.unwrap());
+    }
+    let log = server.log();
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    assert!(!log.contains("panicked"), "the server panicked:\n{log}");
+    // Refusals are logged, with their status.
+    assert!(
+        log.contains("malformed ICAP request"),
+        "no refusal logged:\n{log}"
+    );
+    // And it is still there and scanning, for a client nobody here wrote.
+    let dir = support::TempDir::new("mutated");
+    let infected = support::write_file(&dir, "eicar.com", &eicar());
+    let t = c_icap_text(port, &["-s", "avscan", "-v", "-f", &infected]).await;
+    assert!(
+        t.contains("ICAP/1.0 200 OK") && t.contains(&format!("X-Virus-ID: {EICAR_NAME}")),
+        "{t}"
+    );
+}
