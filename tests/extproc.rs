@@ -16,7 +16,7 @@ use envoy_types::pb::envoy::service::ext_proc::v3::{
     processing_response::Response as Res, CommonResponse, HttpBody, HttpHeaders, HttpTrailers,
     ImmediateResponse, ProcessingRequest, ProcessingResponse, ProtocolConfiguration,
 };
-use support::{eicar, ClamdProcess, TempDir, EICAR_NAME};
+use support::{eicar, ClamdProcess, Rng, TempDir, EICAR_NAME};
 use tokio::sync::{mpsc, oneshot};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use virus_scanner::config::{ExtProcConfig, ScanConfig};
@@ -550,6 +550,38 @@ async fn full_duplex_bodies_come_back_only_when_clean() {
     server.stop().await;
 }
 
+/// Envoy sends no body after headers that ended the stream, nor after
+/// trailers; a body that comes anyway is scanned like any other, never let
+/// through unseen (a made-up sequence found that it was).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_where_none_belongs_is_scanned_all_the_same() {
+    let (_clamd, server) = with_clamd(&[]).await;
+    for mode in [FULL_DUPLEX, STREAMED, BUFFERED] {
+        // After headers that said no body follows.
+        let mut s = server.open().await;
+        s.passes(with_modes(request_headers("/get", &[], true), mode, mode))
+            .await;
+        s.send(body(Direction::Request, &eicar(), true)).await;
+        assert_infected(s.next().await);
+
+        // After a clean body and its trailers.
+        let mut s = server.download("/r", mode).await;
+        s.send(body(Direction::Response, &clean_body(100), false))
+            .await;
+        s.send(trailers(Direction::Response)).await;
+        let first = s.next().await;
+        if mode == FULL_DUPLEX {
+            assert_eq!(streamed_chunk(first), (clean_body(100), false));
+        } else {
+            assert_continue(first);
+        }
+        assert!(matches!(s.next().await, Res::ResponseTrailers(_)));
+        s.send(body(Direction::Response, &eicar(), true)).await;
+        assert_infected(s.next().await);
+    }
+    server.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn large_buffered_bodies_fit_and_oversized_ones_are_blocked() {
     let (_clamd, server) = with_clamd(&["--max-scan-size", "8M"]).await;
@@ -997,4 +1029,156 @@ async fn streamed_bodies_are_recognised_when_envoy_does_not_say() {
         }
     }
     server.stop().await;
+}
+
+/// One message of a made-up sequence: any of Envoy's kinds, in any order,
+/// with either end-of-stream flag, bodies empty, clean, random or infected,
+/// and on some of them body modes, Envoy's or not.
+fn random_message(rng: &mut Rng, first: bool) -> ProcessingRequest {
+    let data = match rng.below(4) {
+        0 => Vec::new(),
+        1 => clean_body(1 + rng.below(2000)),
+        2 => eicar(),
+        _ => {
+            let n = 1 + rng.below(4000);
+            rng.bytes(n)
+        }
+    };
+    let direction = if rng.below(2) == 0 {
+        Direction::Request
+    } else {
+        Direction::Response
+    };
+    let end = rng.below(2) == 0;
+    // Most sequences start as Envoy's do, so that they get past the first
+    // message into the body modes.
+    let kind = if first && rng.below(5) < 4 {
+        0
+    } else {
+        rng.below(7)
+    };
+    let msg = match kind {
+        0 => request_headers("/r", &[], end),
+        1 => request_headers(
+            "/r",
+            &[("content-length", "68"), ("accept", "application/json")],
+            end,
+        ),
+        2 => response_headers(&[("content-length", "4000")], end),
+        3 | 4 => body(direction, &data, end),
+        5 => trailers(direction),
+        _ => ProcessingRequest::default(),
+    };
+    if first || rng.below(4) == 0 {
+        let modes = [0, STREAMED, BUFFERED, BUFFERED_PARTIAL, FULL_DUPLEX, 99, -1];
+        with_modes(msg, modes[rng.below(7)], modes[rng.below(7)])
+    } else {
+        msg
+    }
+}
+
+/// The body bytes a reply lets through, if any.
+fn released(reply: &ProcessingResponse) -> Option<Vec<u8>> {
+    let common = match reply.response.as_ref()? {
+        Res::RequestHeaders(h) | Res::ResponseHeaders(h) => h.response.as_ref()?,
+        Res::RequestBody(b) | Res::ResponseBody(b) => b.response.as_ref()?,
+        // Trailers carry no body; an immediate response's body is the
+        // block page.
+        _ => return None,
+    };
+    match common.body_mutation.as_ref()?.mutation.as_ref()? {
+        Mutation::Body(b) => Some(b.clone()),
+        Mutation::StreamedResponse(s) => Some(s.body.clone()),
+        Mutation::ClearBody(_) => None,
+    }
+}
+
+/// Message sequences no Envoy sends (out of order, repeated, cut short, with
+/// modes that do not exist) from a client that then half-closes, against
+/// the real binary: every stream ends, with OK or an error status, within
+/// the bound; nothing follows an ImmediateResponse; no reply lets EICAR
+/// through; nothing panics; and the server still blocks EICAR afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn made_up_message_sequences_end_and_never_let_eicar_through() {
+    let clamd = ClamdProcess::start();
+    let port = support::free_port();
+    let server = support::Service::start_with(
+        env!("CARGO_BIN_EXE_virus-scanner"),
+        &["all"],
+        &[
+            ("ICAP_PORT", support::free_port().to_string()),
+            ("PRODUCER_PORT", port.to_string()),
+            ("CLAMD_URL", clamd.tcp_url()),
+        ],
+    );
+    server.wait_port(port, Duration::from_secs(20));
+    let url = format!("http://127.0.0.1:{port}");
+    let channel = channel(&url).await;
+    let infected = eicar();
+    let (mut ok, mut errors, mut blocked) = (0, 0, 0);
+    for case in 0..300u64 {
+        let mut rng = Rng(0x2545_f491_4f6c_dd1d ^ (case + 1).wrapping_mul(0x9e37_79b9));
+        let mut s = Stream::open(channel.clone()).await;
+        let sent: Vec<ProcessingRequest> = (0..1 + rng.below(8))
+            .map(|i| random_message(&mut rng, i == 0))
+            .collect();
+        for msg in &sent {
+            s.send(msg.clone()).await;
+        }
+        s.close();
+        let ended = tokio::time::timeout(Duration::from_secs(20), async {
+            let mut replies = Vec::new();
+            loop {
+                match s.rx.message().await {
+                    Ok(Some(m)) => replies.push(m),
+                    Ok(None) => return (replies, true),
+                    Err(_) => return (replies, false),
+                }
+            }
+        })
+        .await;
+        let Ok((replies, clean_end)) = ended else {
+            panic!("case {case}: the stream did not end within 20 s; sent {sent:?}");
+        };
+        if clean_end {
+            ok += 1;
+        } else {
+            errors += 1;
+        }
+        let answered = replies
+            .iter()
+            .position(|r| matches!(r.response, Some(Res::ImmediateResponse(_))));
+        if let Some(at) = answered {
+            blocked += 1;
+            assert!(
+                replies[at + 1..].iter().all(|r| r.response.is_none()),
+                "case {case}: replies after the ImmediateResponse: {replies:?}; sent {sent:?}"
+            );
+        }
+        for reply in &replies {
+            if let Some(body) = released(reply) {
+                assert!(
+                    !body.windows(infected.len()).any(|w| w == infected),
+                    "case {case}: EICAR let through by {reply:?}; sent {sent:?}"
+                );
+            }
+        }
+    }
+    // The cases reached every ending.
+    assert!(
+        ok > 0 && errors > 0 && blocked > 0,
+        "{ok} OK, {errors} errors, {blocked} blocked"
+    );
+    let log = server.log();
+    assert!(!log.contains("panicked"), "the server panicked:\n{log}");
+    // And it still scans.
+    let mut s = Stream::open(channel).await;
+    s.passes(with_modes(
+        request_headers("/up", &[], false),
+        BUFFERED,
+        BUFFERED,
+    ))
+    .await;
+    s.send(body(Direction::Request, &infected, true)).await;
+    assert_infected(s.next().await);
 }

@@ -13,29 +13,9 @@ mod support;
 
 use std::time::Duration;
 
-use support::{c_icap_text, eicar, ClamdProcess, Service, EICAR_NAME};
+use support::{c_icap_text, eicar, ClamdProcess, Rng, Service, EICAR_NAME};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-
-/// xorshift64*: enough to spread the damage, and the same on every run.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-
-    fn bytes(&mut self, n: usize) -> Vec<u8> {
-        (0..n).map(|_| self.next() as u8).collect()
-    }
-}
 
 fn chunked(body: &[u8], ieof: bool, out: &mut Vec<u8>) {
     if !body.is_empty() {

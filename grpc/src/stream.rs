@@ -47,6 +47,18 @@ const SETTLE: std::time::Duration = std::time::Duration::from_millis(50);
 /// The replies' channel to tonic.
 pub(crate) type Replies = mpsc::Sender<Result<ProcessingResponse, Status>>;
 
+/// What follows a body whose scan is being finished.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Rest {
+    /// Nothing: the body ended with `end_of_stream`.
+    Nothing,
+    /// Trailers: the body is complete, but its last chunk does not end the
+    /// stream.
+    Trailers,
+    /// More of the body, over the scan limit, which policy lets through.
+    Body,
+}
+
 /// Why a stream stops.
 #[derive(Debug)]
 pub(crate) enum Stop {
@@ -61,9 +73,11 @@ pub(crate) enum Stop {
 
 /// Where one direction's body stands.
 enum Route<S> {
-    /// Not started: headers not yet seen, or the last buffered body answered.
+    /// No body under way: headers not yet seen, headers that said no body
+    /// follows, or a body answered. A body that comes anyway is scanned.
     Idle,
-    /// Not scanned: bodies pass as they come.
+    /// Not scanned, as policy decided (a trusted host or client, a body over
+    /// the limit that may pass): bodies pass as they come.
     Pass,
     /// Being scanned.
     Scan(Held<S>),
@@ -144,7 +158,9 @@ impl<S: Scanning> ExtProcStream<S> {
                 // No second chunk came: a BUFFERED body, trailers to follow.
                 self.settle_at = None;
                 self.learned[direction as usize] = Some(BodyMode::Buffered);
-                return self.decide(direction, BodyMode::Buffered, false).await;
+                return self
+                    .decide(direction, BodyMode::Buffered, Rest::Trailers)
+                    .await;
             }
         }
         match self.ask_at {
@@ -255,8 +271,9 @@ impl<S: Scanning> ExtProcStream<S> {
         };
         let mut mode_override = None;
         if h.end_of_stream || self.mode(direction).is_none() {
-            // No body, or Envoy will not send it: nothing to scan.
-            *self.route(direction) = Route::Pass;
+            // No body, or Envoy will not send it: nothing to scan now. A
+            // body that comes anyway starts a scan of its own.
+            *self.route(direction) = Route::Idle;
         } else {
             match self.scanning.begin(&self.exchange, direction) {
                 Begin::Skip { headers } => {
@@ -321,12 +338,13 @@ impl<S: Scanning> ExtProcStream<S> {
                     self.settle_at = Some((tokio::time::Instant::now() + SETTLE, direction));
                     return Ok(());
                 }
-                self.decide(direction, mode, false).await
+                self.decide(direction, mode, Rest::Nothing).await
             }
             BodyMode::Streamed => {
                 held.replies += 1;
                 if end || too_large {
-                    self.decide(direction, mode, !end).await
+                    let rest = if end { Rest::Nothing } else { Rest::Body };
+                    self.decide(direction, mode, rest).await
                 } else if early {
                     held.replies -= 1;
                     self.send(body_reply(direction, CommonResponse::default()))
@@ -338,7 +356,8 @@ impl<S: Scanning> ExtProcStream<S> {
             BodyMode::FullDuplexStreamed => {
                 held.chunks.push(b.body);
                 if end || too_large {
-                    self.decide(direction, mode, !end).await
+                    let rest = if end { Rest::Nothing } else { Rest::Body };
+                    self.decide(direction, mode, rest).await
                 } else {
                     Ok(())
                 }
@@ -351,7 +370,7 @@ impl<S: Scanning> ExtProcStream<S> {
         let holding = matches!(self.route(direction), Route::Scan(h) if h.seen > 0);
         if holding {
             // The body ended with trailers instead of end_of_stream.
-            self.decide(direction, mode, true).await?;
+            self.decide(direction, mode, Rest::Trailers).await?;
         }
         let reply = TrailersResponse::default();
         let response = match direction {
@@ -379,13 +398,13 @@ impl<S: Scanning> ExtProcStream<S> {
         self.send(body_reply(direction, reply)).await
     }
 
-    /// Finishes the scan and answers what was held. `more` says whether
-    /// more of the body (or trailers) will follow.
+    /// Finishes the scan and answers what was held; `rest` is what follows
+    /// the body.
     async fn decide(
         &mut self,
         direction: Direction,
         mode: BodyMode,
-        more: bool,
+        rest: Rest,
     ) -> Result<(), Stop> {
         let Route::Scan(held) = std::mem::replace(self.route(direction), Route::Idle) else {
             return Ok(());
@@ -440,18 +459,19 @@ impl<S: Scanning> ExtProcStream<S> {
                     }
                     BodyMode::FullDuplexStreamed => {
                         let last = chunks.len().saturating_sub(1);
-                        if chunks.is_empty() && !more {
+                        let ends = rest == Rest::Nothing;
+                        if chunks.is_empty() && ends {
                             self.send(body_reply(direction, streamed(Vec::new(), true)))
                                 .await?;
                         }
                         for (i, chunk) in chunks.into_iter().enumerate() {
-                            let end = i == last && !more;
+                            let end = i == last && ends;
                             self.send(body_reply(direction, streamed(chunk, end)))
                                 .await?;
                         }
                     }
                 }
-                if more && mode != BodyMode::Buffered && mode != BodyMode::BufferedPartial {
+                if rest == Rest::Body {
                     // Let the rest through (a body over the limit that policy
                     // allows).
                     *self.route(direction) = Route::Pass;

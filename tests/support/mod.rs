@@ -35,6 +35,27 @@ pub fn eicar() -> Vec<u8> {
 /// The name clamd reports for it.
 pub const EICAR_NAME: &str = "Eicar-Test-Signature.UNOFFICIAL";
 
+/// Random cases for the tests that make up their input (xorshift64*):
+/// the same on every run, so that a failing case can be sent again.
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    pub fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+
+    pub fn bytes(&mut self, n: usize) -> Vec<u8> {
+        (0..n).map(|_| self.next() as u8).collect()
+    }
+}
+
 pub fn project_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
