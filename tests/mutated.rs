@@ -31,9 +31,11 @@ fn chunked(body: &[u8], ieof: bool, out: &mut Vec<u8>) {
 }
 
 /// One well-formed request: OPTIONS, a null-body REQMOD, a REQMOD upload,
-/// or a RESPMOD with or without a preview and `Allow: 204`.
-fn well_formed(rng: &mut Rng) -> Vec<u8> {
-    let body = match rng.below(5) {
+/// or a RESPMOD with or without a preview and `Allow: 204`; and whether it
+/// carries EICAR.
+fn well_formed(rng: &mut Rng) -> (Vec<u8>, bool) {
+    let infected_body = rng.below(5);
+    let body = match infected_body {
         0 => Vec::new(),
         1 => b"hello".to_vec(),
         2 => eicar(),
@@ -48,7 +50,8 @@ fn well_formed(rng: &mut Rng) -> Vec<u8> {
         }
     };
     let mut out = Vec::new();
-    match rng.below(6) {
+    let kind = rng.below(6);
+    match kind {
         0 => out.extend_from_slice(b"OPTIONS icap://127.0.0.1/avscan ICAP/1.0\r\nHost: x\r\n\r\n"),
         1 => {
             let req = b"GET http://example.com/ HTTP/1.1\r\nHost: example.com\r\n\r\n";
@@ -114,7 +117,7 @@ fn well_formed(rng: &mut Rng) -> Vec<u8> {
             }
         }
     }
-    out
+    (out, kind >= 2 && matches!(infected_body, 2 | 3))
 }
 
 /// One to four edits: a byte changed, a span cut or inserted, the end cut
@@ -220,17 +223,20 @@ fn check_answer(answer: &[u8]) -> Result<(), String> {
 
 /// What an undamaged request must get: 200 (OPTIONS, an echo, a block
 /// page) or 204, after a `100 Continue` when its preview did not hold the
-/// whole body.
-fn check_served(answer: &[u8]) -> Result<(), String> {
+/// whole body; a block exactly when it carries EICAR.
+fn check_served(answer: &[u8], infected: bool) -> Result<(), String> {
     let text = String::from_utf8_lossy(answer);
     let text = text
         .strip_prefix("ICAP/1.0 100 Continue\r\n\r\n")
         .unwrap_or(&text);
     let status = text.lines().next().unwrap_or("");
-    if status.starts_with("ICAP/1.0 200 ") || status.starts_with("ICAP/1.0 204 ") {
-        Ok(())
-    } else {
-        Err(format!("a well-formed request got {status:?}"))
+    if !status.starts_with("ICAP/1.0 200 ") && !status.starts_with("ICAP/1.0 204 ") {
+        return Err(format!("a well-formed request got {status:?}"));
+    }
+    match (infected, text.contains("X-Infection-Found:")) {
+        (true, false) => Err(format!("EICAR not blocked: {status:?}")),
+        (false, true) => Err("a clean body blocked".to_owned()),
+        _ => Ok(()),
     }
 }
 
@@ -267,7 +273,7 @@ async fn damaged_requests_get_an_answer_or_a_close_and_nothing_panics() {
         }
         set.spawn(async move {
             let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ (case + 1).wrapping_mul(0xff51_afd7));
-            let request = well_formed(&mut rng);
+            let (request, infected) = well_formed(&mut rng);
             // One case in ten goes undamaged: the server must still serve
             // those between the others.
             let intact = case % 10 == 0;
@@ -281,7 +287,7 @@ async fn damaged_requests_get_an_answer_or_a_close_and_nothing_panics() {
             }
             let verdict = match exchange(port, &request, bound).await {
                 None => Err(format!("no answer and no close within {bound:?}")),
-                Some(answer) if intact => check_served(&answer),
+                Some(answer) if intact => check_served(&answer, infected),
                 Some(answer) => check_answer(&answer),
             };
             verdict.err().map(|why| {
