@@ -1094,51 +1094,99 @@ fn released(reply: &ProcessingResponse) -> Option<Vec<u8>> {
 }
 
 /// Message sequences no Envoy sends (out of order, repeated, cut short, with
-/// modes that do not exist) from a client that then half-closes, against
-/// the real binary: every stream ends, with OK or an error status, within
+/// modes that do not exist), some waiting for a reply after a message as
+/// Envoy does, from a client that then half-closes, against the real
+/// binary with its default settings and with a scan limit small enough to
+/// block some bodies: every stream ends, with OK or an error status, within
 /// the bound; nothing follows an ImmediateResponse; no reply lets EICAR
 /// through; nothing panics; and the server still blocks EICAR afterwards.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn made_up_message_sequences_end_and_never_let_eicar_through() {
     let clamd = ClamdProcess::start();
-    let port = support::free_port();
-    let server = support::Service::start_with(
-        env!("CARGO_BIN_EXE_virus-scanner"),
-        &["all"],
-        &[
-            ("ICAP_PORT", support::free_port().to_string()),
-            ("PRODUCER_PORT", port.to_string()),
-            ("CLAMD_URL", clamd.tcp_url()),
-        ],
-    );
-    server.wait_port(port, Duration::from_secs(20));
-    let url = format!("http://127.0.0.1:{port}");
-    let channel = channel(&url).await;
+    for (seed, limit) in [(1u64, "25M"), (2, "1000")] {
+        let port = support::free_port();
+        let server = support::Service::start_with(
+            env!("CARGO_BIN_EXE_virus-scanner"),
+            &["all"],
+            &[
+                ("ICAP_PORT", support::free_port().to_string()),
+                ("PRODUCER_PORT", port.to_string()),
+                ("CLAMD_URL", clamd.tcp_url()),
+                ("MAX_SCAN_SIZE", limit.to_owned()),
+            ],
+        );
+        server.wait_port(port, Duration::from_secs(20));
+        let channel = channel(&format!("http://127.0.0.1:{port}")).await;
+        let (ok, errors, blocked) = play_made_up_sequences(&channel, seed).await;
+        // The cases reached every ending.
+        assert!(
+            ok > 0 && errors > 0 && blocked > 0,
+            "{ok} OK, {errors} errors, {blocked} blocked"
+        );
+        let log = server.log();
+        assert!(!log.contains("panicked"), "the server panicked:\n{log}");
+        // And it still scans.
+        let mut s = Stream::open(channel).await;
+        s.passes(with_modes(
+            request_headers("/up", &[], false),
+            BUFFERED,
+            BUFFERED,
+        ))
+        .await;
+        s.send(body(Direction::Request, &eicar(), true)).await;
+        assert_infected(s.next().await);
+    }
+}
+
+/// Plays 300 made-up sequences from `seed`; returns how many streams ended
+/// with OK, with an error status, and with an ImmediateResponse.
+async fn play_made_up_sequences(channel: &Channel, seed: u64) -> (usize, usize, usize) {
     let infected = eicar();
     let (mut ok, mut errors, mut blocked) = (0, 0, 0);
     for case in 0..300u64 {
-        let mut rng = Rng(0x2545_f491_4f6c_dd1d ^ (case + 1).wrapping_mul(0x9e37_79b9));
+        let mut rng =
+            Rng(0x2545_f491_4f6c_dd1d ^ (seed << 32 | (case + 1)).wrapping_mul(0x9e37_79b9));
         let mut s = Stream::open(channel.clone()).await;
         let sent: Vec<ProcessingRequest> = (0..1 + rng.below(8))
             .map(|i| random_message(&mut rng, i == 0))
             .collect();
+        let mut replies = Vec::new();
+        let mut ended = None;
         for msg in &sent {
-            s.send(msg.clone()).await;
-        }
-        s.close();
-        let ended = tokio::time::timeout(Duration::from_secs(20), async {
-            let mut replies = Vec::new();
-            loop {
-                match s.rx.message().await {
-                    Ok(Some(m)) => replies.push(m),
-                    Ok(None) => return (replies, true),
-                    Err(_) => return (replies, false),
+            // The server may have ended the stream already.
+            let _ = s.tx.as_ref().unwrap().send(msg.clone()).await;
+            if rng.below(2) == 0 {
+                // As Envoy does: the reply before the next message.
+                match tokio::time::timeout(Duration::from_millis(50), s.rx.message()).await {
+                    Ok(Ok(Some(m))) => replies.push(m),
+                    Ok(Ok(None)) => ended = Some(true),
+                    Ok(Err(_)) => ended = Some(false),
+                    Err(_) => {}
+                }
+                if ended.is_some() {
+                    break;
                 }
             }
-        })
-        .await;
-        let Ok((replies, clean_end)) = ended else {
-            panic!("case {case}: the stream did not end within 20 s; sent {sent:?}");
+        }
+        s.close();
+        let clean_end = match ended {
+            Some(clean) => clean,
+            None => {
+                let rest = tokio::time::timeout(Duration::from_secs(20), async {
+                    loop {
+                        match s.rx.message().await {
+                            Ok(Some(m)) => replies.push(m),
+                            Ok(None) => return true,
+                            Err(_) => return false,
+                        }
+                    }
+                })
+                .await;
+                let Ok(clean) = rest else {
+                    panic!("case {case}: the stream did not end within 20 s; sent {sent:?}");
+                };
+                clean
+            }
         };
         if clean_end {
             ok += 1;
@@ -1164,21 +1212,5 @@ async fn made_up_message_sequences_end_and_never_let_eicar_through() {
             }
         }
     }
-    // The cases reached every ending.
-    assert!(
-        ok > 0 && errors > 0 && blocked > 0,
-        "{ok} OK, {errors} errors, {blocked} blocked"
-    );
-    let log = server.log();
-    assert!(!log.contains("panicked"), "the server panicked:\n{log}");
-    // And it still scans.
-    let mut s = Stream::open(channel).await;
-    s.passes(with_modes(
-        request_headers("/up", &[], false),
-        BUFFERED,
-        BUFFERED,
-    ))
-    .await;
-    s.send(body(Direction::Request, &infected, true)).await;
-    assert_infected(s.next().await);
+    (ok, errors, blocked)
 }
