@@ -551,7 +551,26 @@ impl Worker {
         let error = |kind: &'static str, message: String| Verdict::Error { kind, message };
         match &task.provider {
             Provider::Inline => {
-                let body = entry.field("body").unwrap_or_default();
+                // A producer always writes the body field, empty bodies
+                // included, and declares its length: an entry without it,
+                // or with another length, is not the body that was queued,
+                // and scanning it could call an unseen body clean.
+                let Some(body) = entry.field("body") else {
+                    return (error("body", "inline task without its body".into()), 0);
+                };
+                let len = body.len() as u64;
+                if task.content_length.is_some_and(|declared| declared != len) {
+                    return (
+                        error(
+                            "body",
+                            format!(
+                                "inline body holds {len} bytes, the task says {:?}",
+                                task.content_length
+                            ),
+                        ),
+                        len,
+                    );
+                }
                 let mut session = self.shared.scanner.session();
                 session.write(body).await;
                 let n = session.received();

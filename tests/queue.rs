@@ -760,6 +760,66 @@ async fn a_task_that_keeps_failing_goes_to_dead_letter() {
     redis.assert_keys_expire().await;
 }
 
+/// Inline tasks written straight into a lane, as a producer writes them
+/// but with the body field missing or of another length than the task
+/// declares: the handler answers each with an error (which fails closed),
+/// never with a verdict on bytes that are not the body.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_inline_task_without_its_body_or_with_another_length_fails_closed() {
+    let redis = RedisProcess::start();
+    let clamd = ClamdProcess::start();
+    let handler = handler(&redis, &clamd, &[]);
+    handler
+        .wait_log("handler started", 1, Duration::from_secs(20))
+        .await;
+    let mut conn = redis.conn().await;
+    let infected = eicar();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let cases: [(&str, u64, Option<&[u8]>, &str); 4] = [
+        ("whole", 68, Some(&infected), "infected"),
+        ("empty", 0, Some(b""), "clean"),
+        ("missing", 68, None, "error"),
+        // The start of EICAR alone is clean to clamd.
+        ("cut-short", 68, Some(&infected[..20]), "error"),
+    ];
+    for (id, declared, body, want) in cases {
+        let task = serde_json::json!({
+            "v": 1,
+            "id": id,
+            "priority": "normal",
+            "enqueued_at_ms": now,
+            "direction": "response",
+            "url": format!("http://origin.test/{id}"),
+            "content_length": declared,
+            "provider": {"kind": "inline"},
+            "deadline_ms": now + 60_000,
+            "reply_to": "vs:reply:by-hand",
+        });
+        let mut cmd = redis::cmd("XADD");
+        cmd.arg("vs:tasks:normal")
+            .arg("*")
+            .arg("task")
+            .arg(task.to_string());
+        if let Some(body) = body {
+            cmd.arg("body").arg(body);
+        }
+        let _: String = cmd.query_async(&mut conn).await.unwrap();
+        let (_, result): (String, String) = redis::cmd("BLPOP")
+            .arg("vs:reply:by-hand")
+            .arg(20)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        let result: serde_json::Value = serde_json::from_str(&result).unwrap();
+        assert_eq!(result["id"], id, "{result}");
+        assert_eq!(result["verdict"]["result"], want, "{id}: {result}");
+    }
+    redis.assert_keys_expire().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_long_scan_keeps_its_claim() {
     let redis = RedisProcess::start();
