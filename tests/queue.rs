@@ -760,12 +760,57 @@ async fn a_task_that_keeps_failing_goes_to_dead_letter() {
     redis.assert_keys_expire().await;
 }
 
-/// Inline tasks written straight into a lane, as a producer writes them
-/// but with the body field missing or of another length than the task
-/// declares: the handler answers each with an error (which fails closed),
-/// never with a verdict on bytes that are not the body.
+/// Queues a task written by hand, as a producer writes it, with `provider`
+/// and the entry's extra `fields`, and returns the handler's result.
+async fn by_hand(
+    conn: &mut redis::aio::MultiplexedConnection,
+    id: &str,
+    declared: u64,
+    provider: serde_json::Value,
+    fields: &[(&str, &[u8])],
+) -> serde_json::Value {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let task = serde_json::json!({
+        "v": 1,
+        "id": id,
+        "priority": "normal",
+        "enqueued_at_ms": now,
+        "direction": "response",
+        "url": format!("http://origin.test/{id}"),
+        "content_length": declared,
+        "provider": provider,
+        "deadline_ms": now + 60_000,
+        "reply_to": "vs:reply:by-hand",
+    });
+    let mut cmd = redis::cmd("XADD");
+    cmd.arg("vs:tasks:normal")
+        .arg("*")
+        .arg("task")
+        .arg(task.to_string());
+    for (name, value) in fields {
+        cmd.arg(*name).arg(*value);
+    }
+    let _: String = cmd.query_async(conn).await.unwrap();
+    let (_, result): (String, String) = redis::cmd("BLPOP")
+        .arg("vs:reply:by-hand")
+        .arg(20)
+        .query_async(conn)
+        .await
+        .unwrap();
+    let result: serde_json::Value = serde_json::from_str(&result).unwrap();
+    assert_eq!(result["id"], id, "{result}");
+    result
+}
+
+/// Tasks written straight into a lane, as a producer writes them but with
+/// the body missing, of another length than declared, or its end marker
+/// unreadable: the handler answers each with an error (which fails
+/// closed), never with a verdict on bytes that are not the body.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_inline_task_without_its_body_or_with_another_length_fails_closed() {
+async fn a_task_whose_body_is_not_whole_fails_closed() {
     let redis = RedisProcess::start();
     let clamd = ClamdProcess::start();
     let handler = handler(&redis, &clamd, &[]);
@@ -774,47 +819,45 @@ async fn an_inline_task_without_its_body_or_with_another_length_fails_closed() {
         .await;
     let mut conn = redis.conn().await;
     let infected = eicar();
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64;
+    // The start of EICAR alone is clean to clamd.
+    let start = &infected[..20];
+    let inline = serde_json::json!({"kind": "inline"});
     let cases: [(&str, u64, Option<&[u8]>, &str); 4] = [
         ("whole", 68, Some(&infected), "infected"),
         ("empty", 0, Some(b""), "clean"),
         ("missing", 68, None, "error"),
-        // The start of EICAR alone is clean to clamd.
-        ("cut-short", 68, Some(&infected[..20]), "error"),
+        ("cut-short", 68, Some(start), "error"),
     ];
     for (id, declared, body, want) in cases {
-        let task = serde_json::json!({
-            "v": 1,
-            "id": id,
-            "priority": "normal",
-            "enqueued_at_ms": now,
-            "direction": "response",
-            "url": format!("http://origin.test/{id}"),
-            "content_length": declared,
-            "provider": {"kind": "inline"},
-            "deadline_ms": now + 60_000,
-            "reply_to": "vs:reply:by-hand",
-        });
-        let mut cmd = redis::cmd("XADD");
-        cmd.arg("vs:tasks:normal")
-            .arg("*")
-            .arg("task")
-            .arg(task.to_string());
-        if let Some(body) = body {
-            cmd.arg("body").arg(body);
+        let fields: Vec<(&str, &[u8])> = body.map(|b| ("body", b)).into_iter().collect();
+        let result = by_hand(&mut conn, id, declared, inline.clone(), &fields).await;
+        assert_eq!(result["verdict"]["result"], want, "{id}: {result}");
+    }
+    // The stream provider: chunks, then an end entry giving the length.
+    for (id, end, want) in [
+        ("stream-whole", "20", "clean"),
+        ("stream-short", "68", "error"),
+        ("stream-unreadable-end", "twenty", "error"),
+    ] {
+        let key = format!("vs:body:{id}");
+        for (name, value) in [("d", start), ("end", end.as_bytes())] {
+            let _: String = redis::cmd("XADD")
+                .arg(&key)
+                .arg("*")
+                .arg(name)
+                .arg(value)
+                .query_async(&mut conn)
+                .await
+                .unwrap();
         }
-        let _: String = cmd.query_async(&mut conn).await.unwrap();
-        let (_, result): (String, String) = redis::cmd("BLPOP")
-            .arg("vs:reply:by-hand")
-            .arg(20)
+        let _: () = redis::cmd("EXPIRE")
+            .arg(&key)
+            .arg(600)
             .query_async(&mut conn)
             .await
             .unwrap();
-        let result: serde_json::Value = serde_json::from_str(&result).unwrap();
-        assert_eq!(result["id"], id, "{result}");
+        let stream = serde_json::json!({"kind": "stream", "key": key});
+        let result = by_hand(&mut conn, id, 20, stream, &[]).await;
         assert_eq!(result["verdict"]["result"], want, "{id}: {result}");
     }
     redis.assert_keys_expire().await;
