@@ -13,7 +13,7 @@ mod support;
 
 use std::time::Duration;
 
-use support::{c_icap_text, eicar, ClamdProcess, Rng, Service, EICAR_NAME};
+use support::{c_icap_text, eicar, ClamdProcess, RedisProcess, Rng, Service, EICAR_NAME};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -245,24 +245,16 @@ const CASES: u64 = 600;
 /// short wait for a timeout.
 const AT_ONCE: usize = 32;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn damaged_requests_get_an_answer_or_a_close_and_nothing_panics() {
-    let clamd = ClamdProcess::start();
-    let port = support::free_port();
-    let server = Service::start_with(
-        env!("CARGO_BIN_EXE_virus-scanner"),
-        &["all"],
-        &[
-            ("ICAP_PORT", port.to_string()),
-            ("CLAMD_URL", clamd.tcp_url()),
-            // Short, so that a request cut short ends soon: a head with 408,
-            // a body or an idle connection with a close.
-            ("HEAD_TIMEOUT", "1s".into()),
-            ("BODY_TIMEOUT", "2s".into()),
-            ("IDLE_TIMEOUT", "2s".into()),
-        ],
-    );
-    server.wait_port(port, Duration::from_secs(20));
+/// The timeouts the servers run with: short, so that a request cut short
+/// ends soon (a head with 408, a body or an idle connection with a close).
+const TIMEOUTS: [(&str, &str); 3] = [
+    ("HEAD_TIMEOUT", "1s"),
+    ("BODY_TIMEOUT", "2s"),
+    ("IDLE_TIMEOUT", "2s"),
+];
+
+/// Sends the cases to the ICAP server on `port`; returns what went wrong.
+async fn play(port: u16) -> Vec<String> {
     // Well past every timeout above, so that only a hang exceeds it.
     let bound = Duration::from_secs(20);
     let mut failures = Vec::new();
@@ -299,6 +291,32 @@ async fn damaged_requests_get_an_answer_or_a_close_and_nothing_panics() {
     while let Some(result) = set.join_next().await {
         failures.extend(result.unwrap());
     }
+    failures
+}
+
+/// The server on `port` still blocks EICAR, for a client nobody here wrote.
+async fn still_scans(port: u16) {
+    let dir = support::TempDir::new("mutated");
+    let infected = support::write_file(&dir, "eicar.com", &eicar());
+    let t = c_icap_text(port, &["-s", "avscan", "-v", "-f", &infected]).await;
+    assert!(
+        t.contains("ICAP/1.0 200 OK") && t.contains(&format!("X-Virus-ID: {EICAR_NAME}")),
+        "{t}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn damaged_requests_get_an_answer_or_a_close_and_nothing_panics() {
+    let clamd = ClamdProcess::start();
+    let port = support::free_port();
+    let mut env = vec![
+        ("ICAP_PORT", port.to_string()),
+        ("CLAMD_URL", clamd.tcp_url()),
+    ];
+    env.extend(TIMEOUTS.map(|(k, v)| (k, v.to_owned())));
+    let server = Service::start_with(env!("CARGO_BIN_EXE_virus-scanner"), &["all"], &env);
+    server.wait_port(port, Duration::from_secs(20));
+    let failures = play(port).await;
     let log = server.log();
     assert!(failures.is_empty(), "{}", failures.join("\n"));
     assert!(!log.contains("panicked"), "the server panicked:\n{log}");
@@ -307,12 +325,61 @@ async fn damaged_requests_get_an_answer_or_a_close_and_nothing_panics() {
         log.contains("malformed ICAP request"),
         "no refusal logged:\n{log}"
     );
-    // And it is still there and scanning, for a client nobody here wrote.
-    let dir = support::TempDir::new("mutated");
-    let infected = support::write_file(&dir, "eicar.com", &eicar());
-    let t = c_icap_text(port, &["-s", "avscan", "-v", "-f", &infected]).await;
-    assert!(
-        t.contains("ICAP/1.0 200 OK") && t.contains(&format!("X-Virus-ID: {EICAR_NAME}")),
-        "{t}"
-    );
+    still_scans(port).await;
+}
+
+/// The same cases against a producer and a handler over a real Redis, with
+/// bodies over 1 KiB streamed through Redis: besides the above, every task
+/// the damaged requests left ends, and every key of theirs expires.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn damaged_requests_to_a_producer_leave_nothing_behind() {
+    let clamd = ClamdProcess::start();
+    let redis = RedisProcess::start();
+    let port = support::free_port();
+    let mut env = vec![
+        ("REDIS_PORT", redis.port.to_string()),
+        ("CLAMD_URL", clamd.tcp_url()),
+        ("INLINE_MAX", "1K".into()),
+        ("STREAM_CHUNK", "512".into()),
+    ];
+    env.extend(TIMEOUTS.map(|(k, v)| (k, v.to_owned())));
+    let handler = Service::start(env!("CARGO_BIN_EXE_virus-scanner-handler"), &env);
+    env.push(("ICAP_PORT", port.to_string()));
+    let producer = Service::start(env!("CARGO_BIN_EXE_virus-scanner-producer"), &env);
+    producer.wait_port(port, Duration::from_secs(20));
+    let failures = play(port).await;
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    still_scans(port).await;
+    for (name, log) in [("producer", producer.log()), ("handler", handler.log())] {
+        assert!(!log.contains("panicked"), "the {name} panicked:\n{log}");
+    }
+    // The handler ends a streamed body that stopped coming within its
+    // BODY_TIMEOUT; then no task is left in a lane, and every key expires.
+    let mut left = Vec::new();
+    for _ in 0..40 {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        left = lanes_holding(&redis).await;
+        if left.is_empty() {
+            break;
+        }
+    }
+    assert!(left.is_empty(), "tasks left in {left:?}");
+    redis.assert_keys_expire().await;
+}
+
+/// The lanes that still hold tasks.
+async fn lanes_holding(redis: &RedisProcess) -> Vec<String> {
+    let mut conn = redis.conn().await;
+    let mut holding = Vec::new();
+    for lane in ["vs:tasks:high", "vs:tasks:normal", "vs:tasks:low"] {
+        let len: u64 = redis::cmd("XLEN")
+            .arg(lane)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        if len > 0 {
+            holding.push(lane.to_owned());
+        }
+    }
+    holding
 }
