@@ -112,6 +112,22 @@ pub struct ScanRequest {
     pub client_ip: Option<IpAddr>,
     /// The end user's name, as the proxy reported it.
     pub user: Option<String>,
+    /// The message's `Content-Encoding`, all its values in order: the scan
+    /// decodes the codings clamd cannot see through.
+    pub content_encoding: Option<String>,
+}
+
+/// A message's `Content-Encoding` as one value: fields that repeat it are
+/// joined in order, as RFC 9110 reads them.
+pub fn content_encoding(headers: &http::HeaderMap) -> Option<String> {
+    let mut values = headers.get_all(http::header::CONTENT_ENCODING).iter();
+    let first = values.next()?;
+    let mut joined = String::from_utf8_lossy(first.as_bytes()).into_owned();
+    for v in values {
+        joined.push_str(", ");
+        joined.push_str(&String::from_utf8_lossy(v.as_bytes()));
+    }
+    Some(joined)
 }
 
 /// How urgently a message is scanned: the queue has one lane for each.

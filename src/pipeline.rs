@@ -24,7 +24,9 @@ impl Pipeline {
     /// Starts one scan.
     pub fn session(&self, scan: &ScanRequest, priority: Priority) -> Session {
         match self {
-            Pipeline::Local(scanner) => Session::Local(scanner.session()),
+            Pipeline::Local(scanner) => {
+                Session::Local(scanner.session_for(scan.content_encoding.as_deref()))
+            }
             Pipeline::Queue(producer) => Session::Queued(producer.session(scan, priority)),
         }
     }

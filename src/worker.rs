@@ -571,13 +571,19 @@ impl Worker {
                         len,
                     );
                 }
-                let mut session = self.shared.scanner.session();
+                let mut session = self
+                    .shared
+                    .scanner
+                    .session_for(task.content_encoding.as_deref());
                 session.write(body).await;
                 let n = session.received();
                 (session.finish().await, n)
             }
             Provider::Stream { key } => {
-                let mut session = self.shared.scanner.session();
+                let mut session = self
+                    .shared
+                    .scanner
+                    .session_for(task.content_encoding.as_deref());
                 let mut last = "0-0".to_owned();
                 let mut quiet_since = Instant::now();
                 loop {
@@ -689,7 +695,10 @@ impl Worker {
                         len,
                     );
                 }
-                self.shared.scanner.scan_file(file, len).await
+                self.shared
+                    .scanner
+                    .scan_file(file, len, task.content_encoding.as_deref())
+                    .await
             }
         }
     }

@@ -85,10 +85,15 @@ impl Server {
     /// A stream where a GET and its response's headers are answered, in
     /// `mode`: the response body comes next.
     async fn download(&self, path: &str, mode: i32) -> Stream {
+        self.download_with(path, mode, &[]).await
+    }
+
+    /// The same, with `extra` response header fields.
+    async fn download_with(&self, path: &str, mode: i32, extra: &[(&str, &str)]) -> Stream {
         let mut s = self.open().await;
         s.passes(with_modes(request_headers(path, &[], true), mode, mode))
             .await;
-        s.passes(response_headers(&[], false)).await;
+        s.passes(response_headers(extra, false)).await;
         s
     }
 
@@ -547,6 +552,31 @@ async fn full_duplex_bodies_come_back_only_when_clean() {
     s.send(body(Direction::Request, &chunks[1], true)).await;
     assert_infected(s.next().await);
     drop(s);
+    server.stop().await;
+}
+
+/// A body with a Content-Encoding clamd cannot see through is decoded
+/// before the scan (tests/content_encoding.rs has the ICAP side).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn encoded_bodies_are_decoded_before_the_scan() {
+    let (_clamd, server) = with_clamd(&[]).await;
+    let e = eicar();
+    // A download in brotli, EICAR cut between two blocks.
+    let mut s = server
+        .download_with("/f.br", BUFFERED, &[("content-encoding", "br")])
+        .await;
+    let br = support::brotli_stored(&[&e[..30], &e[30..]]);
+    s.send(body(Direction::Response, &br, true)).await;
+    assert_infected(s.next().await);
+    // An upload with deflate, streamed in two chunks.
+    let mut s = server.open().await;
+    let headers = request_headers("/up", &[("content-encoding", "deflate")], false);
+    s.passes(with_modes(headers, FULL_DUPLEX, FULL_DUPLEX))
+        .await;
+    let z = miniz_oxide::deflate::compress_to_vec_zlib(&e, 6);
+    s.send(body(Direction::Request, &z[..20], false)).await;
+    s.send(body(Direction::Request, &z[20..], true)).await;
+    assert_infected(s.next().await);
     server.stop().await;
 }
 

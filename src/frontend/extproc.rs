@@ -213,6 +213,10 @@ fn scan_request(exchange: &Exchange, envoy: EnvoyDirection) -> ScanRequest {
         declared_length: exchange.declared_length(envoy),
         client_ip: exchange.client,
         user: None,
+        content_encoding: crate::model::content_encoding(match envoy {
+            EnvoyDirection::Request => &exchange.request_headers,
+            EnvoyDirection::Response => &exchange.response_headers,
+        }),
     }
 }
 

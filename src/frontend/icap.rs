@@ -1045,10 +1045,11 @@ fn scan_request(req: &Request) -> ScanRequest {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse::<u64>().ok())
     };
-    let declared_length = match direction {
-        Direction::Request => http_req.and_then(|h| length_of(&h.headers)),
-        Direction::Response => http_res.and_then(|h| length_of(&h.headers)),
+    let headers = match direction {
+        Direction::Request => http_req.map(|h| &h.headers),
+        Direction::Response => http_res.map(|h| &h.headers),
     };
+    let declared_length = headers.and_then(length_of);
     ScanRequest {
         id: ScanId::next(),
         direction,
@@ -1059,6 +1060,7 @@ fn scan_request(req: &Request) -> ScanRequest {
         declared_length,
         client_ip: req.client_ip(),
         user: req.client_username(),
+        content_encoding: headers.and_then(crate::model::content_encoding),
     }
 }
 

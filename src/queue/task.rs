@@ -78,6 +78,11 @@ pub struct Task {
     /// The body's length when known (always, once the body has ended).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub content_length: Option<u64>,
+    /// The body's `Content-Encoding`: the handler decodes the codings clamd
+    /// cannot see through. (A handler from before this field scans the
+    /// bytes as they are.)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content_encoding: Option<String>,
     /// Where the body is.
     pub provider: Provider,
     /// After this (milliseconds since the epoch) nobody waits for the
@@ -110,6 +115,7 @@ impl Task {
                 user: scan.user.clone(),
             },
             content_length: scan.declared_length,
+            content_encoding: scan.content_encoding.clone(),
             provider,
             deadline_ms: 0,
             reply_to,
@@ -250,6 +256,7 @@ pub fn error_kind(kind: &str) -> &'static str {
         "deadline" => "deadline",
         "dead-letter" => "dead-letter",
         "body" => "body",
+        "encoding" => "encoding",
         "queue" => "queue",
         "not-scanned" => "not-scanned",
         _ => "handler",
@@ -279,6 +286,7 @@ mod tests {
             declared_length: Some(42),
             client_ip: Some("10.1.2.3".parse().unwrap()),
             user: Some("alice".into()),
+            content_encoding: Some("br".into()),
         }
     }
 

@@ -12,6 +12,7 @@
 //! [`Verdict::Error`], and the failure mode decides what that means.
 
 pub mod clamd;
+pub mod decode;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -61,15 +62,47 @@ impl Scanner {
             stream: None,
             received: 0,
             failed: None,
+            decoding: None,
         }
     }
 
-    /// Scans a body that is whole in `file`, `len` bytes long. On a unix
-    /// socket clamd gets the file's descriptor (FILDES) whatever its size:
-    /// nothing is copied, and clamd's `StreamMaxLength` does not apply. On
-    /// TCP the file streams by INSTREAM. Returns the verdict and the bytes
-    /// read (all of them when clamd read the file).
-    pub async fn scan_file(&self, file: std::fs::File, len: u64) -> (Verdict, u64) {
+    /// Starts a scan of a body sent with `content_encoding`: the codings
+    /// clamd cannot see through are undone as the body arrives
+    /// ([`decode`]), and clamd scans what a browser would get.
+    pub fn session_for(&self, content_encoding: Option<&str>) -> ScanSession {
+        let mut session = self.session();
+        let plan = content_encoding.map_or(decode::Plan::AsIs, decode::plan);
+        session.decoding = match plan {
+            decode::Plan::AsIs => None,
+            decode::Plan::Decode(decoder) => Some(Box::new(Decoding {
+                decoder: Some(decoder),
+                piece: Vec::new(),
+                encoded: 0,
+                error: None,
+            })),
+            decode::Plan::Cannot(why) => Some(Box::new(Decoding {
+                decoder: None,
+                piece: Vec::new(),
+                encoded: 0,
+                error: Some(why),
+            })),
+        };
+        session
+    }
+
+    /// Scans a body that is whole in `file`, `len` bytes long, sent with
+    /// `content_encoding`. On a unix socket clamd gets the file's
+    /// descriptor (FILDES) whatever its size: nothing is copied, and
+    /// clamd's `StreamMaxLength` does not apply. On TCP, or when a coding
+    /// must come off first, the file streams through a session. Returns
+    /// the verdict and the bytes read (all of them when clamd read the
+    /// file).
+    pub async fn scan_file(
+        &self,
+        file: std::fs::File,
+        len: u64,
+        content_encoding: Option<&str>,
+    ) -> (Verdict, u64) {
         if len > self.max_scan_size {
             return (
                 Verdict::TooLarge {
@@ -78,11 +111,11 @@ impl Scanner {
                 len,
             );
         }
-        if self.clamd.is_unix() {
+        let mut session = self.session_for(content_encoding);
+        if self.clamd.is_unix() && session.decoding.is_none() {
             let verdict = self.clamd.fildes_file(&file).await;
             return (verdict.unwrap_or_else(error_verdict), len);
         }
-        let mut session = self.session();
         let mut file = tokio::fs::File::from_std(file);
         let mut buf = vec![0u8; 256 * 1024];
         loop {
@@ -147,19 +180,37 @@ pub struct ScanSession {
     /// one write.
     held: Vec<u8>,
     stream: Option<Instream>,
+    /// Bytes given to clamd (decoded, when decoding).
     received: u64,
     failed: Option<ScanError>,
+    /// The Content-Encoding being undone, if any.
+    decoding: Option<Box<Decoding>>,
+}
+
+/// A body's Content-Encoding being undone on its way to clamd.
+struct Decoding {
+    /// `None` when the coding cannot be undone here (`error` says why).
+    decoder: Option<decode::Decoder>,
+    /// The latest decoded piece.
+    piece: Vec<u8>,
+    /// Encoded bytes received.
+    encoded: u64,
+    /// Why decoding stopped. What was decoded until then is still scanned:
+    /// found infected, it is blocked as such; else the verdict is this
+    /// error, since the scan did not see the whole body.
+    error: Option<String>,
 }
 
 impl ScanSession {
-    /// Body bytes received so far.
+    /// Body bytes received so far (as they arrived, still encoded).
     pub fn received(&self) -> u64 {
-        self.received
+        self.decoding.as_ref().map_or(self.received, |d| d.encoded)
     }
 
-    /// True once the body has outgrown the scan limit.
+    /// True once the body, as it arrived or decoded, has outgrown the scan
+    /// limit.
     pub fn is_too_large(&self) -> bool {
-        self.received > self.limit
+        self.received > self.limit || self.received() > self.limit
     }
 
     /// True once the scan has failed (the verdict will be an error).
@@ -170,6 +221,31 @@ impl ScanSession {
     /// Adds body bytes. Past the limit or after a failure, bytes are only
     /// counted.
     pub async fn write(&mut self, data: &[u8]) {
+        let Some(mut decoding) = self.decoding.take() else {
+            return self.write_decoded(data).await;
+        };
+        decoding.encoded += data.len() as u64;
+        self.decode(&mut decoding, data).await;
+        self.decoding = Some(decoding);
+    }
+
+    /// Decodes `data` (nothing at the end of the body) piece by piece into
+    /// the scan, until it needs more, fails, or the body is too large.
+    async fn decode(&mut self, d: &mut Decoding, mut data: &[u8]) {
+        let Some(decoder) = d.decoder.as_mut() else {
+            return;
+        };
+        while d.error.is_none() && self.failed.is_none() && !self.is_too_large() {
+            match decoder.decode(&mut data, &mut d.piece) {
+                Ok(true) => self.write_decoded(&d.piece).await,
+                Ok(false) => break,
+                Err(e) => d.error = Some(e),
+            }
+        }
+    }
+
+    /// Adds bytes as clamd is to see them.
+    async fn write_decoded(&mut self, data: &[u8]) {
         self.received += data.len() as u64;
         if self.failed.is_some() || data.is_empty() {
             return;
@@ -253,10 +329,31 @@ impl ScanSession {
     }
 
     /// Ends the body and returns the verdict.
-    pub async fn finish(self) -> Verdict {
+    pub async fn finish(mut self) -> Verdict {
+        let mut undecoded = None;
+        if let Some(mut d) = self.decoding.take() {
+            self.decode(&mut d, &[]).await;
+            if d.error.is_none() && !self.is_too_large() {
+                d.error = d.decoder.as_ref().and_then(|dec| dec.finish().err());
+            }
+            undecoded = d.error.take();
+            self.decoding = Some(d);
+        }
         if self.is_too_large() {
             return Verdict::TooLarge { limit: self.limit };
         }
+        let verdict = self.scan_what_came().await;
+        match (verdict, undecoded) {
+            (Verdict::Clean, Some(why)) => Verdict::Error {
+                kind: "encoding",
+                message: why,
+            },
+            (verdict, _) => verdict,
+        }
+    }
+
+    /// The verdict on the bytes given to clamd.
+    async fn scan_what_came(self) -> Verdict {
         let result = match (self.failed, self.stream, self.spool) {
             (Some(e), _, _) => Err(e),
             (None, Some(stream), _) => stream.finish().await,

@@ -35,6 +35,37 @@ pub fn eicar() -> Vec<u8> {
 /// The name clamd reports for it.
 pub const EICAR_NAME: &str = "Eicar-Test-Signature.UNOFFICIAL";
 
+/// `parts` as one brotli stream (RFC 7932) of stored meta-blocks, one a
+/// part: brotli without an encoder. A string cut between two parts is not
+/// in the encoded bytes, so only a scanner that decodes finds it.
+pub fn brotli_stored(parts: &[&[u8]]) -> Vec<u8> {
+    // WBITS 16 (one 0 bit), then per part: ISLAST 0, MNIBBLES 4 (00),
+    // MLEN-1 in 16 bits, ISUNCOMPRESSED 1, padding to the byte; the data.
+    // At the end an empty last meta-block: ISLAST 1, ISLASTEMPTY 1.
+    let mut out = Vec::new();
+    let mut first = true;
+    for part in parts {
+        assert!((1..=65536).contains(&part.len()));
+        let shift = if first { 1 } else { 0 };
+        let bits: u32 = ((part.len() as u32 - 1) << (3 + shift)) | (1 << (19 + shift));
+        out.extend_from_slice(&bits.to_le_bytes()[..3]);
+        out.extend_from_slice(part);
+        first = false;
+    }
+    out.push(if first { 0b110 } else { 0b11 });
+    out
+}
+
+/// `data` as one gzip member (RFC 1952; its CRC left 0, which nothing
+/// here checks).
+pub fn gzip(data: &[u8]) -> Vec<u8> {
+    let mut out = vec![0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 3];
+    out.extend_from_slice(&miniz_oxide::deflate::compress_to_vec(data, 6));
+    out.extend_from_slice(&[0, 0, 0, 0]);
+    out.extend_from_slice(&(data.len() as u32).to_le_bytes());
+    out
+}
+
 /// Random cases for the tests that make up their input (xorshift64*):
 /// the same on every run, so that a failing case can be sent again.
 pub struct Rng(pub u64);
@@ -406,7 +437,8 @@ pub fn write_file(dir: &TempDir, name: &str, data: &[u8]) -> String {
     path.display().to_string()
 }
 
-/// An HTTP/1.1 origin serving fixed bodies by path, and accepting uploads.
+/// An HTTP/1.1 origin serving fixed bodies by path (those ending in `.br`
+/// or `.deflate` with that Content-Encoding), and accepting uploads.
 pub struct Origin {
     pub port: u16,
     handle: tokio::task::JoinHandle<()>,
@@ -521,8 +553,15 @@ async fn serve_http<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
             (_, Some(body)) => ("200 OK", body.clone()),
             _ => ("404 Not Found", Bytes::from_static(b"no such file\n")),
         };
+        // A path ending in .br or .deflate is served with that
+        // Content-Encoding (its body already encoded), as a server would.
+        let encoding = match path.rsplit_once('.') {
+            Some((_, "br")) => "Content-Encoding: br\r\n",
+            Some((_, "deflate")) => "Content-Encoding: deflate\r\n",
+            _ => "",
+        };
         let head = format!(
-            "HTTP/1.1 {status}\r\nContent-Type: application/octet-stream\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            "HTTP/1.1 {status}\r\nContent-Type: application/octet-stream\r\nContent-Length: {}\r\n{encoding}Connection: close\r\n\r\n",
             body.len()
         );
         stream.write_all(head.as_bytes()).await?;
@@ -889,9 +928,20 @@ impl IcapAnswer {
 /// `len` bytes (declared by Content-Length) from `url`; `extra` are more HTTP
 /// request header lines.
 pub fn respmod_head(port: u16, url: &str, len: usize, extra: &str) -> Vec<u8> {
+    respmod_head_with(port, url, len, extra, "")
+}
+
+/// The same, with `res_extra` header lines in the HTTP response.
+pub fn respmod_head_with(
+    port: u16,
+    url: &str,
+    len: usize,
+    extra: &str,
+    res_extra: &str,
+) -> Vec<u8> {
     let host = url.split('/').nth(2).unwrap_or("origin.test");
     let req = format!("GET {url} HTTP/1.1\r\nHost: {host}\r\n{extra}\r\n");
-    let res = format!("HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: {len}\r\n\r\n");
+    let res = format!("HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: {len}\r\n{res_extra}\r\n");
     format!(
         "RESPMOD icap://127.0.0.1:{port}/avscan ICAP/1.0\r\nHost: 127.0.0.1\r\nAllow: 204\r\n\
          Encapsulated: req-hdr=0, res-hdr={}, res-body={}\r\n\r\n{req}{res}",
@@ -923,10 +973,21 @@ pub async fn icap_respmod(
     body: &[u8],
     extra: &str,
 ) -> Result<IcapAnswer, String> {
+    icap_respmod_with(port, url, body, extra, "").await
+}
+
+/// The same, with `res_extra` header lines in the HTTP response.
+pub async fn icap_respmod_with(
+    port: u16,
+    url: &str,
+    body: &[u8],
+    extra: &str,
+    res_extra: &str,
+) -> Result<IcapAnswer, String> {
     let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await
         .map_err(|e| e.to_string())?;
-    let mut out = respmod_head(port, url, body.len(), extra);
+    let mut out = respmod_head_with(port, url, body.len(), extra, res_extra);
     out.extend_from_slice(&chunked(body, true));
     let (mut rd, mut wr) = s.split();
     let write = async {

@@ -1,0 +1,727 @@
+//! Content-Encoding, undone before the scan where clamd cannot see through
+//! it.
+//!
+//! clamd opens gzip and zstd by itself, but not HTTP's `deflate` (a zlib
+//! stream, or a raw deflate one from some servers) nor brotli (`br`): EICAR
+//! sent with either passes clamd as OK, while every browser decodes it. So a
+//! body with such a layer is decoded here as it arrives, and clamd scans
+//! what the browser gets, as c-icap's virus_scan does for deflate and br.
+//!
+//! Decoding is step by step with bounded buffers, so a small body that
+//! expands enormously (a decompression bomb) costs no more memory than any
+//! other; the scan limit then applies to the decoded size.
+
+use brotli_decompressor::{
+    BrotliDecoderIsFinished, BrotliDecompressStream, BrotliResult, BrotliState, StandardAlloc,
+};
+use miniz_oxide::inflate::stream::{inflate, InflateState};
+use miniz_oxide::{DataFormat, MZError, MZFlush, MZStatus};
+
+/// Decoded bytes handed on at a time, and the most held between layers.
+const PIECE: usize = 64 * 1024;
+
+/// One content coding, as named in the header.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Coding {
+    Gzip,
+    Deflate,
+    Brotli,
+    Zstd,
+    /// A coding no browser decodes (`compress`, a private name): what a
+    /// client gets is the bytes as they are.
+    Other(String),
+}
+
+impl Coding {
+    fn parse(name: &str) -> Option<Coding> {
+        let name = name.trim().to_ascii_lowercase();
+        Some(match name.as_str() {
+            "" | "identity" => return None,
+            "gzip" | "x-gzip" => Coding::Gzip,
+            "deflate" => Coding::Deflate,
+            "br" => Coding::Brotli,
+            "zstd" => Coding::Zstd,
+            _ => Coding::Other(name),
+        })
+    }
+
+    /// clamd opens it by itself.
+    fn clamd_opens(&self) -> bool {
+        matches!(self, Coding::Gzip | Coding::Zstd | Coding::Other(_))
+    }
+}
+
+/// What a message's Content-Encoding asks of the scan.
+#[derive(Debug)]
+pub enum Plan {
+    /// Nothing: no coding, or only ones clamd opens by itself.
+    AsIs,
+    /// Decode these layers, outermost first; clamd opens what is under them.
+    Decode(Decoder),
+    /// A layer that must come off is one this build cannot decode (zstd
+    /// over deflate or br): the scan cannot see the body.
+    Cannot(String),
+}
+
+/// Reads a Content-Encoding value (`br`, `gzip, br`: codings in the order
+/// they were applied).
+pub fn plan(content_encoding: &str) -> Plan {
+    let codings: Vec<Coding> = content_encoding
+        .split(',')
+        .filter_map(Coding::parse)
+        .collect();
+    // Everything from the innermost layer clamd cannot open outwards comes
+    // off here.
+    let Some(innermost) = codings.iter().position(|c| !c.clamd_opens()) else {
+        return Plan::AsIs;
+    };
+    let mut layers = Vec::new();
+    for coding in codings[innermost..].iter().rev() {
+        layers.push(match coding {
+            Coding::Gzip => Layer::Gzip(Gzip::default()),
+            Coding::Deflate => Layer::Deflate(Deflate::default()),
+            Coding::Brotli => Layer::Brotli(Brotli::default()),
+            Coding::Zstd => {
+                return Plan::Cannot(
+                    "zstd over deflate or br: this build does not decode zstd".into(),
+                )
+            }
+            // No client decodes it, so none gets past it either: what is
+            // under it reaches nobody.
+            Coding::Other(_) => break,
+        });
+    }
+    if layers.is_empty() {
+        return Plan::AsIs;
+    }
+    let between = layers.len() - 1;
+    Plan::Decode(Decoder {
+        layers,
+        between: vec![(Vec::new(), 0); between],
+        started: false,
+    })
+}
+
+/// What one step of a layer did.
+struct Step {
+    consumed: usize,
+    produced: usize,
+}
+
+/// One coding being undone.
+enum Layer {
+    Gzip(Gzip),
+    Deflate(Deflate),
+    Brotli(Brotli),
+}
+
+impl Layer {
+    fn step(&mut self, input: &[u8], output: &mut [u8]) -> Result<Step, String> {
+        match self {
+            Layer::Gzip(g) => g.step(input, output),
+            Layer::Deflate(d) => d.step(input, output),
+            Layer::Brotli(b) => b.step(input, output),
+        }
+    }
+
+    /// Its stream has ended; bytes after it are not part of the body.
+    fn is_finished(&self) -> bool {
+        match self {
+            Layer::Gzip(g) => g.members > 0 && matches!(g.at, GzipAt::Start),
+            Layer::Deflate(d) => d.ended,
+            Layer::Brotli(b) => BrotliDecoderIsFinished(&b.state),
+        }
+    }
+
+    fn name(&self) -> &'static str {
+        match self {
+            Layer::Gzip(_) => "gzip",
+            Layer::Deflate(_) => "deflate",
+            Layer::Brotli(_) => "br",
+        }
+    }
+}
+
+/// Runs miniz_oxide's inflate over `input`.
+fn inflate_step(
+    state: &mut InflateState,
+    input: &[u8],
+    output: &mut [u8],
+) -> Result<(Step, bool), String> {
+    let r = inflate(state, input, output, MZFlush::None);
+    let step = Step {
+        consumed: r.bytes_consumed,
+        produced: r.bytes_written,
+    };
+    match r.status {
+        Ok(MZStatus::StreamEnd) => Ok((step, true)),
+        Ok(_) | Err(MZError::Buf) => Ok((step, false)),
+        Err(e) => Err(format!("{e:?}")),
+    }
+}
+
+/// `deflate`: a zlib stream as RFC 9110 says, or raw deflate, which some
+/// servers send and browsers accept; told apart by the first two bytes.
+#[derive(Default)]
+struct Deflate {
+    first: Option<u8>,
+    state: Option<Box<InflateState>>,
+    ended: bool,
+}
+
+impl Deflate {
+    fn step(&mut self, input: &[u8], output: &mut [u8]) -> Result<Step, String> {
+        if self.ended {
+            return Ok(Step {
+                consumed: 0,
+                produced: 0,
+            });
+        }
+        if let Some(state) = self.state.as_mut() {
+            let (step, end) = inflate_step(state, input, output)?;
+            self.ended = end;
+            return Ok(step);
+        }
+        let Some(&b) = input.first() else {
+            return Ok(Step {
+                consumed: 0,
+                produced: 0,
+            });
+        };
+        let Some(first) = self.first else {
+            self.first = Some(b);
+            return Ok(Step {
+                consumed: 1,
+                produced: 0,
+            });
+        };
+        let zlib = first & 0x0f == 8
+            && first >> 4 <= 7
+            && (u16::from(first) << 8 | u16::from(b)) % 31 == 0;
+        let format = if zlib {
+            DataFormat::Zlib
+        } else {
+            DataFormat::Raw
+        };
+        let mut state = InflateState::new_boxed(format);
+        let (step, end) = inflate_step(&mut state, &[first, b], output)?;
+        if step.consumed != 2 {
+            return Err("cannot start".into());
+        }
+        self.state = Some(state);
+        self.ended = end;
+        Ok(Step {
+            consumed: 1,
+            produced: step.produced,
+        })
+    }
+}
+
+/// Where a gzip member stands; each part is read as it comes, once.
+#[derive(Default)]
+enum GzipAt {
+    /// The fixed ten bytes: how many have come, and the flags (byte 3).
+    #[default]
+    Start,
+    Fixed(u8, u8),
+    /// FEXTRA's two length bytes (the first, once it has come).
+    ExtraLen(u8, Option<u8>),
+    /// FEXTRA's bytes still to skip.
+    Extra(u8, usize),
+    /// FNAME, then FCOMMENT: up to their zero byte.
+    Name(u8),
+    Comment(u8),
+    /// FHCRC's bytes still to skip.
+    HeaderCrc(usize),
+    Body,
+    /// The CRC and length: bytes still to skip.
+    Trailer(usize),
+}
+
+/// `gzip` (RFC 1952), member after member: only undone here when a coding
+/// clamd cannot open lies under it.
+#[derive(Default)]
+struct Gzip {
+    at: GzipAt,
+    state: Option<Box<InflateState>>,
+    members: u64,
+}
+
+/// The gzip header flags.
+const FHCRC: u8 = 2;
+const FEXTRA: u8 = 4;
+const FNAME: u8 = 8;
+const FCOMMENT: u8 = 16;
+
+impl Gzip {
+    /// Where the header goes after the part that `flags` said was there
+    /// (`done` holds the flags already passed).
+    fn after(flags: u8, done: u8) -> GzipAt {
+        let next = flags & !done;
+        if next & FEXTRA != 0 {
+            GzipAt::ExtraLen(flags, None)
+        } else if next & FNAME != 0 {
+            GzipAt::Name(flags)
+        } else if next & FCOMMENT != 0 {
+            GzipAt::Comment(flags)
+        } else if next & FHCRC != 0 {
+            GzipAt::HeaderCrc(2)
+        } else {
+            GzipAt::Body
+        }
+    }
+
+    /// The member's deflate stream; at its end, the trailer.
+    fn body(&mut self, input: &[u8], output: &mut [u8]) -> Result<Step, String> {
+        let state = self
+            .state
+            .get_or_insert_with(|| InflateState::new_boxed(DataFormat::Raw));
+        let (step, end) = inflate_step(state, input, output)?;
+        if end {
+            self.state = None;
+            self.at = GzipAt::Trailer(8);
+        }
+        Ok(step)
+    }
+
+    fn step(&mut self, input: &[u8], output: &mut [u8]) -> Result<Step, String> {
+        let header = |consumed| {
+            Ok(Step {
+                consumed,
+                produced: 0,
+            })
+        };
+        let Some(&b) = input.first() else {
+            // In the body the inflater may still have output to give.
+            return match self.at {
+                GzipAt::Body => self.body(input, output),
+                _ => header(0),
+            };
+        };
+        match self.at {
+            GzipAt::Start => {
+                if b != 0x1f {
+                    return Err("not a gzip member".into());
+                }
+                self.at = GzipAt::Fixed(1, 0);
+                header(1)
+            }
+            GzipAt::Fixed(n, flags) => {
+                let expected = match n {
+                    1 => Some(0x8b),
+                    2 => Some(8),
+                    _ => None,
+                };
+                if expected.is_some_and(|e| e != b) {
+                    return Err("not a gzip member".into());
+                }
+                let flags = if n == 3 { b } else { flags };
+                self.at = if n + 1 == 10 {
+                    Gzip::after(flags, 0)
+                } else {
+                    GzipAt::Fixed(n + 1, flags)
+                };
+                header(1)
+            }
+            GzipAt::ExtraLen(flags, None) => {
+                self.at = GzipAt::ExtraLen(flags, Some(b));
+                header(1)
+            }
+            GzipAt::ExtraLen(flags, Some(low)) => {
+                let len = usize::from(u16::from_le_bytes([low, b]));
+                self.at = if len == 0 {
+                    Gzip::after(flags, FEXTRA)
+                } else {
+                    GzipAt::Extra(flags, len)
+                };
+                header(1)
+            }
+            GzipAt::Extra(flags, left) => {
+                let n = left.min(input.len());
+                self.at = if n == left {
+                    Gzip::after(flags, FEXTRA)
+                } else {
+                    GzipAt::Extra(flags, left - n)
+                };
+                header(n)
+            }
+            GzipAt::Name(flags) | GzipAt::Comment(flags) => {
+                let done = match self.at {
+                    GzipAt::Name(_) => FEXTRA | FNAME,
+                    _ => FEXTRA | FNAME | FCOMMENT,
+                };
+                match input.iter().position(|&c| c == 0) {
+                    Some(end) => {
+                        self.at = Gzip::after(flags, done);
+                        header(end + 1)
+                    }
+                    None => header(input.len()),
+                }
+            }
+            GzipAt::HeaderCrc(left) => {
+                let n = left.min(input.len());
+                self.at = if n == left {
+                    GzipAt::Body
+                } else {
+                    GzipAt::HeaderCrc(left - n)
+                };
+                header(n)
+            }
+            GzipAt::Body => self.body(input, output),
+            GzipAt::Trailer(left) => {
+                let n = left.min(input.len());
+                self.at = if n == left {
+                    self.members += 1;
+                    GzipAt::Start
+                } else {
+                    GzipAt::Trailer(left - n)
+                };
+                header(n)
+            }
+        }
+    }
+}
+
+/// `br` (RFC 7932).
+struct Brotli {
+    state: Box<BrotliState<StandardAlloc, StandardAlloc, StandardAlloc>>,
+}
+
+impl Default for Brotli {
+    fn default() -> Self {
+        Brotli {
+            state: Box::new(BrotliState::new(
+                StandardAlloc::default(),
+                StandardAlloc::default(),
+                StandardAlloc::default(),
+            )),
+        }
+    }
+}
+
+impl Brotli {
+    fn step(&mut self, input: &[u8], output: &mut [u8]) -> Result<Step, String> {
+        if BrotliDecoderIsFinished(&self.state) {
+            return Ok(Step {
+                consumed: 0,
+                produced: 0,
+            });
+        }
+        let (mut available_in, mut in_at) = (input.len(), 0);
+        let (mut available_out, mut out_at, mut total) = (output.len(), 0, 0);
+        let result = BrotliDecompressStream(
+            &mut available_in,
+            &mut in_at,
+            input,
+            &mut available_out,
+            &mut out_at,
+            output,
+            &mut total,
+            &mut self.state,
+        );
+        match result {
+            BrotliResult::ResultFailure => Err("not a valid brotli stream".into()),
+            _ => Ok(Step {
+                consumed: in_at,
+                produced: out_at,
+            }),
+        }
+    }
+}
+
+/// The layers of one body's Content-Encoding being undone.
+pub struct Decoder {
+    /// Outermost first.
+    layers: Vec<Layer>,
+    /// What layer `i` decoded and layer `i + 1` has not taken yet, and how
+    /// far it has taken it.
+    between: Vec<(Vec<u8>, usize)>,
+    /// Whether any encoded byte arrived.
+    started: bool,
+}
+
+impl std::fmt::Debug for Decoder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names: Vec<&str> = self.layers.iter().map(Layer::name).collect();
+        write!(f, "Decoder({})", names.join(" then "))
+    }
+}
+
+impl Decoder {
+    /// Decodes what it can of `input` (advanced past what was used) into
+    /// `out`, at most [`PIECE`] bytes; false when nothing more comes out
+    /// without more input.
+    pub fn decode(&mut self, input: &mut &[u8], out: &mut Vec<u8>) -> Result<bool, String> {
+        self.started |= !input.is_empty();
+        out.resize(PIECE, 0);
+        let last = self.layers.len() - 1;
+        let n = self.pull(last, input, out);
+        out.truncate(*n.as_ref().unwrap_or(&0));
+        Ok(n? > 0)
+    }
+
+    /// At the end of the body: every layer must have reached its end, or
+    /// the body is cut short (and a browser would not get it whole either).
+    pub fn finish(&self) -> Result<(), String> {
+        if !self.started {
+            // Nothing arrived: nothing to decode.
+            return Ok(());
+        }
+        match self.layers.iter().find(|l| !l.is_finished()) {
+            Some(layer) => Err(format!("the {} stream ends before its end", layer.name())),
+            None => Ok(()),
+        }
+    }
+
+    /// Output of layer `i` into `buf`, pulling input through the layers
+    /// before it as needed; 0 when it needs more encoded input.
+    fn pull(&mut self, i: usize, input: &mut &[u8], buf: &mut [u8]) -> Result<usize, String> {
+        let name = self.layers[i].name();
+        loop {
+            let (step, left) = if i == 0 {
+                let step = self.layers[0].step(input, buf);
+                let step = step.map_err(|e| format!("cannot decode {name}: {e}"))?;
+                *input = &input[step.consumed..];
+                (step, input.len())
+            } else {
+                let (data, at) = &mut self.between[i - 1];
+                let step = self.layers[i].step(&data[*at..], buf);
+                let step = step.map_err(|e| format!("cannot decode {name}: {e}"))?;
+                *at += step.consumed;
+                let left = data.len() - *at;
+                (step, left)
+            };
+            if step.produced > 0 {
+                return Ok(step.produced);
+            }
+            if step.consumed > 0 {
+                continue;
+            }
+            if left > 0 {
+                // Input it does not take: the stream has ended, and a
+                // browser ignores what follows it too.
+                if !self.layers[i].is_finished() {
+                    return Err(format!("cannot decode {name}: no progress"));
+                }
+                if i == 0 {
+                    *input = &[];
+                } else {
+                    let (data, at) = &mut self.between[i - 1];
+                    *at = data.len();
+                }
+                return Ok(0);
+            }
+            if i == 0 {
+                return Ok(0);
+            }
+            // Its input is used up: more from the layer before.
+            let (mut data, _) = std::mem::take(&mut self.between[i - 1]);
+            data.resize(PIECE, 0);
+            let n = self.pull(i - 1, input, &mut data);
+            data.truncate(*n.as_ref().unwrap_or(&0));
+            self.between[i - 1] = (data, 0);
+            if n? == 0 {
+                return Ok(0);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TEXT: &[u8] =
+        b"X5O!P%@AP[4\\PZX54(P^)7CC)7}$ not the test file, only a body with a shape";
+
+    /// Decodes `encoded` fed `piece` bytes at a time, as it would arrive.
+    fn decode_all(content_encoding: &str, encoded: &[u8], piece: usize) -> Result<Vec<u8>, String> {
+        let Plan::Decode(mut d) = plan(content_encoding) else {
+            panic!("{content_encoding} needs decoding");
+        };
+        let mut out = Vec::new();
+        let mut piece_out = Vec::new();
+        for chunk in encoded.chunks(piece.max(1)) {
+            let mut rest = chunk;
+            while d.decode(&mut rest, &mut piece_out)? {
+                out.extend_from_slice(&piece_out);
+            }
+            assert!(rest.is_empty(), "all input taken");
+        }
+        d.finish()?;
+        Ok(out)
+    }
+
+    fn zlib(data: &[u8]) -> Vec<u8> {
+        miniz_oxide::deflate::compress_to_vec_zlib(data, 6)
+    }
+
+    fn raw_deflate(data: &[u8]) -> Vec<u8> {
+        miniz_oxide::deflate::compress_to_vec(data, 6)
+    }
+
+    fn gzip(data: &[u8]) -> Vec<u8> {
+        // Header with a file name, as gzip(1) writes it.
+        let mut v = vec![0x1f, 0x8b, 8, 8, 0, 0, 0, 0, 0, 3];
+        v.extend_from_slice(b"body.txt\0");
+        v.extend_from_slice(&raw_deflate(data));
+        v.extend_from_slice(&[0; 8]);
+        v
+    }
+
+    /// `TEXT` eight times over, as `brotli -q 5` writes it (the crate here
+    /// only decodes).
+    const BROTLI_TEXT_8: &[u8] = &[
+        0x1b, 0x3f, 0x02, 0x00, 0xe4, 0xff, 0xe6, 0xa5, 0x7a, 0xe7, 0x29, 0xaa, 0xea, 0xf5, 0xfd,
+        0x38, 0xb1, 0x52, 0xb0, 0x01, 0x27, 0xe0, 0xe9, 0x80, 0x83, 0xad, 0x34, 0xe1, 0xa0, 0x30,
+        0x38, 0xe4, 0x2e, 0x56, 0x3b, 0x48, 0xd0, 0x1c, 0x59, 0x21, 0x06, 0xee, 0x7a, 0x90, 0x9a,
+        0x19, 0x24, 0x91, 0x65, 0x2a, 0x50, 0xa8, 0x4e, 0x10, 0x50, 0x7f, 0x86, 0x86, 0x71, 0x7b,
+        0xc1, 0xe8, 0xad, 0x5f, 0x37, 0x34, 0x7a, 0xc0, 0x40, 0xe1, 0x40, 0x35, 0x6a, 0xc6, 0xee,
+        0x46, 0x26, 0x42, 0x35, 0x72, 0xbe, 0x6c, 0x17,
+    ];
+
+    #[test]
+    fn plans_follow_what_clamd_opens() {
+        assert!(matches!(plan(""), Plan::AsIs));
+        assert!(matches!(plan("identity"), Plan::AsIs));
+        assert!(matches!(plan("gzip"), Plan::AsIs));
+        assert!(matches!(plan("x-gzip, zstd"), Plan::AsIs));
+        assert!(matches!(plan("compress"), Plan::AsIs));
+        assert!(matches!(plan("BR"), Plan::Decode(_)));
+        assert!(matches!(plan(" deflate "), Plan::Decode(_)));
+        assert!(matches!(plan("br, zstd"), Plan::Cannot(_)));
+        let Plan::Decode(d) = plan("gzip, deflate, gzip") else {
+            panic!()
+        };
+        // gzip (outermost) and deflate come off; clamd opens the inner gzip.
+        assert_eq!(format!("{d:?}"), "Decoder(gzip then deflate)");
+    }
+
+    #[test]
+    fn deflate_is_zlib_or_raw_in_any_pieces() {
+        for piece in [1, 2, 3, 7, 1000] {
+            assert_eq!(decode_all("deflate", &zlib(TEXT), piece).unwrap(), TEXT);
+            assert_eq!(
+                decode_all("deflate", &raw_deflate(TEXT), piece).unwrap(),
+                TEXT
+            );
+        }
+    }
+
+    #[test]
+    fn brotli_in_any_pieces() {
+        for piece in [1, 5, 1000] {
+            assert_eq!(
+                decode_all("br", BROTLI_TEXT_8, piece).unwrap(),
+                TEXT.repeat(8)
+            );
+        }
+    }
+
+    #[test]
+    fn layers_come_off_outermost_first() {
+        // deflate applied first, then gzip: gzip comes off, then deflate.
+        let encoded = gzip(&zlib(TEXT));
+        for piece in [1, 4, 1000] {
+            assert_eq!(decode_all("deflate, gzip", &encoded, piece).unwrap(), TEXT);
+        }
+        // Two gzip members make one body.
+        let z = zlib(TEXT);
+        let mut two = gzip(&z[..10]);
+        two.extend_from_slice(&gzip(&z[10..]));
+        assert_eq!(decode_all("deflate, gzip", &two, 3).unwrap(), TEXT);
+        assert_eq!(
+            decode_all("br, gzip", &gzip(BROTLI_TEXT_8), 3).unwrap(),
+            TEXT.repeat(8)
+        );
+    }
+
+    #[test]
+    fn a_cut_or_broken_stream_is_an_error() {
+        let z = zlib(TEXT);
+        let cut = decode_all("deflate", &z[..z.len() - 6], 100).unwrap_err();
+        assert!(cut.contains("ends before its end"), "{cut}");
+        let cut = decode_all("br", &BROTLI_TEXT_8[..BROTLI_TEXT_8.len() - 3], 100).unwrap_err();
+        assert!(cut.contains("br"), "{cut}");
+        let broken = decode_all("br", b"\xff\xff\xff\xff not brotli", 100).unwrap_err();
+        assert!(broken.contains("cannot decode br"), "{broken}");
+        // Nothing at all is an empty body, not a cut one.
+        assert_eq!(decode_all("br", b"", 100).unwrap(), b"");
+    }
+
+    /// Garbage, and valid streams with bytes changed, in pieces of any
+    /// size: every call returns, nothing panics, no piece is too big.
+    #[test]
+    fn damaged_streams_end_in_output_or_an_error() {
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let valid: Vec<(&str, Vec<u8>)> = vec![
+            ("br", BROTLI_TEXT_8.to_vec()),
+            ("deflate", zlib(TEXT)),
+            ("deflate", raw_deflate(TEXT)),
+            ("deflate, gzip", gzip(&zlib(TEXT))),
+            ("br, gzip", gzip(BROTLI_TEXT_8)),
+        ];
+        for case in 0..600 {
+            let (coding, mut data) = valid[case % valid.len()].clone();
+            if case % 7 == 0 {
+                data = (0..next() % 300).map(|_| next() as u8).collect();
+            } else {
+                for _ in 0..1 + next() % 3 {
+                    let at = (next() as usize) % data.len().max(1);
+                    match next() % 3 {
+                        0 if !data.is_empty() => data[at] = next() as u8,
+                        1 => data.truncate(at),
+                        _ => data.insert(at.min(data.len()), next() as u8),
+                    }
+                }
+            }
+            let Plan::Decode(mut d) = plan(coding) else {
+                panic!()
+            };
+            let piece = 1 + (next() as usize) % 50;
+            let mut out = Vec::new();
+            let mut failed = false;
+            for chunk in data.chunks(piece) {
+                let mut rest = chunk;
+                loop {
+                    match d.decode(&mut rest, &mut out) {
+                        Ok(true) => assert!(out.len() <= PIECE),
+                        Ok(false) => break,
+                        Err(_) => {
+                            failed = true;
+                            break;
+                        }
+                    }
+                }
+                if failed {
+                    break;
+                }
+            }
+            if !failed {
+                let _ = d.finish();
+            }
+        }
+    }
+
+    #[test]
+    fn a_bomb_comes_out_a_piece_at_a_time() {
+        let zeros = vec![0u8; 20 << 20];
+        let bomb = zlib(&zeros);
+        assert!(bomb.len() < 64 << 10, "{}", bomb.len());
+        let Plan::Decode(mut d) = plan("deflate") else {
+            panic!()
+        };
+        let (mut rest, mut out, mut total) = (&bomb[..], Vec::new(), 0);
+        while d.decode(&mut rest, &mut out).unwrap() {
+            assert!(out.len() <= PIECE);
+            total += out.len();
+        }
+        assert_eq!(total, zeros.len());
+    }
+}

@@ -1,0 +1,154 @@
+//! Bodies sent with a Content-Encoding clamd cannot see through (`br`,
+//! `deflate`) are decoded before the scan: EICAR inside them is found, over
+//! ICAP, through a real Squid, in split mode and over ext_proc (the last in
+//! tests/extproc.rs). Without decoding, clamd answers OK for all of them.
+
+mod support;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use bytes::Bytes;
+use support::{
+    brotli_stored, eicar, gzip, icap_respmod_with, ClamdProcess, Origin, RedisProcess, Service,
+    Squid, TestServer, EICAR_NAME,
+};
+
+/// EICAR as brotli, cut in two meta-blocks so that the encoded bytes do
+/// not hold it whole.
+fn eicar_br() -> Vec<u8> {
+    let e = eicar();
+    brotli_stored(&[&e[..30], &e[30..]])
+}
+
+fn zlib(data: &[u8]) -> Vec<u8> {
+    miniz_oxide::deflate::compress_to_vec_zlib(data, 6)
+}
+
+/// Bodies encoded so that clamd alone cannot see EICAR in them, with their
+/// Content-Encoding.
+fn hidden_eicar() -> Vec<(&'static str, Vec<u8>)> {
+    let e = eicar();
+    vec![
+        ("br", eicar_br()),
+        ("deflate", zlib(&e)),
+        // Raw deflate, which some servers send as `deflate`.
+        ("deflate", miniz_oxide::deflate::compress_to_vec(&e, 6)),
+        // Two codings: deflate, then gzip over it.
+        ("deflate, gzip", gzip(&zlib(&e))),
+    ]
+}
+
+async fn respmod(port: u16, content_encoding: &str, body: &[u8]) -> support::IcapAnswer {
+    let header = format!("Content-Encoding: {content_encoding}\r\n");
+    icap_respmod_with(port, "http://origin.test/f", body, "", &header)
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn encoded_bodies_are_decoded_before_the_scan() {
+    let clamd = ClamdProcess::start();
+    let server = TestServer::start(&["--clamd-url", &clamd.tcp_url()]).await;
+    let port = server.port();
+    for (coding, body) in hidden_eicar() {
+        let answer = respmod(port, coding, &body).await;
+        assert!(answer.is_infected(), "{coding}: {answer:?}");
+    }
+    // Clean bodies, encoded, still pass; gzip is left to clamd.
+    let clean = b"nothing to see here\n".repeat(50);
+    for (coding, body) in [
+        ("br", brotli_stored(&[&clean])),
+        ("deflate", zlib(&clean)),
+        ("gzip", gzip(&clean)),
+    ] {
+        let answer = respmod(port, coding, &body).await;
+        assert!(answer.is_clean(), "{coding}: {answer:?}");
+    }
+    assert!(respmod(port, "gzip", &gzip(&eicar())).await.is_infected());
+    // A stream cut short, or not brotli at all: the scan did not see the
+    // whole body, so the failure mode applies (closed: the page says the
+    // scanner could not tell).
+    let br = eicar_br();
+    let cut = brotli_stored(&[b"the start of a body"]);
+    for body in [&cut[..cut.len() - 1], b"plainly not brotli".as_slice()] {
+        let answer = respmod(port, "br", body).await;
+        assert!(answer.is_unavailable(), "{answer:?}");
+    }
+    // Cut after EICAR is complete: what was decoded is still found.
+    let cut_after = &br[..br.len() - 1];
+    assert!(respmod(port, "br", cut_after).await.is_infected());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_small_body_that_decodes_large_is_too_large_to_scan() {
+    let clamd = ClamdProcess::start();
+    let server =
+        TestServer::start(&["--clamd-url", &clamd.tcp_url(), "--max-scan-size", "1M"]).await;
+    // 64 MiB of zeros in about 64 KiB, and EICAR after them.
+    let mut plain = vec![0u8; 64 << 20];
+    plain.extend_from_slice(&eicar());
+    let bomb = zlib(&plain);
+    assert!(bomb.len() < 1 << 20, "{}", bomb.len());
+    let answer = respmod(server.port(), "deflate", &bomb).await;
+    // Blocked (TOO_LARGE=block) as too large, not scanned as clean.
+    assert_eq!(answer.http_status, Some(403), "{answer:?}");
+    assert!(!answer.is_infected(), "{answer:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn squid_downloads_with_br_or_deflate_are_scanned_decoded() {
+    let clamd = ClamdProcess::start();
+    let server = TestServer::start(&["--clamd-url", &clamd.tcp_url()]).await;
+    let clean = b"Nothing to see here, just text.\n".repeat(100);
+    let files = HashMap::from([
+        ("/eicar.br".to_owned(), Bytes::from(eicar_br())),
+        ("/eicar.deflate".to_owned(), Bytes::from(zlib(&eicar()))),
+        (
+            "/clean.br".to_owned(),
+            Bytes::from(brotli_stored(&[&clean])),
+        ),
+    ]);
+    let origin = Origin::start(files).await;
+    let squid = Squid::start("forward.conf", server.port());
+    for path in ["/eicar.br", "/eicar.deflate"] {
+        let (status, body) = squid.fetch(&origin.url(path), None).await;
+        let page = String::from_utf8_lossy(&body);
+        assert_eq!(status, 403, "{path}: {page}");
+        assert!(page.contains(EICAR_NAME), "{path}: {page}");
+    }
+    // The clean one arrives as the origin sent it, still encoded.
+    let (status, body) = squid.fetch(&origin.url("/clean.br"), None).await;
+    assert_eq!(status, 200);
+    assert_eq!(body, brotli_stored(&[&clean]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn split_mode_handlers_decode_too() {
+    let redis = RedisProcess::start();
+    let clamd = ClamdProcess::start();
+    let port = support::free_port();
+    let env = [
+        ("REDIS_PORT", redis.port.to_string()),
+        ("CLAMD_URL", clamd.tcp_url()),
+        // Small enough that the larger body streams through Redis.
+        ("INLINE_MAX", "1K".to_owned()),
+        ("ICAP_PORT", port.to_string()),
+    ];
+    let _handler = Service::start(env!("CARGO_BIN_EXE_virus-scanner-handler"), &env);
+    let producer = Service::start(env!("CARGO_BIN_EXE_virus-scanner-producer"), &env);
+    producer.wait_port(port, Duration::from_secs(20));
+    let padding = vec![b'a'; 4000];
+    let mut padded = padding.clone();
+    padded.extend_from_slice(&eicar());
+    for (coding, body) in [
+        ("br", eicar_br()),
+        ("deflate", zlib(&eicar())),
+        // Streamed: EICAR cut between two meta-blocks, after 4000 bytes.
+        ("br", brotli_stored(&[&padded[..4030], &padded[4030..]])),
+    ] {
+        let answer = respmod(port, coding, &body).await;
+        assert!(answer.is_infected(), "{coding}: {answer:?}");
+    }
+    redis.assert_keys_expire().await;
+}
