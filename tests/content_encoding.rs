@@ -127,28 +127,44 @@ async fn squid_downloads_with_br_or_deflate_are_scanned_decoded() {
 async fn split_mode_handlers_decode_too() {
     let redis = RedisProcess::start();
     let clamd = ClamdProcess::start();
-    let port = support::free_port();
-    let env = [
-        ("REDIS_PORT", redis.port.to_string()),
-        ("CLAMD_URL", clamd.tcp_url()),
-        // Small enough that the larger body streams through Redis.
-        ("INLINE_MAX", "1K".to_owned()),
-        ("ICAP_PORT", port.to_string()),
-    ];
-    let _handler = Service::start(env!("CARGO_BIN_EXE_virus-scanner-handler"), &env);
-    let producer = Service::start(env!("CARGO_BIN_EXE_virus-scanner-producer"), &env);
-    producer.wait_port(port, Duration::from_secs(20));
+    let mount = support::TempDir::new("mount");
     let padding = vec![b'a'; 4000];
     let mut padded = padding.clone();
     padded.extend_from_slice(&eicar());
-    for (coding, body) in [
-        ("br", eicar_br()),
-        ("deflate", zlib(&eicar())),
-        // Streamed: EICAR cut between two meta-blocks, after 4000 bytes.
-        ("br", brotli_stored(&[&padded[..4030], &padded[4030..]])),
-    ] {
-        let answer = respmod(port, coding, &body).await;
-        assert!(answer.is_infected(), "{coding}: {answer:?}");
+    // Bodies inline or streamed through Redis (handler on TCP), then on
+    // the disk provider (handler on the unix socket, where a body file
+    // would go to clamd by descriptor, undecoded, if nothing took care).
+    let setups = [
+        (clamd.tcp_url(), vec![("INLINE_MAX", "1K".to_owned())]),
+        (
+            clamd.unix_url(),
+            vec![
+                ("INLINE_MAX", "0".to_owned()),
+                ("DISK_MIN", "0".to_owned()),
+                ("SCAN_MOUNT", mount.path().display().to_string()),
+            ],
+        ),
+    ];
+    for (clamd_url, extra) in setups {
+        let port = support::free_port();
+        let mut env = vec![
+            ("REDIS_PORT", redis.port.to_string()),
+            ("CLAMD_URL", clamd_url),
+            ("ICAP_PORT", port.to_string()),
+        ];
+        env.extend(extra);
+        let _handler = Service::start(env!("CARGO_BIN_EXE_virus-scanner-handler"), &env);
+        let producer = Service::start(env!("CARGO_BIN_EXE_virus-scanner-producer"), &env);
+        producer.wait_port(port, Duration::from_secs(20));
+        for (coding, body) in [
+            ("br", eicar_br()),
+            ("deflate", zlib(&eicar())),
+            // EICAR cut between two meta-blocks, after 4000 bytes.
+            ("br", brotli_stored(&[&padded[..4030], &padded[4030..]])),
+        ] {
+            let answer = respmod(port, coding, &body).await;
+            assert!(answer.is_infected(), "{env:?} {coding}: {answer:?}");
+        }
     }
     redis.assert_keys_expire().await;
 }
