@@ -11,7 +11,9 @@ use clap::Args;
 
 use crate::blockpage::BlockPages;
 use crate::model::Priority;
-use crate::policy::{ClientNet, FailureMode, HostPattern, HostRule, Policy, Route, TooLargeAction};
+use crate::policy::{
+    ClientNet, FailureMode, HostPattern, HostRule, Policy, RangeRequests, Route, TooLargeAction,
+};
 use crate::scan::clamd::{ClamdAddr, ClamdOptions};
 
 /// Parses `25M`, `32K`, `1G` or a plain byte count (binary units).
@@ -146,6 +148,12 @@ pub struct ScanConfig {
     #[arg(long, env = "TOO_LARGE", value_enum, default_value = "block")]
     pub too_large: TooLargeAction,
 
+    /// Requests for part of a file (Range): allow passes them, and each part
+    /// is scanned on its own; whole removes Range and If-Range, so that the
+    /// origin sends the whole file and it is scanned whole.
+    #[arg(long, env = "RANGE_REQUESTS", value_enum, default_value = "allow")]
+    pub range_requests: RangeRequests,
+
     /// When clamd is down, slow or failing: closed blocks with a "scanner
     /// unavailable" page; open lets the message through, marked and logged.
     #[arg(long, env = "FAIL_MODE", value_enum, default_value = "closed")]
@@ -210,6 +218,7 @@ impl ScanConfig {
             failure_mode: self.fail_mode,
             too_large: self.too_large,
             max_scan_size: self.max_scan_size,
+            range_requests: self.range_requests,
             trusted_clients: self.trusted_clients.0.clone(),
             pages: Default::default(),
         }

@@ -30,6 +30,17 @@ pub enum TooLargeAction {
     Allow,
 }
 
+/// What happens to a request for part of a file (a `Range` header).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum RangeRequests {
+    /// Passed as they are: each part is scanned on its own, so malware cut
+    /// across two parts is found in neither (the default, as with c-icap).
+    Allow,
+    /// The `Range` and `If-Range` headers are removed: the origin sends the
+    /// whole file, which is scanned whole, and the client gets all of it.
+    Whole,
+}
+
 /// A host pattern: an exact name, or `.suffix` for a domain and everything
 /// below it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -202,6 +213,8 @@ pub struct Policy {
     pub too_large: TooLargeAction,
     /// The scan limit, in bytes.
     pub max_scan_size: u64,
+    /// Requests for part of a file.
+    pub range_requests: RangeRequests,
     /// Clients whose messages are not scanned (their address as the proxy
     /// reports it).
     pub trusted_clients: Vec<ClientNet>,
@@ -303,6 +316,7 @@ mod tests {
             failure_mode: FailureMode::Closed,
             too_large: TooLargeAction::Block,
             max_scan_size: 10,
+            range_requests: RangeRequests::Allow,
             trusted_clients: Vec::new(),
             pages: Default::default(),
         };
@@ -354,6 +368,7 @@ mod tests {
             failure_mode: FailureMode::Closed,
             too_large: TooLargeAction::Block,
             max_scan_size: 10,
+            range_requests: RangeRequests::Allow,
             trusted_clients: Vec::new(),
             pages: Default::default(),
         };
@@ -437,6 +452,7 @@ mod tests {
             failure_mode: FailureMode::Closed,
             too_large: TooLargeAction::Block,
             max_scan_size: 10,
+            range_requests: RangeRequests::Allow,
             trusted_clients: vec!["10.0.0.0/8".parse().unwrap()],
             pages: Default::default(),
         };

@@ -555,6 +555,40 @@ async fn full_duplex_bodies_come_back_only_when_clean() {
     server.stop().await;
 }
 
+/// RANGE_REQUESTS=whole: a request for part of a file goes on without its
+/// `range` and `if-range`, so that the response body is the whole file and
+/// is scanned whole; requests without them, and the default, are left be.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn range_requests_can_be_made_whole() {
+    let removals = |res: Res| common(res).header_mutation.map(|m| m.remove_headers);
+    let (_clamd, whole) = with_clamd(&["--range-requests", "whole"]).await;
+    let (_clamd2, default) = with_clamd(&[]).await;
+    for (server, range, want) in [
+        (
+            &whole,
+            true,
+            Some(vec!["range".to_owned(), "if-range".to_owned()]),
+        ),
+        (&whole, false, None),
+        (&default, true, None),
+    ] {
+        let extra: &[(&str, &str)] = if range {
+            &[("range", "bytes=0-29"), ("if-range", "\"v1\"")]
+        } else {
+            &[]
+        };
+        let mut s = server.open().await;
+        s.send(with_modes(
+            request_headers("/f", extra, true),
+            BUFFERED,
+            BUFFERED,
+        ))
+        .await;
+        assert_eq!(removals(s.next().await), want);
+        s.finish().await;
+    }
+}
+
 /// A body with a Content-Encoding clamd cannot see through is decoded
 /// before the scan (tests/content_encoding.rs has the ICAP side).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

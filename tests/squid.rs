@@ -109,3 +109,49 @@ async fn squid_downloads_and_uploads_are_scanned() {
         "ICAP errors in cache.log:\n{log}"
     );
 }
+
+/// A file fetched in ranges, each too short to hold EICAR whole: with
+/// RANGE_REQUESTS=whole the Range header is removed in REQMOD, the origin
+/// sends the whole file, and RESPMOD scans all of it. (Squid's own
+/// `range_offset_limit` does not help here: Squid only fetches whole files
+/// it may cache.) With the default, each range is scanned on its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ranges_of_a_file_are_scanned_whole_when_configured() {
+    let clamd = ClamdProcess::start();
+    let clean = Bytes::from(b"Nothing to see here, just text.\n".repeat(100));
+    let files = HashMap::from([
+        ("/eicar.com".to_owned(), Bytes::from(eicar())),
+        ("/clean.txt".to_owned(), clean.clone()),
+    ]);
+    let origin = Origin::start(files).await;
+    let whole =
+        TestServer::start(&["--clamd-url", &clamd.tcp_url(), "--range-requests", "whole"]).await;
+    let squid = Squid::start("forward.conf", whole.port());
+    // Both halves of the test file: neither alone matches the signature.
+    for range in ["0-29", "30-67"] {
+        let (status, body) = squid
+            .fetch_with(&origin.url("/eicar.com"), None, &["-r", range])
+            .await;
+        let page = String::from_utf8_lossy(&body);
+        assert_eq!(status, 403, "{range}: {page}");
+        assert!(page.contains(EICAR_NAME), "{range}: {page}");
+    }
+    // A range of a clean file: the whole file comes back, as HTTP allows.
+    let (status, body) = squid
+        .fetch_with(&origin.url("/clean.txt"), None, &["-r", "10-19"])
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(body, clean);
+    let log = squid.cache_log();
+    assert!(icap_errors(&log).is_empty(), "ICAP errors:\n{log}");
+    drop(squid);
+
+    // The default passes ranges on: each part alone is clean.
+    let parts = TestServer::start(&["--clamd-url", &clamd.tcp_url()]).await;
+    let squid = Squid::start("forward.conf", parts.port());
+    let (status, body) = squid
+        .fetch_with(&origin.url("/eicar.com"), None, &["-r", "0-29"])
+        .await;
+    assert_eq!(status, 206);
+    assert_eq!(body, eicar()[..30]);
+}

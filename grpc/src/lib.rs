@@ -154,6 +154,13 @@ pub trait Scanning: Clone + Send + Sync + 'static {
     /// Decides on `direction`'s message of `exchange`, whose headers have
     /// just arrived (or whose body has, when Envoy skips headers).
     fn begin(&self, exchange: &Exchange, direction: Direction) -> Begin<Self::Scan>;
+
+    /// Request header fields (lower-case) to remove before the request goes
+    /// on, asked once its headers have arrived. None by default.
+    fn request_removals(&self, exchange: &Exchange) -> Vec<String> {
+        let _ = exchange;
+        Vec::new()
+    }
 }
 
 /// One body being scanned. Dropping it unfinished cancels the scan.

@@ -284,6 +284,17 @@ impl<S: Scanning> ExtProcStream<S> {
                 Begin::Scan(scan) => *self.route(direction) = Route::Scan(Held::new(scan)),
             }
         }
+        if direction == Direction::Request {
+            let removals = self.scanning.request_removals(&self.exchange);
+            if !removals.is_empty() {
+                let common = reply.response.get_or_insert_with(Default::default);
+                common
+                    .header_mutation
+                    .get_or_insert_with(Default::default)
+                    .remove_headers
+                    .extend(removals);
+            }
+        }
         let response = match direction {
             Direction::Request => processing_response::Response::RequestHeaders(reply),
             Direction::Response => processing_response::Response::ResponseHeaders(reply),

@@ -44,6 +44,17 @@ pub struct ExtProcScan {
 impl Scanning for ExtProcScanning {
     type Scan = ExtProcScan;
 
+    /// With RANGE_REQUESTS=whole, `range` and `if-range`: the upstream
+    /// sends the whole file, whose response body is then scanned whole.
+    fn request_removals(&self, exchange: &Exchange) -> Vec<String> {
+        let whole = self.policy.range_requests == crate::policy::RangeRequests::Whole;
+        if whole && exchange.request_headers.contains_key(http::header::RANGE) {
+            vec!["range".to_owned(), "if-range".to_owned()]
+        } else {
+            Vec::new()
+        }
+    }
+
     fn begin(&self, exchange: &Exchange, direction: EnvoyDirection) -> Begin<ExtProcScan> {
         let scan = scan_request(exchange, direction);
         let priority = exchange

@@ -656,6 +656,18 @@ impl<'c, S: AsyncRead + AsyncWrite + Unpin + Send> Transaction<'c, S> {
     async fn receive(&mut self) -> Result<Received, Failure> {
         let service = self.service();
         let policy = &service.policy;
+        if let Some(sections) = self.without_range(policy) {
+            // RANGE_REQUESTS=whole: the request goes on for the whole file,
+            // whose RESPMOD is then scanned whole.
+            let istag = service.istag().await;
+            let res = Response::with_istag(StatusCode::OK, &istag, sections);
+            self.log(
+                &Verdict::NotScanned(SkipReason::NoBody),
+                &policy.decide(&Verdict::NotScanned(SkipReason::NoBody)),
+            );
+            self.conn.send(&res).await?;
+            return Ok(Received::Answered(After::KeepAlive));
+        }
         if !self.req.has_body() {
             // null-body: with or without `Preview: 0`, no chunk follows.
             return self
@@ -698,6 +710,23 @@ impl<'c, S: AsyncRead + AsyncWrite + Unpin + Send> Transaction<'c, S> {
         self.without_scan(skip, &mut dec)
             .await
             .map(Received::Answered)
+    }
+
+    /// With RANGE_REQUESTS=whole, a body-less request for part of a file:
+    /// its heads without `Range` and `If-Range`.
+    fn without_range(&self, policy: &crate::policy::Policy) -> Option<Sections> {
+        if policy.range_requests != crate::policy::RangeRequests::Whole
+            || self.req.method != Method::Reqmod
+            || self.req.has_body()
+        {
+            return None;
+        }
+        let mut sections = self.req.sections.clone()?;
+        let head = sections.request.as_mut()?;
+        head.headers.remove(http::header::RANGE)?;
+        head.headers.remove(http::header::IF_RANGE);
+        tracing::debug!(id = %self.scan.id, url = %self.scan.url, "Range removed: the whole file is fetched and scanned");
+        Some(sections)
     }
 
     /// Reads the body into a scan in the `priority` lane.

@@ -539,6 +539,16 @@ async fn serve_http<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
             .find(|h| h.name.eq_ignore_ascii_case("content-length"))
             .and_then(|h| std::str::from_utf8(h.value).ok()?.parse().ok())
             .unwrap_or(0);
+        // `Range: bytes=FIRST-LAST` is honoured, as most servers do.
+        let range: Option<(usize, usize)> = req
+            .headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case("range"))
+            .and_then(|h| std::str::from_utf8(h.value).ok()?.strip_prefix("bytes="))
+            .and_then(|r| {
+                let (first, last) = r.split_once('-')?;
+                Some((first.trim().parse().ok()?, last.trim().parse().ok()?))
+            });
         let method = req.method.unwrap().to_owned();
         let path = req.path.unwrap().to_owned();
         while buf.len() < head_len + length {
@@ -548,9 +558,17 @@ async fn serve_http<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
             }
             buf.extend_from_slice(&chunk[..n]);
         }
+        let mut content_range = String::new();
         let (status, body) = match (method.as_str(), files.get(&path)) {
             ("POST" | "PUT", _) => ("201 Created", Bytes::from_static(b"stored\n")),
-            (_, Some(body)) => ("200 OK", body.clone()),
+            (_, Some(body)) => match range {
+                Some((first, last)) if first <= last && last < body.len() => {
+                    content_range =
+                        format!("Content-Range: bytes {first}-{last}/{}\r\n", body.len());
+                    ("206 Partial Content", body.slice(first..=last))
+                }
+                _ => ("200 OK", body.clone()),
+            },
             _ => ("404 Not Found", Bytes::from_static(b"no such file\n")),
         };
         // A path ending in .br or .deflate is served with that
@@ -561,7 +579,7 @@ async fn serve_http<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
             _ => "",
         };
         let head = format!(
-            "HTTP/1.1 {status}\r\nContent-Type: application/octet-stream\r\nContent-Length: {}\r\n{encoding}Connection: close\r\n\r\n",
+            "HTTP/1.1 {status}\r\nContent-Type: application/octet-stream\r\nContent-Length: {}\r\n{encoding}{content_range}Connection: close\r\n\r\n",
             body.len()
         );
         stream.write_all(head.as_bytes()).await?;
