@@ -13,7 +13,9 @@ mod support;
 
 use std::time::Duration;
 
-use support::{c_icap_text, eicar, ClamdProcess, RedisProcess, Rng, Service, EICAR_NAME};
+use support::{
+    brotli_stored, c_icap_text, eicar, ClamdProcess, RedisProcess, Rng, Service, EICAR_NAME,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -31,8 +33,8 @@ fn chunked(body: &[u8], ieof: bool, out: &mut Vec<u8>) {
 }
 
 /// One well-formed request: OPTIONS, a null-body REQMOD, a REQMOD upload,
-/// or a RESPMOD with or without a preview and `Allow: 204`; and whether it
-/// carries EICAR.
+/// or a RESPMOD with or without a preview and `Allow: 204`, its body plain,
+/// br or deflate; and whether it carries EICAR.
 fn well_formed(rng: &mut Rng) -> (Vec<u8>, bool) {
     let infected_body = rng.below(5);
     let body = match infected_body {
@@ -84,9 +86,23 @@ fn well_formed(rng: &mut Rng) -> (Vec<u8>, bool) {
         }
         _ => {
             let req = b"GET http://example.com/f HTTP/1.1\r\nHost: example.com\r\n\r\n";
+            // Some downloads come compressed, as a server would send them:
+            // the scan decodes them, damaged or not.
+            let (body, encoding) = match rng.below(4) {
+                0 if !body.is_empty() => {
+                    let half = body.len() / 2;
+                    let br = brotli_stored(&[&body[..half.max(1)], &body[half.max(1)..]]);
+                    (br, "Content-Encoding: br\r\n")
+                }
+                1 => (
+                    miniz_oxide::deflate::compress_to_vec_zlib(&body, 6),
+                    "Content-Encoding: deflate\r\n",
+                ),
+                _ => (body, ""),
+            };
             let res = format!(
                 "HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\n\
-                 Content-Length: {}\r\n\r\n",
+                 Content-Length: {}\r\n{encoding}\r\n",
                 body.len()
             );
             let preview = [None, Some(0), Some(4), Some(1024)][rng.below(4)];
