@@ -13,6 +13,7 @@ use support::{
     brotli_stored, eicar, gzip, icap_respmod_with, ClamdProcess, Origin, RedisProcess, Service,
     Squid, TestServer, EICAR_NAME,
 };
+use tokio::io::AsyncWriteExt;
 
 /// EICAR as brotli, cut in two meta-blocks so that the encoded bytes do
 /// not hold it whole.
@@ -78,6 +79,33 @@ async fn encoded_bodies_are_decoded_before_the_scan() {
     // Cut after EICAR is complete: what was decoded is still found.
     let cut_after = &br[..br.len() - 1];
     assert!(respmod(port, "br", cut_after).await.is_infected());
+}
+
+/// An upload: REQMOD with the request's own Content-Encoding.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn encoded_uploads_are_decoded_too() {
+    let clamd = ClamdProcess::start();
+    let server = TestServer::start(&["--clamd-url", &clamd.tcp_url()]).await;
+    for (coding, body) in hidden_eicar() {
+        let req = format!(
+            "POST http://origin.test/upload HTTP/1.1\r\nHost: origin.test\r\n\
+             Content-Encoding: {coding}\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        );
+        let mut msg = format!(
+            "REQMOD icap://127.0.0.1/avscan ICAP/1.0\r\nHost: 127.0.0.1\r\nAllow: 204\r\n\
+             Encapsulated: req-hdr=0, req-body={}\r\n\r\n{req}",
+            req.len()
+        )
+        .into_bytes();
+        msg.extend_from_slice(&support::chunked(&body, true));
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", server.port()))
+            .await
+            .unwrap();
+        s.write_all(&msg).await.unwrap();
+        let answer = support::read_icap_answer(&mut s).await.unwrap();
+        assert!(answer.is_infected(), "{coding}: {answer:?}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
