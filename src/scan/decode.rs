@@ -45,7 +45,8 @@ impl Coding {
         })
     }
 
-    /// clamd opens it by itself.
+    /// Nothing to undo here: clamd opens it by itself (gzip, zstd), or no
+    /// client decodes it, so the bytes as they are are what anyone gets.
     fn clamd_opens(&self) -> bool {
         matches!(self, Coding::Gzip | Coding::Zstd | Coding::Other(_))
     }
