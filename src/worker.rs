@@ -559,17 +559,8 @@ impl Worker {
                     return (error("body", "inline task without its body".into()), 0);
                 };
                 let len = body.len() as u64;
-                if task.content_length.is_some_and(|declared| declared != len) {
-                    return (
-                        error(
-                            "body",
-                            format!(
-                                "inline body holds {len} bytes, the task says {:?}",
-                                task.content_length
-                            ),
-                        ),
-                        len,
-                    );
+                if let Some(wrong) = not_the_body(task, "inline body", len) {
+                    return (wrong, len);
                 }
                 let mut session = self
                     .shared
@@ -682,18 +673,9 @@ impl Worker {
                     Err(e) => return (error("body", e.to_string()), 0),
                 };
                 // The producer wrote the whole body before it queued the
-                // task: a file of another length is not that body.
-                if task.content_length.is_some_and(|declared| declared != len) {
-                    return (
-                        error(
-                            "body",
-                            format!(
-                                "body file holds {len} bytes, the task says {:?}",
-                                task.content_length
-                            ),
-                        ),
-                        len,
-                    );
+                // task.
+                if let Some(wrong) = not_the_body(task, "body file", len) {
+                    return (wrong, len);
                 }
                 self.shared
                     .scanner
@@ -846,6 +828,16 @@ async fn renew_claim(
             .query_async(&mut conn)
             .await;
     }
+}
+
+/// An error verdict when a whole body (`what`) of `len` bytes is not the
+/// length its task declares: it is not the body that was queued.
+fn not_the_body(task: &Task, what: &str, len: u64) -> Option<Verdict> {
+    let declared = task.content_length?;
+    (declared != len).then(|| Verdict::Error {
+        kind: "body",
+        message: format!("{what} holds {len} bytes, the task says {declared}"),
+    })
 }
 
 fn as_u64(v: &Value) -> Option<u64> {
