@@ -307,19 +307,25 @@ mod tests {
         assert!("a b".parse::<HostPattern>().is_err());
     }
 
-    #[test]
-    fn failure_and_size_modes() {
-        let mut p = Policy {
-            rules: vec![],
+    /// A policy with `rules` and `trusted_clients`, the rest as defaults
+    /// and a 10-byte scan limit.
+    fn test_policy(rules: Vec<HostRule>, trusted_clients: Vec<ClientNet>) -> Policy {
+        Policy {
+            rules,
             default_priority: Priority::Normal,
             priority_header: false,
             failure_mode: FailureMode::Closed,
             too_large: TooLargeAction::Block,
             max_scan_size: 10,
             range_requests: RangeRequests::Allow,
-            trusted_clients: Vec::new(),
+            trusted_clients,
             pages: Default::default(),
-        };
+        }
+    }
+
+    #[test]
+    fn failure_and_size_modes() {
+        let mut p = test_policy(vec![], Vec::new());
         let err = Verdict::Error {
             kind: "connect",
             message: "down".into(),
@@ -354,8 +360,8 @@ mod tests {
 
     #[test]
     fn rules_route_to_lanes_first_match_wins() {
-        let mut p = Policy {
-            rules: [
+        let mut p = test_policy(
+            [
                 "updates.example.com=skip",
                 ".example.com=low",
                 ".bank.test=high",
@@ -363,15 +369,8 @@ mod tests {
             .iter()
             .map(|r| r.parse().unwrap())
             .collect(),
-            default_priority: Priority::Normal,
-            priority_header: false,
-            failure_mode: FailureMode::Closed,
-            too_large: TooLargeAction::Block,
-            max_scan_size: 10,
-            range_requests: RangeRequests::Allow,
-            trusted_clients: Vec::new(),
-            pages: Default::default(),
-        };
+            Vec::new(),
+        );
         assert_eq!(p.route(Some("updates.example.com"), None), Route::Skip);
         assert_eq!(
             p.route(Some("www.example.com"), None),
@@ -442,20 +441,13 @@ mod tests {
 
     #[test]
     fn trusted_hosts_come_before_trusted_clients() {
-        let mut p = Policy {
-            rules: vec![
+        let mut p = test_policy(
+            vec![
                 "cdn.test=skip".parse().unwrap(),
                 ".bank.test=high".parse().unwrap(),
             ],
-            default_priority: Priority::Normal,
-            priority_header: false,
-            failure_mode: FailureMode::Closed,
-            too_large: TooLargeAction::Block,
-            max_scan_size: 10,
-            range_requests: RangeRequests::Allow,
-            trusted_clients: vec!["10.0.0.0/8".parse().unwrap()],
-            pages: Default::default(),
-        };
+            vec!["10.0.0.0/8".parse().unwrap()],
+        );
         let inside: Option<IpAddr> = Some("10.9.9.9".parse().unwrap());
         let outside: Option<IpAddr> = Some("11.0.0.1".parse().unwrap());
         assert_eq!(
