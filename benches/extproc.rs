@@ -9,19 +9,26 @@
 //! (10s), `ROUNDS` (1; each round measures both paths, in turn first, and
 //! the ratio is the median of the rounds'), `CHANNELS` (HTTP/2 connections,
 //! 2); `PATHS=icap` or `PATHS=extproc` measures only one; `SERVER_PIDS`
-//! (comma-separated: the server, clamd) prints their CPU time per request.
+//! (comma-separated: the server, clamd) prints their CPU time per request;
+//! `CLIENT` (h2) is the gRPC client: `h2` frames the same messages by hand
+//! on HTTP/2, as lean as the ICAP load generator, so that on shared cores
+//! the client's own cost does not weigh on one side only; `tonic` uses
+//! tonic's generated client.
 //! This prints figures; it asserts nothing about time.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bytes::{BufMut, Bytes, BytesMut};
 use envoy_types::pb::envoy::config::core::v3::{HeaderMap, HeaderValue};
 use envoy_types::pb::envoy::service::ext_proc::v3::external_processor_client::ExternalProcessorClient;
 use envoy_types::pb::envoy::service::ext_proc::v3::{
     processing_request::Request as Req, processing_response::Response as Res, HttpBody,
-    HttpHeaders, ProcessingRequest, ProtocolConfiguration,
+    HttpHeaders, ProcessingRequest, ProcessingResponse, ProtocolConfiguration,
 };
+use prost::Message;
 use tokio::sync::mpsc;
 use tonic::transport::{Channel, Endpoint};
 use virus_scanner::bench::{
@@ -57,12 +64,38 @@ async fn main() {
         .collect();
     // Envoy keeps an HTTP/2 connection per worker thread: CHANNELS of them
     // (2 by default), the streams spread over them.
-    let mut channels = Vec::new();
-    for _ in 0..setting("CHANNELS", "2")
+    let n_channels = setting("CHANNELS", "2")
         .parse::<usize>()
         .expect("CHANNELS")
-        .max(1)
-    {
+        .max(1);
+    let client = setting("CLIENT", "h2");
+    let mut lean = Vec::new();
+    for _ in 0..n_channels {
+        if client != "h2" {
+            break;
+        }
+        let tcp = tokio::net::TcpStream::connect(&extproc)
+            .await
+            .expect("the ext_proc server answers");
+        tcp.set_nodelay(true).expect("nodelay");
+        let (send, conn) = h2::client::Builder::new()
+            .initial_window_size(16 << 20)
+            .initial_connection_window_size(64 << 20)
+            .handshake::<_, Bytes>(tcp)
+            .await
+            .expect("HTTP/2 with the ext_proc server");
+        tokio::spawn(conn);
+        lean.push(send);
+    }
+    let uri: http::Uri =
+        format!("http://{extproc}/envoy.service.ext_proc.v3.ExternalProcessor/Process")
+            .parse()
+            .expect("EXTPROC=ip:port");
+    let mut channels = Vec::new();
+    for _ in 0..n_channels {
+        if client == "h2" {
+            break;
+        }
         let channel = Endpoint::from_shared(format!("http://{extproc}"))
             .expect("EXTPROC=ip:port")
             // Envoy's own HTTP/2 windows are large; tonic's are 64 KiB.
@@ -92,8 +125,30 @@ async fn main() {
                         0 if paths.contains("icap") => {
                             measure(&icap, size as usize, n, duration).await
                         }
+                        1 if paths.contains("extproc") && client == "h2" => {
+                            let headers = Bytes::from(frame(&upload_headers(size as usize)));
+                            let players = (0..n)
+                                .map(|i| Lean {
+                                    conn: lean[i % lean.len()].clone(),
+                                    uri: uri.clone(),
+                                    headers: headers.clone(),
+                                })
+                                .collect();
+                            measure_players(players, size as usize, duration).await
+                        }
                         1 if paths.contains("extproc") => {
-                            measure_extproc(&channels, size as usize, n, duration).await
+                            let players = (0..n)
+                                .map(|i| {
+                                    Tonic(
+                                        ExternalProcessorClient::new(
+                                            channels[i % channels.len()].clone(),
+                                        )
+                                        .max_encoding_message_size(usize::MAX)
+                                        .max_decoding_message_size(usize::MAX),
+                                    )
+                                })
+                                .collect();
+                            measure_players(players, size as usize, duration).await
                         }
                         _ => Stats::default(),
                     };
@@ -114,30 +169,51 @@ async fn main() {
     }
 }
 
-/// `streams` workers, each playing one BUFFERED exchange after another on
-/// one of the shared HTTP/2 connections, as Envoy does.
-async fn measure_extproc(
-    channels: &[Channel],
-    size: usize,
-    streams: usize,
-    duration: Duration,
-) -> Stats {
+/// One client of the benchmark, which plays an exchange for a body.
+trait Player: Send + 'static {
+    fn play(&mut self, body: &[u8]) -> impl Future<Output = Result<(), String>> + Send;
+}
+
+/// Through tonic's generated client.
+struct Tonic(ExternalProcessorClient<Channel>);
+
+impl Player for Tonic {
+    fn play(&mut self, body: &[u8]) -> impl Future<Output = Result<(), String>> + Send {
+        exchange(&mut self.0, body)
+    }
+}
+
+/// With the gRPC framing done here, on h2.
+struct Lean {
+    conn: h2::client::SendRequest<Bytes>,
+    uri: http::Uri,
+    headers: Bytes,
+}
+
+impl Player for Lean {
+    fn play(&mut self, body: &[u8]) -> impl Future<Output = Result<(), String>> + Send {
+        lean_exchange(self.conn.clone(), &self.uri, self.headers.clone(), body)
+    }
+}
+
+/// One worker per player, each playing one BUFFERED exchange after another
+/// on its share of the HTTP/2 connections, as Envoy does, with a unique body
+/// each time.
+async fn measure_players<P: Player>(players: Vec<P>, size: usize, duration: Duration) -> Stats {
     let base = Arc::new(base_body(size));
     let start = Instant::now();
     let end = start + duration;
-    let workers: Vec<_> = (0..streams)
-        .map(|i| {
-            let (channel, base) = (channels[i % channels.len()].clone(), base.clone());
+    let workers: Vec<_> = players
+        .into_iter()
+        .map(|mut player| {
+            let base = base.clone();
             tokio::spawn(async move {
-                let mut client = ExternalProcessorClient::new(channel)
-                    .max_encoding_message_size(usize::MAX)
-                    .max_decoding_message_size(usize::MAX);
                 let mut body = base.to_vec();
                 let mut stats = Stats::default();
                 while Instant::now() < end {
                     stamp(&mut body, next_stamp());
                     let t0 = Instant::now();
-                    let result = exchange(&mut client, &body).await;
+                    let result = player.play(&body).await;
                     stats.record(result, t0.elapsed());
                 }
                 stats
@@ -157,35 +233,9 @@ async fn exchange(
     body: &[u8],
 ) -> Result<(), String> {
     let (tx, rx) = mpsc::channel(2);
-    let header = |k: &str, v: &str| HeaderValue {
-        key: k.into(),
-        value: String::new(),
-        raw_value: v.as_bytes().to_vec(),
-    };
-    let len = body.len().to_string();
-    tx.send(ProcessingRequest {
-        protocol_config: Some(ProtocolConfiguration {
-            request_body_mode: 2,
-            response_body_mode: 0,
-            send_body_without_waiting_for_header_response: false,
-        }),
-        request: Some(Req::RequestHeaders(HttpHeaders {
-            headers: Some(HeaderMap {
-                headers: vec![
-                    header(":method", "POST"),
-                    header(":scheme", "http"),
-                    header(":authority", "bench.test"),
-                    header(":path", "/file.bin"),
-                    header("content-length", &len),
-                ],
-            }),
-            end_of_stream: false,
-            ..Default::default()
-        })),
-        ..Default::default()
-    })
-    .await
-    .map_err(|e| e.to_string())?;
+    tx.send(upload_headers(body.len()))
+        .await
+        .map_err(|e| e.to_string())?;
     let mut replies = client
         .process(tokio_stream::wrappers::ReceiverStream::new(rx))
         .await
@@ -215,5 +265,118 @@ async fn exchange(
     match next().await? {
         Res::RequestBody(b) if b.response.as_ref().is_none_or(|c| c.status == 0) => Ok(()),
         other => Err(format!("not CONTINUE: {other:?}")),
+    }
+}
+
+/// A message with gRPC's frame header.
+fn frame(msg: &ProcessingRequest) -> Vec<u8> {
+    let len = msg.encoded_len();
+    let mut buf = BytesMut::with_capacity(5 + len);
+    buf.put_u8(0);
+    buf.put_u32(len as u32);
+    msg.encode(&mut buf).expect("sized");
+    buf.to_vec()
+}
+
+/// One upload on its own HTTP/2 stream: headers, then the body; both must
+/// be answered CONTINUE, and the call must end with status 0.
+async fn lean_exchange(
+    conn: h2::client::SendRequest<Bytes>,
+    uri: &http::Uri,
+    headers: Bytes,
+    body: &[u8],
+) -> Result<(), String> {
+    let mut conn = conn.ready().await.map_err(|e| e.to_string())?;
+    let request = http::Request::post(uri.clone())
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(())
+        .expect("a request");
+    let (response, mut send) = conn
+        .send_request(request, false)
+        .map_err(|e| e.to_string())?;
+    send.send_data(headers, false).map_err(|e| e.to_string())?;
+    let mut recv = response.await.map_err(|e| e.to_string())?.into_body();
+    let mut buf = BytesMut::new();
+    let Some(Res::RequestHeaders(_)) = next_reply(&mut recv, &mut buf).await? else {
+        return Err("headers not answered".into());
+    };
+    let msg = ProcessingRequest {
+        request: Some(Req::RequestBody(HttpBody {
+            body: body.to_vec(),
+            end_of_stream: true,
+            ..Default::default()
+        })),
+        ..Default::default()
+    };
+    send.send_data(Bytes::from(frame(&msg)), true)
+        .map_err(|e| e.to_string())?;
+    match next_reply(&mut recv, &mut buf).await? {
+        Some(Res::RequestBody(b)) if b.response.as_ref().is_none_or(|c| c.status == 0) => {}
+        other => return Err(format!("not CONTINUE: {other:?}")),
+    }
+    while let Some(chunk) = recv.data().await {
+        chunk.map_err(|e| e.to_string())?;
+    }
+    match recv.trailers().await.map_err(|e| e.to_string())? {
+        Some(t) if t.get("grpc-status").is_some_and(|s| s == "0") => Ok(()),
+        other => Err(format!("the call did not end with status 0: {other:?}")),
+    }
+}
+
+/// The next reply that says something (an empty one only updates timers).
+async fn next_reply(recv: &mut h2::RecvStream, buf: &mut BytesMut) -> Result<Option<Res>, String> {
+    loop {
+        if buf.len() >= 5 {
+            let len = u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize;
+            if buf.len() >= 5 + len {
+                let _ = buf.split_to(5);
+                let msg =
+                    ProcessingResponse::decode(buf.split_to(len)).map_err(|e| e.to_string())?;
+                if msg.response.is_some() {
+                    return Ok(msg.response);
+                }
+                continue;
+            }
+        }
+        match recv.data().await {
+            Some(Ok(chunk)) => {
+                let _ = recv.flow_control().release_capacity(chunk.len());
+                buf.extend_from_slice(&chunk);
+            }
+            Some(Err(e)) => return Err(e.to_string()),
+            None => return Err("the call ended without a reply".into()),
+        }
+    }
+}
+
+/// The headers of an upload of `size` bytes, with BUFFERED request bodies.
+fn upload_headers(size: usize) -> ProcessingRequest {
+    let header = |k: &str, v: &str| HeaderValue {
+        key: k.into(),
+        value: String::new(),
+        raw_value: v.as_bytes().to_vec(),
+    };
+    let len = size.to_string();
+    ProcessingRequest {
+        protocol_config: Some(ProtocolConfiguration {
+            request_body_mode: 2,
+            response_body_mode: 0,
+            send_body_without_waiting_for_header_response: false,
+        }),
+        request: Some(Req::RequestHeaders(HttpHeaders {
+            headers: Some(HeaderMap {
+                headers: vec![
+                    header(":method", "POST"),
+                    header(":scheme", "http"),
+                    header(":authority", "bench.test"),
+                    header(":path", "/file.bin"),
+                    header("content-length", &len),
+                ],
+            }),
+            end_of_stream: false,
+            ..Default::default()
+        })),
+        ..Default::default()
     }
 }

@@ -349,6 +349,7 @@ impl IcapConfig {
             cert: self.icaps_cert.clone(),
             key: self.icaps_key.clone(),
             client_ca: (!self.icaps_client_ca.is_empty()).then(|| self.icaps_client_ca.clone()),
+            settings: "ICAPS",
         })
     }
 }
@@ -475,21 +476,17 @@ impl ExtProcConfig {
 
     /// How the server serves; reads the TLS files.
     pub fn server(&self) -> Result<virus_scanner_grpc::ServerSettings, String> {
-        let read = |setting: &str, path: &str| {
-            std::fs::read(path).map_err(|e| format!("{setting} {path:?}: {e}"))
-        };
         let tls = if self.grpc_tls_cert.is_empty() {
             None
         } else {
-            Some(virus_scanner_grpc::TlsFiles {
-                cert: read("GRPC_TLS_CERT", &self.grpc_tls_cert)?,
-                key: read("GRPC_TLS_KEY", &self.grpc_tls_key)?,
-                client_ca: if self.grpc_tls_client_ca.is_empty() {
-                    None
-                } else {
-                    Some(read("GRPC_TLS_CLIENT_CA", &self.grpc_tls_client_ca)?)
-                },
-            })
+            let paths = crate::tls::TlsPaths {
+                cert: self.grpc_tls_cert.clone(),
+                key: self.grpc_tls_key.clone(),
+                client_ca: (!self.grpc_tls_client_ca.is_empty())
+                    .then(|| self.grpc_tls_client_ca.clone()),
+                settings: "GRPC_TLS",
+            };
+            Some(std::sync::Arc::new(crate::tls::server_config(&paths)?))
         };
         Ok(virus_scanner_grpc::ServerSettings {
             max_message_size: self.grpc_max_message_size as usize,

@@ -1,7 +1,7 @@
-//! TLS for the ICAP port (ICAPS): the certificate and key come from PEM
-//! files and are read again on SIGHUP, so a renewed certificate is used
-//! without a restart; with a client CA, clients must present a certificate
-//! it signed.
+//! TLS for the ICAP port (ICAPS) and the gRPC port: the certificate and key
+//! come from PEM files (for ICAPS read again on SIGHUP, so a renewed
+//! certificate is used without a restart); with a client CA, clients must
+//! present a certificate it signed.
 
 use std::sync::{Arc, RwLock};
 
@@ -20,6 +20,9 @@ pub struct TlsPaths {
     pub key: String,
     /// When set, the CA that clients' certificates must come from.
     pub client_ca: Option<String>,
+    /// The settings' common prefix, for errors: `ICAPS` names
+    /// `ICAPS_CERT`, `ICAPS_KEY` and `ICAPS_CLIENT_CA`.
+    pub settings: &'static str,
 }
 
 /// A TLS configuration that can be swapped while connections come and go.
@@ -53,14 +56,24 @@ impl Reloadable {
 }
 
 fn acceptor(paths: &TlsPaths) -> Result<TlsAcceptor, String> {
+    Ok(TlsAcceptor::from(Arc::new(server_config(paths)?)))
+}
+
+/// The server configuration the files describe; an error names the setting,
+/// the file and what is wrong.
+pub fn server_config(paths: &TlsPaths) -> Result<ServerConfig, String> {
+    let prefix = paths.settings;
     let certs = CertificateDer::pem_file_iter(&paths.cert)
         .and_then(|i| i.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| format!("ICAPS_CERT {:?}: {e}", paths.cert))?;
+        .map_err(|e| format!("{prefix}_CERT {:?}: {e}", paths.cert))?;
     if certs.is_empty() {
-        return Err(format!("ICAPS_CERT {:?}: no certificate in it", paths.cert));
+        return Err(format!(
+            "{prefix}_CERT {:?}: no certificate in it",
+            paths.cert
+        ));
     }
     let key = PrivateKeyDer::from_pem_file(&paths.key)
-        .map_err(|e| format!("ICAPS_KEY {:?}: {e}", paths.key))?;
+        .map_err(|e| format!("{prefix}_KEY {:?}: {e}", paths.key))?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
@@ -71,20 +84,19 @@ fn acceptor(paths: &TlsPaths) -> Result<TlsAcceptor, String> {
             let mut roots = RootCertStore::empty();
             for cert in CertificateDer::pem_file_iter(ca)
                 .and_then(|i| i.collect::<Result<Vec<_>, _>>())
-                .map_err(|e| format!("ICAPS_CLIENT_CA {ca:?}: {e}"))?
+                .map_err(|e| format!("{prefix}_CLIENT_CA {ca:?}: {e}"))?
             {
                 roots
                     .add(cert)
-                    .map_err(|e| format!("ICAPS_CLIENT_CA {ca:?}: {e}"))?;
+                    .map_err(|e| format!("{prefix}_CLIENT_CA {ca:?}: {e}"))?;
             }
             let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
                 .build()
-                .map_err(|e| format!("ICAPS_CLIENT_CA {ca:?}: {e}"))?;
+                .map_err(|e| format!("{prefix}_CLIENT_CA {ca:?}: {e}"))?;
             builder.with_client_cert_verifier(verifier)
         }
     };
-    let config = builder
+    builder
         .with_single_cert(certs, key)
-        .map_err(|e| format!("ICAPS_CERT/ICAPS_KEY: {e}"))?;
-    Ok(TlsAcceptor::from(Arc::new(config)))
+        .map_err(|e| format!("{prefix}_CERT/{prefix}_KEY: {e}"))
 }

@@ -963,10 +963,31 @@ async fn health_and_graceful_shutdown() {
         assert_eq!(status, 1, "SERVING for {service:?}");
     }
 
+    let unknown = health
+        .check(HealthCheckRequest {
+            service: "no.such.Service".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(unknown.code(), tonic::Code::NotFound);
+    let mut watch = health
+        .watch(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(watch.message().await.unwrap().unwrap().status, 1);
+
     // A stream in flight when shutdown begins still gets its verdict.
     let mut s = server.open().await;
     s.passes(request_headers("/up", &[], false)).await;
     let stop = tokio::spawn(server.stop());
+    // The watcher hears NOT_SERVING, then its call ends.
+    let next = tokio::time::timeout(Duration::from_secs(10), watch.message()).await;
+    assert_eq!(next.unwrap().unwrap().unwrap().status, 2, "NOT_SERVING");
+    let last = tokio::time::timeout(Duration::from_secs(10), watch.message()).await;
+    assert!(!matches!(last.unwrap(), Ok(Some(_))), "the watch ends");
     tokio::time::sleep(Duration::from_millis(200)).await;
     s.send(body(Direction::Request, &eicar(), true)).await;
     assert_infected(s.next().await);
@@ -1277,4 +1298,146 @@ async fn play_made_up_sequences(channel: &Channel, seed: u64) -> (usize, usize, 
         }
     }
     (ok, errors, blocked)
+}
+
+/// One gRPC call made by hand on HTTP/2: `frames` as the request's body,
+/// then its end. Returns the HTTP status, the `grpc-status` (from the
+/// trailers, or from the headers of a trailers-only answer) and the
+/// response's body.
+async fn raw_call(
+    port: u16,
+    path: &str,
+    content_type: &str,
+    frames: &[u8],
+) -> (u16, Option<i32>, Vec<u8>) {
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let (mut client, conn) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(conn);
+    let request = http::Request::post(format!("http://127.0.0.1:{port}{path}"))
+        .header("content-type", content_type)
+        .header("te", "trailers")
+        .body(())
+        .unwrap();
+    let (response, mut send) = client.send_request(request, false).unwrap();
+    send.send_data(bytes::Bytes::copy_from_slice(frames), true)
+        .unwrap();
+    let response = tokio::time::timeout(Duration::from_secs(10), response)
+        .await
+        .expect("an answer in time")
+        .unwrap();
+    let status = response.status().as_u16();
+    let grpc_status = |h: &http::HeaderMap| {
+        h.get("grpc-status")
+            .map(|v| v.to_str().unwrap().parse::<i32>().unwrap())
+    };
+    let mut code = grpc_status(response.headers());
+    let mut body = response.into_body();
+    let mut data = Vec::new();
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk.unwrap();
+        let _ = body.flow_control().release_capacity(chunk.len());
+        data.extend_from_slice(&chunk);
+    }
+    if code.is_none() {
+        code = body
+            .trailers()
+            .await
+            .unwrap()
+            .as_ref()
+            .and_then(grpc_status);
+    }
+    (status, code, data)
+}
+
+/// A gRPC frame: the compression flag, the length, the message.
+fn grpc_frame(compressed: bool, message: &[u8]) -> Vec<u8> {
+    let mut f = vec![u8::from(compressed)];
+    f.extend_from_slice(&(message.len() as u32).to_be_bytes());
+    f.extend_from_slice(message);
+    f
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_grpc_gets_an_error_status_and_the_server_serves_on() {
+    use prost::Message;
+    let (_clamd, server) = with_clamd(&["--grpc-max-message-size", "1M"]).await;
+    let port = server.port;
+    const PROCESS: &str = "/envoy.service.ext_proc.v3.ExternalProcessor/Process";
+    const NOPE: &str = "/envoy.service.ext_proc.v3.ExternalProcessor/Nope";
+    const CHECK: &str = "/grpc.health.v1.Health/Check";
+    let grpc = "application/grpc";
+    let headers = request_headers("/up", &[], true).encode_to_vec();
+
+    // The well-formed call, for contrast: one reply, then status 0.
+    let (http, code, data) = raw_call(port, PROCESS, grpc, &grpc_frame(false, &headers)).await;
+    assert_eq!((http, code), (200, Some(0)));
+    let reply = ProcessingResponse::decode(&data[5..]).unwrap();
+    assert!(matches!(reply.response, Some(Res::RequestHeaders(_))));
+
+    // What is wrong, the method, the request's body, the status wanted.
+    let cases: [(&str, &str, Vec<u8>, i32); 8] = [
+        ("an unknown method", NOPE, grpc_frame(false, &headers), 12),
+        ("an unknown service", "/no.Such/Thing", vec![], 12),
+        (
+            "a compressed message",
+            PROCESS,
+            grpc_frame(true, &headers),
+            12,
+        ),
+        (
+            "a message that does not decode",
+            PROCESS,
+            grpc_frame(false, &[0xff; 7]),
+            13,
+        ),
+        (
+            "a message cut short",
+            PROCESS,
+            grpc_frame(false, &headers)[..9].to_vec(),
+            13,
+        ),
+        ("a frame header cut short", PROCESS, vec![0, 0, 0], 13),
+        (
+            "a message over the size limit",
+            PROCESS,
+            vec![0, 0, 0x20, 0, 0],
+            8,
+        ),
+        (
+            "a health check that does not decode",
+            CHECK,
+            grpc_frame(false, &[0xff; 3]),
+            13,
+        ),
+    ];
+    for (what, path, frames, want) in cases {
+        let (http, code, _) = raw_call(port, path, grpc, &frames).await;
+        assert_eq!((http, code), (200, Some(want)), "{what}");
+    }
+    let (http, code, _) = raw_call(port, PROCESS, "text/plain", &grpc_frame(false, &headers)).await;
+    assert_eq!((http, code), (415, None), "not gRPC at all");
+
+    // Bytes that are not HTTP/2: that connection closes, soon.
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    tcp.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut sink = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), tcp.read_to_end(&mut sink))
+        .await
+        .expect("closed in time")
+        .ok();
+
+    // Through it all, Envoy's calls are served.
+    let mut s = server.open().await;
+    s.passes(request_headers("/up", &[], false)).await;
+    s.send(body(Direction::Request, &eicar(), true)).await;
+    assert_infected(s.next().await);
+    drop(s);
+    server.stop().await;
 }

@@ -18,10 +18,12 @@
 //! - [`Settings`], [`BodyMode`], [`StreamedRelease`]: how bodies are held
 //!   and released.
 //! - `stream`: one ext_proc stream, message by message.
-//! - [`server`]: the tonic server: ext_proc, grpc.health.v1, TLS, shutdown.
+//! - [`server`]: the server: ext_proc, grpc.health.v1, TLS, shutdown.
+//! - `http2`: HTTP/2 and gRPC's framing, one task per connection.
 
 #![forbid(unsafe_code)]
 
+mod http2;
 pub mod server;
 mod stream;
 
@@ -31,7 +33,7 @@ use std::time::Duration;
 
 use http::{HeaderMap, Method, StatusCode};
 
-pub use server::{serve, ServerSettings, TlsFiles};
+pub use server::{serve, ServerSettings};
 
 /// Which HTTP message a body belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -44,7 +44,7 @@ const EXTERNAL_ADDRESS: http::HeaderName =
 /// Envoy did not say its body mode, before it is answered as a BUFFERED body.
 const SETTLE: std::time::Duration = std::time::Duration::from_millis(50);
 
-/// The replies' channel to tonic.
+/// The replies' channel to the HTTP/2 stream.
 pub(crate) type Replies = mpsc::Sender<Result<ProcessingResponse, Status>>;
 
 /// What follows a body whose scan is being finished.

@@ -64,6 +64,15 @@ def check(condition, what):
     print(f"ok: {what}")
 
 
+def code_of(call):
+    """The status code a call ends with (OK when it raises nothing)."""
+    try:
+        call()
+    except grpc.RpcError as e:
+        return e.code()
+    return grpc.StatusCode.OK
+
+
 def immediate_header(imm, name):
     for option in imm.headers.set_headers:
         if option.header.key == name:
@@ -109,6 +118,46 @@ def main():
         response_deserializer=lambda b: b,
     )
     check(check_health(None, timeout=10) == b"\x08\x01", "grpc.health.v1 says SERVING")
+
+    # The same for the ext_proc service by name (field 1, a string), and
+    # NOT_FOUND for a service that is not here.
+    def service(name):
+        return b"\x0a" + bytes([len(name)]) + name.encode()
+
+    named = channel.unary_unary(
+        "/grpc.health.v1.Health/Check",
+        request_serializer=service,
+        response_deserializer=lambda b: b,
+    )
+    check(named("envoy.service.ext_proc.v3.ExternalProcessor", timeout=10) == b"\x08\x01",
+          "... SERVING for envoy.service.ext_proc.v3.ExternalProcessor")
+    check(code_of(lambda: named("no.such.Service", timeout=10)) == grpc.StatusCode.NOT_FOUND,
+          "... NOT_FOUND for a service it does not have")
+    watch = channel.unary_stream(
+        "/grpc.health.v1.Health/Watch",
+        request_serializer=service,
+        response_deserializer=lambda b: b,
+    )
+    updates = watch("", timeout=10)
+    check(next(updates) == b"\x08\x01", "grpc.health.v1 Watch starts with SERVING")
+    updates.cancel()
+
+    # Calls that are not right: an error status each, never OK.
+    nope = channel.unary_unary(
+        "/envoy.service.ext_proc.v3.ExternalProcessor/Nope",
+        request_serializer=lambda b: b,
+        response_deserializer=lambda b: b,
+    )
+    check(code_of(lambda: nope(b"", timeout=10)) == grpc.StatusCode.UNIMPLEMENTED,
+          "an unknown method: UNIMPLEMENTED")
+    raw_process = channel.stream_stream(
+        "/envoy.service.ext_proc.v3.ExternalProcessor/Process",
+        request_serializer=lambda b: b,
+        response_deserializer=lambda b: b,
+    )
+    check(code_of(lambda: list(raw_process(iter([b"\xff\xff\xff"]), timeout=10)))
+          == grpc.StatusCode.INTERNAL,
+          "a ProcessingRequest that does not decode: INTERNAL")
 
     stub = ExternalProcessorSyncStub(channel)
     clean = b"just some harmless bytes\n" * 400
