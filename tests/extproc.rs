@@ -1441,3 +1441,17 @@ async fn malformed_grpc_gets_an_error_status_and_the_server_serves_on() {
     drop(s);
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_that_never_speaks_is_closed() {
+    use tokio::io::AsyncReadExt;
+    let (_clamd, server) = with_clamd(&[]).await;
+    let mut silent = tokio::net::TcpStream::connect(("127.0.0.1", server.port))
+        .await
+        .unwrap();
+    // No HTTP/2 preface within 10 s: the server closes the connection.
+    let mut sink = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(20), silent.read_to_end(&mut sink)).await;
+    assert!(closed.is_ok(), "the silent connection was not closed");
+    server.stop().await;
+}
