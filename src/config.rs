@@ -402,7 +402,7 @@ pub struct ExtProcConfig {
     pub producer_port: u16,
 
     /// The largest gRPC message taken or sent. A BUFFERED body comes as one
-    /// message, so keep it above MAX_SCAN_SIZE; tonic's default is 4M.
+    /// message, so keep it above MAX_SCAN_SIZE (gRPC libraries usually take 4M).
     #[arg(long, env = "GRPC_MAX_MESSAGE_SIZE", default_value = "32M", value_parser = parse_size)]
     pub grpc_max_message_size: u64,
 
