@@ -356,9 +356,10 @@ async fn serve_frontends(args: FrontendArgs, pipeline: Pipeline) -> anyhow::Resu
         pages: page.pages().map_err(anyhow::Error::msg)?,
         ..scan.policy()
     };
+    let grpc_tls = extproc.grpc_tls().map_err(anyhow::Error::msg)?;
     // Listening for SIGHUP before the ports open, when something can be
     // read again: from then on a SIGHUP reloads rather than ends the process.
-    let hup = if policy.pages.is_custom() || icap.icaps_paths().is_some() {
+    let hup = if policy.pages.is_custom() || icap.icaps_paths().is_some() || grpc_tls.is_some() {
         let hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
             .context("cannot listen for SIGHUP")?;
         Some(hup)
@@ -373,7 +374,7 @@ async fn serve_frontends(args: FrontendArgs, pipeline: Pipeline) -> anyhow::Resu
     let grpc_listener = tokio::net::TcpListener::bind(grpc_addr)
         .await
         .with_context(|| format!("cannot listen on {grpc_addr} (PRODUCER_PORT)"))?;
-    let server = extproc.server().map_err(anyhow::Error::msg)?;
+    let server = extproc.server(grpc_tls.as_ref());
     let shown = |l: &tokio::net::TcpListener, wanted: SocketAddr| l.local_addr().unwrap_or(wanted);
     tracing::info!(addr = %shown(&listener, addr), services = ?crate::frontend::icap::SERVICES, "ICAP server listening");
     tracing::info!(addr = %shown(&grpc_listener, grpc_addr), tls = server.tls.is_some(), "Envoy ext_proc server listening");
@@ -407,7 +408,10 @@ async fn serve_frontends(args: FrontendArgs, pipeline: Pipeline) -> anyhow::Resu
         }
     };
     if let Some(hup) = hup {
-        let tls = icaps.as_ref().map(|(_, tls)| tls.clone());
+        let tls = [
+            ("ICAPS", icaps.as_ref().map(|(_, tls)| tls.clone())),
+            ("gRPC", grpc_tls),
+        ];
         tokio::spawn(reload_on_sighup(hup, tls, policy.pages.clone()));
     }
     let service = Arc::new(IcapService::new(icap, pipeline, policy));
@@ -606,15 +610,16 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
 /// logged, and the old one stays.
 async fn reload_on_sighup(
     mut hup: tokio::signal::unix::Signal,
-    tls: Option<crate::tls::Reloadable>,
+    tls: [(&'static str, Option<crate::tls::Reloadable>); 2],
     pages: crate::blockpage::BlockPages,
 ) {
     while hup.recv().await.is_some() {
-        if let Some(tls) = &tls {
+        for (port, tls) in &tls {
+            let Some(tls) = tls else { continue };
             match tls.reload() {
-                Ok(()) => tracing::info!("SIGHUP: ICAPS certificate reloaded"),
+                Ok(()) => tracing::info!("SIGHUP: {port} certificate reloaded"),
                 Err(e) => {
-                    tracing::error!(error = %e, "SIGHUP: ICAPS certificate not reloaded; the old one stays")
+                    tracing::error!(error = %e, "SIGHUP: {port} certificate not reloaded; the old one stays")
                 }
             }
         }

@@ -350,6 +350,7 @@ impl IcapConfig {
             key: self.icaps_key.clone(),
             client_ca: (!self.icaps_client_ca.is_empty()).then(|| self.icaps_client_ca.clone()),
             settings: "ICAPS",
+            alpn: &[],
         })
     }
 }
@@ -431,7 +432,7 @@ pub struct ExtProcConfig {
     pub extproc_override_timeout: Duration,
 
     /// PEM certificate chain for TLS on the gRPC port; with GRPC_TLS_KEY.
-    /// Empty: plaintext (h2c).
+    /// Read again on SIGHUP. Empty: plaintext (h2c).
     #[arg(long, env = "GRPC_TLS_CERT", default_value = "")]
     pub grpc_tls_cert: String,
 
@@ -460,7 +461,7 @@ impl ExtProcConfig {
         if self.extproc_override_timeout < Duration::from_millis(1) {
             return Err("EXTPROC_OVERRIDE_TIMEOUT must be at least 1ms".into());
         }
-        self.server().map(|_| ())
+        self.grpc_tls().map(|_| ())
     }
 
     /// How bodies and timeouts are handled.
@@ -474,24 +475,35 @@ impl ExtProcConfig {
         }
     }
 
-    /// How the server serves; reads the TLS files.
-    pub fn server(&self) -> Result<virus_scanner_grpc::ServerSettings, String> {
-        let tls = if self.grpc_tls_cert.is_empty() {
-            None
-        } else {
-            let paths = crate::tls::TlsPaths {
-                cert: self.grpc_tls_cert.clone(),
-                key: self.grpc_tls_key.clone(),
-                client_ca: (!self.grpc_tls_client_ca.is_empty())
-                    .then(|| self.grpc_tls_client_ca.clone()),
-                settings: "GRPC_TLS",
-            };
-            Some(std::sync::Arc::new(crate::tls::server_config(&paths)?))
-        };
-        Ok(virus_scanner_grpc::ServerSettings {
-            max_message_size: self.grpc_max_message_size as usize,
-            tls,
+    /// The gRPC port's TLS, when it is on: the files read, and read again
+    /// on SIGHUP.
+    pub fn grpc_tls(&self) -> Result<Option<crate::tls::Reloadable>, String> {
+        if self.grpc_tls_cert.is_empty() {
+            return Ok(None);
+        }
+        crate::tls::Reloadable::load(crate::tls::TlsPaths {
+            cert: self.grpc_tls_cert.clone(),
+            key: self.grpc_tls_key.clone(),
+            client_ca: (!self.grpc_tls_client_ca.is_empty())
+                .then(|| self.grpc_tls_client_ca.clone()),
+            settings: "GRPC_TLS",
+            alpn: &[b"h2"],
         })
+        .map(Some)
+    }
+
+    /// How the server serves, with `tls` from [`ExtProcConfig::grpc_tls`].
+    pub fn server(
+        &self,
+        tls: Option<&crate::tls::Reloadable>,
+    ) -> virus_scanner_grpc::ServerSettings {
+        virus_scanner_grpc::ServerSettings {
+            max_message_size: self.grpc_max_message_size as usize,
+            tls: tls.map(|tls| {
+                let tls = tls.clone();
+                std::sync::Arc::new(move || tls.acceptor()) as virus_scanner_grpc::TlsSource
+            }),
+        }
     }
 }
 

@@ -23,6 +23,8 @@ pub struct TlsPaths {
     /// The settings' common prefix, for errors: `ICAPS` names
     /// `ICAPS_CERT`, `ICAPS_KEY` and `ICAPS_CLIENT_CA`.
     pub settings: &'static str,
+    /// The protocols offered by ALPN (`h2` for gRPC; none for ICAPS).
+    pub alpn: &'static [&'static [u8]],
 }
 
 /// A TLS configuration that can be swapped while connections come and go.
@@ -61,7 +63,7 @@ fn acceptor(paths: &TlsPaths) -> Result<TlsAcceptor, String> {
 
 /// The server configuration the files describe; an error names the setting,
 /// the file and what is wrong.
-pub fn server_config(paths: &TlsPaths) -> Result<ServerConfig, String> {
+fn server_config(paths: &TlsPaths) -> Result<ServerConfig, String> {
     let prefix = paths.settings;
     let certs = CertificateDer::pem_file_iter(&paths.cert)
         .and_then(|i| i.collect::<Result<Vec<_>, _>>())
@@ -96,7 +98,9 @@ pub fn server_config(paths: &TlsPaths) -> Result<ServerConfig, String> {
             builder.with_client_cert_verifier(verifier)
         }
     };
-    builder
+    let mut config = builder
         .with_single_cert(certs, key)
-        .map_err(|e| format!("{prefix}_CERT/{prefix}_KEY: {e}"))
+        .map_err(|e| format!("{prefix}_CERT/{prefix}_KEY: {e}"))?;
+    config.alpn_protocols = paths.alpn.iter().map(|p| p.to_vec()).collect();
+    Ok(config)
 }

@@ -98,12 +98,7 @@ async fn the_page_is_read_again_on_sighup() {
         let (server, dir, file) = (&server, &dir, &file);
         async move {
             std::fs::write(file, text).unwrap();
-            let pid = server.pid().to_string();
-            assert!(Command::new("kill")
-                .args(["-HUP", &pid])
-                .status()
-                .unwrap()
-                .success());
+            server.hangup();
             server.wait_log(outcome, 1, Duration::from_secs(10)).await;
             let page = download_eicar(port, dir, url).await.1;
             assert_eq!(page, format!("<p>{shown}: {EICAR_NAME}</p>"));

@@ -54,7 +54,7 @@ impl Server {
         let port = listener.local_addr().unwrap().port();
         let (tx, rx) = oneshot::channel();
         let settings = config.settings();
-        let server = config.server().unwrap();
+        let server = config.server(config.grpc_tls().unwrap().as_ref());
         let done = tokio::spawn(async move {
             virus_scanner_grpc::serve(listener, scanning, settings, server, async {
                 let _ = rx.await;
@@ -1454,4 +1454,58 @@ async fn a_connection_that_never_speaks_is_closed() {
     let closed = tokio::time::timeout(Duration::from_secs(20), silent.read_to_end(&mut sink)).await;
     assert!(closed.is_ok(), "the silent connection was not closed");
     server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_certificates_reload_on_sighup() {
+    let clamd = ClamdProcess::start();
+    let dir = TempDir::new("grpc-reload");
+    support::make_certs(dir.path(), &["server"]);
+    let file = |n: &str| dir.path().join(n).display().to_string();
+    let grpc = support::free_port();
+    let server = support::Service::start_with(
+        env!("CARGO_BIN_EXE_virus-scanner"),
+        &["all"],
+        &[
+            ("ICAP_PORT", "0".to_owned()),
+            ("PRODUCER_PORT", grpc.to_string()),
+            ("GRPC_TLS_CERT", file("server.crt")),
+            ("GRPC_TLS_KEY", file("server.key")),
+            ("CLAMD_URL", clamd.tcp_url()),
+        ],
+    );
+    server.wait_port(grpc, Duration::from_secs(20));
+    // What a TLS client sees: the ALPN protocol and the certificate's serial.
+    let handshake = || {
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "echo | openssl s_client -connect 127.0.0.1:{grpc} -alpn h2 2>/dev/null | tee /dev/stderr | openssl x509 -noout -serial"
+            ))
+            .output()
+            .unwrap();
+        (
+            String::from_utf8_lossy(&out.stderr).contains("ALPN protocol: h2"),
+            String::from_utf8_lossy(&out.stdout).trim().to_owned(),
+        )
+    };
+    let old = support::cert_serial(&dir.path().join("server.crt"));
+    assert_eq!(
+        handshake(),
+        (true, old.clone()),
+        "h2 by ALPN, the first certificate"
+    );
+
+    support::make_certs(dir.path(), &["server"]);
+    let new = support::cert_serial(&dir.path().join("server.crt"));
+    assert_ne!(old, new);
+    server.hangup();
+    server
+        .wait_log("gRPC certificate reloaded", 1, Duration::from_secs(10))
+        .await;
+    assert_eq!(
+        handshake(),
+        (true, new),
+        "the reloaded certificate is served"
+    );
 }

@@ -169,23 +169,11 @@ async fn certificates_reload_on_sighup_and_client_certificates_are_checked() {
     assert!(!without.contains("ICAP/1.0 200"), "{without}");
 
     // A new server certificate, then SIGHUP: new handshakes present it.
-    let serial = |text: &str| {
-        let out = std::process::Command::new("openssl")
-            .args(["x509", "-noout", "-serial", "-in", text])
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout).trim().to_owned()
-    };
-    let old = serial(&client("server.crt"));
+    let old = support::cert_serial(&dir.path().join("server.crt"));
     make_certs(dir.path(), &["server"]);
-    let new = serial(&client("server.crt"));
+    let new = support::cert_serial(&dir.path().join("server.crt"));
     assert_ne!(old, new);
-    let pid = server.pid().to_string();
-    assert!(std::process::Command::new("kill")
-        .args(["-HUP", &pid])
-        .status()
-        .unwrap()
-        .success());
+    server.hangup();
     server
         .wait_log("ICAPS certificate reloaded", 1, Duration::from_secs(10))
         .await;

@@ -33,7 +33,7 @@ use std::time::Duration;
 
 use http::{HeaderMap, Method, StatusCode};
 
-pub use server::{serve, ServerSettings};
+pub use server::{serve, ServerSettings, TlsSource};
 
 /// Which HTTP message a body belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -15,15 +15,28 @@ use tokio_rustls::TlsAcceptor;
 use crate::http2::{connection, Shared};
 use crate::{Scanning, Settings};
 
+/// Where each new TLS connection gets its acceptor: the certificate, key
+/// and client verification of the moment, so that they can be replaced
+/// while the server runs. Its configuration must offer `h2` by ALPN.
+pub type TlsSource = Arc<dyn Fn() -> TlsAcceptor + Send + Sync>;
+
 /// How the server serves.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ServerSettings {
     /// The largest gRPC message taken or sent; a BUFFERED body arrives as one
     /// message, so this bounds the body Envoy can buffer for a scan.
     pub max_message_size: usize,
-    /// TLS, when set: the certificate, key and client verification. The
-    /// server offers HTTP/2 by ALPN itself.
-    pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// TLS, when set.
+    pub tls: Option<TlsSource>,
+}
+
+impl std::fmt::Debug for ServerSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerSettings")
+            .field("max_message_size", &self.max_message_size)
+            .field("tls", &self.tls.is_some())
+            .finish()
+    }
 }
 
 /// How long a client has for its TLS handshake.
@@ -63,11 +76,7 @@ pub async fn serve<S: Scanning>(
     server: ServerSettings,
     shutdown: impl Future<Output = ()> + Send,
 ) -> std::io::Result<()> {
-    let tls = server.tls.map(|config| {
-        let mut config = (*config).clone();
-        config.alpn_protocols = vec![b"h2".to_vec()];
-        TlsAcceptor::from(Arc::new(config))
-    });
+    let tls = server.tls;
     let (serving_tx, serving) = watch::channel(true);
     let (stop_tx, stop) = watch::channel(false);
     let shared = Arc::new(Shared {
@@ -90,7 +99,7 @@ pub async fn serve<S: Scanning>(
                     match &tls {
                         None => connections.spawn(connection(tcp, shared, stop)),
                         Some(tls) => {
-                            let handshake = tls.accept(tcp);
+                            let handshake = tls().accept(tcp);
                             connections.spawn(async move {
                                 match tokio::time::timeout(TLS_HANDSHAKE, handshake).await {
                                     Ok(Ok(io)) => connection(io, shared, stop).await,

@@ -377,6 +377,16 @@ impl Drop for TestServer {
 /// A test CA in `dir` (`ca.crt`, `ca.key`) and, for each name, a
 /// certificate it signed (`<name>.crt`, `<name>.key`) valid for localhost
 /// and 127.0.0.1, made with openssl.
+/// A PEM certificate's serial, as `openssl x509 -serial` prints it.
+pub fn cert_serial(path: &Path) -> String {
+    let out = Command::new("openssl")
+        .args(["x509", "-noout", "-serial", "-in"])
+        .arg(path)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
 pub fn make_certs(dir: &Path, names: &[&str]) {
     let d = dir.display().to_string();
     let openssl = |args: &str| {
@@ -866,6 +876,13 @@ impl Service {
 
     pub fn pid(&self) -> u32 {
         self.child.as_ref().unwrap().id()
+    }
+
+    /// Sends it SIGHUP: read the block page and certificates again.
+    pub fn hangup(&self) {
+        let pid = self.pid().to_string();
+        let sent = Command::new("kill").args(["-HUP", &pid]).status().unwrap();
+        assert!(sent.success(), "kill -HUP {pid}");
     }
 
     /// What it has logged so far.
