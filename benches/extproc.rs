@@ -72,44 +72,7 @@ async fn main() {
         .parse::<usize>()
         .expect("CHANNELS")
         .max(1);
-    let client = setting("CLIENT", "h2");
-    let mut lean = Vec::new();
-    for _ in 0..n_channels {
-        if client != "h2" {
-            break;
-        }
-        let tcp = tokio::net::TcpStream::connect(&extproc)
-            .await
-            .expect("the ext_proc server answers");
-        tcp.set_nodelay(true).expect("nodelay");
-        let (send, conn) = h2::client::Builder::new()
-            .initial_window_size(16 << 20)
-            .initial_connection_window_size(64 << 20)
-            .handshake::<_, Bytes>(tcp)
-            .await
-            .expect("HTTP/2 with the ext_proc server");
-        tokio::spawn(conn);
-        lean.push(send);
-    }
-    let uri: http::Uri =
-        format!("http://{extproc}/envoy.service.ext_proc.v3.ExternalProcessor/Process")
-            .parse()
-            .expect("EXTPROC=ip:port");
-    let mut channels = Vec::new();
-    for _ in 0..n_channels {
-        if client == "h2" {
-            break;
-        }
-        let channel = Endpoint::from_shared(format!("http://{extproc}"))
-            .expect("EXTPROC=ip:port")
-            // Envoy's own HTTP/2 windows are large; tonic's are 64 KiB.
-            .initial_stream_window_size(16 << 20)
-            .initial_connection_window_size(64 << 20)
-            .connect()
-            .await
-            .expect("the ext_proc server answers");
-        channels.push(channel);
-    }
+    let connections = Connections::open(&setting("CLIENT", "h2"), &extproc, n_channels).await;
     let icap = Target::Icap {
         addr: icap,
         service: "avscan".into(),
@@ -129,30 +92,8 @@ async fn main() {
                         0 if paths.contains("icap") => {
                             measure(&icap, size as usize, n, duration).await
                         }
-                        1 if paths.contains("extproc") && client == "h2" => {
-                            let headers = Bytes::from(frame(&upload_headers(size as usize)));
-                            let players = (0..n)
-                                .map(|i| Lean {
-                                    conn: lean[i % lean.len()].clone(),
-                                    uri: uri.clone(),
-                                    headers: headers.clone(),
-                                })
-                                .collect();
-                            measure_players(players, size as usize, duration).await
-                        }
                         1 if paths.contains("extproc") => {
-                            let players = (0..n)
-                                .map(|i| {
-                                    Tonic(
-                                        ExternalProcessorClient::new(
-                                            channels[i % channels.len()].clone(),
-                                        )
-                                        .max_encoding_message_size(usize::MAX)
-                                        .max_decoding_message_size(usize::MAX),
-                                    )
-                                })
-                                .collect();
-                            measure_players(players, size as usize, duration).await
+                            connections.measure(size as usize, n, duration).await
                         }
                         _ => Stats::default(),
                     };
@@ -169,6 +110,89 @@ async fn main() {
                 cell.total(1)
                     .row(size as usize, n, "ext_proc BUFFERED", &ratio)
             );
+        }
+    }
+}
+
+/// The HTTP/2 connections to the ext_proc server, as the chosen client
+/// holds them.
+enum Connections {
+    /// `CLIENT=h2`: h2's handles, and the method's URI.
+    Lean(Vec<h2::client::SendRequest<Bytes>>, http::Uri),
+    /// `CLIENT=tonic`: tonic's channels.
+    Tonic(Vec<Channel>),
+}
+
+impl Connections {
+    async fn open(client: &str, extproc: &str, n: usize) -> Connections {
+        match client {
+            "h2" => {
+                let mut conns = Vec::new();
+                for _ in 0..n {
+                    let tcp = tokio::net::TcpStream::connect(extproc)
+                        .await
+                        .expect("the ext_proc server answers");
+                    tcp.set_nodelay(true).expect("nodelay");
+                    let (send, conn) = h2::client::Builder::new()
+                        .initial_window_size(16 << 20)
+                        .initial_connection_window_size(64 << 20)
+                        .handshake::<_, Bytes>(tcp)
+                        .await
+                        .expect("HTTP/2 with the ext_proc server");
+                    tokio::spawn(conn);
+                    conns.push(send);
+                }
+                let uri =
+                    format!("http://{extproc}/envoy.service.ext_proc.v3.ExternalProcessor/Process")
+                        .parse()
+                        .expect("EXTPROC=ip:port");
+                Connections::Lean(conns, uri)
+            }
+            "tonic" => {
+                let mut channels = Vec::new();
+                for _ in 0..n {
+                    let channel = Endpoint::from_shared(format!("http://{extproc}"))
+                        .expect("EXTPROC=ip:port")
+                        // Envoy's own HTTP/2 windows are large; tonic's are 64 KiB.
+                        .initial_stream_window_size(16 << 20)
+                        .initial_connection_window_size(64 << 20)
+                        .connect()
+                        .await
+                        .expect("the ext_proc server answers");
+                    channels.push(channel);
+                }
+                Connections::Tonic(channels)
+            }
+            other => panic!("CLIENT={other}: h2 or tonic"),
+        }
+    }
+
+    /// `streams` players spread over the connections, measured.
+    async fn measure(&self, size: usize, streams: usize, duration: Duration) -> Stats {
+        match self {
+            Connections::Lean(conns, uri) => {
+                let headers = Bytes::from(frame(&upload_headers(size)));
+                let players = (0..streams)
+                    .map(|i| Lean {
+                        conn: conns[i % conns.len()].clone(),
+                        uri: uri.clone(),
+                        headers: headers.clone(),
+                    })
+                    .collect();
+                measure_players(players, size, duration).await
+            }
+            Connections::Tonic(channels) => {
+                let players = (0..streams)
+                    .map(|i| {
+                        Tonic(
+                            ExternalProcessorClient::new(channels[i % channels.len()].clone())
+                                .max_encoding_message_size(usize::MAX)
+                                .max_decoding_message_size(usize::MAX),
+                        )
+                    })
+                    .collect();
+                measure_players(players, size, duration).await
+            }
         }
     }
 }

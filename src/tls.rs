@@ -1,6 +1,6 @@
 //! TLS for the ICAP port (ICAPS) and the gRPC port: the certificate and key
-//! come from PEM files (for ICAPS read again on SIGHUP, so a renewed
-//! certificate is used without a restart); with a client CA, clients must
+//! come from PEM files and are read again on SIGHUP, so a renewed
+//! certificate is used without a restart; with a client CA, clients must
 //! present a certificate it signed.
 
 use std::sync::{Arc, RwLock};
@@ -57,13 +57,9 @@ impl Reloadable {
     }
 }
 
+/// The acceptor the files describe; an error names the setting, the file
+/// and what is wrong.
 fn acceptor(paths: &TlsPaths) -> Result<TlsAcceptor, String> {
-    Ok(TlsAcceptor::from(Arc::new(server_config(paths)?)))
-}
-
-/// The server configuration the files describe; an error names the setting,
-/// the file and what is wrong.
-fn server_config(paths: &TlsPaths) -> Result<ServerConfig, String> {
     let prefix = paths.settings;
     let certs = CertificateDer::pem_file_iter(&paths.cert)
         .and_then(|i| i.collect::<Result<Vec<_>, _>>())
@@ -102,5 +98,5 @@ fn server_config(paths: &TlsPaths) -> Result<ServerConfig, String> {
         .with_single_cert(certs, key)
         .map_err(|e| format!("{prefix}_CERT/{prefix}_KEY: {e}"))?;
     config.alpn_protocols = paths.alpn.iter().map(|p| p.to_vec()).collect();
-    Ok(config)
+    Ok(TlsAcceptor::from(Arc::new(config)))
 }

@@ -1477,32 +1477,17 @@ async fn grpc_certificates_reload_on_sighup() {
     server.wait_port(grpc, Duration::from_secs(20));
     // What a TLS client sees: the ALPN protocol and the certificate's serial.
     let handshake = || {
-        let out = std::process::Command::new("sh")
-            .arg("-c")
-            .arg(format!(
-                "echo | openssl s_client -connect 127.0.0.1:{grpc} -alpn h2 2>/dev/null | tee /dev/stderr | openssl x509 -noout -serial"
-            ))
-            .output()
-            .unwrap();
-        (
-            String::from_utf8_lossy(&out.stderr).contains("ALPN protocol: h2"),
-            String::from_utf8_lossy(&out.stdout).trim().to_owned(),
-        )
+        let (report, serial) = support::tls_handshake(grpc, "-alpn h2");
+        (report.contains("ALPN protocol: h2"), serial)
     };
-    let old = support::cert_serial(&dir.path().join("server.crt"));
+    let first = support::cert_serial(&dir.path().join("server.crt"));
     assert_eq!(
         handshake(),
-        (true, old.clone()),
+        (true, first),
         "h2 by ALPN, the first certificate"
     );
 
-    support::make_certs(dir.path(), &["server"]);
-    let new = support::cert_serial(&dir.path().join("server.crt"));
-    assert_ne!(old, new);
-    server.hangup();
-    server
-        .wait_log("gRPC certificate reloaded", 1, Duration::from_secs(10))
-        .await;
+    let new = support::renew_server_cert(dir.path(), &server, "gRPC certificate reloaded").await;
     assert_eq!(
         handshake(),
         (true, new),

@@ -169,24 +169,7 @@ async fn certificates_reload_on_sighup_and_client_certificates_are_checked() {
     assert!(!without.contains("ICAP/1.0 200"), "{without}");
 
     // A new server certificate, then SIGHUP: new handshakes present it.
-    let old = support::cert_serial(&dir.path().join("server.crt"));
-    make_certs(dir.path(), &["server"]);
-    let new = support::cert_serial(&dir.path().join("server.crt"));
-    assert_ne!(old, new);
-    server.hangup();
-    server
-        .wait_log("ICAPS certificate reloaded", 1, Duration::from_secs(10))
-        .await;
-    let out = std::process::Command::new("sh")
-        .arg("-c")
-        .arg(format!(
-            "echo | openssl s_client -connect 127.0.0.1:{icaps} -cert {cert} -key {key} 2>/dev/null | openssl x509 -noout -serial"
-        ))
-        .output()
-        .unwrap();
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout).trim(),
-        new,
-        "the reloaded certificate is served"
-    );
+    let new = support::renew_server_cert(dir.path(), &server, "ICAPS certificate reloaded").await;
+    let served = support::tls_handshake(icaps, &format!("-cert {cert} -key {key}")).1;
+    assert_eq!(served, new, "the reloaded certificate is served");
 }

@@ -39,7 +39,7 @@ const PROCESS: &str = "/envoy.service.ext_proc.v3.ExternalProcessor/Process";
 const HEALTH_CHECK: &str = "/grpc.health.v1.Health/Check";
 const HEALTH_WATCH: &str = "/grpc.health.v1.Health/Watch";
 /// The ext_proc service's name, as health checks ask for it.
-pub(crate) const SERVICE_NAME: &str = "envoy.service.ext_proc.v3.ExternalProcessor";
+const SERVICE_NAME: &str = "envoy.service.ext_proc.v3.ExternalProcessor";
 
 /// What every connection shares.
 pub(crate) struct Shared<S> {
@@ -143,13 +143,26 @@ async fn keepalive(mut pinger: h2::PingPong) {
     }
 }
 
+/// The methods served, by path.
+enum Method {
+    Process,
+    HealthCheck,
+    HealthWatch,
+    Unknown(String),
+}
+
 /// One HTTP/2 stream: a gRPC call.
 async fn stream<S: Scanning>(
     request: Request<RecvStream>,
     mut respond: SendResponse<Bytes>,
     shared: Arc<Shared<S>>,
 ) {
-    let path = request.uri().path().to_owned();
+    let method = match request.uri().path() {
+        PROCESS => Method::Process,
+        HEALTH_CHECK => Method::HealthCheck,
+        HEALTH_WATCH => Method::HealthWatch,
+        other => Method::Unknown(other.to_owned()),
+    };
     if !is_grpc(request.headers()) {
         let answer = Response::builder()
             .status(http::StatusCode::UNSUPPORTED_MEDIA_TYPE)
@@ -159,11 +172,11 @@ async fn stream<S: Scanning>(
         return;
     }
     let inbound = Inbound::new(request.into_body(), shared.max_message_size);
-    match path.as_str() {
-        PROCESS => process(inbound, respond, &shared).await,
-        HEALTH_CHECK => health_check(inbound, respond, &shared).await,
-        HEALTH_WATCH => health_watch(inbound, respond, &shared).await,
-        _ => {
+    match method {
+        Method::Process => process(inbound, respond, &shared).await,
+        Method::HealthCheck => health_check(inbound, respond, &shared).await,
+        Method::HealthWatch => health_watch(inbound, respond, &shared).await,
+        Method::Unknown(path) => {
             let status = Status::unimplemented(format!("no method {path} here"));
             let _ = respond.send_response(trailers_only(&status), true);
         }

@@ -377,6 +377,35 @@ impl Drop for TestServer {
 /// A test CA in `dir` (`ca.crt`, `ca.key`) and, for each name, a
 /// certificate it signed (`<name>.crt`, `<name>.key`) valid for localhost
 /// and 127.0.0.1, made with openssl.
+/// A TLS handshake with openssl s_client on `port`, with `args` (a client
+/// certificate, `-alpn h2`): what s_client reported, and the serial of the
+/// certificate the server presented.
+pub fn tls_handshake(port: u16, args: &str) -> (String, String) {
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "echo | openssl s_client -connect 127.0.0.1:{port} {args} 2>/dev/null | tee /dev/stderr | openssl x509 -noout -serial"
+        ))
+        .output()
+        .unwrap();
+    (
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+        String::from_utf8_lossy(&out.stdout).trim().to_owned(),
+    )
+}
+
+/// Makes `dir/server.crt` anew, sends `server` SIGHUP and waits until it
+/// logs `reloaded`; returns the new certificate's serial.
+pub async fn renew_server_cert(dir: &Path, server: &Service, reloaded: &str) -> String {
+    let old = cert_serial(&dir.join("server.crt"));
+    make_certs(dir, &["server"]);
+    let new = cert_serial(&dir.join("server.crt"));
+    assert_ne!(old, new, "a new certificate");
+    server.hangup();
+    server.wait_log(reloaded, 1, Duration::from_secs(10)).await;
+    new
+}
+
 /// A PEM certificate's serial, as `openssl x509 -serial` prints it.
 pub fn cert_serial(path: &Path) -> String {
     let out = Command::new("openssl")
