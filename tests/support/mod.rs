@@ -95,12 +95,30 @@ pub fn fixture(name: &str) -> Vec<u8> {
     std::fs::read(project_dir().join("tests/fixtures").join(name)).unwrap()
 }
 
+/// A port nothing listens on, for a server a test starts. It is taken below
+/// the kernel's ephemeral range (`ip_local_port_range`): a port the kernel
+/// hands out for `127.0.0.1:0` is also where it picks the source ports of
+/// outgoing connections, so between this check and the server's bind a
+/// client connection of another test could take it (seen: "Address already
+/// in use" for a producer's gRPC port). Ports go round from a point that
+/// depends on the process, so that no two tests of one run get the same.
 pub fn free_port() -> u16 {
-    StdListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    const LOWEST: u32 = 10_000;
+    let ephemeral_start = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32_768)
+        .max(LOWEST + 1_000);
+    let span = ephemeral_start - LOWEST;
+    let start = std::process::id().wrapping_mul(7_919) % span;
+    for _ in 0..span {
+        let port = LOWEST + (start + NEXT.fetch_add(1, Ordering::Relaxed)) % span;
+        if StdListener::bind(("127.0.0.1", port as u16)).is_ok() {
+            return port as u16;
+        }
+    }
+    panic!("no free port between {LOWEST} and {ephemeral_start}");
 }
 
 /// Waits until something accepts connections on `port`.
