@@ -49,7 +49,28 @@ stop_scratch() {
   rm -rf "$dir"
 }
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+# free_port: a port nothing listens on, from below the kernel's ephemeral
+# range (as tests/support does), where no outgoing connection can take it
+# between this check and the server's bind.
+free_port() {
+  python3 -c '
+import random, socket
+low = 10000
+high = max(int(open("/proc/sys/net/ipv4/ip_local_port_range").read().split()[0]), low + 1000)
+start = random.randrange(low, high)
+for i in range(high - low):
+    port = low + (start - low + i) % (high - low)
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+    print(port)
+    break
+else:
+    raise SystemExit("no free port below the ephemeral range")
+'
+}
 
 wait_port() {
   for _ in $(seq 1 200); do
