@@ -21,7 +21,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use envoy_types::pb::envoy::config::core::v3::{HeaderMap, HeaderValue};
 use envoy_types::pb::envoy::service::ext_proc::v3::external_processor_client::ExternalProcessorClient;
 use envoy_types::pb::envoy::service::ext_proc::v3::{
@@ -171,7 +171,8 @@ impl Connections {
     async fn measure(&self, size: usize, streams: usize, duration: Duration) -> Stats {
         match self {
             Connections::Lean(conns, uri) => {
-                let headers = Bytes::from(frame(&upload_headers(size)));
+                let headers =
+                    virus_scanner_grpc::frame(&upload_headers(size), usize::MAX).expect("no limit");
                 let players = (0..streams)
                     .map(|i| Lean {
                         conn: conns[i % conns.len()].clone(),
@@ -296,16 +297,6 @@ async fn exchange(
     }
 }
 
-/// A message with gRPC's frame header.
-fn frame(msg: &ProcessingRequest) -> Vec<u8> {
-    let len = msg.encoded_len();
-    let mut buf = BytesMut::with_capacity(5 + len);
-    buf.put_u8(0);
-    buf.put_u32(len as u32);
-    msg.encode(&mut buf).expect("sized");
-    buf.to_vec()
-}
-
 /// One upload on its own HTTP/2 stream: headers, then the body; both must
 /// be answered CONTINUE, and the call must end with status 0.
 async fn lean_exchange(
@@ -337,8 +328,11 @@ async fn lean_exchange(
         })),
         ..Default::default()
     };
-    send.send_data(Bytes::from(frame(&msg)), true)
-        .map_err(|e| e.to_string())?;
+    send.send_data(
+        virus_scanner_grpc::frame(&msg, usize::MAX).expect("no limit"),
+        true,
+    )
+    .map_err(|e| e.to_string())?;
     match next_reply(&mut recv, &mut buf).await? {
         Some(Res::RequestBody(b)) if b.response.as_ref().is_none_or(|c| c.status == 0) => {}
         other => return Err(format!("not CONTINUE: {other:?}")),

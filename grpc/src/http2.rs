@@ -312,8 +312,9 @@ fn end(send: &mut SendStream<Bytes>, status: &Status) {
     let _ = send.send_trailers(trailers);
 }
 
-/// A message framed for the wire, or an error status when it is too large.
-fn frame<M: Message>(msg: &M, max: usize) -> Result<Bytes, Status> {
+/// A message framed for the wire (gRPC's 5-byte prefix, uncompressed), or
+/// an error status when it is over `max` bytes.
+pub fn frame<M: Message>(msg: &M, max: usize) -> Result<Bytes, Status> {
     let len = msg.encoded_len();
     if len > max {
         return Err(Status::resource_exhausted(format!(

@@ -33,6 +33,7 @@ use std::time::Duration;
 
 use http::{HeaderMap, Method, StatusCode};
 
+pub use http2::frame;
 pub use server::{serve, ServerSettings, TlsSource};
 
 /// Which HTTP message a body belongs to.
