@@ -3,7 +3,7 @@
 //! message, wait), beside RESPMODs with preview and `Allow: 204`, with the
 //! same unique bodies, printed as a table with the ratio ext_proc / ICAP.
 //!
-//! Run by `scripts/bench-extproc.sh`, which starts clamd and the server;
+//! Run by `SECTIONS=extproc scripts/bench.sh`, which starts clamd and the server;
 //! by hand: `ICAP=127.0.0.1:1344 EXTPROC=127.0.0.1:50051 cargo bench --bench
 //! extproc`, with `SIZES` (1K,64K,1M), `CONNECTIONS` (8,64) and `DURATION`
 //! (10s), `ROUNDS` (1; each round measures both paths, in turn first, and
