@@ -298,6 +298,12 @@ async fn malformed_icap_gets_its_status_while_others_are_served() {
         (b"REQMOD icap://h/avscan ICAP/1.0\r\nEncapsulated: req-hdr=0, req-body=40\r\n\r\nPOST / HTTP/1.1\r\nHost: x\r\nA: b\r\n\r\nZZZ\r\n", "ICAP/1.0 400"),
         (b"OPTIONS icap://h/avscan ICAP/1.0\nHost: x\n\n", "ICAP/1.0 400"),
         (&[0xff; 64], "ICAP/1.0 400"),
+        // ICAP's methods are case-sensitive, and its URIs absolute.
+        (b"options icap://h/avscan ICAP/1.0\r\nHost: x\r\n\r\n", "ICAP/1.0 501"),
+        (b"OPTIONS /avscan ICAP/1.0\r\nHost: x\r\n\r\n", "ICAP/1.0 400"),
+        // A chunk size beyond any integer, and one that is negative.
+        (b"RESPMOD icap://h/avscan ICAP/1.0\r\nHost: h\r\nEncapsulated: res-hdr=0, res-body=19\r\n\r\nHTTP/1.1 200 OK\r\n\r\nFFFFFFFFFFFFFFFFFFFF\r\nabc", "ICAP/1.0 400"),
+        (b"RESPMOD icap://h/avscan ICAP/1.0\r\nHost: h\r\nEncapsulated: res-hdr=0, res-body=19\r\n\r\nHTTP/1.1 200 OK\r\n\r\n-5\r\nabc", "ICAP/1.0 400"),
     ];
     for (bytes, want) in cases {
         let answer = raw_exchange(server.addr, bytes, Duration::from_secs(5)).await;
@@ -323,6 +329,52 @@ async fn malformed_icap_gets_its_status_while_others_are_served() {
         "{:?}",
         status_of(&answer)
     );
+}
+
+/// A client that sends its next request before the answer to the last
+/// (nothing in RFC 3507 forbids it, though Squid waits) gets its answers in
+/// order, each to its own request; `Connection: close` on the last one
+/// ends the connection after its answer, which says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_requests_are_answered_in_order_until_connection_close() {
+    let clamd = ClamdProcess::start();
+    let server = TestServer::start(&["--clamd-url", &clamd.tcp_url()]).await;
+    let respmod = |body: &[u8], last: bool| {
+        let res = "HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\n\r\n";
+        let mut msg = format!(
+            "RESPMOD icap://127.0.0.1/avscan ICAP/1.0\r\nHost: 127.0.0.1\r\nAllow: 204\r\n{}\
+             Encapsulated: res-hdr=0, res-body={}\r\n\r\n{res}{:x}\r\n",
+            if last { "Connection: close\r\n" } else { "" },
+            res.len(),
+            body.len()
+        )
+        .into_bytes();
+        msg.extend_from_slice(body);
+        msg.extend_from_slice(b"\r\n0\r\n\r\n");
+        msg
+    };
+    let mut both = respmod(b"a clean body", false);
+    both.extend(respmod(&eicar(), true));
+    let mut conn = TcpStream::connect(server.addr).await.unwrap();
+    conn.write_all(&both).await.unwrap();
+    let mut answer = Vec::new();
+    // The idle timeout is 10 minutes: only the close ends this read.
+    tokio::time::timeout(Duration::from_secs(30), conn.read_to_end(&mut answer))
+        .await
+        .expect("the connection ends after the answer to `Connection: close`")
+        .unwrap();
+    let text = String::from_utf8_lossy(&answer);
+    let clean = text.find("ICAP/1.0 204").expect("the clean body's 204");
+    let blocked = text
+        .find("ICAP/1.0 200")
+        .expect("the infected body's answer");
+    assert!(clean < blocked, "{text}");
+    assert_eq!(text.matches("ICAP/1.0 ").count(), 2, "{text}");
+    let (first, last) = text.split_at(blocked);
+    assert!(!first.contains("Connection: close"), "{text}");
+    let last_head = &last[..last.find("\r\n\r\n").unwrap()];
+    assert!(last_head.contains("Connection: close"), "{text}");
+    assert!(last.contains(EICAR_NAME), "{text}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -269,14 +269,25 @@ struct Connection<S> {
     drain: watch::Receiver<bool>,
     /// Whether any byte of the current transaction's answer has been written.
     answered: bool,
-    /// Whether the current answer goes out before the body has been read: the
-    /// client may stop sending, so the connection closes after it
-    /// (`Connection: close`), rather than wait for a body that never ends.
+    /// Whether the connection closes after the current answer, which then
+    /// says `Connection: close`: the client asked for that, or the answer
+    /// goes out before the body has been read, and the client may stop
+    /// sending rather than finish a body nobody waits for.
     closing: bool,
     /// How much room the next read gets: it starts small and doubles while
     /// reads fill it, up to READ_SIZE, so a small message never costs a
     /// large buffer (a producer holds a thousand waiting connections).
     read_size: usize,
+}
+
+/// Whether a request's `Connection` header carries the `close` token.
+fn asks_to_close(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(http::header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|token| token.trim().eq_ignore_ascii_case("close"))
 }
 
 /// The largest read: a typical Squid chunk, and the codec's head limit fits.
@@ -314,6 +325,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
             let outcome = match self.read_head().await {
                 Ok(Some((req, used))) => {
                     self.buf.advance(used);
+                    // `Connection: close` makes this the client's last
+                    // request (as in HTTP/1.1): a client that reads the
+                    // answer to the end of the connection gets that end.
+                    self.closing = asks_to_close(&req.headers);
                     self.transaction(req).await
                 }
                 Ok(None) => break,
