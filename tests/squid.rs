@@ -7,7 +7,7 @@ mod support;
 use std::collections::HashMap;
 
 use bytes::Bytes;
-use support::{eicar, fixture, ClamdProcess, Origin, Squid, TestServer, EICAR_NAME};
+use support::{eicar, fixture, project_dir, ClamdProcess, Origin, Squid, TestServer, EICAR_NAME};
 
 /// A 50 MiB body that compresses poorly and repeats nowhere.
 fn big_body() -> Bytes {
@@ -154,4 +154,51 @@ async fn ranges_of_a_file_are_scanned_whole_when_configured() {
         .await;
     assert_eq!(status, 206);
     assert_eq!(body, eicar()[..30]);
+}
+
+/// Squid with `icap_persistent_connections off` opens a connection per
+/// transaction and says `Connection: close` on each request, which the
+/// server answers and then closes: downloads (one trickled back while it is
+/// scanned) and uploads are still scanned, with no ICAP error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn squid_without_persistent_icap_connections() {
+    let clamd = ClamdProcess::start();
+    let server = TestServer::start(&["--clamd-url", &clamd.tcp_url()]).await;
+    let clean = Bytes::from(b"Nothing to see here, just text.\n".repeat(100));
+    let medium = Bytes::from(
+        (0..300_000u32)
+            .map(|i| (i * 13 % 251) as u8)
+            .collect::<Vec<_>>(),
+    );
+    let files = HashMap::from([
+        ("/clean.txt".to_owned(), clean.clone()),
+        ("/medium.bin".to_owned(), medium.clone()),
+        ("/eicar.com".to_owned(), Bytes::from(eicar())),
+    ]);
+    let origin = Origin::start(files).await;
+    // The shipped configuration, with that one line changed.
+    let shipped = std::fs::read_to_string(project_dir().join("squid/forward.conf")).unwrap();
+    assert!(shipped.contains("\nicap_persistent_connections on\n"));
+    let squid = Squid::start_with(
+        "forward.conf",
+        server.port(),
+        &[(
+            "icap_persistent_connections on",
+            "icap_persistent_connections off".to_owned(),
+        )],
+    );
+    for _ in 0..3 {
+        for (path, want) in [("/clean.txt", &clean), ("/medium.bin", &medium)] {
+            let (status, body) = squid.fetch(&origin.url(path), None).await;
+            assert_eq!(status, 200, "{path}");
+            assert!(body == want.as_ref(), "{path}: {} bytes", body.len());
+        }
+        let (status, body) = squid.fetch(&origin.url("/eicar.com"), None).await;
+        assert_eq!(status, 403);
+        assert!(String::from_utf8_lossy(&body).contains(EICAR_NAME));
+        let (status, _) = squid.fetch(&origin.url("/upload"), Some(&eicar())).await;
+        assert_eq!(status, 403);
+    }
+    let log = squid.cache_log();
+    assert!(icap_errors(&log).is_empty(), "ICAP errors:\n{log}");
 }
