@@ -40,7 +40,7 @@ pub fn escape_html(s: &str) -> String {
 /// What every HTML page says about a block, in plain text.
 struct Facts<'a> {
     status: StatusCode,
-    /// `infected`, `too-large` or `scanner-unavailable`.
+    /// [`BlockReason::as_str`].
     reason: &'static str,
     title: &'static str,
     message: String,
@@ -51,14 +51,14 @@ fn facts(reason: &BlockReason) -> Facts<'_> {
     match reason {
         BlockReason::Infected(signatures) => Facts {
             status: StatusCode::FORBIDDEN,
-            reason: "infected",
+            reason: reason.as_str(),
             title: "Blocked: malware found",
             message: "The file you tried to transfer contains malware and was blocked.".to_owned(),
             signatures,
         },
         BlockReason::TooLarge { limit } => Facts {
             status: StatusCode::FORBIDDEN,
-            reason: "too-large",
+            reason: reason.as_str(),
             title: "Blocked: too large to scan",
             message: format!(
                 "The file is larger than {}, so it was blocked.",
@@ -68,10 +68,20 @@ fn facts(reason: &BlockReason) -> Facts<'_> {
         },
         BlockReason::ScannerUnavailable => Facts {
             status: StatusCode::SERVICE_UNAVAILABLE,
-            reason: "scanner-unavailable",
+            reason: reason.as_str(),
             title: "Blocked: virus scanner unavailable",
             message: "The virus scanner could not check this transfer, so it was blocked. \
                       Please try again in a few minutes."
+                .to_owned(),
+            signatures: &[],
+        },
+        BlockReason::Undecodable => Facts {
+            status: StatusCode::FORBIDDEN,
+            reason: reason.as_str(),
+            title: "Blocked: could not be checked",
+            message: "The file's compression (its Content-Encoding) is damaged or of a kind \
+                      the virus scanner cannot undo, so it could not be checked whole and \
+                      was blocked."
                 .to_owned(),
             signatures: &[],
         },
@@ -295,20 +305,18 @@ impl Part {
     }
 }
 
-/// The same answer as JSON, for API clients: `reason` (`infected`,
-/// `too-large`, `scanner-unavailable`), a message, the signatures, the URL
+/// The same answer as JSON, for API clients: `reason`
+/// ([`BlockReason::as_str`]), a message, the signatures, the URL
 /// and the reference.
 pub fn render_json(reason: &BlockReason, url: &str, id: &ScanId) -> BlockPage {
-    let (status, label, message, signatures) = match reason {
+    let (status, message, signatures) = match reason {
         BlockReason::Infected(signatures) => (
             StatusCode::FORBIDDEN,
-            "infected",
             "malware found; the transfer was blocked".to_owned(),
             signatures.clone(),
         ),
         BlockReason::TooLarge { limit } => (
             StatusCode::FORBIDDEN,
-            "too-large",
             format!(
                 "larger than {}; the transfer was blocked",
                 scannable(*limit)
@@ -317,15 +325,21 @@ pub fn render_json(reason: &BlockReason, url: &str, id: &ScanId) -> BlockPage {
         ),
         BlockReason::ScannerUnavailable => (
             StatusCode::SERVICE_UNAVAILABLE,
-            "scanner-unavailable",
             "the virus scanner could not check this transfer; try again in a few minutes"
+                .to_owned(),
+            Vec::new(),
+        ),
+        BlockReason::Undecodable => (
+            StatusCode::FORBIDDEN,
+            "its Content-Encoding could not be undone, so it could not be checked whole; \
+             the transfer was blocked"
                 .to_owned(),
             Vec::new(),
         ),
     };
     let body = serde_json::json!({
         "blocked": true,
-        "reason": label,
+        "reason": reason.as_str(),
         "message": message,
         "signatures": signatures,
         "url": url,
@@ -422,6 +436,15 @@ mod tests {
             render(&BlockReason::ScannerUnavailable, "u", &id).status,
             StatusCode::SERVICE_UNAVAILABLE
         );
+        // Retrying does not mend a damaged body: 403, and the page says the
+        // file could not be checked rather than that the scanner is down.
+        let page = render(&BlockReason::Undecodable, "u", &id);
+        assert_eq!(page.status, StatusCode::FORBIDDEN);
+        assert!(page.html.contains("could not be checked"), "{}", page.html);
+        let json = render_json(&BlockReason::Undecodable, "u", &id);
+        assert_eq!(json.status, StatusCode::FORBIDDEN);
+        let v: serde_json::Value = serde_json::from_str(&json.html).unwrap();
+        assert_eq!(v["reason"], "undecodable");
     }
 
     #[test]

@@ -231,13 +231,13 @@ impl Metrics {
         self.verdicts.render(
             &mut out,
             "virus_scanner_verdicts_total",
-            "Verdicts, by where they were reached and result (clean, infected, too-large, not-scanned, error).",
+            "Verdicts, by where they were reached and result (clean, infected, too-large, not-scanned, undecodable, error).",
             ["source", "result"],
         );
         self.not_scanned.render(
             &mut out,
             "virus_scanner_not_scanned_total",
-            "Messages let through without a clean scan, by frontend and reason (trusted, trusted-client, no-body, too-large, scanner-failed).",
+            "Messages let through without a clean scan, by frontend and reason (trusted, trusted-client, no-body, too-large, scanner-failed, undecodable).",
             ["frontend", "reason"],
         );
         self.scan_errors.render(
@@ -447,5 +447,41 @@ mod tests {
         assert!(text.contains("virus_scanner_body_bytes_bucket{le=\"4096\"} 0"));
         assert!(text.contains("virus_scanner_body_bytes_bucket{le=\"16384\"} 1"));
         assert!(text.contains("virus_scanner_scan_seconds_count 2"));
+    }
+
+    #[test]
+    fn an_undecodable_body_is_neither_a_scan_error_nor_a_failure_mode() {
+        let m = Metrics::new();
+        let undecodable = Verdict::Undecodable {
+            reason: "cannot decode br".into(),
+        };
+        m.decided(
+            "icap",
+            "response",
+            &undecodable,
+            &Decision::Block(BlockReason::Undecodable),
+            Duration::from_millis(1),
+        );
+        m.decided(
+            "icap",
+            "response",
+            &undecodable,
+            &Decision::Allow {
+                unscanned: Some(SkipReason::Undecodable),
+            },
+            Duration::from_millis(1),
+        );
+        let text = m.render();
+        assert!(text.contains(
+            "virus_scanner_verdicts_total{source=\"frontend\",result=\"undecodable\"} 2"
+        ));
+        assert!(text.contains(
+            "virus_scanner_not_scanned_total{frontend=\"icap\",reason=\"undecodable\"} 1"
+        ));
+        assert!(!text.contains("virus_scanner_scan_errors_total{"), "{text}");
+        assert!(
+            !text.contains("virus_scanner_failure_mode_total{"),
+            "{text}"
+        );
     }
 }

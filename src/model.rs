@@ -182,6 +182,9 @@ pub enum SkipReason {
     TooLarge,
     /// The scanner failed, and the failure mode is open.
     ScannerFailed,
+    /// The body's `Content-Encoding` could not be undone, so the scan saw
+    /// only what decoded, and the failure mode is open.
+    Undecodable,
 }
 
 impl SkipReason {
@@ -193,6 +196,7 @@ impl SkipReason {
             SkipReason::NoBody => "no-body",
             SkipReason::TooLarge => "too-large",
             SkipReason::ScannerFailed => "scanner-failed",
+            SkipReason::Undecodable => "undecodable",
         }
     }
 }
@@ -216,6 +220,14 @@ pub enum Verdict {
     },
     /// Not scanned, on purpose.
     NotScanned(SkipReason),
+    /// The body's `Content-Encoding` could not be undone (it is cut short,
+    /// damaged, or a layering this build cannot undo), and what decoded was
+    /// clean: the scan did not see the body whole. The content's fault or
+    /// ours, not the scanner's: it is not counted as a scan error.
+    Undecodable {
+        /// Why decoding stopped.
+        reason: String,
+    },
     /// The scan failed: no verdict.
     Error {
         /// A short label (`connect`, `timeout`, ...).
@@ -233,7 +245,18 @@ impl Verdict {
             Verdict::Infected { .. } => "infected",
             Verdict::TooLarge { .. } => "too-large",
             Verdict::NotScanned(_) => "not-scanned",
+            Verdict::Undecodable { .. } => "undecodable",
             Verdict::Error { .. } => "error",
+        }
+    }
+
+    /// What went wrong, for logs: why the scan failed, or why the body did
+    /// not decode.
+    pub fn problem(&self) -> Option<&str> {
+        match self {
+            Verdict::Error { message, .. } => Some(message),
+            Verdict::Undecodable { reason } => Some(reason),
+            _ => None,
         }
     }
 }
@@ -250,6 +273,22 @@ pub enum BlockReason {
     },
     /// The scanner failed, and the failure mode is closed.
     ScannerUnavailable,
+    /// The body's `Content-Encoding` could not be undone, and the failure
+    /// mode is closed.
+    Undecodable,
+}
+
+impl BlockReason {
+    /// `infected`, `too-large`, `scanner-unavailable` or `undecodable`: for
+    /// headers, JSON answers and the block page's `{{reason}}`.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            BlockReason::Infected(_) => "infected",
+            BlockReason::TooLarge { .. } => "too-large",
+            BlockReason::ScannerUnavailable => "scanner-unavailable",
+            BlockReason::Undecodable => "undecodable",
+        }
+    }
 }
 
 /// What the proxy is told to do with the message.

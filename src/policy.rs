@@ -288,6 +288,14 @@ impl Policy {
                     unscanned: Some(SkipReason::ScannerFailed),
                 },
             },
+            // Not the scanner's failure, but a scan that did not see the
+            // whole body all the same: the failure mode decides.
+            Verdict::Undecodable { .. } => match self.failure_mode {
+                FailureMode::Closed => Decision::Block(BlockReason::Undecodable),
+                FailureMode::Open => Decision::Allow {
+                    unscanned: Some(SkipReason::Undecodable),
+                },
+            },
         }
     }
 }
@@ -338,7 +346,20 @@ mod tests {
             p.decide(&Verdict::TooLarge { limit: 10 }),
             Decision::Block(BlockReason::TooLarge { limit: 10 })
         );
+        let undecodable = Verdict::Undecodable {
+            reason: "cut short".into(),
+        };
+        assert_eq!(
+            p.decide(&undecodable),
+            Decision::Block(BlockReason::Undecodable)
+        );
         p.failure_mode = FailureMode::Open;
+        assert_eq!(
+            p.decide(&undecodable),
+            Decision::Allow {
+                unscanned: Some(SkipReason::Undecodable)
+            }
+        );
         p.too_large = TooLargeAction::Allow;
         assert_eq!(
             p.decide(&err),

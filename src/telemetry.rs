@@ -52,10 +52,7 @@ pub fn audit(
         Verdict::Infected { signatures } => signatures.join(","),
         _ => String::new(),
     };
-    let error = match verdict {
-        Verdict::Error { message, .. } => message.as_str(),
-        _ => "",
-    };
+    let error = verdict.problem().unwrap_or_default();
     crate::metrics::METRICS.decided(
         frontend,
         scan.direction.as_str(),

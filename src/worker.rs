@@ -512,10 +512,7 @@ impl Worker {
             Verdict::Infected { signatures } => signatures.join(","),
             _ => String::new(),
         };
-        let error = match &verdict {
-            Verdict::Error { message, .. } => message.clone(),
-            _ => String::new(),
-        };
+        let error = verdict.problem().unwrap_or_default();
         let result = TaskResult {
             v: SCHEMA_VERSION,
             id: task.id.clone(),

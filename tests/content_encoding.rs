@@ -67,18 +67,55 @@ async fn encoded_bodies_are_decoded_before_the_scan() {
         assert!(answer.is_clean(), "{coding}: {answer:?}");
     }
     assert!(respmod(port, "gzip", &gzip(&eicar())).await.is_infected());
-    // A stream cut short, or not brotli at all: the scan did not see the
-    // whole body, so the failure mode applies (closed: the page says the
-    // scanner could not tell).
-    let br = eicar_br();
-    let cut = brotli_stored(&[b"the start of a body"]);
-    for body in [&cut[..cut.len() - 1], b"plainly not brotli".as_slice()] {
-        let answer = respmod(port, "br", body).await;
-        assert!(answer.is_unavailable(), "{answer:?}");
+    // A stream cut short, or not what its coding says: the scan did not
+    // see the whole body, so the failure mode applies (closed: a page that
+    // says the file could not be checked, not that the scanner is down).
+    for (coding, body) in undecodable() {
+        let answer = respmod(port, coding, &body).await;
+        assert!(answer.is_undecodable(), "{coding}: {answer:?}");
     }
     // Cut after EICAR is complete: what was decoded is still found.
+    let br = eicar_br();
     let cut_after = &br[..br.len() - 1];
     assert!(respmod(port, "br", cut_after).await.is_infected());
+}
+
+/// Clean bodies whose Content-Encoding does not decode.
+fn undecodable() -> Vec<(&'static str, Vec<u8>)> {
+    let cut = brotli_stored(&[b"the start of a body"]);
+    let deflate = zlib(
+        &b"the start of a body
+"
+        .repeat(100),
+    );
+    vec![
+        ("br", cut[..cut.len() - 1].to_vec()),
+        ("br", b"plainly not brotli".to_vec()),
+        ("deflate", deflate[..deflate.len() / 2].to_vec()),
+    ]
+}
+
+/// With the failure mode open, a body that does not decode passes, marked
+/// and counted as not scanned for that reason; it is no scan error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn undecodable_bodies_pass_marked_when_the_failure_mode_is_open() {
+    let clamd = ClamdProcess::start();
+    let server = TestServer::start(&["--clamd-url", &clamd.tcp_url(), "--fail-mode", "open"]).await;
+    for (coding, body) in undecodable() {
+        let answer = respmod(server.port(), coding, &body).await;
+        assert!(answer.is_clean(), "{coding}: {answer:?}");
+        assert!(
+            answer
+                .head
+                .contains("X-Virus-Scanner-Warning: not scanned; reason=undecodable"),
+            "{coding}: {answer:?}"
+        );
+    }
+    // Infected wins over undecodable whatever the mode.
+    let br = eicar_br();
+    assert!(respmod(server.port(), "br", &br[..br.len() - 1])
+        .await
+        .is_infected());
 }
 
 /// An upload: REQMOD with the request's own Content-Encoding.
@@ -193,6 +230,11 @@ async fn split_mode_handlers_decode_too() {
             let answer = respmod(port, coding, &body).await;
             assert!(answer.is_infected(), "{env:?} {coding}: {answer:?}");
         }
+        // The handler's verdict on a body that does not decode crosses
+        // the queue as such.
+        let (coding, body) = &undecodable()[0];
+        let answer = respmod(port, coding, body).await;
+        assert!(answer.is_undecodable(), "{env:?}: {answer:?}");
     }
     redis.assert_keys_expire().await;
 }

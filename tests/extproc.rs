@@ -611,6 +611,17 @@ async fn encoded_bodies_are_decoded_before_the_scan() {
     s.send(body(Direction::Request, &z[..20], false)).await;
     s.send(body(Direction::Request, &z[20..], true)).await;
     assert_infected(s.next().await);
+    // Brotli cut short: not what the scanner could check whole, so 403,
+    // said as such (the failure mode is closed).
+    let mut s = server
+        .download_with("/f.br", BUFFERED, &[("content-encoding", "br")])
+        .await;
+    let cut = support::brotli_stored(&[b"the start of a body"]);
+    s.send(body(Direction::Response, &cut[..cut.len() - 1], true))
+        .await;
+    let i = immediate(s.next().await);
+    assert_eq!(i.status.as_ref().unwrap().code, 403);
+    assert_eq!(header(&i, "x-virus-scanner-result"), Some("undecodable"));
     server.stop().await;
 }
 

@@ -167,15 +167,10 @@ fn outcome(
             "text/html; charset=utf-8",
         )
     };
-    let label = match reason {
-        BlockReason::Infected(_) => "infected",
-        BlockReason::TooLarge { .. } => "too-large",
-        BlockReason::ScannerUnavailable => "scanner-unavailable",
-    };
     let mut headers: Headers = vec![
         ("content-type".into(), content_type.into()),
         ("cache-control".into(), "no-store".into()),
-        ("x-virus-scanner-result".into(), label.into()),
+        ("x-virus-scanner-result".into(), reason.as_str().into()),
         ("x-virus-scanner-reference".into(), scan.id.to_string()),
     ];
     if let BlockReason::Infected(signatures) = reason {
@@ -191,7 +186,7 @@ fn outcome(
         status: page.status,
         headers,
         body: page.html.into_bytes(),
-        details: format!("virus_scanner_{}", label.replace('-', "_")),
+        details: format!("virus_scanner_{}", reason.as_str().replace('-', "_")),
     }
 }
 

@@ -994,6 +994,10 @@ impl<'c, S: AsyncRead + AsyncWrite + Unpin + Send> Transaction<'c, S> {
         headers.insert("content-length", HeaderValue::from(page.html.len()));
         headers.insert("cache-control", HeaderValue::from_static("no-store"));
         headers.insert(
+            HeaderName::from_static("x-virus-scanner-result"),
+            HeaderValue::from_static(reason.as_str()),
+        );
+        headers.insert(
             HeaderName::from_static("x-virus-scanner-reference"),
             HeaderValue::from_str(self.scan.id.as_str()).expect("ids are ASCII"),
         );

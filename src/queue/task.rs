@@ -199,7 +199,10 @@ pub enum WireVerdict {
         /// The limit in bytes.
         limit: u64,
     },
-    /// No verdict: the scan, the body or the queue failed.
+    /// No verdict: the scan, the body or the queue failed. A body whose
+    /// Content-Encoding did not decode travels as kind `encoding`, as it
+    /// did before it had a verdict of its own, so that producers and
+    /// handlers of either age read each other.
     Error {
         /// A short label (`connect`, `aborted`, `dead-letter`, ...).
         kind: String,
@@ -221,6 +224,10 @@ impl From<&Verdict> for WireVerdict {
                 kind: "not-scanned".into(),
                 message: format!("handler did not scan ({})", reason.as_str()),
             },
+            Verdict::Undecodable { reason } => WireVerdict::Error {
+                kind: ENCODING.into(),
+                message: reason.clone(),
+            },
             Verdict::Error { kind, message } => WireVerdict::Error {
                 kind: (*kind).to_owned(),
                 message: message.clone(),
@@ -236,6 +243,9 @@ impl WireVerdict {
             WireVerdict::Clean => Verdict::Clean,
             WireVerdict::Infected { signatures } => Verdict::Infected { signatures },
             WireVerdict::TooLarge { limit } => Verdict::TooLarge { limit },
+            WireVerdict::Error { kind, message } if kind == ENCODING => {
+                Verdict::Undecodable { reason: message }
+            }
             WireVerdict::Error { kind, message } => Verdict::Error {
                 kind: error_kind(&kind),
                 message,
@@ -243,6 +253,9 @@ impl WireVerdict {
         }
     }
 }
+
+/// The wire's error kind for [`Verdict::Undecodable`].
+const ENCODING: &str = "encoding";
 
 /// Error kinds as static labels (the model keeps `&'static str`).
 pub fn error_kind(kind: &str) -> &'static str {
@@ -256,7 +269,6 @@ pub fn error_kind(kind: &str) -> &'static str {
         "deadline" => "deadline",
         "dead-letter" => "dead-letter",
         "body" => "body",
-        "encoding" => "encoding",
         "queue" => "queue",
         "not-scanned" => "not-scanned",
         _ => "handler",
@@ -341,6 +353,9 @@ mod tests {
             Verdict::Error {
                 kind: "timeout",
                 message: "slow".into(),
+            },
+            Verdict::Undecodable {
+                reason: "cannot decode br: truncated".into(),
             },
         ] {
             let r = TaskResult {

@@ -344,10 +344,7 @@ impl ScanSession {
         }
         let verdict = self.scan_what_came().await;
         match (verdict, undecoded) {
-            (Verdict::Clean, Some(why)) => Verdict::Error {
-                kind: "encoding",
-                message: why,
-            },
+            (Verdict::Clean, Some(reason)) => Verdict::Undecodable { reason },
             (verdict, _) => verdict,
         }
     }

@@ -1004,6 +1004,15 @@ impl IcapAnswer {
     pub fn is_unavailable(&self) -> bool {
         self.http_status == Some(503)
     }
+
+    /// Blocked because the body's Content-Encoding did not decode.
+    pub fn is_undecodable(&self) -> bool {
+        self.http_status == Some(403)
+            && self
+                .head
+                .to_ascii_lowercase()
+                .contains("x-virus-scanner-result: undecodable")
+    }
 }
 
 /// The start of a RESPMOD with `Allow: 204` and no preview, for a body of
