@@ -724,7 +724,15 @@ async fn a_handler_removes_body_files_left_behind() {
 async fn a_task_that_keeps_failing_goes_to_dead_letter() {
     let redis = RedisProcess::start();
     let clamd = ClamdProcess::start();
-    let (_producer, port) = producer(&redis, &clamd, &[("INLINE_MAX", "16K")]);
+    let metrics = support::free_port();
+    let (_producer, port) = producer(
+        &redis,
+        &clamd,
+        &[
+            ("INLINE_MAX", "16K"),
+            ("METRICS_PORT", &metrics.to_string()),
+        ],
+    );
     let settings = [
         ("CLAIM_IDLE", "1s"),
         ("MAX_DELIVERIES", "1"),
@@ -757,7 +765,124 @@ async fn a_task_that_keeps_failing_goes_to_dead_letter() {
         .await
         .unwrap();
     assert_eq!(dead, 1);
+    assert_eq!(sample(metrics, "virus_scanner_dead_letters").await, 1);
     redis.assert_keys_expire().await;
+}
+
+/// A sample's value on a metrics port (0 when it is not there).
+async fn sample(port: u16, name: &str) -> u64 {
+    let (_, text) = support::http_get(port, "/metrics").await;
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Waits until every `(sample, value)` holds on each of `ports`.
+async fn wait_samples(ports: &[u16], want: &[(&str, u64)], what: &str) {
+    let until = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let mut seen = Vec::new();
+        for &port in ports {
+            for &(name, _) in want {
+                seen.push(sample(port, name).await);
+            }
+        }
+        let wanted: Vec<u64> = ports
+            .iter()
+            .flat_map(|_| want.iter().map(|w| w.1))
+            .collect();
+        if seen == wanted {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < until,
+            "{what}: {want:?} on {ports:?}, seen {seen:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The queue gauges on /metrics follow the lanes, on the producer's port
+/// and the handler's: tasks waiting with no handler, then pending while
+/// clamd is frozen, then gone once scanned; the dead-letter count too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queue_gauges_on_metrics_follow_the_lanes() {
+    let redis = RedisProcess::start();
+    let clamd = ClamdProcess::start();
+    let producer_metrics = support::free_port();
+    let (_producer, port) = producer(
+        &redis,
+        &clamd,
+        &[
+            ("METRICS_PORT", &producer_metrics.to_string()),
+            ("PRIORITY_RULES", ".slow.test=low"),
+        ],
+    );
+    // Two downloads on the normal lane, one on the low lane.
+    let mut scans = Vec::new();
+    for (n, host) in [
+        (1u64, "origin.test"),
+        (2, "origin.test"),
+        (3, "a.slow.test"),
+    ] {
+        scans.push(tokio::spawn(async move {
+            let url = format!("http://{host}/gauge-{n}");
+            icap_respmod(port, &url, &body(2000, 100 + n, false), "")
+                .await
+                .unwrap()
+        }));
+    }
+    let normal = [
+        ("virus_scanner_queue_length{lane=\"normal\"}", 2),
+        ("virus_scanner_queue_length{lane=\"low\"}", 1),
+    ];
+    let waiting = [
+        ("virus_scanner_queue_waiting{lane=\"normal\"}", 2),
+        ("virus_scanner_queue_waiting{lane=\"low\"}", 1),
+        ("virus_scanner_queue_pending{lane=\"normal\"}", 0),
+    ];
+    wait_samples(
+        &[producer_metrics],
+        &[&normal[..], &waiting[..]].concat(),
+        "no handler",
+    )
+    .await;
+    // A handler takes them, and clamd answers nothing: pending, on both
+    // ports.
+    clamd.pause();
+    let handler_metrics = support::free_port();
+    let handler = handler(
+        &redis,
+        &clamd,
+        &[("METRICS_PORT", &handler_metrics.to_string())],
+    );
+    handler.wait_port(handler_metrics, Duration::from_secs(20));
+    let pending = [
+        ("virus_scanner_queue_waiting{lane=\"normal\"}", 0),
+        ("virus_scanner_queue_waiting{lane=\"low\"}", 0),
+        ("virus_scanner_queue_pending{lane=\"normal\"}", 2),
+        ("virus_scanner_queue_pending{lane=\"low\"}", 1),
+    ];
+    wait_samples(
+        &[producer_metrics, handler_metrics],
+        &[&normal[..], &pending[..]].concat(),
+        "clamd frozen",
+    )
+    .await;
+    clamd.resume();
+    for scan in scans {
+        let answer = scan.await.unwrap();
+        assert!(answer.is_clean(), "{answer:?}");
+    }
+    let drained = [
+        ("virus_scanner_queue_length{lane=\"normal\"}", 0),
+        ("virus_scanner_queue_length{lane=\"low\"}", 0),
+        ("virus_scanner_queue_pending{lane=\"normal\"}", 0),
+        ("virus_scanner_queue_pending{lane=\"low\"}", 0),
+        ("virus_scanner_queue_up", 1),
+        ("virus_scanner_dead_letters", 0),
+    ];
+    wait_samples(&[producer_metrics, handler_metrics], &drained, "scanned").await;
 }
 
 /// Queues a task written by hand, as a producer writes it, with `provider`
