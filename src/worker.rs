@@ -259,21 +259,28 @@ async fn sweep_orphans(mount: ScanMount, age: Duration) {
 
 /// Publishes clamd's version for the producers' ISTag.
 async fn publish_version(shared: Arc<Shared>) {
+    let mut failing = false;
     loop {
-        match shared.scanner.refresh_version().await {
+        let published = match shared.scanner.refresh_version().await {
             Ok(v) => {
+                failing = false;
                 let mut conn = shared.conn.clone();
-                let _: Result<(), _> = redis::cmd("SET")
+                let set: Result<(), _> = redis::cmd("SET")
                     .arg(shared.keys.clamd_version())
                     .arg(&v)
                     .arg("EX")
                     .arg(VERSION_TTL.as_secs())
                     .query_async(&mut conn)
                     .await;
+                set.is_ok()
             }
-            Err(e) => tracing::warn!(error = %e, "clamd VERSION failed"),
-        }
-        tokio::time::sleep(shared.config.version_refresh).await;
+            Err(e) => {
+                crate::scan::version_failed(&mut failing, &e);
+                false
+            }
+        };
+        let period = shared.config.version_refresh;
+        tokio::time::sleep(crate::scan::version_wait(published, period)).await;
     }
 }
 

@@ -11,6 +11,36 @@ use support::{
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+/// A server started before its clamd answers OPTIONS with `VS-unknown`,
+/// and with clamd's ISTag a few seconds after clamd comes up, not a
+/// VERSION_REFRESH (a minute) later.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_istag_follows_a_clamd_that_starts_late() {
+    let mut clamd = ClamdProcess::start();
+    let expected = {
+        let reference = TestServer::start(&["--clamd-url", &clamd.tcp_url()]).await;
+        support::istag(reference.port()).await
+    };
+    clamd.stop();
+    let port = support::free_port();
+    let server = support::Service::start_with(
+        env!("CARGO_BIN_EXE_virus-scanner"),
+        &["all"],
+        &[
+            ("ICAP_PORT", port.to_string()),
+            ("CLAMD_URL", clamd.tcp_url()),
+            ("CLAMD_CONNECT_TIMEOUT", "1s".into()),
+        ],
+    );
+    server.wait_port(port, Duration::from_secs(20));
+    assert_eq!(support::istag(port).await, "\"VS-unknown\"");
+    clamd.restart();
+    assert_eq!(
+        support::known_istag(port, Duration::from_secs(20)).await,
+        expected
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clamd_down_fails_closed_and_recovery_is_automatic() {
     let mut clamd = ClamdProcess::start();

@@ -156,9 +156,15 @@ async fn split_mode_end_to_end() {
         assert!(t.contains("HTTP/1.1 403 Forbidden"), "{mode} infected: {t}");
         assert!(t.contains(support::EICAR_NAME), "{mode} infected: {t}");
     }
-    // OPTIONS carries the ISTag from the version the handlers publish.
-    let t = c_icap_text(port, &["-s", "avscan"]).await;
-    assert!(t.contains("ISTag: \"VS-"), "{t}");
+    // OPTIONS carries the ISTag from the version the handlers publish:
+    // the same as a server scanning on that clamd itself.
+    let reference = support::TestServer::start(&["--clamd-url", &clamd.tcp_url()]).await;
+    let expected = support::istag(reference.port()).await;
+    assert_ne!(expected, "\"VS-unknown\"");
+    assert_eq!(
+        support::known_istag(port, Duration::from_secs(20)).await,
+        expected
+    );
 
     // The project's own client, 40 at once, both handlers taking part.
     let answers = futures_join((0..40u64).map(|n| async move {
@@ -767,6 +773,25 @@ async fn a_task_that_keeps_failing_goes_to_dead_letter() {
     assert_eq!(dead, 1);
     assert_eq!(sample(metrics, "virus_scanner_dead_letters").await, 1);
     redis.assert_keys_expire().await;
+}
+
+/// A producer started before any handler cannot know clamd's version: its
+/// ISTag says so, and it looks again every few seconds, not only every
+/// VERSION_REFRESH (a minute), so the ISTag is right soon after the first
+/// handler starts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_producer_learns_the_istag_soon_after_a_handler_starts() {
+    let redis = RedisProcess::start();
+    let clamd = ClamdProcess::start();
+    let (_producer, port) = producer(&redis, &clamd, &[]);
+    assert_eq!(support::istag(port).await, "\"VS-unknown\"");
+    let _handler = handler(&redis, &clamd, &[]);
+    let reference = support::TestServer::start(&["--clamd-url", &clamd.tcp_url()]).await;
+    let expected = support::istag(reference.port()).await;
+    assert_eq!(
+        support::known_istag(port, Duration::from_secs(20)).await,
+        expected
+    );
 }
 
 /// A sample's value on a metrics port (0 when it is not there).

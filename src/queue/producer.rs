@@ -303,6 +303,8 @@ async fn pop_results(
     Ok(std::iter::once(first).chain(more).collect())
 }
 
+/// Reads the clamd version the handlers publish (the ISTag follows it)
+/// every VERSION_REFRESH. Ends when the producer is dropped.
 async fn watch_version(inner: std::sync::Weak<Inner>) {
     loop {
         let Some(i) = inner.upgrade() else { return };
@@ -311,12 +313,15 @@ async fn watch_version(inner: std::sync::Weak<Inner>) {
             .arg(i.keys.clamd_version())
             .query_async(&mut conn)
             .await;
+        let known = matches!(got, Ok(Some(_)));
         if let Ok(Some(v)) = got {
             *i.version.write().await = Some(v.into());
         }
-        let period = i.version_refresh;
+        // Until a handler has published it (they may start after this
+        // producer), look again soon.
+        let wait = crate::scan::version_wait(known, i.version_refresh);
         drop(i);
-        tokio::time::sleep(period).await;
+        tokio::time::sleep(wait).await;
     }
 }
 

@@ -155,16 +155,51 @@ impl Scanner {
     }
 
     /// Refreshes the version every `period`, so that a signature update
-    /// changes the ISTag. Runs until the task is dropped.
+    /// changes the ISTag; after a failure, every [`VERSION_RETRY`] until
+    /// clamd answers, so that a clamd that starts after this process does
+    /// not leave the ISTag unknown for a whole period. Runs until the task
+    /// is dropped.
     pub async fn watch_version(self, period: Duration) {
+        let mut failing = false;
         loop {
-            match self.refresh_version().await {
-                Ok(v) => tracing::debug!(version = %v, "clamd version"),
-                Err(e) => tracing::warn!(error = %e, "clamd VERSION failed"),
-            }
-            tokio::time::sleep(period).await;
+            let answered = match self.refresh_version().await {
+                Ok(v) => {
+                    tracing::debug!(version = %v, "clamd version");
+                    failing = false;
+                    true
+                }
+                Err(e) => {
+                    version_failed(&mut failing, &e);
+                    false
+                }
+            };
+            tokio::time::sleep(version_wait(answered, period)).await;
         }
     }
+}
+
+/// How soon clamd's version is asked for again after a failed attempt.
+pub const VERSION_RETRY: Duration = Duration::from_secs(2);
+
+/// The wait before the next version check: `period` after an answer, at
+/// most [`VERSION_RETRY`] after a failure.
+pub fn version_wait(answered: bool, period: Duration) -> Duration {
+    if answered {
+        period
+    } else {
+        period.min(VERSION_RETRY)
+    }
+}
+
+/// Logs a failed VERSION: a warning when it starts failing, then at debug
+/// level while it goes on (the retries come every few seconds).
+pub fn version_failed(failing: &mut bool, e: &ScanError) {
+    if *failing {
+        tracing::debug!(error = %e, "clamd VERSION failed again");
+    } else {
+        tracing::warn!(error = %e, "clamd VERSION failed");
+    }
+    *failing = true;
 }
 
 /// Over TCP, a body up to this size is held and sent to clamd in one write.

@@ -478,6 +478,32 @@ pub async fn c_icap_text(port: u16, args: &[&str]) -> String {
     output_text(&c_icap_client(port, args).await)
 }
 
+/// The ISTag of the server on `port`, from c-icap-client's OPTIONS, with
+/// its quotes.
+pub async fn istag(port: u16) -> String {
+    let t = c_icap_text(port, &["-s", "avscan"]).await;
+    t.lines()
+        .find_map(|l| l.trim().strip_prefix("ISTag: "))
+        .unwrap_or_else(|| panic!("no ISTag in {t}"))
+        .to_owned()
+}
+
+/// Waits until the ISTag of the server on `port` is known (not
+/// `VS-unknown`) and returns it. `within` is far shorter than
+/// VERSION_REFRESH's default minute: an unknown version is asked for again
+/// every few seconds.
+pub async fn known_istag(port: u16, within: Duration) -> String {
+    let end = Instant::now() + within;
+    loop {
+        let tag = istag(port).await;
+        if tag != "\"VS-unknown\"" {
+            return tag;
+        }
+        assert!(Instant::now() < end, "ISTag still {tag} after {within:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// What a program printed, standard output then standard error.
 pub fn output_text(out: &Output) -> String {
     format!(
