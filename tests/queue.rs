@@ -775,6 +775,95 @@ async fn a_task_that_keeps_failing_goes_to_dead_letter() {
     redis.assert_keys_expire().await;
 }
 
+/// Every log line of `service` as a JSON object (LOG_FORMAT=json): a line
+/// that is not one fails the test.
+fn json_lines(service: &Service) -> Vec<serde_json::Value> {
+    service
+        .log()
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            let v: serde_json::Value =
+                serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}"));
+            assert!(v.is_object(), "not an object: {l}");
+            v
+        })
+        .collect()
+}
+
+/// With LOG_FORMAT=json every line of producer and handler is a JSON
+/// object; the producer's audit line has the fields operators search by,
+/// and the handler's line for the same scan carries the same id, which the
+/// block page shows too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_carry_the_scan_id_from_producer_to_handler() {
+    let redis = RedisProcess::start();
+    let clamd = ClamdProcess::start();
+    let json = [("LOG_FORMAT", "json")];
+    let (producer, port) = producer(&redis, &clamd, &json);
+    let handler = handler(&redis, &clamd, &json);
+    let dir = TempDir::new("json");
+    let mut bad = b"prefix\n".to_vec();
+    bad.extend_from_slice(&eicar());
+    let file = write_file(&dir, "eicar.com", &bad);
+    let url = "http://origin.test/json/eicar.com";
+    let page = c_icap_text(
+        port,
+        &[
+            "-s",
+            "avscan",
+            "-x",
+            "X-Client-IP: 10.1.2.3",
+            "-x",
+            "X-Client-Username: alice",
+            "-f",
+            &file,
+            "-resp",
+            url,
+        ],
+    )
+    .await;
+    assert!(page.contains(support::EICAR_NAME), "{page}");
+    producer
+        .wait_log("\"message\":\"verdict\"", 1, Duration::from_secs(20))
+        .await;
+    let audit = json_lines(&producer)
+        .into_iter()
+        .find(|v| v["message"] == "verdict" && v["url"] == url)
+        .unwrap_or_else(|| panic!("no audit line:\n{}", producer.log()));
+    let id = audit["id"].as_str().expect("an id").to_owned();
+    for (field, want) in [
+        ("frontend", "icap"),
+        ("direction", "response"),
+        ("client", "10.1.2.3"),
+        ("user", "alice"),
+        ("verdict", "infected"),
+        ("action", "block"),
+        ("lane", "normal"),
+    ] {
+        assert_eq!(audit[field], want, "{field} in {audit}");
+    }
+    assert!(
+        audit["signature"]
+            .as_str()
+            .is_some_and(|s| s.contains("Eicar")),
+        "{audit}"
+    );
+    assert_eq!(audit["bytes"], bad.len() as u64, "{audit}");
+    assert!(audit["ms"].is_u64(), "{audit}");
+    assert!(
+        page.contains(&id),
+        "the block page does not show {id}:\n{page}"
+    );
+    let scanned = json_lines(&handler)
+        .into_iter()
+        .find(|v| v["message"] == "scanned" && v["id"] == id.as_str())
+        .unwrap_or_else(|| panic!("no handler line for {id}:\n{}", handler.log()));
+    assert_eq!(scanned["verdict"], "infected", "{scanned}");
+    assert_eq!(scanned["url"], url, "{scanned}");
+    assert_eq!(scanned["lane"], "normal", "{scanned}");
+}
+
 /// A producer started before any handler cannot know clamd's version: its
 /// ISTag says so, and it looks again every few seconds, not only every
 /// VERSION_REFRESH (a minute), so the ISTag is right soon after the first
