@@ -775,6 +775,62 @@ async fn a_task_that_keeps_failing_goes_to_dead_letter() {
     redis.assert_keys_expire().await;
 }
 
+/// Waits until `/readyz` on each of `ports` answers `status`.
+async fn wait_ready(ports: &[u16], status: u16, what: &str) {
+    let until = std::time::Instant::now() + Duration::from_secs(20);
+    for &port in ports {
+        loop {
+            let (got, body) = support::http_get(port, "/readyz").await;
+            if got == status {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < until,
+                "{what}: /readyz on {port} still {got}: {body}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+/// `/readyz` of producer and handler follows Redis: unready while it is
+/// down, ready again when it is back, without a restart of their own.
+/// The handler's also follows clamd; the producer, which does not scan,
+/// does not ask clamd.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_follows_redis_and_clamd() {
+    let mut redis = RedisProcess::start();
+    let mut clamd = ClamdProcess::start();
+    let producer_metrics = support::free_port();
+    let (_producer, _) = producer(
+        &redis,
+        &clamd,
+        &[("METRICS_PORT", &producer_metrics.to_string())],
+    );
+    let handler_metrics = support::free_port();
+    let handler = handler(
+        &redis,
+        &clamd,
+        &[("METRICS_PORT", &handler_metrics.to_string())],
+    );
+    handler.wait_port(handler_metrics, Duration::from_secs(20));
+    let both = [producer_metrics, handler_metrics];
+    wait_ready(&both, 200, "at start").await;
+    redis.stop();
+    wait_ready(&both, 503, "Redis stopped").await;
+    let (_, why) = support::http_get(producer_metrics, "/readyz").await;
+    assert!(why.contains("redis"), "{why}");
+    redis.restart();
+    wait_ready(&both, 200, "Redis back").await;
+    clamd.stop();
+    wait_ready(&[handler_metrics], 503, "clamd stopped").await;
+    let (_, why) = support::http_get(handler_metrics, "/readyz").await;
+    assert!(why.contains("clamd"), "{why}");
+    assert_eq!(support::http_get(producer_metrics, "/readyz").await.0, 200);
+    clamd.restart();
+    wait_ready(&[handler_metrics], 200, "clamd back").await;
+}
+
 /// Every log line of `service` as a JSON object (LOG_FORMAT=json): a line
 /// that is not one fails the test.
 fn json_lines(service: &Service) -> Vec<serde_json::Value> {
