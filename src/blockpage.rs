@@ -48,43 +48,46 @@ struct Facts<'a> {
 }
 
 fn facts(reason: &BlockReason) -> Facts<'_> {
-    match reason {
-        BlockReason::Infected(signatures) => Facts {
-            status: StatusCode::FORBIDDEN,
-            reason: reason.as_str(),
-            title: "Blocked: malware found",
-            message: "The file you tried to transfer contains malware and was blocked.".to_owned(),
+    let (status, title, message, signatures): (_, _, _, &[String]) = match reason {
+        BlockReason::Infected(signatures) => (
+            StatusCode::FORBIDDEN,
+            "Blocked: malware found",
+            "The file you tried to transfer contains malware and was blocked.".to_owned(),
             signatures,
-        },
-        BlockReason::TooLarge { limit } => Facts {
-            status: StatusCode::FORBIDDEN,
-            reason: reason.as_str(),
-            title: "Blocked: too large to scan",
-            message: format!(
+        ),
+        BlockReason::TooLarge { limit } => (
+            StatusCode::FORBIDDEN,
+            "Blocked: too large to scan",
+            format!(
                 "The file is larger than {}, so it was blocked.",
                 scannable(*limit)
             ),
-            signatures: &[],
-        },
-        BlockReason::ScannerUnavailable => Facts {
-            status: StatusCode::SERVICE_UNAVAILABLE,
-            reason: reason.as_str(),
-            title: "Blocked: virus scanner unavailable",
-            message: "The virus scanner could not check this transfer, so it was blocked. \
-                      Please try again in a few minutes."
+            &[],
+        ),
+        BlockReason::ScannerUnavailable => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Blocked: virus scanner unavailable",
+            "The virus scanner could not check this transfer, so it was blocked. \
+             Please try again in a few minutes."
                 .to_owned(),
-            signatures: &[],
-        },
-        BlockReason::Undecodable => Facts {
-            status: StatusCode::FORBIDDEN,
-            reason: reason.as_str(),
-            title: "Blocked: could not be checked",
-            message: "The file's compression (its Content-Encoding) is damaged or of a kind \
-                      the virus scanner cannot undo, so it could not be checked whole and \
-                      was blocked."
+            &[],
+        ),
+        BlockReason::Undecodable => (
+            StatusCode::FORBIDDEN,
+            "Blocked: could not be checked",
+            "The file's compression (its Content-Encoding) is damaged or of a kind \
+             the virus scanner cannot undo, so it could not be checked whole and \
+             was blocked."
                 .to_owned(),
-            signatures: &[],
-        },
+            &[],
+        ),
+    };
+    Facts {
+        status,
+        reason: reason.as_str(),
+        title,
+        message,
+        signatures,
     }
 }
 

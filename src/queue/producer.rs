@@ -313,10 +313,13 @@ async fn watch_version(inner: std::sync::Weak<Inner>) {
             .arg(i.keys.clamd_version())
             .query_async(&mut conn)
             .await;
-        let known = matches!(got, Ok(Some(_)));
-        if let Ok(Some(v)) = got {
-            *i.version.write().await = Some(v.into());
-        }
+        let known = match got {
+            Ok(Some(v)) => {
+                *i.version.write().await = Some(v.into());
+                true
+            }
+            _ => false,
+        };
         // Until a handler has published it (they may start after this
         // producer), look again soon.
         let wait = crate::scan::version_wait(known, i.version_refresh);
