@@ -925,8 +925,7 @@ impl<'c, S: AsyncRead + AsyncWrite + Unpin + Send> Transaction<'c, S> {
         self.log(verdict, &decision);
         let istag = self.service().istag().await;
         match decision {
-            Decision::Block(reason) if self.echo.started => {
-                let _ = reason;
+            Decision::Block(_) if self.echo.started => {
                 Err(Failure::Abort("blocked after the answer had started"))
             }
             Decision::Block(reason) => {
