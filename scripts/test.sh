@@ -5,7 +5,8 @@
 #   scripts/test.sh              everything (what CI runs)
 #   FUZZ_SECONDS=0 scripts/test.sh   skip the fuzzing
 #
-# Needs root (or passwordless sudo) only when a package is missing.
+# Needs root (or passwordless sudo) when a package is missing, and for the
+# network namespace and nftables rules of tests/intercept.rs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -20,7 +21,9 @@ need_packages \
   squid squid-openssl \
   redis-server redis-server \
   openssl openssl \
-  curl curl
+  curl curl \
+  ip iproute2 \
+  nft nftables
 
 # The independent ext_proc client (tests/extproc_python.rs): Python grpcio
 # and envoy-data-plane, in a virtual environment of the project's own.

@@ -83,13 +83,7 @@ async fn squid_over_icaps_scans_downloads_and_uploads() {
         &dir.path().join("server.key"),
     )
     .await;
-    let bump = TempDir::new("icaps-bump");
-    let made = std::process::Command::new(support::project_dir().join("squid/make-bump-ca.sh"))
-        .arg(bump.path())
-        .arg("2")
-        .status()
-        .unwrap();
-    assert!(made.success());
+    let bump = support::bump_ca();
     let ca = dir.path().join("ca.crt").display().to_string();
     let squid = Squid::start_with(
         "icaps.conf",

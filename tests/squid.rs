@@ -165,11 +165,7 @@ async fn squid_without_persistent_icap_connections() {
     let clamd = ClamdProcess::start();
     let server = TestServer::start(&["--clamd-url", &clamd.tcp_url()]).await;
     let clean = Bytes::from(b"Nothing to see here, just text.\n".repeat(100));
-    let medium = Bytes::from(
-        (0..300_000u32)
-            .map(|i| (i * 13 % 251) as u8)
-            .collect::<Vec<_>>(),
-    );
+    let medium = support::patterned(300_000);
     let files = HashMap::from([
         ("/clean.txt".to_owned(), clean.clone()),
         ("/medium.bin".to_owned(), medium.clone()),

@@ -1,7 +1,6 @@
 //! Every configuration in `squid/` is one Squid accepts: `squid -k parse`
-//! on each, with its placeholders filled in. (forward, icaps and bump also
-//! run in their own tests; intercept needs NAT, which the tests cannot set
-//! up, so it is only parsed here.)
+//! on each, with its placeholders filled in. (Each also runs in a test of
+//! its own: forward, icaps, bump, and intercept in tests/intercept.rs.)
 
 mod support;
 
@@ -11,13 +10,8 @@ use support::{make_certs, project_dir, TempDir};
 fn squid_parses_every_configuration() {
     let dir = TempDir::new("squid-parse");
     make_certs(dir.path(), &["server"]);
-    let bump = dir.path().join("bump");
-    let status = std::process::Command::new(project_dir().join("squid/make-bump-ca.sh"))
-        .arg(&bump)
-        .arg("2")
-        .status()
-        .unwrap();
-    assert!(status.success());
+    let bump = support::bump_ca();
+    let bump = bump.path();
     let d = dir.path().display().to_string();
     for name in ["forward.conf", "icaps.conf", "bump.conf", "intercept.conf"] {
         let text = std::fs::read_to_string(project_dir().join("squid").join(name)).unwrap();

@@ -5,11 +5,9 @@
 
 mod support;
 
-use std::collections::HashMap;
-
-use bytes::Bytes;
 use support::{
-    eicar, make_certs, project_dir, ClamdProcess, Origin, Squid, TempDir, TestServer, EICAR_NAME,
+    bump_ca, downloads, eicar, make_certs, ClamdProcess, Origin, Squid, TempDir, TestServer,
+    EICAR_NAME,
 };
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -20,31 +18,16 @@ async fn bumped_https_is_scanned() {
     // The origin, with a certificate for localhost from its own CA.
     let certs = TempDir::new("bump-origin");
     make_certs(certs.path(), &["origin"]);
-    let clean = Bytes::from(
-        (0..300_000u32)
-            .map(|i| (i * 31 % 251) as u8)
-            .collect::<Vec<_>>(),
-    );
-    let mut infected = b"%PDF-1.4 harmless start\n".to_vec();
-    infected.extend_from_slice(&eicar());
+    let (clean, files) = downloads();
     let origin = Origin::start_tls(
-        HashMap::from([
-            ("/clean.bin".to_owned(), clean.clone()),
-            ("/eicar.pdf".to_owned(), Bytes::from(infected)),
-        ]),
+        files,
         &certs.path().join("origin.crt"),
         &certs.path().join("origin.key"),
     )
     .await;
 
     // The bump CA and certificate cache, made by the project's script.
-    let bump = TempDir::new("bump-ca");
-    let status = std::process::Command::new(project_dir().join("squid/make-bump-ca.sh"))
-        .arg(bump.path())
-        .arg("2")
-        .status()
-        .unwrap();
-    assert!(status.success(), "make-bump-ca.sh");
+    let bump = bump_ca();
     let squid = Squid::start_with(
         "bump.conf",
         server.port(),

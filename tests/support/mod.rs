@@ -434,7 +434,15 @@ pub fn cert_serial(path: &Path) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
+/// A CA in `dir` (`ca.crt`, made once), and for each of `names` a key and
+/// a certificate it signed for localhost and 127.0.0.1.
 pub fn make_certs(dir: &Path, names: &[&str]) {
+    make_certs_for(dir, names, &[]);
+}
+
+/// The same, the certificates also naming `sans` (`IP:10.0.0.1`,
+/// `DNS:origin.test`).
+pub fn make_certs_for(dir: &Path, names: &[&str], sans: &[&str]) {
     let d = dir.display().to_string();
     let openssl = |args: &str| {
         let status = Command::new("sh")
@@ -444,9 +452,10 @@ pub fn make_certs(dir: &Path, names: &[&str]) {
             .unwrap();
         assert!(status.success(), "openssl {args}");
     };
+    let more: String = sans.iter().map(|san| format!(",{san}")).collect();
     std::fs::write(
         dir.join("san.ext"),
-        "subjectAltName=DNS:localhost,IP:127.0.0.1\n",
+        format!("subjectAltName=DNS:localhost,IP:127.0.0.1{more}\n"),
     )
     .unwrap();
     if !dir.join("ca.crt").exists() {
@@ -460,6 +469,67 @@ pub fn make_certs(dir: &Path, names: &[&str]) {
             "x509 -req -in {name}.csr -CA ca.crt -CAkey ca.key -CAcreateserial -out {name}.crt -days 2 -extfile san.ext"
         ));
     }
+}
+
+/// A bump CA and certificate cache in a new directory, made by the
+/// project's `squid/make-bump-ca.sh` (valid for two days).
+pub fn bump_ca() -> TempDir {
+    let bump = TempDir::new("bump-ca");
+    let status = Command::new(project_dir().join("squid/make-bump-ca.sh"))
+        .arg(bump.path())
+        .arg("2")
+        .status()
+        .unwrap();
+    assert!(status.success(), "squid/make-bump-ca.sh");
+    bump
+}
+
+/// `size` bytes of a pattern no scanner flags.
+pub fn patterned(size: u32) -> Bytes {
+    (0..size).map(|i| (i * 31 % 251) as u8).collect()
+}
+
+/// An origin's files for the proxy tests: `/clean.bin` (300 KB, long
+/// enough to be trickled back while it is scanned) and `/eicar.pdf`
+/// (EICAR after a harmless start); with the clean file.
+pub fn downloads() -> (Bytes, HashMap<String, Bytes>) {
+    let clean = patterned(300_000);
+    let mut infected = b"%PDF-1.4 harmless start\n".to_vec();
+    infected.extend_from_slice(&eicar());
+    let files = HashMap::from([
+        ("/clean.bin".to_owned(), clean.clone()),
+        ("/eicar.pdf".to_owned(), Bytes::from(infected)),
+    ]);
+    (clean, files)
+}
+
+/// Runs `cmd`, a curl command line so far, on `url` (POSTing `upload` when
+/// given), with its files in `scratch`: the status and the body.
+pub async fn curl(
+    mut cmd: tokio::process::Command,
+    url: &str,
+    upload: Option<&[u8]>,
+    scratch: &Path,
+) -> (u16, Vec<u8>) {
+    let n = free_port();
+    let out = scratch.join(format!("body-{n}"));
+    cmd.args(["-s", "-w", "%{http_code}", "--max-time", "120", "-o"])
+        .arg(&out)
+        .arg(url);
+    if let Some(data) = upload {
+        let file = scratch.join(format!("upload-{n}"));
+        std::fs::write(&file, data).unwrap();
+        cmd.arg("--data-binary").arg(format!("@{}", file.display()));
+        cmd.args(["-H", "Content-Type: application/octet-stream"]);
+    }
+    let output = cmd.output().await.expect("curl is installed");
+    let code = String::from_utf8_lossy(&output.stdout)
+        .trim()
+        .parse()
+        .unwrap_or(0);
+    let body = std::fs::read(&out).unwrap_or_default();
+    let _ = std::fs::remove_file(&out);
+    (code, body)
 }
 
 /// Runs Debian's c-icap-client against `port` with `args`.
@@ -524,12 +594,20 @@ pub fn write_file(dir: &TempDir, name: &str, data: &[u8]) -> String {
 /// or `.deflate` with that Content-Encoding), and accepting uploads.
 pub struct Origin {
     pub port: u16,
+    ip: std::net::IpAddr,
     handle: tokio::task::JoinHandle<()>,
 }
 
+const LOOPBACK: std::net::IpAddr = std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+
 impl Origin {
     pub async fn start(files: HashMap<String, Bytes>) -> Origin {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Origin::start_on(LOOPBACK, files).await
+    }
+
+    /// The same, listening on `ip` (a port the kernel picks).
+    pub async fn start_on(ip: std::net::IpAddr, files: HashMap<String, Bytes>) -> Origin {
+        let listener = TcpListener::bind((ip, 0)).await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let files = Arc::new(files);
         let handle = tokio::spawn(async move {
@@ -543,16 +621,26 @@ impl Origin {
                 });
             }
         });
-        Origin { port, handle }
+        Origin { port, ip, handle }
     }
 
     pub fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.port)
+        format!("http://{}:{}{path}", self.ip, self.port)
     }
 
     /// The same over HTTPS, with `cert` and `key` (PEM files; the
     /// certificate names localhost).
     pub async fn start_tls(files: HashMap<String, Bytes>, cert: &Path, key: &Path) -> Origin {
+        Origin::start_tls_on(LOOPBACK, files, cert, key).await
+    }
+
+    /// The same, listening on `ip`.
+    pub async fn start_tls_on(
+        ip: std::net::IpAddr,
+        files: HashMap<String, Bytes>,
+        cert: &Path,
+        key: &Path,
+    ) -> Origin {
         use rustls::pki_types::pem::PemObject;
         use rustls::pki_types::{CertificateDer, PrivateKeyDer};
         let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
@@ -568,7 +656,7 @@ impl Origin {
             .with_single_cert(certs, key)
             .unwrap();
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let listener = TcpListener::bind((ip, 0)).await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let files = Arc::new(files);
         let handle = tokio::spawn(async move {
@@ -584,12 +672,17 @@ impl Origin {
                 });
             }
         });
-        Origin { port, handle }
+        Origin { port, ip, handle }
     }
 
-    /// The HTTPS URL of `path` on an origin from [`Origin::start_tls`].
+    /// The HTTPS URL of `path` on an origin from [`Origin::start_tls`]
+    /// (named localhost), or from [`Origin::start_tls_on`] (by address).
     pub fn https_url(&self, path: &str) -> String {
-        format!("https://localhost:{}{path}", self.port)
+        if self.ip == LOOPBACK {
+            format!("https://localhost:{}{path}", self.port)
+        } else {
+            format!("https://{}:{}{path}", self.ip, self.port)
+        }
     }
 }
 
@@ -723,6 +816,10 @@ impl Squid {
         std::fs::read_to_string(self.dir.path().join("cache.log")).unwrap_or_default()
     }
 
+    pub fn access_log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("access.log")).unwrap_or_default()
+    }
+
     /// Fetches `url` through Squid with curl; returns the status and body.
     pub async fn fetch(&self, url: &str, upload: Option<&[u8]>) -> (u16, Vec<u8>) {
         self.fetch_with(url, upload, &[]).await
@@ -735,28 +832,11 @@ impl Squid {
         upload: Option<&[u8]>,
         curl: &[&str],
     ) -> (u16, Vec<u8>) {
-        let out = self.dir.path().join(format!("body-{}", free_port()));
         let mut cmd = tokio::process::Command::new("curl");
-        cmd.args(["-s", "-o"])
-            .arg(&out)
-            .args(["-w", "%{http_code}", "--max-time", "120", "-x"]);
-        cmd.arg(format!("http://127.0.0.1:{}", self.port))
-            .args(curl)
-            .arg(url);
-        if let Some(data) = upload {
-            let file = self.dir.path().join(format!("upload-{}", free_port()));
-            std::fs::write(&file, data).unwrap();
-            cmd.arg("--data-binary").arg(format!("@{}", file.display()));
-            cmd.args(["-H", "Content-Type: application/octet-stream"]);
-        }
-        let output = cmd.output().await.expect("curl is installed");
-        let code = String::from_utf8_lossy(&output.stdout)
-            .trim()
-            .parse()
-            .unwrap_or(0);
-        let body = std::fs::read(&out).unwrap_or_default();
-        let _ = std::fs::remove_file(&out);
-        (code, body)
+        cmd.arg("-x")
+            .arg(format!("http://127.0.0.1:{}", self.port))
+            .args(curl);
+        self::curl(cmd, url, upload, self.dir.path()).await
     }
 }
 
