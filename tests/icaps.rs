@@ -117,6 +117,7 @@ async fn squid_over_icaps_scans_downloads_and_uploads() {
         assert!(String::from_utf8_lossy(&body).contains(EICAR_NAME), "{url}");
     }
     assert!(server.log().contains("frontend=\"icap\"") || server.log().contains("frontend=icap"));
+    squid.assert_cert_cache_works();
 
     // c-icap-client over TLS too.
     let file = dir.path().join("eicar.com");

@@ -29,12 +29,7 @@ const TLS_NAME: &str = "origin.test";
 
 /// `program` as root: itself when this is root, else through `sudo -n`.
 fn as_root(program: &str) -> (String, Vec<String>) {
-    static ROOT: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    let root = *ROOT.get_or_init(|| {
-        let id = Command::new("id").arg("-u").output().expect("id");
-        String::from_utf8_lossy(&id.stdout).trim() == "0"
-    });
-    if root {
+    if support::is_root() {
         (program.to_owned(), Vec::new())
     } else {
         ("sudo".to_owned(), vec!["-n".to_owned(), program.to_owned()])
@@ -218,6 +213,7 @@ async fn intercepted_http_and_https_are_scanned() {
     // sent to a proxy port.
     let log = squid.access_log();
     assert!(log.contains(CLIENT_IP), "access.log:\n{log}");
+    squid.assert_cert_cache_works();
     drop(squid);
     drop(net);
 }

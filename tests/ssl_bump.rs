@@ -70,5 +70,6 @@ async fn bumped_https_is_scanned() {
         .fetch_with(&origin.https_url("/upload"), Some(b"hello"), &curl)
         .await;
     assert_eq!(code, 201);
+    squid.assert_cert_cache_works();
     server.stop().await;
 }

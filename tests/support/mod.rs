@@ -481,7 +481,30 @@ pub fn bump_ca() -> TempDir {
         .status()
         .unwrap();
     assert!(status.success(), "squid/make-bump-ca.sh");
+    // Squid started as root runs its certificate helper as `proxy`, which
+    // must own the cache, as squid/README.md tells operators.
+    if is_root() {
+        let status = Command::new("chown")
+            .args(["-R", "proxy:"])
+            .arg(bump.path())
+            .status()
+            .unwrap();
+        assert!(
+            status.success(),
+            "chown -R proxy: {}",
+            bump.path().display()
+        );
+    }
     bump
+}
+
+/// Whether the tests run as root.
+pub fn is_root() -> bool {
+    static ROOT: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ROOT.get_or_init(|| {
+        let id = Command::new("id").arg("-u").output().expect("id");
+        String::from_utf8_lossy(&id.stdout).trim() == "0"
+    })
 }
 
 /// `size` bytes of a pattern no scanner flags.
@@ -814,6 +837,18 @@ impl Squid {
 
     pub fn cache_log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("cache.log")).unwrap_or_default()
+    }
+
+    /// Fails the test when Squid's certificate helper (`sslcrtd_program`)
+    /// could not use its cache. Squid still bumps then, minting each
+    /// certificate itself, which would hide a cache that a deployment made
+    /// the same way could not use either.
+    pub fn assert_cert_cache_works(&self) {
+        let log = self.cache_log();
+        assert!(
+            !log.contains("security_file_certgen helper database"),
+            "the certificate helper failed:\n{log}"
+        );
     }
 
     pub fn access_log(&self) -> String {
