@@ -118,6 +118,7 @@ async fn squid_over_icaps_scans_downloads_and_uploads() {
     }
     assert!(server.log().contains("frontend=\"icap\"") || server.log().contains("frontend=icap"));
     squid.assert_cert_cache_works();
+    squid.assert_no_icap_errors();
 
     // c-icap-client over TLS too.
     let file = dir.path().join("eicar.com");

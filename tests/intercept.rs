@@ -214,6 +214,7 @@ async fn intercepted_http_and_https_are_scanned() {
     let log = squid.access_log();
     assert!(log.contains(CLIENT_IP), "access.log:\n{log}");
     squid.assert_cert_cache_works();
+    squid.assert_no_icap_errors();
     drop(squid);
     drop(net);
 }

@@ -22,19 +22,6 @@ fn big_body() -> Bytes {
     Bytes::from(v)
 }
 
-fn icap_errors(log: &str) -> Vec<&str> {
-    log.lines()
-        .filter(|l| {
-            let l = l.to_ascii_lowercase();
-            l.contains("icap")
-                && (l.contains("error")
-                    || l.contains("fail")
-                    || l.contains("down")
-                    || l.contains("suspend"))
-        })
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn squid_downloads_and_uploads_are_scanned() {
     let clamd = ClamdProcess::start();
@@ -103,11 +90,7 @@ async fn squid_downloads_and_uploads_are_scanned() {
     let (status, _) = squid.fetch(&origin.url("/upload"), Some(&clean)).await;
     assert_eq!(status, 201);
 
-    let log = squid.cache_log();
-    assert!(
-        icap_errors(&log).is_empty(),
-        "ICAP errors in cache.log:\n{log}"
-    );
+    squid.assert_no_icap_errors();
 }
 
 /// A file fetched in ranges, each too short to hold EICAR whole: with
@@ -142,8 +125,7 @@ async fn ranges_of_a_file_are_scanned_whole_when_configured() {
         .await;
     assert_eq!(status, 200);
     assert_eq!(body, clean);
-    let log = squid.cache_log();
-    assert!(icap_errors(&log).is_empty(), "ICAP errors:\n{log}");
+    squid.assert_no_icap_errors();
     drop(squid);
 
     // The default passes ranges on: each part alone is clean.
@@ -195,6 +177,5 @@ async fn squid_without_persistent_icap_connections() {
         let (status, _) = squid.fetch(&origin.url("/upload"), Some(&eicar())).await;
         assert_eq!(status, 403);
     }
-    let log = squid.cache_log();
-    assert!(icap_errors(&log).is_empty(), "ICAP errors:\n{log}");
+    squid.assert_no_icap_errors();
 }

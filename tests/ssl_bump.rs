@@ -71,5 +71,6 @@ async fn bumped_https_is_scanned() {
         .await;
     assert_eq!(code, 201);
     squid.assert_cert_cache_works();
+    squid.assert_no_icap_errors();
     server.stop().await;
 }

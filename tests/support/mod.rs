@@ -839,6 +839,23 @@ impl Squid {
         std::fs::read_to_string(self.dir.path().join("cache.log")).unwrap_or_default()
     }
 
+    /// Fails the test when Squid logged an ICAP error: a protocol error, a
+    /// failed transaction, or the service marked down or suspended.
+    pub fn assert_no_icap_errors(&self) {
+        let log = self.cache_log();
+        let errors: Vec<&str> = log
+            .lines()
+            .filter(|l| {
+                let l = l.to_ascii_lowercase();
+                l.contains("icap")
+                    && ["error", "fail", "down", "suspend"]
+                        .iter()
+                        .any(|w| l.contains(w))
+            })
+            .collect();
+        assert!(errors.is_empty(), "ICAP errors in cache.log:\n{log}");
+    }
+
     /// Fails the test when Squid's certificate helper (`sslcrtd_program`)
     /// could not use its cache. Squid still bumps then, minting each
     /// certificate itself, which would hide a cache that a deployment made
