@@ -138,12 +138,17 @@ async fn ranges_of_a_file_are_scanned_whole_when_configured() {
     assert_eq!(body, eicar()[..30]);
 }
 
-/// Squid with `icap_persistent_connections off` opens a connection per
-/// transaction and says `Connection: close` on each request, which the
-/// server answers and then closes: downloads (one trickled back while it is
-/// scanned) and uploads are still scanned, with no ICAP error.
+/// The shipped forward.conf with one ICAP setting changed, for each
+/// setting an operator might change: downloads (one trickled back while it
+/// is scanned) and uploads are still scanned, with no ICAP error.
+/// - `icap_persistent_connections off`: a connection per transaction, each
+///   request saying `Connection: close`, which the server answers and then
+///   closes;
+/// - `icap_preview_enable off`: no preview; Squid sends `Allow: 204` only
+///   where it could keep the body, so larger clean bodies are echoed back;
+/// - `icap_206_enable off`: Squid offers no `Allow: 206`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn squid_without_persistent_icap_connections() {
+async fn squid_with_other_icap_settings() {
     let clamd = ClamdProcess::start();
     let server = TestServer::start(&["--clamd-url", &clamd.tcp_url()]).await;
     let clean = Bytes::from(b"Nothing to see here, just text.\n".repeat(100));
@@ -154,28 +159,38 @@ async fn squid_without_persistent_icap_connections() {
         ("/eicar.com".to_owned(), Bytes::from(eicar())),
     ]);
     let origin = Origin::start(files).await;
-    // The shipped configuration, with that one line changed.
     let shipped = std::fs::read_to_string(project_dir().join("squid/forward.conf")).unwrap();
-    assert!(shipped.contains("\nicap_persistent_connections on\n"));
-    let squid = Squid::start_with(
-        "forward.conf",
-        server.port(),
-        &[(
+    for (line, changed) in [
+        (
             "icap_persistent_connections on",
-            "icap_persistent_connections off".to_owned(),
-        )],
-    );
-    for _ in 0..3 {
-        for (path, want) in [("/clean.txt", &clean), ("/medium.bin", &medium)] {
-            let (status, body) = squid.fetch(&origin.url(path), None).await;
-            assert_eq!(status, 200, "{path}");
-            assert!(body == want.as_ref(), "{path}: {} bytes", body.len());
+            "icap_persistent_connections off",
+        ),
+        ("icap_preview_enable on", "icap_preview_enable off"),
+        ("icap_enable on", "icap_enable on\nicap_206_enable off"),
+    ] {
+        assert!(shipped.contains(&format!("\n{line}\n")), "{line}");
+        let squid = Squid::start_with("forward.conf", server.port(), &[(line, changed.to_owned())]);
+        for _ in 0..2 {
+            for (path, want) in [("/clean.txt", &clean), ("/medium.bin", &medium)] {
+                let (status, body) = squid.fetch(&origin.url(path), None).await;
+                assert_eq!(status, 200, "{changed}: {path}");
+                assert!(
+                    body == want.as_ref(),
+                    "{changed}: {path}: {} bytes",
+                    body.len()
+                );
+            }
+            let (status, body) = squid.fetch(&origin.url("/eicar.com"), None).await;
+            assert_eq!(status, 403, "{changed}");
+            assert!(
+                String::from_utf8_lossy(&body).contains(EICAR_NAME),
+                "{changed}"
+            );
+            let (status, _) = squid.fetch(&origin.url("/upload"), Some(&eicar())).await;
+            assert_eq!(status, 403, "{changed}: upload");
+            let (status, _) = squid.fetch(&origin.url("/upload"), Some(&medium)).await;
+            assert_eq!(status, 201, "{changed}: clean upload");
         }
-        let (status, body) = squid.fetch(&origin.url("/eicar.com"), None).await;
-        assert_eq!(status, 403);
-        assert!(String::from_utf8_lossy(&body).contains(EICAR_NAME));
-        let (status, _) = squid.fetch(&origin.url("/upload"), Some(&eicar())).await;
-        assert_eq!(status, 403);
+        squid.assert_no_icap_errors();
     }
-    squid.assert_no_icap_errors();
 }
