@@ -289,12 +289,14 @@ pub struct IcapConfig {
     #[arg(long, env = "OPTIONS_TTL", default_value = "5m", value_parser = parse_duration)]
     pub options_ttl: Duration,
 
-    /// For a body that must be sent back whole (no Allow: 204), how many
-    /// bytes are held before the answer starts; that many of the newest bytes
-    /// stay held back until the verdict. Smaller keeps Squid's downloads
-    /// flowing (Squid 5 stalls a server that waits for the whole body); a
-    /// body that ends within it can still get a block page, a larger one is
-    /// cut off before its end if infected.
+    /// For a download that must be sent back whole (no Allow: 204), how
+    /// many bytes are held before the answer starts; that many of the newest
+    /// bytes stay held back until the verdict. Smaller keeps Squid's
+    /// downloads flowing (Squid 5 stalls a server that waits for the whole
+    /// response body); a body that ends within it can still get a block
+    /// page, a larger one is cut off before its end if infected. An upload
+    /// is kept whole until the verdict: this much of it in memory, the rest
+    /// in a temporary file.
     #[arg(long, env = "ECHO_HOLD", default_value = "32K", value_parser = parse_size)]
     pub echo_hold: u64,
 

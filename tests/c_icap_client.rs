@@ -162,6 +162,81 @@ async fn no204_echoes_clean_bodies_byte_for_byte() {
     assert!(t.contains("HTTP/1.1 403 Forbidden"), "{t}");
 }
 
+/// An upload that must be sent back (no `Allow: 204`) is kept whole until
+/// the verdict, past `ECHO_HOLD` in a temporary file: a large clean one
+/// comes back byte for byte, a large infected one gets the block page
+/// (a download that large would be cut off instead). Where no temporary
+/// file can be made, it is sent back as a download is, and that is logged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_uploads_are_kept_whole_until_the_verdict() {
+    let s = setup().await;
+    let data: Vec<u8> = (0..600_000u32).map(|i| (i % 251) as u8).collect();
+    let big = write_file(&s.dir, "big-upload.bin", &data);
+    let mut bad = data.clone();
+    bad.extend_from_slice(&eicar());
+    let big_infected = write_file(&s.dir, "big-upload.com", &bad);
+    let upload = |port: u16, file: String, out: String, preview: bool| async move {
+        let mut args = vec![
+            "-s",
+            "avscan",
+            "-v",
+            "-no204",
+            "-f",
+            &file,
+            "-o",
+            &out,
+            "-req",
+            "http://origin.test/upload",
+            "-method",
+            "POST",
+        ];
+        if !preview {
+            args.push("-nopreview");
+        }
+        let t = c_icap_text(port, &args).await;
+        (t, std::fs::read(&out).unwrap_or_default())
+    };
+    let out = |name: &str| s.dir.path().join(name).display().to_string();
+    let port = s.server.port();
+    for preview in [true, false] {
+        let clean_out = out(&format!("clean-{preview}"));
+        let (t, echoed) = upload(port, big.clone(), clean_out, preview).await;
+        assert!(t.contains("ICAP/1.0 200 OK"), "{t}");
+        assert_eq!(echoed, data, "{preview}");
+        let bad_out = out(&format!("bad-{preview}"));
+        let (t, page) = upload(port, big_infected.clone(), bad_out, preview).await;
+        assert!(t.contains("HTTP/1.1 403 Forbidden"), "{preview}: {t}");
+        assert!(String::from_utf8_lossy(&page).contains(EICAR_NAME), "{t}");
+    }
+
+    // No temporary directory: sent back as it arrives, the infected upload
+    // is cut off before its end instead, never completed.
+    let port = support::free_port();
+    let server = support::Service::start_with(
+        env!("CARGO_BIN_EXE_virus-scanner"),
+        &["all"],
+        &[
+            ("ICAP_PORT", port.to_string()),
+            ("CLAMD_URL", s._clamd.tcp_url()),
+            ("TMPDIR", "/nonexistent/virus-scanner-test".into()),
+        ],
+    );
+    server.wait_port(port, std::time::Duration::from_secs(20));
+    let (t, echoed) = upload(port, big_infected, out("cut"), true).await;
+    assert!(!t.contains("HTTP/1.1 403 Forbidden"), "{t}");
+    assert!(
+        echoed.len() < bad.len(),
+        "the infected upload came back whole"
+    );
+    server
+        .wait_log(
+            "no temporary file for the upload",
+            1,
+            std::time::Duration::from_secs(10),
+        )
+        .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reqmod_uploads_clean_and_infected() {
     let s = setup().await;

@@ -89,6 +89,38 @@ async fn squid_downloads_and_uploads_are_scanned() {
     assert!(String::from_utf8_lossy(&body).contains(EICAR_NAME));
     let (status, _) = squid.fetch(&origin.url("/upload"), Some(&clean)).await;
     assert_eq!(status, 201);
+    // Uploads of unknown length: the client sends them chunked, and so does
+    // Squid in its REQMOD.
+    let chunked = ["-H", "Transfer-Encoding: chunked"];
+    let mut infected_upload = medium.to_vec();
+    infected_upload.extend_from_slice(&eicar());
+    let (status, body) = squid
+        .fetch_with(&origin.url("/upload"), Some(&infected_upload), &chunked)
+        .await;
+    assert_eq!(status, 403, "chunked: {}", String::from_utf8_lossy(&body));
+    let (status, body) = squid
+        .fetch_with(&origin.url("/upload"), Some(&medium), &chunked)
+        .await;
+    assert_eq!(status, 201, "chunked clean upload");
+    assert_eq!(body, support::stored(&medium).into_bytes());
+    // Uploads are kept whole until the verdict (past ECHO_HOLD in a
+    // temporary file), so a large infected one gets the block page too,
+    // and a clean one reaches the origin unchanged.
+    let mut infected_big = big.slice(..5 << 20).to_vec();
+    infected_big.extend_from_slice(&eicar());
+    for headers in [&[][..], &chunked[..]] {
+        let (status, body) = squid
+            .fetch_with(&origin.url("/upload"), Some(&infected_big), headers)
+            .await;
+        let page = String::from_utf8_lossy(&body);
+        assert_eq!(status, 403, "{headers:?}: {page}");
+        assert!(page.contains(EICAR_NAME), "{headers:?}: {page}");
+        let (status, body) = squid
+            .fetch_with(&origin.url("/upload"), Some(&big), headers)
+            .await;
+        assert_eq!(status, 201, "{headers:?}");
+        assert_eq!(body, support::stored(&big).into_bytes(), "{headers:?}");
+    }
 
     squid.assert_no_icap_errors();
 }

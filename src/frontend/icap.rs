@@ -635,17 +635,34 @@ struct Transaction<'c, S> {
 struct Echo {
     /// Whether the body must be kept at all.
     needed: bool,
+    /// Whether the body is kept whole until the verdict (an upload), so
+    /// that an infected one gets the block page. A download is sent back
+    /// as it arrives but for the newest `ECHO_HOLD` bytes instead: Squid
+    /// stalls a RESPMOD that gets no answer before its body's end, not a
+    /// REQMOD.
+    whole: bool,
+    /// The oldest bytes kept, in memory (at most `ECHO_HOLD` of a body kept
+    /// whole).
     held: std::collections::VecDeque<Bytes>,
     held_len: usize,
+    /// The rest of a body kept whole, in an unlinked temporary file.
+    spill: Option<Spill>,
     /// The `200` head has gone out; from now on held bytes drain as they
     /// exceed the hold.
     started: bool,
+}
+
+/// Body bytes kept in a temporary file.
+struct Spill {
+    file: std::fs::File,
+    len: u64,
 }
 
 impl<'c, S: AsyncRead + AsyncWrite + Unpin + Send> Transaction<'c, S> {
     fn new(conn: &'c mut Connection<S>, req: Request) -> Self {
         let scan = scan_request(&req);
         let needed = !req.allow.no_content;
+        let whole = scan.direction == Direction::Request;
         Transaction {
             conn,
             req,
@@ -655,8 +672,10 @@ impl<'c, S: AsyncRead + AsyncWrite + Unpin + Send> Transaction<'c, S> {
             lane: None,
             echo: Echo {
                 needed,
+                whole,
                 held: Default::default(),
                 held_len: 0,
+                spill: None,
                 started: false,
             },
         }
@@ -759,7 +778,7 @@ impl<'c, S: AsyncRead + AsyncWrite + Unpin + Send> Transaction<'c, S> {
                 match self.conn.next_chunk(&mut dec).await? {
                     Chunk::Data(data) => {
                         session.write(&data).await;
-                        self.echo.push(data);
+                        self.keep(data)?;
                     }
                     Chunk::End(last) => {
                         whole_in_preview = last.ieof;
@@ -793,8 +812,8 @@ impl<'c, S: AsyncRead + AsyncWrite + Unpin + Send> Transaction<'c, S> {
                     self.conn.closing = true;
                     return self.finish(verdict, false).await.map(Received::Answered);
                 }
-                self.echo.push(data);
-                self.trickle().await?;
+                self.keep(data)?;
+                self.trickle(session.is_too_large()).await?;
             }
         }
         self.conn.shed();
@@ -832,7 +851,7 @@ impl<'c, S: AsyncRead + AsyncWrite + Unpin + Send> Transaction<'c, S> {
         if self.req.preview.is_some() {
             // Read the preview (it is on its way), then answer it.
             while let Chunk::Data(data) = self.conn.next_chunk(dec).await? {
-                self.echo.push(data);
+                self.keep(data)?;
             }
             return self.answer(&verdict, decision, true).await;
         }
@@ -854,11 +873,55 @@ impl<'c, S: AsyncRead + AsyncWrite + Unpin + Send> Transaction<'c, S> {
         Ok(After::KeepAlive)
     }
 
-    /// Once more than the hold is kept, starts the `200` and sends all but
-    /// the newest `ECHO_HOLD` bytes.
-    async fn trickle(&mut self) -> Result<(), Failure> {
+    /// Keeps body bytes for an answer that may send them back: in memory,
+    /// or for a body kept whole past `ECHO_HOLD`, in a temporary file. If
+    /// no file can be made, the body is sent back as a download's is; if
+    /// one fails later (a full disk), the transaction fails.
+    fn keep(&mut self, data: Bytes) -> Result<(), Failure> {
+        let echo = &mut self.echo;
+        if !echo.needed || data.is_empty() {
+            return Ok(());
+        }
+        let memory = self.conn.service.config.echo_hold as usize;
+        let to_file = echo.whole
+            && !echo.started
+            && (echo.spill.is_some() || echo.held_len + data.len() > memory);
+        if to_file {
+            match echo.spill_write(&data) {
+                Ok(()) => return Ok(()),
+                Err(e) if echo.spill.as_ref().is_none_or(|s| s.len == 0) => {
+                    tracing::warn!(id = %self.scan.id, error = %e, "no temporary file for the upload: it is sent back as it arrives, as a download is");
+                    echo.spill = None;
+                    echo.whole = false;
+                }
+                Err(e) => return Err(Failure::Io(e)),
+            }
+        }
+        echo.held_len += data.len();
+        echo.held.push_back(data);
+        Ok(())
+    }
+
+    /// Starts the `200` and sends all but the newest `ECHO_HOLD` bytes, once
+    /// more than that is kept: for a download, and for an upload once it is
+    /// too large to scan (`past_limit`, when `TOO_LARGE=allow` lets it
+    /// through: nothing more is held back then, and its head says so).
+    async fn trickle(&mut self, past_limit: bool) -> Result<(), Failure> {
+        if !self.echo.needed {
+            return Ok(());
+        }
+        if self.echo.whole {
+            if !past_limit {
+                return Ok(());
+            }
+            if !self.echo.started {
+                let unscanned = Some(SkipReason::TooLarge);
+                self.start_echo(&Decision::Allow { unscanned }).await?;
+            }
+            return self.send_kept(false).await;
+        }
         let hold = self.service().config.echo_hold as usize;
-        if !self.echo.needed || self.echo.held_len <= hold {
+        if self.echo.held_len <= hold {
             return Ok(());
         }
         if !self.echo.started {
@@ -938,12 +1001,7 @@ impl<'c, S: AsyncRead + AsyncWrite + Unpin + Send> Transaction<'c, S> {
                 Ok(After::KeepAlive)
             }
             Decision::Allow { .. } if self.echo.started => {
-                let mut out = Vec::new();
-                for piece in self.echo.held.drain(..) {
-                    encode_chunk(&piece, &mut out);
-                }
-                encode_last_chunk(&LastChunk::default(), &mut out);
-                self.conn.write(&out).await?;
+                self.send_kept(true).await?;
                 Ok(After::KeepAlive)
             }
             decision @ Decision::Allow { .. } => {
@@ -967,15 +1025,41 @@ impl<'c, S: AsyncRead + AsyncWrite + Unpin + Send> Transaction<'c, S> {
                     return Ok(After::KeepAlive);
                 }
                 self.start_echo(&decision).await?;
-                let mut out = Vec::with_capacity(self.echo.held_len + 64);
-                for piece in self.echo.held.drain(..) {
-                    encode_chunk(&piece, &mut out);
-                }
-                encode_last_chunk(&LastChunk::default(), &mut out);
-                self.conn.write(&out).await?;
+                self.send_kept(true).await?;
                 Ok(After::KeepAlive)
             }
         }
+    }
+
+    /// Sends every kept byte, from memory and then from the file, and with
+    /// `last` the body's last chunk.
+    async fn send_kept(&mut self, last: bool) -> Result<(), Failure> {
+        let mut out = Vec::with_capacity(self.echo.held_len + 64);
+        for piece in self.echo.held.drain(..) {
+            encode_chunk(&piece, &mut out);
+        }
+        self.echo.held_len = 0;
+        if let Some(spill) = self.echo.spill.take() {
+            let mut buf = vec![0u8; 64 * 1024];
+            let mut at = 0;
+            while at < spill.len {
+                let n = std::os::unix::fs::FileExt::read_at(&spill.file, &mut buf, at)?;
+                if n == 0 {
+                    return Err(Failure::Abort("the upload's temporary file ended early"));
+                }
+                at += n as u64;
+                encode_chunk(&buf[..n], &mut out);
+                self.conn.write(&out).await?;
+                out.clear();
+            }
+        }
+        if last {
+            encode_last_chunk(&LastChunk::default(), &mut out);
+        }
+        if out.is_empty() {
+            return Ok(());
+        }
+        self.conn.write(&out).await
     }
 
     /// A `200` whose encapsulated HTTP response is the block page.
@@ -1040,10 +1124,41 @@ impl<'c, S: AsyncRead + AsyncWrite + Unpin + Send> Transaction<'c, S> {
 }
 
 impl Echo {
-    fn push(&mut self, data: Bytes) {
-        if self.needed && !data.is_empty() {
-            self.held_len += data.len();
-            self.held.push_back(data);
+    /// Appends to the temporary file, made at the first bytes.
+    fn spill_write(&mut self, data: &[u8]) -> io::Result<()> {
+        if self.spill.is_none() {
+            self.spill = Some(Spill {
+                file: temporary_file()?,
+                len: 0,
+            });
+        }
+        let spill = self.spill.as_mut().expect("just made");
+        std::os::unix::fs::FileExt::write_all_at(&spill.file, data, spill.len)?;
+        spill.len += data.len() as u64;
+        Ok(())
+    }
+}
+
+/// An unlinked file in the temporary directory (`TMPDIR`): gone when
+/// closed, whatever happens to the process.
+fn temporary_file() -> io::Result<std::fs::File> {
+    use rustix::fs::{Mode, OFlags};
+    let dir = std::env::temp_dir();
+    let flags = OFlags::RDWR | OFlags::CLOEXEC;
+    match rustix::fs::open(&dir, flags | OFlags::TMPFILE, Mode::RUSR | Mode::WUSR) {
+        Ok(fd) => Ok(std::fs::File::from(fd)),
+        // A file system without O_TMPFILE: a named file, unlinked at once.
+        Err(_) => {
+            static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+            let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let path = dir.join(format!("virus-scanner-upload-{}-{n}", std::process::id()));
+            let fd = rustix::fs::open(
+                &path,
+                flags | OFlags::CREATE | OFlags::EXCL,
+                Mode::RUSR | Mode::WUSR,
+            )?;
+            std::fs::remove_file(&path)?;
+            Ok(std::fs::File::from(fd))
         }
     }
 }

@@ -715,6 +715,35 @@ impl Drop for Origin {
     }
 }
 
+/// What the test origin answers an upload with: its length and a hash of
+/// it, so that a test can tell it arrived whole and unchanged.
+pub fn stored(upload: &[u8]) -> String {
+    let hash = upload.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+    });
+    format!("stored {} bytes, fnv {hash:016x}\n", upload.len())
+}
+
+/// A chunked HTTP body, decoded (chunk extensions and trailers ignored).
+fn dechunk(mut body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let Some(eol) = body.windows(2).position(|w| w == b"\r\n") else {
+            return out;
+        };
+        let size = std::str::from_utf8(&body[..eol])
+            .ok()
+            .and_then(|l| usize::from_str_radix(l.split(';').next()?.trim(), 16).ok())
+            .unwrap_or(0);
+        body = &body[eol + 2..];
+        if size == 0 || body.len() < size {
+            return out;
+        }
+        out.extend_from_slice(&body[..size]);
+        body = body.get(size + 2..).unwrap_or_default();
+    }
+}
+
 async fn serve_http<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
     stream: &mut S,
     files: &HashMap<String, Bytes>,
@@ -748,9 +777,23 @@ async fn serve_http<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
                 let (first, last) = r.split_once('-')?;
                 Some((first.trim().parse().ok()?, last.trim().parse().ok()?))
             });
+        let chunked = req.headers.iter().any(|h| {
+            h.name.eq_ignore_ascii_case("transfer-encoding")
+                && h.value.eq_ignore_ascii_case(b"chunked")
+        });
         let method = req.method.unwrap().to_owned();
         let path = req.path.unwrap().to_owned();
-        while buf.len() < head_len + length {
+        // The body is read and dropped: by its length, or (an upload of
+        // unknown length) up to its last chunk.
+        let whole = |buf: &[u8]| {
+            let body = &buf[head_len..];
+            if chunked {
+                body == b"0\r\n\r\n" || body.ends_with(b"\r\n0\r\n\r\n")
+            } else {
+                body.len() >= length
+            }
+        };
+        while !whole(&buf) {
             let n = stream.read(&mut chunk).await?;
             if n == 0 {
                 return Ok(());
@@ -759,7 +802,15 @@ async fn serve_http<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
         }
         let mut content_range = String::new();
         let (status, body) = match (method.as_str(), files.get(&path)) {
-            ("POST" | "PUT", _) => ("201 Created", Bytes::from_static(b"stored\n")),
+            ("POST" | "PUT", _) => {
+                let body = &buf[head_len..];
+                let upload = if chunked {
+                    dechunk(body)
+                } else {
+                    body.to_vec()
+                };
+                ("201 Created", Bytes::from(stored(&upload)))
+            }
             (_, Some(body)) => match range {
                 Some((first, last)) if first <= last && last < body.len() => {
                     content_range =
