@@ -226,3 +226,32 @@ async fn squid_with_other_icap_settings() {
         squid.assert_no_icap_errors();
     }
 }
+
+/// An upload of unknown length that outgrows the scan limit, with
+/// `TOO_LARGE=allow`: what was kept goes on, the rest streams after it, and
+/// the origin gets it whole; one of known length is let through from the
+/// start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_past_the_scan_limit_passes_when_allowed() {
+    let clamd = ClamdProcess::start();
+    let server = TestServer::start(&[
+        "--clamd-url",
+        &clamd.tcp_url(),
+        "--max-scan-size",
+        "1M",
+        "--too-large",
+        "allow",
+    ])
+    .await;
+    let origin = Origin::start(HashMap::new()).await;
+    let squid = Squid::start("forward.conf", server.port());
+    let upload = support::patterned(3_000_000);
+    for headers in [&[][..], &["-H", "Transfer-Encoding: chunked"][..]] {
+        let (status, body) = squid
+            .fetch_with(&origin.url("/upload"), Some(&upload), headers)
+            .await;
+        assert_eq!(status, 201, "{headers:?}");
+        assert_eq!(body, support::stored(&upload).into_bytes(), "{headers:?}");
+    }
+    squid.assert_no_icap_errors();
+}
