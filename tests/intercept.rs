@@ -210,9 +210,16 @@ async fn intercepted_http_and_https_are_scanned() {
         assert!(page.contains(EICAR_NAME), "{url} upload: {page}");
     }
     // Squid saw the client's own address: the traffic was intercepted, not
-    // sent to a proxy port.
-    let log = squid.access_log();
-    assert!(log.contains(CLIENT_IP), "access.log:\n{log}");
+    // sent to a proxy port. (Squid may write its log lines a little later.)
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !squid.access_log().contains(CLIENT_IP) {
+        assert!(
+            std::time::Instant::now() < until,
+            "access.log:\n{}",
+            squid.access_log()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
     squid.assert_cert_cache_works();
     squid.assert_no_icap_errors();
     drop(squid);

@@ -911,6 +911,10 @@ async fn json_logs_carry_the_scan_id_from_producer_to_handler() {
         page.contains(&id),
         "the block page does not show {id}:\n{page}"
     );
+    // The handler logs its line after it has sent the result on.
+    handler
+        .wait_log(&format!("\"id\":\"{id}\""), 1, Duration::from_secs(20))
+        .await;
     let scanned = json_lines(&handler)
         .into_iter()
         .find(|v| v["message"] == "scanned" && v["id"] == id.as_str())
