@@ -44,6 +44,10 @@ async fn squid_downloads_and_uploads_are_scanned() {
         ("/eicar.com".to_owned(), Bytes::from(eicar())),
         ("/eicar.zip".to_owned(), Bytes::from(fixture("eicar.zip"))),
         ("/infected-big.bin".to_owned(), Bytes::from(infected_big)),
+        // Sent chunked: the length is not known until the end.
+        ("/medium.chunked".to_owned(), medium.clone()),
+        ("/big.chunked".to_owned(), big.clone()),
+        ("/eicar.chunked".to_owned(), Bytes::from(eicar())),
     ]);
     let origin = Origin::start(files).await;
     let squid = Squid::start("forward.conf", server.port());
@@ -53,6 +57,8 @@ async fn squid_downloads_and_uploads_are_scanned() {
         ("/medium.bin", &medium),
         ("/empty", &Bytes::new()),
         ("/big.bin", &big),
+        ("/medium.chunked", &medium),
+        ("/big.chunked", &big),
     ] {
         let (status, body) = squid.fetch(&origin.url(path), None).await;
         assert_eq!(status, 200, "{path}");
@@ -63,7 +69,13 @@ async fn squid_downloads_and_uploads_are_scanned() {
             want.len()
         );
     }
-    for path in ["/eicar.com", "/eicar.zip"] {
+    // HEAD: the response has no body, whatever its Content-Length says.
+    for path in ["/big.bin", "/eicar.com"] {
+        let (status, head) = squid.fetch_with(&origin.url(path), None, &["-I"]).await;
+        let head = String::from_utf8_lossy(&head);
+        assert_eq!(status, 200, "HEAD {path}: {head}");
+    }
+    for path in ["/eicar.com", "/eicar.zip", "/eicar.chunked"] {
         let (status, body) = squid.fetch(&origin.url(path), None).await;
         let page = String::from_utf8_lossy(&body);
         assert_eq!(status, 403, "{path}: {page}");

@@ -828,12 +828,28 @@ async fn serve_http<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
             Some((_, "deflate")) => "Content-Encoding: deflate\r\n",
             _ => "",
         };
+        // A path ending in .chunked is sent chunked, its length unknown
+        // to the proxy until the end, as a streaming origin sends it.
+        let chunked_out = path.ends_with(".chunked");
+        let length = if chunked_out {
+            "Transfer-Encoding: chunked\r\n".to_owned()
+        } else {
+            format!("Content-Length: {}\r\n", body.len())
+        };
         let head = format!(
-            "HTTP/1.1 {status}\r\nContent-Type: application/octet-stream\r\nContent-Length: {}\r\n{encoding}{content_range}Connection: close\r\n\r\n",
-            body.len()
+            "HTTP/1.1 {status}\r\nContent-Type: application/octet-stream\r\n{length}{encoding}{content_range}Connection: close\r\n\r\n",
         );
         stream.write_all(head.as_bytes()).await?;
-        if method != "HEAD" {
+        if method != "HEAD" && chunked_out {
+            for piece in body.chunks(16 * 1024) {
+                stream
+                    .write_all(format!("{:x}\r\n", piece.len()).as_bytes())
+                    .await?;
+                stream.write_all(piece).await?;
+                stream.write_all(b"\r\n").await?;
+            }
+            stream.write_all(b"0\r\n\r\n").await?;
+        } else if method != "HEAD" {
             stream.write_all(&body).await?;
         }
         stream.shutdown().await?;
