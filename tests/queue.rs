@@ -156,6 +156,28 @@ async fn split_mode_end_to_end() {
         assert!(t.contains("HTTP/1.1 403 Forbidden"), "{mode} infected: {t}");
         assert!(t.contains(support::EICAR_NAME), "{mode} infected: {t}");
     }
+    // A large upload without Allow: 204 is kept whole by the producer too:
+    // the block page, not an answer cut off.
+    let mut large = body(600_000, 77, false);
+    large.extend_from_slice(&eicar());
+    let large = write_file(&dir, "large-upload.com", &large);
+    let t = c_icap_text(
+        port,
+        &[
+            "-s",
+            "avscan",
+            "-v",
+            "-no204",
+            "-f",
+            &large,
+            "-req",
+            "http://origin.test/upload",
+            "-method",
+            "POST",
+        ],
+    )
+    .await;
+    assert!(t.contains("HTTP/1.1 403 Forbidden"), "large upload: {t}");
     // OPTIONS carries the ISTag from the version the handlers publish:
     // the same as a server scanning on that clamd itself.
     let reference = support::TestServer::start(&["--clamd-url", &clamd.tcp_url()]).await;

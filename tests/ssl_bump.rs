@@ -65,11 +65,23 @@ async fn bumped_https_is_scanned() {
     assert_eq!(code, 403, "{}", squid.cache_log());
     assert!(String::from_utf8_lossy(&body).contains(EICAR_NAME));
 
-    // A clean upload reaches the origin.
-    let (code, _) = squid
-        .fetch_with(&origin.https_url("/upload"), Some(b"hello"), &curl)
+    // A large one too, kept whole until the verdict: the block page.
+    let mut large = clean.to_vec();
+    large.extend_from_slice(&eicar());
+    let (code, body) = squid
+        .fetch_with(&origin.https_url("/upload"), Some(&large), &curl)
         .await;
-    assert_eq!(code, 201);
+    assert_eq!(code, 403, "{}", squid.cache_log());
+    assert!(String::from_utf8_lossy(&body).contains(EICAR_NAME));
+
+    // Clean uploads reach the origin whole.
+    for upload in [&b"hello"[..], &clean[..]] {
+        let (code, body) = squid
+            .fetch_with(&origin.https_url("/upload"), Some(upload), &curl)
+            .await;
+        assert_eq!(code, 201);
+        assert_eq!(body, support::stored(upload).into_bytes());
+    }
     squid.assert_cert_cache_works();
     squid.assert_no_icap_errors();
     server.stop().await;
