@@ -211,15 +211,14 @@ async fn intercepted_http_and_https_are_scanned() {
     }
     // Squid saw the client's own address: the traffic was intercepted, not
     // sent to a proxy port. (Squid may write its log lines a little later.)
-    let until = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while !squid.access_log().contains(CLIENT_IP) {
-        assert!(
-            std::time::Instant::now() < until,
-            "access.log:\n{}",
-            squid.access_log()
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
+    support::eventually(std::time::Duration::from_secs(20), || async {
+        let log = squid.access_log();
+        if log.contains(CLIENT_IP) {
+            return Ok(());
+        }
+        Err(format!("no {CLIENT_IP} in access.log:\n{log}"))
+    })
+    .await;
     squid.assert_cert_cache_works();
     squid.assert_no_icap_errors();
     drop(squid);

@@ -799,20 +799,24 @@ async fn a_task_that_keeps_failing_goes_to_dead_letter() {
 
 /// Waits until `/readyz` on each of `ports` answers `status`.
 async fn wait_ready(ports: &[u16], status: u16, what: &str) {
-    let until = std::time::Instant::now() + Duration::from_secs(20);
     for &port in ports {
-        loop {
+        support::eventually(Duration::from_secs(20), || async {
             let (got, body) = support::http_get(port, "/readyz").await;
             if got == status {
-                break;
+                return Ok(());
             }
-            assert!(
-                std::time::Instant::now() < until,
-                "{what}: /readyz on {port} still {got}: {body}"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+            Err(format!("{what}: /readyz on {port} still {got}: {body}"))
+        })
+        .await;
     }
+}
+
+/// A handler serving /metrics, and its metrics port, once it listens.
+fn handler_with_metrics(redis: &RedisProcess, clamd: &ClamdProcess) -> (Service, u16) {
+    let port = support::free_port();
+    let service = handler(redis, clamd, &[("METRICS_PORT", &port.to_string())]);
+    service.wait_port(port, Duration::from_secs(20));
+    (service, port)
 }
 
 /// `/readyz` of producer and handler follows Redis: unready while it is
@@ -829,13 +833,7 @@ async fn readiness_follows_redis_and_clamd() {
         &clamd,
         &[("METRICS_PORT", &producer_metrics.to_string())],
     );
-    let handler_metrics = support::free_port();
-    let handler = handler(
-        &redis,
-        &clamd,
-        &[("METRICS_PORT", &handler_metrics.to_string())],
-    );
-    handler.wait_port(handler_metrics, Duration::from_secs(20));
+    let (_handler, handler_metrics) = handler_with_metrics(&redis, &clamd);
     let both = [producer_metrics, handler_metrics];
     wait_ready(&both, 200, "at start").await;
     redis.stop();
@@ -975,27 +973,23 @@ async fn sample(port: u16, name: &str) -> u64 {
 
 /// Waits until every `(sample, value)` holds on each of `ports`.
 async fn wait_samples(ports: &[u16], want: &[(&str, u64)], what: &str) {
-    let until = std::time::Instant::now() + Duration::from_secs(20);
-    loop {
+    let wanted: Vec<u64> = ports
+        .iter()
+        .flat_map(|_| want.iter().map(|w| w.1))
+        .collect();
+    support::eventually(Duration::from_secs(20), || async {
         let mut seen = Vec::new();
         for &port in ports {
             for &(name, _) in want {
                 seen.push(sample(port, name).await);
             }
         }
-        let wanted: Vec<u64> = ports
-            .iter()
-            .flat_map(|_| want.iter().map(|w| w.1))
-            .collect();
         if seen == wanted {
-            return;
+            return Ok(());
         }
-        assert!(
-            std::time::Instant::now() < until,
-            "{what}: {want:?} on {ports:?}, seen {seen:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        Err(format!("{what}: {want:?} on {ports:?}, seen {seen:?}"))
+    })
+    .await
 }
 
 /// The queue gauges on /metrics follow the lanes, on the producer's port
@@ -1046,13 +1040,7 @@ async fn queue_gauges_on_metrics_follow_the_lanes() {
     // A handler takes them, and clamd answers nothing: pending, on both
     // ports.
     clamd.pause();
-    let handler_metrics = support::free_port();
-    let handler = handler(
-        &redis,
-        &clamd,
-        &[("METRICS_PORT", &handler_metrics.to_string())],
-    );
-    handler.wait_port(handler_metrics, Duration::from_secs(20));
+    let (_handler, handler_metrics) = handler_with_metrics(&redis, &clamd);
     let pending = [
         ("virus_scanner_queue_waiting{lane=\"normal\"}", 0),
         ("virus_scanner_queue_waiting{lane=\"low\"}", 0),

@@ -581,20 +581,36 @@ pub async fn istag(port: u16) -> String {
         .to_owned()
 }
 
+/// Asks `check` every 100 ms until it answers `Ok`, and returns what it
+/// gave; fails the test with its last `Err` once `within` has passed.
+pub async fn eventually<T, F, Fut>(within: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, String>>,
+{
+    let end = Instant::now() + within;
+    loop {
+        match check().await {
+            Ok(done) => return done,
+            Err(why) if Instant::now() >= end => panic!("after {within:?}: {why}"),
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+}
+
 /// Waits until the ISTag of the server on `port` is known (not
 /// `VS-unknown`) and returns it. `within` is far shorter than
 /// VERSION_REFRESH's default minute: an unknown version is asked for again
 /// every few seconds.
 pub async fn known_istag(port: u16, within: Duration) -> String {
-    let end = Instant::now() + within;
-    loop {
+    eventually(within, || async {
         let tag = istag(port).await;
-        if tag != "\"VS-unknown\"" {
-            return tag;
+        if tag == "\"VS-unknown\"" {
+            return Err(format!("ISTag still {tag}"));
         }
-        assert!(Instant::now() < end, "ISTag still {tag} after {within:?}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+        Ok(tag)
+    })
+    .await
 }
 
 /// What a program printed, standard output then standard error.
