@@ -308,14 +308,14 @@ fn serve(serve: impl FnOnce() -> anyhow::Result<()>) -> ExitCode {
 }
 
 /// The clamd client and scanner the settings describe; says whether clamd
-/// answers yet.
-async fn scanner(scan: &ScanConfig) -> Scanner {
+/// answers yet, and `meanwhile` what happens until it does.
+async fn scanner(scan: &ScanConfig, meanwhile: &str) -> Scanner {
     let clamd = Clamd::new(scan.clamd_url.clone(), scan.clamd_options());
     let scanner = Scanner::new(clamd, scan.max_scan_size);
     match scanner.refresh_version().await {
         Ok(v) => tracing::info!(clamd = %scan.clamd_url, version = %v, "clamd reachable"),
         Err(e) => {
-            tracing::warn!(clamd = %scan.clamd_url, error = %e, "clamd not reachable yet; scans fail {:?} until it is", scan.fail_mode)
+            tracing::warn!(clamd = %scan.clamd_url, error = %e, "clamd not reachable yet; {meanwhile}")
         }
     }
     scanner
@@ -467,7 +467,8 @@ async fn serve_frontends(args: FrontendArgs, pipeline: Pipeline) -> anyhow::Resu
 
 #[tokio::main]
 async fn all(args: FrontendArgs) -> anyhow::Result<()> {
-    let scanner = scanner(&args.scan).await;
+    let until = format!("scans fail {:?} until it answers", args.scan.fail_mode);
+    let scanner = scanner(&args.scan, &until).await;
     start_metrics(
         &args.run.metrics,
         crate::metrics::Probes {
@@ -509,7 +510,7 @@ async fn producer(args: ProducerArgs) -> anyhow::Result<()> {
 
 #[tokio::main]
 async fn handler(args: HandlerArgs) -> anyhow::Result<()> {
-    let scanner = scanner(&args.scan).await;
+    let scanner = scanner(&args.scan, "this handler takes no task until it answers").await;
     start_metrics(
         &args.run.metrics,
         crate::metrics::Probes {

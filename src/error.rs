@@ -71,7 +71,12 @@ impl ScanError {
     /// A short label for logs and metrics.
     pub fn kind(&self) -> &'static str {
         match self {
-            ScanError::Connect { .. } => "connect",
+            // clamd could not be reached, refused or timed out: nothing
+            // was sent.
+            ScanError::Connect { .. }
+            | ScanError::Timeout {
+                what: "connect", ..
+            } => "connect",
             ScanError::Timeout { .. } => "timeout",
             ScanError::Io(_) => "io",
             ScanError::Clamd(_) => "clamd_error",

@@ -126,6 +126,7 @@ pub struct Metrics {
     connections_open: AtomicI64,
     connections_total: AtomicU64,
     body_files_left: AtomicU64,
+    handed_back: AtomicU64,
 }
 
 /// The process's metrics.
@@ -146,6 +147,7 @@ impl Metrics {
             connections_open: AtomicI64::new(0),
             connections_total: AtomicU64::new(0),
             body_files_left: AtomicU64::new(0),
+            handed_back: AtomicU64::new(0),
         }
     }
 
@@ -219,6 +221,14 @@ impl Metrics {
         self.body_files_left.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// A handler gave a task back to its lane, unscanned, after a scan
+    /// error of `kind` that another handler may not meet (clamd
+    /// unreachable).
+    pub fn handed_back(&self, kind: &'static str) {
+        self.scan_errors.inc([kind]);
+        self.handed_back.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// The Prometheus text exposition of everything in this process.
     pub fn render(&self) -> String {
         let mut out = String::with_capacity(4096);
@@ -278,11 +288,15 @@ impl Metrics {
              virus_scanner_extproc_streams {}\n\
              # HELP virus_scanner_body_files_left_removed_total Body files left behind on SCAN_MOUNT that a handler removed (ORPHAN_AGE).\n\
              # TYPE virus_scanner_body_files_left_removed_total counter\n\
-             virus_scanner_body_files_left_removed_total {}",
+             virus_scanner_body_files_left_removed_total {}\n\
+             # HELP virus_scanner_tasks_handed_back_total Tasks a handler gave back to their lane unscanned, its clamd unreachable.\n\
+             # TYPE virus_scanner_tasks_handed_back_total counter\n\
+             virus_scanner_tasks_handed_back_total {}",
             self.connections_open.load(Ordering::Relaxed),
             self.connections_total.load(Ordering::Relaxed),
             virus_scanner_grpc::server::open_streams(),
             self.body_files_left.load(Ordering::Relaxed),
+            self.handed_back.load(Ordering::Relaxed),
         );
         out
     }

@@ -9,6 +9,14 @@
 //! `MAX_DELIVERIES` times goes to the dead-letter stream, and its producer
 //! gets an explicit error instead of a verdict.
 //!
+//! A handler takes tasks only while its clamd answers. One that cannot
+//! reach clamd (not started yet, restarting, gone) hands the task back to
+//! its lane for another handler, and takes none until a PING succeeds: a
+//! handler whose clamd is down does not turn its share of the traffic into
+//! errors while other handlers could scan it. Nothing was sent to clamd, so
+//! the scan can be repeated as it was; the task's deadline still bounds
+//! the wait, and past it the producer applies the failure mode.
+//!
 //! Lanes are served by priority without starving the low one: each worker
 //! turns through a fixed schedule (high, normal, high, low, high, normal,
 //! high), starting each read at that turn's lane and falling back to the
@@ -111,6 +119,9 @@ const SCHEDULE: [Priority; 7] = [
 /// How long a lane found empty is left out of the non-blocking reads.
 const EMPTY_LANE_SKIP: Duration = Duration::from_millis(20);
 
+/// How often an unreachable clamd is asked again (PING).
+const CLAMD_RETRY: Duration = Duration::from_secs(1);
+
 /// How long a read blocks when every lane is empty.
 const BLOCK: Duration = Duration::from_secs(1);
 
@@ -138,6 +149,8 @@ struct Shared {
     /// When (ms since the epoch) the lanes are next checked for tasks left
     /// pending by a dead worker.
     next_reclaim: AtomicU64,
+    /// Whether clamd answers: workers take tasks only while it does.
+    clamd_up: watch::Sender<bool>,
 }
 
 /// One stream entry taken from a lane.
@@ -187,9 +200,11 @@ pub async fn run(
         mount,
         name: name.clone(),
         next_reclaim: AtomicU64::new(0),
+        clamd_up: watch::Sender::new(false),
     });
     tracing::info!(handler = %name, workers, redis = %redis.display_url(), "handler started");
     let version = tokio::spawn(publish_version(shared.clone()));
+    let watcher = tokio::spawn(watch_clamd(shared.clone()));
     let sweeper = match (&shared.mount, shared.config.orphan_age) {
         (Some(mount), age) if !age.is_zero() => {
             Some(tokio::spawn(sweep_orphans(mount.clone(), age)))
@@ -208,6 +223,7 @@ pub async fn run(
             empty_until: [0; 3],
             recheck_own: false,
             stop: stop_rx.clone(),
+            clamd_up: shared.clamd_up.subscribe(),
         };
         tasks.spawn(worker.run());
     }
@@ -219,6 +235,7 @@ pub async fn run(
         tracing::warn!("scans still running after SHUTDOWN_GRACE; their tasks stay pending and another handler takes them over");
     }
     version.abort();
+    watcher.abort();
     if let Some(sweeper) = sweeper {
         sweeper.abort();
     }
@@ -284,6 +301,38 @@ async fn publish_version(shared: Arc<Shared>) {
     }
 }
 
+/// Keeps `clamd_up` true while clamd answers: once it is found down (at
+/// start, or by a scan that could not connect), PINGs it every
+/// [`CLAMD_RETRY`] until it answers again.
+async fn watch_clamd(shared: Arc<Shared>) {
+    let mut up = shared.clamd_up.subscribe();
+    loop {
+        if up.wait_for(|up| !*up).await.is_err() {
+            return;
+        }
+        let mut said = false;
+        loop {
+            match shared.scanner.clamd().ping().await {
+                Ok(()) => {
+                    if said {
+                        tracing::info!("clamd answers again: taking tasks");
+                    } else {
+                        tracing::info!("clamd answers: taking tasks");
+                    }
+                    shared.clamd_up.send_replace(true);
+                    break;
+                }
+                Err(e) if !said => {
+                    said = true;
+                    tracing::warn!(error = %e, "clamd does not answer: taking no tasks until it does");
+                }
+                Err(e) => tracing::debug!(error = %e, "clamd still does not answer"),
+            }
+            tokio::time::sleep(CLAMD_RETRY).await;
+        }
+    }
+}
+
 struct Worker {
     shared: Arc<Shared>,
     /// This worker's own connection, for its blocking reads.
@@ -300,12 +349,21 @@ struct Worker {
     /// it may never have seen (the answer was lost with the connection).
     recheck_own: bool,
     stop: watch::Receiver<bool>,
+    /// Whether clamd answers ([`Shared::clamd_up`]).
+    clamd_up: watch::Receiver<bool>,
 }
 
 impl Worker {
     async fn run(mut self) {
         let mut backoff = Backoff::new(Duration::from_millis(100));
         while !*self.stop.borrow() {
+            if !*self.clamd_up.borrow_and_update() {
+                tokio::select! {
+                    _ = self.clamd_up.changed() => {}
+                    _ = self.stop.changed() => {}
+                }
+                continue;
+            }
             match self.next().await {
                 Ok(Some(entry)) => {
                     backoff.reset();
@@ -515,6 +573,18 @@ impl Worker {
                 never = renew => match never {},
             }
         };
+        if let Verdict::Error {
+            kind: "connect",
+            message,
+        } = &verdict
+        {
+            // clamd could not be reached: nothing was scanned, and another
+            // handler may have a clamd that answers.
+            self.shared.clamd_up.send_replace(false);
+            crate::metrics::METRICS.handed_back("connect");
+            tracing::warn!(id = %task.id, lane = entry.lane.as_str(), error = %message, "clamd unreachable: task handed back to its lane");
+            return self.hand_back(&entry).await;
+        }
         let signature = match &verdict {
             Verdict::Infected { signatures } => signatures.join(","),
             _ => String::new(),
@@ -697,54 +767,78 @@ impl Worker {
         let keys = &shared.keys;
         let ttl = shared.config.result_ttl.as_secs().max(1);
         let json = result.to_json();
-        let mut backoff = Backoff::new(Duration::from_millis(100));
-        loop {
-            let mut pipe = redis::pipe();
-            pipe.atomic();
-            if let Some(task) = task {
-                pipe.cmd("SET")
-                    .arg(keys.result(&task.id))
-                    .arg(&json)
-                    .arg("EX")
-                    .arg(ttl)
-                    .ignore();
-                if task.reply_to.starts_with(&keys.reply("")) {
-                    pipe.cmd("RPUSH").arg(&task.reply_to).arg(&json).ignore();
-                    pipe.cmd("EXPIRE").arg(&task.reply_to).arg(ttl).ignore();
-                }
-                if let Provider::Stream { key } = &task.provider {
-                    if key.starts_with(&keys.body("")) {
-                        pipe.cmd("DEL").arg(key).ignore();
-                    }
+        let mut pipe = redis::pipe();
+        if let Some(task) = task {
+            pipe.cmd("SET")
+                .arg(keys.result(&task.id))
+                .arg(&json)
+                .arg("EX")
+                .arg(ttl)
+                .ignore();
+            if task.reply_to.starts_with(&keys.reply("")) {
+                pipe.cmd("RPUSH").arg(&task.reply_to).arg(&json).ignore();
+                pipe.cmd("EXPIRE").arg(&task.reply_to).arg(ttl).ignore();
+            }
+            if let Provider::Stream { key } = &task.provider {
+                if key.starts_with(&keys.body("")) {
+                    pipe.cmd("DEL").arg(key).ignore();
                 }
             }
-            pipe.cmd("XACK")
-                .arg(keys.lane(entry.lane))
-                .arg(GROUP)
-                .arg(&entry.id)
-                .ignore();
-            pipe.cmd("XDEL")
-                .arg(keys.lane(entry.lane))
-                .arg(&entry.id)
-                .ignore();
-            let mut conn = shared.conn.clone();
-            match pipe.query_async::<()>(&mut conn).await {
-                Ok(()) => break,
-                Err(e) if *self.stop.borrow() => {
-                    tracing::warn!(error = %e, "stopping with a result unpublished; the task stays pending");
-                    return;
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "publishing the result: Redis failed; retrying");
-                    backoff.wait().await;
-                }
-            }
+        }
+        if !self.settle(entry, pipe, "publishing the result").await {
+            return;
         }
         if let (Some(Provider::Disk { name }), Some(mount)) =
             (task.map(|t| &t.provider), &shared.mount)
         {
             if let Err(e) = mount.remove_off_thread(name).await {
                 tracing::warn!(error = %e, "could not remove the body file");
+            }
+        }
+    }
+
+    /// Puts a task back at the end of its lane, as a new entry with the
+    /// same fields, for any handler to take; the entry this worker held is
+    /// acknowledged and deleted in the same transaction. Its body stays
+    /// where it is.
+    async fn hand_back(&mut self, entry: &Entry) {
+        let mut pipe = redis::pipe();
+        let add = pipe
+            .cmd("XADD")
+            .arg(self.shared.keys.lane(entry.lane))
+            .arg("*");
+        for (name, value) in &entry.fields {
+            add.arg(name).arg(value);
+        }
+        add.ignore();
+        self.settle(entry, pipe, "handing the task back").await;
+    }
+
+    /// Runs `pipe` and the entry's XACK and XDEL as one transaction,
+    /// retrying while Redis is away. False when the worker stopped first:
+    /// the entry then stays pending, to be claimed again.
+    async fn settle(&mut self, entry: &Entry, mut pipe: redis::Pipeline, what: &str) -> bool {
+        let lane = self.shared.keys.lane(entry.lane);
+        pipe.atomic();
+        pipe.cmd("XACK")
+            .arg(&lane)
+            .arg(GROUP)
+            .arg(&entry.id)
+            .ignore();
+        pipe.cmd("XDEL").arg(&lane).arg(&entry.id).ignore();
+        let mut backoff = Backoff::new(Duration::from_millis(100));
+        loop {
+            let mut conn = self.shared.conn.clone();
+            match pipe.query_async::<()>(&mut conn).await {
+                Ok(()) => return true,
+                Err(e) if *self.stop.borrow() => {
+                    tracing::warn!(error = %e, "stopping before {what} succeeded; the task stays pending");
+                    return false;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "{what}: Redis failed; retrying");
+                    backoff.wait().await;
+                }
             }
         }
     }

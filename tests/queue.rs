@@ -1015,12 +1015,7 @@ async fn queue_gauges_on_metrics_follow_the_lanes() {
         (2, "origin.test"),
         (3, "a.slow.test"),
     ] {
-        scans.push(tokio::spawn(async move {
-            let url = format!("http://{host}/gauge-{n}");
-            icap_respmod(port, &url, &body(2000, 100 + n, false), "")
-                .await
-                .unwrap()
-        }));
+        scans.push(tokio::spawn(gauge_scan(port, n, host)));
     }
     let normal = [
         ("virus_scanner_queue_length{lane=\"normal\"}", 2),
@@ -1037,10 +1032,36 @@ async fn queue_gauges_on_metrics_follow_the_lanes() {
         "no handler",
     )
     .await;
-    // A handler takes them, and clamd answers nothing: pending, on both
-    // ports.
+    // A handler takes them and scans them.
+    let (handler, handler_metrics) = handler_with_metrics(&redis, &clamd);
+    for scan in scans {
+        let answer = scan.await.unwrap();
+        assert!(answer.is_clean(), "{answer:?}");
+    }
+    let drained = [
+        ("virus_scanner_queue_length{lane=\"normal\"}", 0),
+        ("virus_scanner_queue_length{lane=\"low\"}", 0),
+        ("virus_scanner_queue_pending{lane=\"normal\"}", 0),
+        ("virus_scanner_queue_pending{lane=\"low\"}", 0),
+        ("virus_scanner_queue_up", 1),
+        ("virus_scanner_dead_letters", 0),
+    ];
+    wait_samples(&[producer_metrics, handler_metrics], &drained, "scanned").await;
+    handler
+        .wait_log("clamd answers: taking tasks", 1, Duration::from_secs(5))
+        .await;
+
+    // clamd freezes: it accepts connections and answers nothing, and the
+    // handler takes three more: pending, on both ports.
     clamd.pause();
-    let (_handler, handler_metrics) = handler_with_metrics(&redis, &clamd);
+    let scans: Vec<_> = [
+        (4u64, "origin.test"),
+        (5, "origin.test"),
+        (6, "a.slow.test"),
+    ]
+    .into_iter()
+    .map(|(n, host)| tokio::spawn(gauge_scan(port, n, host)))
+    .collect();
     let pending = [
         ("virus_scanner_queue_waiting{lane=\"normal\"}", 0),
         ("virus_scanner_queue_waiting{lane=\"low\"}", 0),
@@ -1058,15 +1079,15 @@ async fn queue_gauges_on_metrics_follow_the_lanes() {
         let answer = scan.await.unwrap();
         assert!(answer.is_clean(), "{answer:?}");
     }
-    let drained = [
-        ("virus_scanner_queue_length{lane=\"normal\"}", 0),
-        ("virus_scanner_queue_length{lane=\"low\"}", 0),
-        ("virus_scanner_queue_pending{lane=\"normal\"}", 0),
-        ("virus_scanner_queue_pending{lane=\"low\"}", 0),
-        ("virus_scanner_queue_up", 1),
-        ("virus_scanner_dead_letters", 0),
-    ];
     wait_samples(&[producer_metrics, handler_metrics], &drained, "scanned").await;
+}
+
+/// A clean download of `host` for the gauge test, its body unique to `n`.
+async fn gauge_scan(port: u16, n: u64, host: &'static str) -> IcapAnswer {
+    let url = format!("http://{host}/gauge-{n}");
+    icap_respmod(port, &url, &body(2000, 100 + n, false), "")
+        .await
+        .unwrap()
 }
 
 /// Queues a task written by hand, as a producer writes it, with `provider`
@@ -1379,4 +1400,82 @@ async fn rediss_with_a_password() {
     for log in [producer.log(), handler.log()] {
         assert!(!log.contains("s3cret"), "the password was logged:\n{log}");
     }
+}
+
+/// A handler whose clamd does not answer (a pod scaled up before its clamd
+/// has loaded, a clamd that died) takes no task: every scan goes to the
+/// handler whose clamd answers and gets its verdict. With no such handler,
+/// the failure mode applies at the deadline, explicitly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handler_whose_clamd_is_down_takes_no_tasks() {
+    let redis = RedisProcess::start();
+    let clamd = ClamdProcess::start();
+    let (producer, port) = producer(&redis, &clamd, &[("SCAN_DEADLINE", "3s")]);
+    let nowhere = format!("tcp://127.0.0.1:{}", support::free_port());
+    let idle = handler(&redis, &clamd, &[("CLAMD_URL", &nowhere)]);
+    idle.wait_log("handler started", 1, Duration::from_secs(20))
+        .await;
+
+    let started = std::time::Instant::now();
+    let late = scan(port, 1, 2_000, true).await;
+    assert!(late.is_unavailable(), "{late:?}");
+    assert!(started.elapsed() >= Duration::from_secs(2), "{late:?}");
+
+    let _working = handler(&redis, &clamd, &[]);
+    let mut seed = 100;
+    let cases: Vec<(usize, bool)> = (0..24).map(|i| (3_000 + i, i % 3 == 0)).collect();
+    scan_each(port, &mut seed, &cases, "with one handler's clamd down").await;
+    assert!(
+        !idle.log().contains("scanned id="),
+        "the handler without clamd took a task:\n{}",
+        idle.log()
+    );
+    // The one error is the scan that had no working handler.
+    let log = producer.log();
+    assert_eq!(log.matches("verdict=\"error\"").count(), 1, "{log}");
+}
+
+/// clamd stops under a working handler: the task it could not scan goes
+/// back to its lane, unanswered, and is scanned once clamd is back, within
+/// the task's deadline; the user waits instead of getting the "scanner
+/// unavailable" page.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scan_waits_for_a_clamd_that_restarts() {
+    let redis = RedisProcess::start();
+    let mut clamd = ClamdProcess::start();
+    let (_producer, port) = producer(&redis, &clamd, &[]);
+    let (handler, metrics) = handler_with_metrics(&redis, &clamd);
+    let mut seed = 0;
+    scan_each(port, &mut seed, &[(1_000, false)], "before clamd stops").await;
+
+    clamd.stop();
+    let infected = tokio::spawn(scan(port, 11, 5_000, true));
+    let clean = tokio::spawn(scan(port, 12, 5_000, false));
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        !infected.is_finished() && !clean.is_finished(),
+        "answered while clamd was down"
+    );
+    handler
+        .wait_log("task handed back", 1, Duration::from_secs(5))
+        .await;
+    handler
+        .wait_log("taking no tasks", 1, Duration::from_secs(5))
+        .await;
+    assert!(sample(metrics, "virus_scanner_tasks_handed_back_total").await >= 1);
+
+    clamd.restart();
+    let within = Duration::from_secs(30);
+    let infected = tokio::time::timeout(within, infected)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_verdict(&infected, true, "scanned after clamd came back");
+    let clean = tokio::time::timeout(within, clean).await.unwrap().unwrap();
+    assert_verdict(&clean, false, "scanned after clamd came back");
+    handler
+        .wait_log("clamd answers again", 1, Duration::from_secs(5))
+        .await;
+    let log = handler.log();
+    assert!(!log.contains("verdict=\"error\""), "{log}");
 }
