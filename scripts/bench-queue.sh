@@ -94,6 +94,28 @@ compare "$SIZES" \
   --target "clamd-fildes=fildes+unix://$dir/clamd.sock"
 echo
 
+# The queue's own processes (Redis, producer, handlers) take CPU that raw
+# clamd's client does not, and on two shared cores that CPU is clamd's. In a
+# deployment the handlers and their clamds scale out on machines of their
+# own: measured again with clamd alone on CPU 0 and every other process,
+# the load generator included, on CPU 1.
+if [ "$(nproc)" -ge 2 ] && command -v taskset >/dev/null; then
+  echo "## The same with clamd alone on CPU 0 (Redis, producers, handlers and the load generator on CPU 1)"
+  echo
+  every=$(taskset -p $$ | awk '{print $NF}')
+  for p in "${pids[@]}"; do
+    if [ "$p" = "$clamd" ]; then taskset -a -p -c 0 "$p"; else taskset -a -p -c 1 "$p"; fi >/dev/null
+  done
+  taskset -c 1 "$bin/virus-scanner" bench --duration "$DURATION" --rounds "$ROUNDS" --connections "$CONNECTIONS" \
+    --sizes "$SIZES" --server-pids "$(IFS=,; echo "${pids[*]}")" \
+    --target "clamd-instream=instream+tcp://127.0.0.1:$clamd_port" \
+    --target "split=icap://127.0.0.1:$split_port/avscan" \
+    --target "split-unix=icap://127.0.0.1:$unix_port/avscan" \
+    --target "clamd-fildes=fildes+unix://$dir/clamd.sock"
+  for p in "${pids[@]}"; do taskset -a -p "$every" "$p" >/dev/null; done
+  echo
+fi
+
 if [ -n "$DISK_SIZES" ]; then
   echo "## Split mode with the disk provider (unique bodies; same ICAP requests)"
   echo
@@ -128,8 +150,12 @@ lonely_port=$(free_port)
 ICAP_PORT=$lonely_port PRODUCER_PORT=$(free_port) METRICS_PORT=0 MAX_CONNECTIONS=$((QUEUED + 100)) REDIS_PREFIX=$lonely_prefix \
   $bin/virus-scanner-producer & lonely=$!; pids+=($lonely)
 wait_port "$lonely_port"
+# Warmed up with a handler of its own, which then goes: without one, the
+# warm-up's scans would wait for their deadline.
+REDIS_PREFIX=$lonely_prefix METRICS_PORT=0 $bin/virus-scanner-handler >/dev/null 2>&1 & warm=$!
 $bin/virus-scanner bench --duration 2s --connections 8 --sizes 4K \
   --target "warm-up=icap://127.0.0.1:$lonely_port/avscan" >/dev/null 2>&1 || true
+kill "$warm"; wait "$warm" 2>/dev/null || true
 # First the connections alone, then a scan queued on each: what the queue
 # itself costs, apart from the ICAP connections a proxy holds open anyway.
 python3 scripts/queued_memory.py "$lonely_port" "$lonely" "$QUEUED" \

@@ -1410,18 +1410,25 @@ async fn rediss_with_a_password() {
 async fn a_handler_whose_clamd_is_down_takes_no_tasks() {
     let redis = RedisProcess::start();
     let clamd = ClamdProcess::start();
-    let (producer, port) = producer(&redis, &clamd, &[("SCAN_DEADLINE", "3s")]);
+    let (hasty, hasty_port) = producer(&redis, &clamd, &[("SCAN_DEADLINE", "3s")]);
+    let (producer, port) = producer(&redis, &clamd, &[]);
     let nowhere = format!("tcp://127.0.0.1:{}", support::free_port());
     let idle = handler(&redis, &clamd, &[("CLAMD_URL", &nowhere)]);
     idle.wait_log("handler started", 1, Duration::from_secs(20))
         .await;
 
     let started = std::time::Instant::now();
-    let late = scan(port, 1, 2_000, true).await;
+    let late = scan(hasty_port, 1, 2_000, true).await;
     assert!(late.is_unavailable(), "{late:?}");
     assert!(started.elapsed() >= Duration::from_secs(2), "{late:?}");
+    hasty
+        .wait_log("verdict=\"error\"", 1, Duration::from_secs(5))
+        .await;
 
-    let _working = handler(&redis, &clamd, &[]);
+    let working = handler(&redis, &clamd, &[]);
+    working
+        .wait_log("clamd answers: taking tasks", 1, Duration::from_secs(20))
+        .await;
     let mut seed = 100;
     let cases: Vec<(usize, bool)> = (0..24).map(|i| (3_000 + i, i % 3 == 0)).collect();
     scan_each(port, &mut seed, &cases, "with one handler's clamd down").await;
@@ -1430,9 +1437,8 @@ async fn a_handler_whose_clamd_is_down_takes_no_tasks() {
         "the handler without clamd took a task:\n{}",
         idle.log()
     );
-    // The one error is the scan that had no working handler.
     let log = producer.log();
-    assert_eq!(log.matches("verdict=\"error\"").count(), 1, "{log}");
+    assert!(!log.contains("verdict=\"error\""), "{log}");
 }
 
 /// clamd stops under a working handler: the task it could not scan goes
