@@ -1,5 +1,4 @@
-//! Errors of the scanning service: where they came from, and whether trying
-//! again can help.
+//! Errors of the scanning service.
 //!
 //! Frontends do not match on these to pick a wire answer one by one: a scan
 //! error becomes a [`crate::model::Verdict::Error`], and the failure mode
@@ -7,17 +6,6 @@
 
 use std::io;
 use std::time::Duration;
-
-/// Who is at fault.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Origin {
-    /// The proxy or client sent something wrong.
-    Client,
-    /// The scanner (clamd) or the queue failed.
-    Backend,
-    /// A bug or resource problem here.
-    Internal,
-}
 
 /// Why a scan did not produce a verdict.
 #[derive(Debug, thiserror::Error)]
@@ -54,20 +42,6 @@ pub enum ScanError {
 }
 
 impl ScanError {
-    /// Where the error came from.
-    pub fn origin(&self) -> Origin {
-        Origin::Backend
-    }
-
-    /// Whether the same scan might succeed if tried again (on another
-    /// connection or after clamd restarts).
-    pub fn retryable(&self) -> bool {
-        !matches!(
-            self,
-            ScanError::Clamd(_) | ScanError::SizeLimit(_) | ScanError::Protocol(_)
-        )
-    }
-
     /// A short label for logs and metrics.
     pub fn kind(&self) -> &'static str {
         match self {

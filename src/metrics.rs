@@ -221,11 +221,13 @@ impl Metrics {
         self.body_files_left.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// A handler gave a task back to its lane, unscanned, after a scan
-    /// error of `kind` that another handler may not meet (clamd
-    /// unreachable).
-    pub fn handed_back(&self, kind: &'static str) {
-        self.scan_errors.inc([kind]);
+    /// A handler gave a task back to its lane, unscanned, because its
+    /// clamd does not answer: after a scan that `failed` with that kind of
+    /// error, or without trying once clamd was known to be gone.
+    pub fn handed_back(&self, failed: Option<&'static str>) {
+        if let Some(kind) = failed {
+            self.scan_errors.inc([kind]);
+        }
         self.handed_back.fetch_add(1, Ordering::Relaxed);
     }
 

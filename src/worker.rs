@@ -550,6 +550,13 @@ impl Worker {
             None => return self.dead_letter(&entry, "entry has no task field", 1).await,
         };
         let stale = now_ms() > task.deadline_ms;
+        if !stale && !*self.clamd_up.borrow() {
+            // Read while another worker found clamd gone: the outage is
+            // logged already, and trying clamd again would only fail.
+            crate::metrics::METRICS.handed_back(None);
+            tracing::debug!(id = %task.id, lane = entry.lane.as_str(), "clamd does not answer: task handed back to its lane");
+            return self.hand_back(&entry).await;
+        }
         let (verdict, bytes) = if stale {
             (
                 Verdict::Error {
@@ -581,7 +588,7 @@ impl Worker {
             // clamd could not be reached: nothing was scanned, and another
             // handler may have a clamd that answers.
             self.shared.clamd_up.send_replace(false);
-            crate::metrics::METRICS.handed_back("connect");
+            crate::metrics::METRICS.handed_back(Some("connect"));
             tracing::warn!(id = %task.id, lane = entry.lane.as_str(), error = %message, "clamd unreachable: task handed back to its lane");
             return self.hand_back(&entry).await;
         }
