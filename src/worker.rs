@@ -708,7 +708,16 @@ impl Worker {
                         last = id;
                         for (name, value) in fields {
                             match name.as_slice() {
-                                b"d" => session.write(&value).await,
+                                b"d" => {
+                                    session.write(&value).await;
+                                    if session.has_failed() {
+                                        // The verdict is an error whatever
+                                        // follows: no need to wait for the
+                                        // rest of the body.
+                                        let n = session.received();
+                                        return (session.finish().await, n);
+                                    }
+                                }
                                 b"end" => {
                                     let n = session.received();
                                     let declared = std::str::from_utf8(&value)
