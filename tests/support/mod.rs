@@ -536,7 +536,7 @@ pub async fn curl(
 ) -> (u16, Vec<u8>) {
     let n = free_port();
     let out = scratch.join(format!("body-{n}"));
-    cmd.args(["-s", "-w", "%{http_code}", "--max-time", "120", "-o"])
+    cmd.args(["-sS", "-w", "%{http_code}", "--max-time", "120", "-o"])
         .arg(&out)
         .arg(url);
     if let Some(data) = upload {
@@ -550,6 +550,10 @@ pub async fn curl(
         .trim()
         .parse()
         .unwrap_or(0);
+    if code == 0 {
+        // No answer at all: say why in the failing test's output.
+        eprintln!("curl {url}: {}", String::from_utf8_lossy(&output.stderr));
+    }
     let body = std::fs::read(&out).unwrap_or_default();
     let _ = std::fs::remove_file(&out);
     (code, body)
