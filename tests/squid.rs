@@ -307,3 +307,110 @@ async fn concurrent_large_uploads_all_arrive() {
     }
     squid.assert_no_icap_errors();
 }
+
+/// Squid in front of the split mode: a producer queueing to Redis, two
+/// handlers scanning with clamd. Bodies of each data provider (inline,
+/// streamed through Redis, on disk) go through as with `all`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn squid_through_a_producer_and_two_handlers() {
+    const PRODUCER: &str = env!("CARGO_BIN_EXE_virus-scanner-producer");
+    const HANDLER: &str = env!("CARGO_BIN_EXE_virus-scanner-handler");
+    let redis = support::RedisProcess::start();
+    let clamd = ClamdProcess::start();
+    let clean = Bytes::from(b"Nothing to see here, just text.\n".repeat(100));
+    let medium = support::patterned(1_000_000);
+    let big = big_body();
+    let mut infected_big = big.slice(..5 << 20).to_vec();
+    infected_big.extend_from_slice(&eicar());
+    let files = HashMap::from([
+        ("/clean.txt".to_owned(), clean.clone()),
+        ("/medium.bin".to_owned(), medium.clone()),
+        ("/big.bin".to_owned(), big.clone()),
+        ("/big.chunked".to_owned(), big.clone()),
+        ("/empty".to_owned(), Bytes::new()),
+        ("/eicar.com".to_owned(), Bytes::from(eicar())),
+        ("/eicar.zip".to_owned(), Bytes::from(fixture("eicar.zip"))),
+        (
+            "/infected-big.bin".to_owned(),
+            Bytes::from(infected_big.clone()),
+        ),
+    ]);
+    let origin = Origin::start(files).await;
+    let mount = support::TempDir::new("mount");
+    for disk in [false, true] {
+        let mut env = vec![
+            ("REDIS_HOST", "127.0.0.1".to_owned()),
+            ("REDIS_PORT", redis.port.to_string()),
+            ("CLAMD_URL", clamd.tcp_url()),
+            ("MAX_SCAN_SIZE", "100M".to_owned()),
+        ];
+        if disk {
+            env.push(("SCAN_MOUNT", mount.path().display().to_string()));
+        }
+        let port = support::free_port();
+        let mut producer_env = env.clone();
+        producer_env.push(("ICAP_PORT", port.to_string()));
+        let producer = support::Service::start(PRODUCER, &producer_env);
+        producer.wait_port(port, std::time::Duration::from_secs(20));
+        let handlers = [
+            support::Service::start(HANDLER, &env),
+            support::Service::start(HANDLER, &env),
+        ];
+        let squid = Squid::start("forward.conf", port);
+        for (path, want) in [
+            ("/clean.txt", &clean),
+            ("/medium.bin", &medium),
+            ("/empty", &Bytes::new()),
+            ("/big.bin", &big),
+            ("/big.chunked", &big),
+        ] {
+            let (status, body) = squid.fetch(&origin.url(path), None).await;
+            assert_eq!(status, 200, "disk {disk}: {path}\n{}", producer.log());
+            assert!(
+                body == want.as_ref(),
+                "disk {disk}: {path}: {} bytes arrived, {} expected",
+                body.len(),
+                want.len()
+            );
+        }
+        for path in ["/eicar.com", "/eicar.zip"] {
+            let (status, body) = squid.fetch(&origin.url(path), None).await;
+            let page = String::from_utf8_lossy(&body);
+            assert_eq!(status, 403, "disk {disk}: {path}: {page}");
+            assert!(page.contains(EICAR_NAME), "disk {disk}: {path}: {page}");
+        }
+        let (_, body) = squid.fetch(&origin.url("/infected-big.bin"), None).await;
+        assert!(
+            !body.windows(eicar().len()).any(|w| w == eicar()),
+            "disk {disk}: the test string reached the client"
+        );
+        for (upload, want) in [
+            (Bytes::from(eicar()), 403),
+            (clean.clone(), 201),
+            (big.clone(), 201),
+            (Bytes::from(infected_big.clone()), 403),
+        ] {
+            let (status, body) = squid.fetch(&origin.url("/upload"), Some(&upload)).await;
+            assert_eq!(
+                status,
+                want,
+                "disk {disk}: upload of {} bytes: {}",
+                upload.len(),
+                String::from_utf8_lossy(&body[..body.len().min(500)])
+            );
+        }
+        squid.assert_no_icap_errors();
+        // Each provider was used, by both handlers between them.
+        let logs = handlers.iter().map(|h| h.log()).collect::<String>();
+        let large = if disk { "disk" } else { "stream" };
+        for provider in ["inline", large] {
+            assert!(
+                logs.contains(&format!("provider=\"{provider}\"")),
+                "disk {disk}: no {provider} body scanned:\n{logs}"
+            );
+        }
+        assert!(!producer.log().contains("ERROR"), "{}", producer.log());
+    }
+    let left: Vec<_> = std::fs::read_dir(mount.path()).unwrap().collect();
+    assert!(left.is_empty(), "body files left on the mount: {left:?}");
+}
