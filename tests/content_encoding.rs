@@ -1,7 +1,8 @@
 //! Bodies sent with a Content-Encoding clamd cannot see through (`br`,
-//! `deflate`) are decoded before the scan: EICAR inside them is found, over
-//! ICAP, through a real Squid, in split mode and over ext_proc (the last in
-//! tests/extproc.rs). Without decoding, clamd answers OK for all of them.
+//! `deflate`, `zstd`) are decoded before the scan: EICAR inside them is
+//! found, over ICAP, through a real Squid, in split mode and over ext_proc
+//! (the last in tests/extproc.rs). Without decoding, clamd answers OK for
+//! all of them.
 
 mod support;
 
@@ -26,6 +27,29 @@ fn zlib(data: &[u8]) -> Vec<u8> {
     miniz_oxide::deflate::compress_to_vec_zlib(data, 6)
 }
 
+fn zstd(data: &[u8]) -> Vec<u8> {
+    zstd::encode_all(data, 19).unwrap()
+}
+
+/// EICAR amid random letters, as zstd: the letters make zstd code its
+/// literals (EICAR's among them) with Huffman, so the encoded bytes do not
+/// hold it. (zstd stores a body as short as EICAR alone as it is, where
+/// clamd would find it undecoded.)
+fn eicar_zstd() -> Vec<u8> {
+    let mut rng = support::Rng(7);
+    let mut letters = || -> Vec<u8> { (0..20_000).map(|_| b'a' + rng.below(26) as u8).collect() };
+    let mut plain = letters();
+    plain.extend_from_slice(&eicar());
+    plain.extend_from_slice(&letters());
+    let encoded = zstd(&plain);
+    let e = eicar();
+    assert!(
+        !encoded.windows(e.len()).any(|w| w == e),
+        "EICAR shows in the zstd bytes"
+    );
+    encoded
+}
+
 /// Bodies encoded so that clamd alone cannot see EICAR in them, with their
 /// Content-Encoding.
 fn hidden_eicar() -> Vec<(&'static str, Vec<u8>)> {
@@ -37,6 +61,8 @@ fn hidden_eicar() -> Vec<(&'static str, Vec<u8>)> {
         ("deflate", miniz_oxide::deflate::compress_to_vec(&e, 6)),
         // Two codings: deflate, then gzip over it.
         ("deflate, gzip", gzip(&zlib(&e))),
+        ("zstd", eicar_zstd()),
+        ("br, zstd", zstd(&eicar_br())),
     ]
 }
 
@@ -62,6 +88,7 @@ async fn encoded_bodies_are_decoded_before_the_scan() {
         ("br", brotli_stored(&[&clean])),
         ("deflate", zlib(&clean)),
         ("gzip", gzip(&clean)),
+        ("zstd", zstd(&clean)),
     ] {
         let answer = respmod(port, coding, &body).await;
         assert!(answer.is_clean(), "{coding}: {answer:?}");
@@ -88,10 +115,12 @@ fn undecodable() -> Vec<(&'static str, Vec<u8>)> {
 "
         .repeat(100),
     );
+    let z = zstd(&b"the start of a body\n".repeat(100));
     vec![
         ("br", cut[..cut.len() - 1].to_vec()),
         ("br", b"plainly not brotli".to_vec()),
         ("deflate", deflate[..deflate.len() / 2].to_vec()),
+        ("zstd", z[..z.len() - 2].to_vec()),
     ]
 }
 
@@ -169,6 +198,7 @@ async fn squid_downloads_with_br_or_deflate_are_scanned_decoded() {
     let files = HashMap::from([
         ("/eicar.br".to_owned(), Bytes::from(eicar_br())),
         ("/eicar.deflate".to_owned(), Bytes::from(zlib(&eicar()))),
+        ("/eicar.zstd".to_owned(), Bytes::from(eicar_zstd())),
         (
             "/clean.br".to_owned(),
             Bytes::from(brotli_stored(&[&clean])),
@@ -176,7 +206,7 @@ async fn squid_downloads_with_br_or_deflate_are_scanned_decoded() {
     ]);
     let origin = Origin::start(files).await;
     let squid = Squid::start("forward.conf", server.port());
-    for path in ["/eicar.br", "/eicar.deflate"] {
+    for path in ["/eicar.br", "/eicar.deflate", "/eicar.zstd"] {
         let (status, body) = squid.fetch(&origin.url(path), None).await;
         let page = String::from_utf8_lossy(&body);
         assert_eq!(status, 403, "{path}: {page}");
@@ -224,6 +254,7 @@ async fn split_mode_handlers_decode_too() {
         for (coding, body) in [
             ("br", eicar_br()),
             ("deflate", zlib(&eicar())),
+            ("zstd", eicar_zstd()),
             // EICAR cut between two meta-blocks, after 4000 bytes.
             ("br", brotli_stored(&[&padded[..4030], &padded[4030..]])),
         ] {

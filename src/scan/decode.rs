@@ -1,9 +1,10 @@
 //! Content-Encoding, undone before the scan where clamd cannot see through
 //! it.
 //!
-//! clamd opens gzip and zstd by itself, but not HTTP's `deflate` (a zlib
-//! stream, or a raw deflate one from some servers) nor brotli (`br`): EICAR
-//! sent with either passes clamd as OK, while every browser decodes it. So a
+//! clamd opens gzip by itself, but not HTTP's `deflate` (a zlib stream, or a
+//! raw deflate one from some servers), brotli (`br`) nor zstd: EICAR sent
+//! with any of them passes clamd as OK (zstd's only when it is compressed:
+//! a short body is stored as it is), while browsers decode all three. So a
 //! body with such a layer is decoded here as it arrives, and clamd scans
 //! what the browser gets, as c-icap's virus_scan does for deflate and br.
 //!
@@ -45,10 +46,10 @@ impl Coding {
         })
     }
 
-    /// Nothing to undo here: clamd opens it by itself (gzip, zstd), or no
-    /// client decodes it, so the bytes as they are are what anyone gets.
+    /// Nothing to undo here: clamd opens it by itself (gzip), or no client
+    /// decodes it, so the bytes as they are are what anyone gets.
     fn clamd_opens(&self) -> bool {
-        matches!(self, Coding::Gzip | Coding::Zstd | Coding::Other(_))
+        matches!(self, Coding::Gzip | Coding::Other(_))
     }
 }
 
@@ -59,8 +60,8 @@ pub enum Plan {
     AsIs,
     /// Decode these layers, outermost first; clamd opens what is under them.
     Decode(Decoder),
-    /// A layer that must come off is one this build cannot decode (zstd
-    /// over deflate or br): the scan cannot see the body.
+    /// A layer that must come off cannot be decoded here: the scan cannot
+    /// see the body.
     Cannot(String),
 }
 
@@ -82,11 +83,10 @@ pub fn plan(content_encoding: &str) -> Plan {
             Coding::Gzip => Layer::Gzip(Gzip::default()),
             Coding::Deflate => Layer::Deflate(Deflate::default()),
             Coding::Brotli => Layer::Brotli(Brotli::default()),
-            Coding::Zstd => {
-                return Plan::Cannot(
-                    "zstd over deflate or br: this build does not decode zstd".into(),
-                )
-            }
+            Coding::Zstd => match Zstd::new() {
+                Ok(z) => Layer::Zstd(z),
+                Err(e) => return Plan::Cannot(format!("cannot start a zstd decoder: {e}")),
+            },
             // No client decodes it, so none gets past it either: what is
             // under it reaches nobody.
             Coding::Other(_) => break,
@@ -114,6 +114,7 @@ enum Layer {
     Gzip(Gzip),
     Deflate(Deflate),
     Brotli(Brotli),
+    Zstd(Zstd),
 }
 
 impl Layer {
@@ -122,6 +123,7 @@ impl Layer {
             Layer::Gzip(g) => g.step(input, output),
             Layer::Deflate(d) => d.step(input, output),
             Layer::Brotli(b) => b.step(input, output),
+            Layer::Zstd(z) => z.step(input, output),
         }
     }
 
@@ -131,6 +133,7 @@ impl Layer {
             Layer::Gzip(g) => g.members > 0 && matches!(g.at, GzipAt::Start),
             Layer::Deflate(d) => d.ended,
             Layer::Brotli(b) => BrotliDecoderIsFinished(&b.state),
+            Layer::Zstd(z) => z.frames > 0 && z.between_frames,
         }
     }
 
@@ -139,6 +142,7 @@ impl Layer {
             Layer::Gzip(_) => "gzip",
             Layer::Deflate(_) => "deflate",
             Layer::Brotli(_) => "br",
+            Layer::Zstd(_) => "zstd",
         }
     }
 }
@@ -430,6 +434,54 @@ impl Brotli {
     }
 }
 
+/// The largest zstd window decoded, as a power of two: 8 MiB, the limit
+/// RFC 9659 sets for `Content-Encoding: zstd`, which browsers keep to. A
+/// frame that asks for more does not decode; the limit also bounds the
+/// memory one body's decoder takes.
+const ZSTD_WINDOW_LOG_MAX: u32 = 23;
+
+/// `zstd` (RFC 8878): frame after frame, skippable frames skipped, by the
+/// reference library.
+struct Zstd {
+    decoder: zstd::stream::raw::Decoder<'static>,
+    /// Frames decoded to their end.
+    frames: u64,
+    /// Whether the last frame has ended and no byte of another has come.
+    between_frames: bool,
+}
+
+impl Zstd {
+    fn new() -> std::io::Result<Zstd> {
+        let mut decoder = zstd::stream::raw::Decoder::new()?;
+        decoder.set_parameter(zstd::stream::raw::DParameter::WindowLogMax(
+            ZSTD_WINDOW_LOG_MAX,
+        ))?;
+        Ok(Zstd {
+            decoder,
+            frames: 0,
+            between_frames: true,
+        })
+    }
+
+    fn step(&mut self, input: &[u8], output: &mut [u8]) -> Result<Step, String> {
+        use zstd::stream::raw::Operation;
+        let status = self
+            .decoder
+            .run_on_buffers(input, output)
+            .map_err(|e| e.to_string())?;
+        if status.bytes_read > 0 || status.bytes_written > 0 {
+            // 0 left to read: a frame has ended and all of it is out. The
+            // library stops at each frame's end, so this is once a frame.
+            self.between_frames = status.remaining == 0;
+            self.frames += u64::from(self.between_frames);
+        }
+        Ok(Step {
+            consumed: status.bytes_read,
+            produced: status.bytes_written,
+        })
+    }
+}
+
 /// The layers of one body's Content-Encoding being undone.
 pub struct Decoder {
     /// Outermost first.
@@ -586,11 +638,15 @@ mod tests {
         assert!(matches!(plan(""), Plan::AsIs));
         assert!(matches!(plan("identity"), Plan::AsIs));
         assert!(matches!(plan("gzip"), Plan::AsIs));
-        assert!(matches!(plan("x-gzip, zstd"), Plan::AsIs));
+        assert!(matches!(plan("x-gzip"), Plan::AsIs));
         assert!(matches!(plan("compress"), Plan::AsIs));
         assert!(matches!(plan("BR"), Plan::Decode(_)));
         assert!(matches!(plan(" deflate "), Plan::Decode(_)));
-        assert!(matches!(plan("br, zstd"), Plan::Cannot(_)));
+        assert!(matches!(plan("zstd"), Plan::Decode(_)));
+        let Plan::Decode(d) = plan("br, zstd") else {
+            panic!()
+        };
+        assert_eq!(format!("{d:?}"), "Decoder(zstd then br)");
         let Plan::Decode(d) = plan("gzip, deflate, gzip") else {
             panic!()
         };
@@ -616,6 +672,46 @@ mod tests {
                 decode_all("br", BROTLI_TEXT_8, piece).unwrap(),
                 TEXT.repeat(8)
             );
+        }
+    }
+
+    fn zstd(data: &[u8], level: i32) -> Vec<u8> {
+        zstd::encode_all(data, level).unwrap()
+    }
+
+    #[test]
+    fn zstd_in_any_pieces_frame_after_frame() {
+        let body = TEXT.repeat(5000);
+        let one = zstd(&body, 19);
+        assert!(one.len() < body.len() / 10, "compressed: {}", one.len());
+        for piece in [1, 7, 1000, 1 << 20] {
+            assert_eq!(decode_all("zstd", &one, piece).unwrap(), body);
+        }
+        // Frames one after the other, a skippable one (RFC 8878 3.1.2)
+        // between them, make one body.
+        let mut frames = zstd(&body[..1000], 3);
+        frames.extend_from_slice(&[0x50, 0x2a, 0x4d, 0x18, 3, 0, 0, 0, 1, 2, 3]);
+        frames.extend_from_slice(&zstd(&body[1000..], 3));
+        for piece in [1, 13, 1 << 20] {
+            assert_eq!(decode_all("zstd", &frames, piece).unwrap(), body);
+        }
+        // An empty body encoded is a frame too.
+        assert_eq!(decode_all("zstd", &zstd(b"", 3), 1).unwrap(), b"");
+    }
+
+    #[test]
+    fn a_zstd_window_past_rfc_9659_does_not_decode() {
+        let body: Vec<u8> = (0..(9u32 << 20)).map(|i| (i % 251) as u8).collect();
+        for (window_log, decodes) in [(23, true), (24, false)] {
+            let mut big = zstd::stream::write::Encoder::new(Vec::new(), 3).unwrap();
+            big.window_log(window_log).unwrap();
+            std::io::Write::write_all(&mut big, &body).unwrap();
+            let encoded = big.finish().unwrap();
+            let got = decode_all("zstd", &encoded, 1 << 16);
+            assert_eq!(got.is_ok(), decodes, "window 2^{window_log}: {got:?}");
+            if let Err(e) = got {
+                assert!(e.contains("cannot decode zstd"), "{e}");
+            }
         }
     }
 
@@ -646,8 +742,14 @@ mod tests {
         assert!(cut.contains("br"), "{cut}");
         let broken = decode_all("br", b"\xff\xff\xff\xff not brotli", 100).unwrap_err();
         assert!(broken.contains("cannot decode br"), "{broken}");
+        let z = zstd(&TEXT.repeat(100), 3);
+        let cut = decode_all("zstd", &z[..z.len() - 3], 100).unwrap_err();
+        assert!(cut.contains("zstd stream ends before its end"), "{cut}");
+        let broken = decode_all("zstd", b"not zstd at all", 100).unwrap_err();
+        assert!(broken.contains("cannot decode zstd"), "{broken}");
         // Nothing at all is an empty body, not a cut one.
         assert_eq!(decode_all("br", b"", 100).unwrap(), b"");
+        assert_eq!(decode_all("zstd", b"", 100).unwrap(), b"");
     }
 
     /// Garbage, and valid streams with bytes changed, in pieces of any
@@ -667,6 +769,8 @@ mod tests {
             ("deflate", raw_deflate(TEXT)),
             ("deflate, gzip", gzip(&zlib(TEXT))),
             ("br, gzip", gzip(BROTLI_TEXT_8)),
+            ("zstd", zstd(&TEXT.repeat(20), 3)),
+            ("br, zstd", zstd(BROTLI_TEXT_8, 1)),
         ];
         for case in 0..600 {
             let (coding, mut data) = valid[case % valid.len()].clone();
@@ -713,16 +817,17 @@ mod tests {
     #[test]
     fn a_bomb_comes_out_a_piece_at_a_time() {
         let zeros = vec![0u8; 20 << 20];
-        let bomb = zlib(&zeros);
-        assert!(bomb.len() < 64 << 10, "{}", bomb.len());
-        let Plan::Decode(mut d) = plan("deflate") else {
-            panic!()
-        };
-        let (mut rest, mut out, mut total) = (&bomb[..], Vec::new(), 0);
-        while d.decode(&mut rest, &mut out).unwrap() {
-            assert!(out.len() <= PIECE);
-            total += out.len();
+        for (coding, bomb) in [("deflate", zlib(&zeros)), ("zstd", zstd(&zeros, 19))] {
+            assert!(bomb.len() < 64 << 10, "{coding}: {}", bomb.len());
+            let Plan::Decode(mut d) = plan(coding) else {
+                panic!()
+            };
+            let (mut rest, mut out, mut total) = (&bomb[..], Vec::new(), 0);
+            while d.decode(&mut rest, &mut out).unwrap() {
+                assert!(out.len() <= PIECE);
+                total += out.len();
+            }
+            assert_eq!(total, zeros.len(), "{coding}");
         }
-        assert_eq!(total, zeros.len());
     }
 }

@@ -841,11 +841,12 @@ async fn serve_http<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
             },
             _ => ("404 Not Found", Bytes::from_static(b"no such file\n")),
         };
-        // A path ending in .br or .deflate is served with that
+        // A path ending in .br, .deflate or .zstd is served with that
         // Content-Encoding (its body already encoded), as a server would.
         let encoding = match path.rsplit_once('.') {
             Some((_, "br")) => "Content-Encoding: br\r\n",
             Some((_, "deflate")) => "Content-Encoding: deflate\r\n",
+            Some((_, "zstd")) => "Content-Encoding: zstd\r\n",
             _ => "",
         };
         // A path ending in .chunked is sent chunked, its length unknown
