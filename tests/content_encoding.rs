@@ -269,3 +269,51 @@ async fn split_mode_handlers_decode_too() {
     }
     redis.assert_keys_expire().await;
 }
+
+/// Compression against a dictionary (RFC 9842's `dcb` and `dcz`): the
+/// dictionary is an earlier response the browser kept, so the scan cannot
+/// undo it. Requests go on without `Available-Dictionary`, so that no
+/// server uses one; a response that does anyway is undecodable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dictionary_compression_is_kept_out() {
+    let clamd = ClamdProcess::start();
+    let server = TestServer::start(&["--clamd-url", &clamd.tcp_url()]).await;
+    for coding in ["dcb", "dcz"] {
+        let answer = respmod(server.port(), coding, b"\xff\x44\x43\x42 and then anything").await;
+        assert!(answer.is_undecodable(), "{coding}: {answer:?}");
+    }
+    let reqmod = |extra: &str| {
+        let req = format!(
+            "GET http://origin.test/app.js HTTP/1.1\r\nHost: origin.test\r\n\
+             Accept-Encoding: gzip, br, zstd, dcb, dcz\r\n{extra}\r\n"
+        );
+        format!(
+            "REQMOD icap://127.0.0.1/avscan ICAP/1.0\r\nHost: 127.0.0.1\r\nAllow: 204\r\n\
+             Encapsulated: req-hdr=0, null-body={}\r\n\r\n{req}",
+            req.len()
+        )
+    };
+    let port = server.port();
+    let send = |msg: String| async move {
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .unwrap();
+        s.write_all(msg.as_bytes()).await.unwrap();
+        support::read_icap_answer(&mut s).await.unwrap()
+    };
+    let answer = send(reqmod(
+        "Available-Dictionary: :pZGm1Av0IEBKARczz7exkNYsZb8LzaMrV7J32a2fFG4=:\r\n\
+         Dictionary-ID: \"app-v1\"\r\n",
+    ))
+    .await;
+    assert_eq!(answer.icap_status, 200, "{answer:?}");
+    let head = answer.head.to_ascii_lowercase();
+    assert!(!head.contains("available-dictionary"), "{head}");
+    assert!(!head.contains("dictionary-id"), "{head}");
+    assert!(
+        head.contains("get http://origin.test/app.js http/1.1")
+            && head.contains("accept-encoding: gzip, br, zstd, dcb, dcz"),
+        "{head}"
+    );
+    assert!(send(reqmod("")).await.is_clean());
+}

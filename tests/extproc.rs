@@ -555,28 +555,43 @@ async fn full_duplex_bodies_come_back_only_when_clean() {
     server.stop().await;
 }
 
-/// RANGE_REQUESTS=whole: a request for part of a file goes on without its
-/// `range` and `if-range`, so that the response body is the whole file and
-/// is scanned whole; requests without them, and the default, are left be.
+/// Request headers that come off before the request goes on: with
+/// RANGE_REQUESTS=whole, `range` and `if-range`, so that the response body
+/// is the whole file and is scanned whole; always `available-dictionary`
+/// and `dictionary-id`, so that no response is compressed against a
+/// dictionary (`dcb`, `dcz`) the scan does not have. Requests without
+/// them are left be.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn range_requests_can_be_made_whole() {
+async fn range_and_dictionary_offers_are_taken_off_requests() {
     let removals = |res: Res| common(res).header_mutation.map(|m| m.remove_headers);
     let (_clamd, whole) = with_clamd(&["--range-requests", "whole"]).await;
     let (_clamd2, default) = with_clamd(&[]).await;
-    for (server, range, want) in [
+    let range = [("range", "bytes=0-29"), ("if-range", "\"v1\"")];
+    let offer = [
+        (
+            "available-dictionary",
+            ":pZGm1Av0IEBKARczz7exkNYsZb8LzaMrV7J32a2fFG4=:",
+        ),
+        ("dictionary-id", "\"app-v1\""),
+    ];
+    let both = [range[0], offer[0]];
+    let names = |n: &[&str]| Some(n.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+    for (server, extra, want) in [
+        (&whole, &range[..], names(&["range", "if-range"])),
+        (&whole, &[][..], None),
+        (&default, &range[..], None),
+        (
+            &default,
+            &offer[..],
+            names(&["available-dictionary", "dictionary-id"]),
+        ),
+        (&default, &offer[..1], names(&["available-dictionary"])),
         (
             &whole,
-            true,
-            Some(vec!["range".to_owned(), "if-range".to_owned()]),
+            &both[..],
+            names(&["range", "if-range", "available-dictionary"]),
         ),
-        (&whole, false, None),
-        (&default, true, None),
     ] {
-        let extra: &[(&str, &str)] = if range {
-            &[("range", "bytes=0-29"), ("if-range", "\"v1\"")]
-        } else {
-            &[]
-        };
         let mut s = server.open().await;
         s.send(with_modes(
             request_headers("/f", extra, true),
@@ -584,9 +599,22 @@ async fn range_requests_can_be_made_whole() {
             BUFFERED,
         ))
         .await;
-        assert_eq!(removals(s.next().await), want);
+        assert_eq!(removals(s.next().await), want, "{extra:?}");
         s.finish().await;
     }
+    // A response compressed against a dictionary anyway is undecodable.
+    let mut s = default
+        .download_with("/app.js", BUFFERED, &[("content-encoding", "dcb")])
+        .await;
+    s.send(body(
+        Direction::Response,
+        b"\xff\x44\x43\x42 and then anything",
+        true,
+    ))
+    .await;
+    let i = immediate(s.next().await);
+    assert_eq!(i.status.as_ref().unwrap().code, 403);
+    assert_eq!(header(&i, "x-virus-scanner-result"), Some("undecodable"));
 }
 
 /// A body with a Content-Encoding clamd cannot see through is decoded

@@ -46,13 +46,22 @@ impl Scanning for ExtProcScanning {
 
     /// With RANGE_REQUESTS=whole, `range` and `if-range`: the upstream
     /// sends the whole file, whose response body is then scanned whole.
+    /// Always `available-dictionary` and `dictionary-id`: the response is
+    /// then not compressed against a dictionary the scan does not have.
     fn request_removals(&self, exchange: &Exchange) -> Vec<String> {
+        let headers = &exchange.request_headers;
         let whole = self.policy.range_requests == crate::policy::RangeRequests::Whole;
-        if whole && exchange.request_headers.contains_key(http::header::RANGE) {
-            vec!["range".to_owned(), "if-range".to_owned()]
-        } else {
-            Vec::new()
+        let mut removals = Vec::new();
+        if whole && headers.contains_key(http::header::RANGE) {
+            removals.extend(["range".to_owned(), "if-range".to_owned()]);
         }
+        removals.extend(
+            crate::scan::decode::DICTIONARY_HEADERS
+                .iter()
+                .filter(|h| headers.contains_key(**h))
+                .map(|h| h.to_string()),
+        );
+        removals
     }
 
     fn begin(&self, exchange: &Exchange, direction: EnvoyDirection) -> Begin<ExtProcScan> {

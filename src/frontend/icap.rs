@@ -35,6 +35,7 @@ use crate::model::{
 };
 use crate::pipeline::Pipeline;
 use crate::policy::{Policy, TooLargeAction, PRIORITY_HEADER};
+use crate::scan::decode::DICTIONARY_HEADERS;
 
 /// Service names this server answers to: its own, and those of c-icap's
 /// virus_scan, c-icap's srv_clamav and squidclamav, so that an existing
@@ -690,9 +691,7 @@ impl<'c, S: AsyncRead + AsyncWrite + Unpin + Send> Transaction<'c, S> {
     async fn receive(&mut self) -> Result<Received, Failure> {
         let service = self.service();
         let policy = &service.policy;
-        if let Some(sections) = self.without_range(policy) {
-            // RANGE_REQUESTS=whole: the request goes on for the whole file,
-            // whose RESPMOD is then scanned whole.
+        if let Some(sections) = self.edited_request(policy) {
             let istag = service.istag().await;
             let res = Response::with_istag(StatusCode::OK, &istag, sections);
             self.log(
@@ -746,20 +745,32 @@ impl<'c, S: AsyncRead + AsyncWrite + Unpin + Send> Transaction<'c, S> {
             .map(Received::Answered)
     }
 
-    /// With RANGE_REQUESTS=whole, a body-less request for part of a file:
-    /// its heads without `Range` and `If-Range`.
-    fn without_range(&self, policy: &crate::policy::Policy) -> Option<Sections> {
-        if policy.range_requests != crate::policy::RangeRequests::Whole
-            || self.req.method != Method::Reqmod
-            || self.req.has_body()
-        {
+    /// A body-less request that goes on changed: its heads without
+    /// `Range` and `If-Range` with RANGE_REQUESTS=whole (the whole file is
+    /// fetched, and its RESPMOD scanned whole), and always without
+    /// `Available-Dictionary` and `Dictionary-ID`, so that the response is
+    /// not compressed against a dictionary the scan does not have.
+    fn edited_request(&self, policy: &crate::policy::Policy) -> Option<Sections> {
+        if self.req.method != Method::Reqmod || self.req.has_body() {
+            return None;
+        }
+        let headers = &self.req.sections.as_ref()?.request.as_ref()?.headers;
+        let range = policy.range_requests == crate::policy::RangeRequests::Whole
+            && headers.contains_key(http::header::RANGE);
+        let dictionary = DICTIONARY_HEADERS.iter().any(|h| headers.contains_key(*h));
+        if !range && !dictionary {
             return None;
         }
         let mut sections = self.req.sections.clone()?;
         let head = sections.request.as_mut()?;
-        head.headers.remove(http::header::RANGE)?;
-        head.headers.remove(http::header::IF_RANGE);
-        tracing::debug!(id = %self.scan.id, url = %self.scan.url, "Range removed: the whole file is fetched and scanned");
+        if range {
+            head.headers.remove(http::header::RANGE);
+            head.headers.remove(http::header::IF_RANGE);
+            tracing::debug!(id = %self.scan.id, url = %self.scan.url, "Range removed: the whole file is fetched and scanned");
+        }
+        for name in DICTIONARY_HEADERS {
+            head.headers.remove(name);
+        }
         Some(sections)
     }
 

@@ -28,6 +28,9 @@ enum Coding {
     Deflate,
     Brotli,
     Zstd,
+    /// `dcb` or `dcz` (RFC 9842): brotli or zstd against a dictionary, an
+    /// earlier response the browser kept, which this scanner does not have.
+    Dictionary(String),
     /// A coding no browser decodes (`compress`, a private name): what a
     /// client gets is the bytes as they are.
     Other(String),
@@ -42,6 +45,7 @@ impl Coding {
             "deflate" => Coding::Deflate,
             "br" => Coding::Brotli,
             "zstd" => Coding::Zstd,
+            "dcb" | "dcz" => Coding::Dictionary(name),
             _ => Coding::Other(name),
         })
     }
@@ -52,6 +56,11 @@ impl Coding {
         matches!(self, Coding::Gzip | Coding::Other(_))
     }
 }
+
+/// The request header that offers a server a compression dictionary (RFC
+/// 9842), and the one naming it. The frontends take both off requests, so
+/// that no server answers with `dcb` or `dcz`, which the scan cannot undo.
+pub const DICTIONARY_HEADERS: [&str; 2] = ["available-dictionary", "dictionary-id"];
 
 /// What a message's Content-Encoding asks of the scan.
 #[derive(Debug)]
@@ -87,6 +96,11 @@ pub fn plan(content_encoding: &str) -> Plan {
                 Ok(z) => Layer::Zstd(z),
                 Err(e) => return Plan::Cannot(format!("cannot start a zstd decoder: {e}")),
             },
+            Coding::Dictionary(name) => {
+                return Plan::Cannot(format!(
+                    "{name}: compressed against a dictionary the scanner does not have"
+                ))
+            }
             // No client decodes it, so none gets past it either: what is
             // under it reaches nobody.
             Coding::Other(_) => break,
@@ -643,6 +657,8 @@ mod tests {
         assert!(matches!(plan("BR"), Plan::Decode(_)));
         assert!(matches!(plan(" deflate "), Plan::Decode(_)));
         assert!(matches!(plan("zstd"), Plan::Decode(_)));
+        assert!(matches!(plan("dcb"), Plan::Cannot(_)));
+        assert!(matches!(plan("DCZ, gzip"), Plan::Cannot(_)));
         let Plan::Decode(d) = plan("br, zstd") else {
             panic!()
         };
