@@ -191,7 +191,7 @@ async fn a_small_body_that_decodes_large_is_too_large_to_scan() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn squid_downloads_with_br_or_deflate_are_scanned_decoded() {
+async fn squid_downloads_with_br_deflate_or_zstd_are_scanned_decoded() {
     let clamd = ClamdProcess::start();
     let server = TestServer::start(&["--clamd-url", &clamd.tcp_url()]).await;
     let clean = b"Nothing to see here, just text.\n".repeat(100);
