@@ -224,3 +224,23 @@ async fn intercepted_http_and_https_are_scanned() {
     drop(squid);
     drop(net);
 }
+
+/// The nftables ruleset of squid/README.md, as written there, is one nft
+/// takes (checked, not applied): the NAT redirect that the test above runs,
+/// and the refusal of HTTP/3, which would pass the proxy unscanned.
+#[test]
+fn the_nftables_rules_in_squid_readme_are_valid() {
+    let readme = std::fs::read_to_string(support::project_dir().join("squid/README.md")).unwrap();
+    let start = readme
+        .find("table ip squid {")
+        .expect("an nftables ruleset");
+    let end = start + readme[start..].find("\n}\n").expect("its end") + 3;
+    let ruleset = &readme[start..end];
+    for rule in ["tcp dport 443 redirect", "udp dport 443 reject"] {
+        assert!(ruleset.contains(rule), "{rule:?} missing:\n{ruleset}");
+    }
+    let dir = TempDir::new("nft-readme");
+    let file = dir.path().join("rules.nft");
+    std::fs::write(&file, ruleset).unwrap();
+    must("nft", &["-c", "-f", &file.display().to_string()]);
+}
