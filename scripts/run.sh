@@ -44,6 +44,10 @@ LogFile $dir/clamd.log
 LogTime yes
 MaxThreads 10
 StreamMaxLength 30M
+# A file in an archive past these limits is reported, not passed as OK.
+MaxFileSize 100M
+MaxScanSize 100M
+AlertExceedsMax yes
 CONF
   clamd -c "$dir/clamd.conf" >/dev/null 2>&1 &
   clamd_pid=$!

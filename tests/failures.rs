@@ -238,6 +238,51 @@ async fn a_body_clamd_refuses_as_too_large_follows_the_too_large_policy() {
     );
 }
 
+/// A small zip whose one file (20 MiB of zeros, then EICAR) is past
+/// clamd's own MaxFileSize: clamd does not scan it, and by default answers
+/// OK, so the file passes, as with any ICAP server on that clamd. clamd
+/// 1.4 says so only with AlertExceedsMax and its MaxScanSize no larger than
+/// MaxFileSize (the README says so); then the body is too large to scan:
+/// blocked, not called clean.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_past_clamds_own_limits_is_too_large_when_clamd_says_so() {
+    let dir = TempDir::new("limits");
+    let zip = support::fixture("eicar-after-20m.zip");
+    assert!(zip.len() < 64 << 10, "{}", zip.len());
+    let zip = write_file(&dir, "setup.zip", &zip);
+    let out = dir.path().join("page").display().to_string();
+    let respmod = |port, save_page: bool| {
+        let mut args = vec!["-s", "avscan", "-v", "-f", &zip];
+        if save_page {
+            args.extend(["-o", &out]);
+        }
+        args.extend(["-resp", "http://x/setup.zip"]);
+        async move { c_icap_text(port, &args).await }
+    };
+    // Under MaxFileSize, EICAR at the end of the file is found.
+    let roomy = ClamdProcess::start_with_limits("30M", "30M", "");
+    let server = TestServer::start(&["--clamd-url", &roomy.tcp_url()]).await;
+    let t = respmod(server.port(), false).await;
+    assert!(t.contains(EICAR_NAME), "{t}");
+    // Past it, clamd's default: OK, which nobody here can tell from clean;
+    // AlertExceedsMax alone changes nothing while MaxScanSize is larger.
+    let silent = ClamdProcess::start_with_limits("10M", "15M", "AlertExceedsMax yes\n");
+    let server = TestServer::start(&["--clamd-url", &silent.tcp_url()]).await;
+    let t = respmod(server.port(), false).await;
+    assert!(
+        t.contains("No modification needed (Allow 204 response)"),
+        "{t}"
+    );
+    // With AlertExceedsMax and MaxScanSize at MaxFileSize: too large to
+    // scan.
+    let alerting = ClamdProcess::start_with_limits("10M", "10M", "AlertExceedsMax yes\n");
+    let server = TestServer::start(&["--clamd-url", &alerting.tcp_url()]).await;
+    let t = respmod(server.port(), true).await;
+    assert!(t.contains("HTTP/1.1 403 Forbidden"), "{t}");
+    let page = std::fs::read_to_string(&out).unwrap();
+    assert!(page.contains("too large to scan"), "{page}");
+}
+
 /// A server on a real clamd with a trusted list, and an EICAR file to send
 /// it.
 struct Trusting {

@@ -694,11 +694,21 @@ fn max_threads(stats: &str) -> Option<usize> {
     words.next()?.parse().ok()
 }
 
+/// What clamd reports, with AlertExceedsMax on, for a body it could not
+/// scan whole because of its own limits.
+const LIMITS_EXCEEDED: &str = "Heuristics.Limits.Exceeded";
+
 /// Reads `stream: OK`, `stream: Name FOUND`, `... ERROR` (also with the
 /// `fd[N]:` or path prefix of other commands).
 pub fn parse_scan_reply(reply: &str) -> Result<Verdict, ScanError> {
     if let Some(rest) = reply.strip_suffix(" FOUND") {
         let name = rest.rsplit_once(": ").map_or(rest, |(_, n)| n);
+        if name.starts_with(LIMITS_EXCEEDED) {
+            // clamd with AlertExceedsMax: something in the body (a file in
+            // an archive, say) was past its MaxFileSize, MaxScanSize,
+            // MaxFiles or MaxRecursion, and was not scanned whole.
+            return Ok(Verdict::TooLarge { limit: 0 });
+        }
         return Ok(Verdict::Infected {
             signatures: vec![name.trim().to_owned()],
         });
@@ -866,6 +876,10 @@ mod tests {
             }
         );
         assert_eq!(parse_scan_reply("fd[10]: OK").unwrap(), Verdict::Clean);
+        assert_eq!(
+            parse_scan_reply("stream: Heuristics.Limits.Exceeded.MaxFileSize FOUND").unwrap(),
+            Verdict::TooLarge { limit: 0 }
+        );
         assert!(matches!(
             parse_scan_reply("INSTREAM size limit exceeded. ERROR"),
             Err(ScanError::SizeLimit(_))

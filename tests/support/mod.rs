@@ -192,6 +192,11 @@ pub struct ClamdProcess {
     pub port: u16,
     /// clamd's `StreamMaxLength`: the most an INSTREAM scan may send.
     stream_max: &'static str,
+    /// clamd's `MaxFileSize` and `MaxScanSize`.
+    max_file: &'static str,
+    max_scan: &'static str,
+    /// More lines of clamd.conf.
+    extra: &'static str,
 }
 
 impl ClamdProcess {
@@ -202,6 +207,25 @@ impl ClamdProcess {
     /// A clamd that refuses INSTREAM bodies over `stream_max` (as clamd's
     /// own default of 25M does) and still scans files up to 300M.
     pub fn start_with_stream_max(stream_max: &'static str) -> ClamdProcess {
+        ClamdProcess::start_with(stream_max, ("300M", "400M"), "")
+    }
+
+    /// A clamd that scans no file over `max_file` (in an archive too) and
+    /// no more than `max_scan` of a body, with `extra` lines of
+    /// configuration.
+    pub fn start_with_limits(
+        max_file: &'static str,
+        max_scan: &'static str,
+        extra: &'static str,
+    ) -> ClamdProcess {
+        ClamdProcess::start_with("300M", (max_file, max_scan), extra)
+    }
+
+    fn start_with(
+        stream_max: &'static str,
+        (max_file, max_scan): (&'static str, &'static str),
+        extra: &'static str,
+    ) -> ClamdProcess {
         let dir = TempDir::new("clamd");
         let port = free_port();
         let mut clamd = ClamdProcess {
@@ -209,6 +233,9 @@ impl ClamdProcess {
             dir,
             port,
             stream_max,
+            max_file,
+            max_scan,
+            extra,
         };
         clamd.launch();
         clamd
@@ -233,9 +260,13 @@ impl ClamdProcess {
             format!(
                 "Foreground yes\nTCPSocket {port}\nTCPAddr 127.0.0.1\nLocalSocket {sock}\n\
                  DatabaseDirectory {db}\nLogFile {dir}/clamd.log\nLogTime yes\n\
-                 StreamMaxLength {stream_max}\nMaxFileSize 300M\nMaxScanSize 400M\nMaxThreads 8\n",
+                 StreamMaxLength {stream_max}\nMaxFileSize {max_file}\nMaxScanSize {max_scan}\nMaxThreads 8\n\
+                 {extra}",
                 port = self.port,
                 stream_max = self.stream_max,
+                max_file = self.max_file,
+                max_scan = self.max_scan,
+                extra = self.extra,
                 sock = self.socket().display(),
                 db = project_dir().join("clamav/db").display(),
                 dir = self.dir.path().display(),
