@@ -22,34 +22,63 @@ fn big_body() -> Bytes {
     Bytes::from(v)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn squid_downloads_and_uploads_are_scanned() {
-    let clamd = ClamdProcess::start();
-    let server =
-        TestServer::start(&["--clamd-url", &clamd.tcp_url(), "--max-scan-size", "100M"]).await;
+/// The downloads the origin serves, and the bodies behind them.
+struct Files {
+    clean: Bytes,
+    medium: Bytes,
+    big: Bytes,
+    /// The first 5 MiB of `big`, then EICAR.
+    infected_big: Bytes,
+    by_path: HashMap<String, Bytes>,
+}
+
+/// Clean files small, `medium` and big (50 MiB), an empty one, EICAR
+/// plain and zipped, and a large infected one; those ending in `.chunked`
+/// are sent chunked, their length not known until the end.
+fn files(medium: Bytes) -> Files {
     let clean = Bytes::from(b"Nothing to see here, just text.\n".repeat(100));
-    let medium = Bytes::from(
-        (0..200_000u32)
-            .map(|i| (i * 7 % 256) as u8)
-            .collect::<Vec<_>>(),
-    );
     let big = big_body();
     let mut infected_big = big.slice(..5 << 20).to_vec();
     infected_big.extend_from_slice(&eicar());
-    let files = HashMap::from([
+    let infected_big = Bytes::from(infected_big);
+    let by_path = HashMap::from([
         ("/clean.txt".to_owned(), clean.clone()),
         ("/medium.bin".to_owned(), medium.clone()),
         ("/big.bin".to_owned(), big.clone()),
         ("/empty".to_owned(), Bytes::new()),
         ("/eicar.com".to_owned(), Bytes::from(eicar())),
         ("/eicar.zip".to_owned(), Bytes::from(fixture("eicar.zip"))),
-        ("/infected-big.bin".to_owned(), Bytes::from(infected_big)),
-        // Sent chunked: the length is not known until the end.
+        ("/infected-big.bin".to_owned(), infected_big.clone()),
         ("/medium.chunked".to_owned(), medium.clone()),
         ("/big.chunked".to_owned(), big.clone()),
         ("/eicar.chunked".to_owned(), Bytes::from(eicar())),
     ]);
-    let origin = Origin::start(files).await;
+    Files {
+        clean,
+        medium,
+        big,
+        infected_big,
+        by_path,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn squid_downloads_and_uploads_are_scanned() {
+    let clamd = ClamdProcess::start();
+    let server =
+        TestServer::start(&["--clamd-url", &clamd.tcp_url(), "--max-scan-size", "100M"]).await;
+    let Files {
+        clean,
+        medium,
+        big,
+        infected_big,
+        by_path,
+    } = files(Bytes::from(
+        (0..200_000u32)
+            .map(|i| (i * 7 % 256) as u8)
+            .collect::<Vec<_>>(),
+    ));
+    let origin = Origin::start(by_path).await;
     let squid = Squid::start("forward.conf", server.port());
 
     for (path, want) in [
@@ -118,8 +147,6 @@ async fn squid_downloads_and_uploads_are_scanned() {
     // Uploads are kept whole until the verdict (past ECHO_HOLD in a
     // temporary file), so a large infected one gets the block page too,
     // and a clean one reaches the origin unchanged.
-    let mut infected_big = big.slice(..5 << 20).to_vec();
-    infected_big.extend_from_slice(&eicar());
     for headers in [&[][..], &chunked[..]] {
         let (status, body) = squid
             .fetch_with(&origin.url("/upload"), Some(&infected_big), headers)
@@ -317,25 +344,9 @@ async fn squid_through_a_producer_and_two_handlers() {
     const HANDLER: &str = env!("CARGO_BIN_EXE_virus-scanner-handler");
     let redis = support::RedisProcess::start();
     let clamd = ClamdProcess::start();
-    let clean = Bytes::from(b"Nothing to see here, just text.\n".repeat(100));
-    let medium = support::patterned(1_000_000);
-    let big = big_body();
-    let mut infected_big = big.slice(..5 << 20).to_vec();
-    infected_big.extend_from_slice(&eicar());
-    let files = HashMap::from([
-        ("/clean.txt".to_owned(), clean.clone()),
-        ("/medium.bin".to_owned(), medium.clone()),
-        ("/big.bin".to_owned(), big.clone()),
-        ("/big.chunked".to_owned(), big.clone()),
-        ("/empty".to_owned(), Bytes::new()),
-        ("/eicar.com".to_owned(), Bytes::from(eicar())),
-        ("/eicar.zip".to_owned(), Bytes::from(fixture("eicar.zip"))),
-        (
-            "/infected-big.bin".to_owned(),
-            Bytes::from(infected_big.clone()),
-        ),
-    ]);
-    let origin = Origin::start(files).await;
+    // Past INLINE_MAX (256K): streamed through Redis, or on the mount.
+    let f = files(support::patterned(1_000_000));
+    let origin = Origin::start(f.by_path.clone()).await;
     let mount = support::TempDir::new("mount");
     for disk in [false, true] {
         let mut env = vec![
@@ -358,11 +369,11 @@ async fn squid_through_a_producer_and_two_handlers() {
         ];
         let squid = Squid::start("forward.conf", port);
         for (path, want) in [
-            ("/clean.txt", &clean),
-            ("/medium.bin", &medium),
+            ("/clean.txt", &f.clean),
+            ("/medium.bin", &f.medium),
             ("/empty", &Bytes::new()),
-            ("/big.bin", &big),
-            ("/big.chunked", &big),
+            ("/big.bin", &f.big),
+            ("/big.chunked", &f.big),
         ] {
             let (status, body) = squid.fetch(&origin.url(path), None).await;
             assert_eq!(status, 200, "disk {disk}: {path}\n{}", producer.log());
@@ -386,9 +397,9 @@ async fn squid_through_a_producer_and_two_handlers() {
         );
         for (upload, want) in [
             (Bytes::from(eicar()), 403),
-            (clean.clone(), 201),
-            (big.clone(), 201),
-            (Bytes::from(infected_big.clone()), 403),
+            (f.clean.clone(), 201),
+            (f.big.clone(), 201),
+            (f.infected_big.clone(), 403),
         ] {
             let (status, body) = squid.fetch(&origin.url("/upload"), Some(&upload)).await;
             assert_eq!(
