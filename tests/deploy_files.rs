@@ -1,8 +1,16 @@
 //! The deployment examples name streams, groups and settings the code must
 //! really use: read them and compare.
 
-use virus_scanner::model::Priority;
+mod support;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use support::ClamdProcess;
+use virus_scanner::config::parse_size;
+use virus_scanner::model::{Priority, Verdict};
 use virus_scanner::queue::{Keys, GROUP};
+use virus_scanner::scan::clamd::{Clamd, ClamdOptions};
 
 fn read(path: &str) -> String {
     std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(path)).unwrap()
@@ -415,4 +423,153 @@ fn helm_chart_matches_the_code() {
         assert!(keda.contains(&format!("stream: {}", keys.lane(lane))));
     }
     assert_eq!(keda.matches(&format!("consumerGroup: {GROUP}")).count(), 3);
+}
+
+/// The clamd.conf settings of a deployment file, by name: the official
+/// ClamAV image writes each `CLAMD_CONF_<Name>` variable into clamd.conf.
+fn compose_clamd_conf(compose: &serde_json::Value) -> BTreeMap<String, String> {
+    compose["services"]["clamav"]["environment"]
+        .as_object()
+        .expect("the clamav service has an environment")
+        .iter()
+        .filter_map(|(k, v)| {
+            let name = k.strip_prefix("CLAMD_CONF_")?;
+            Some((name.to_owned(), v.as_str().unwrap().to_owned()))
+        })
+        .collect()
+}
+
+/// clamd.conf settings that make clamd report what it leaves unscanned,
+/// and scan every body the scanner sends it.
+fn assert_reports_what_it_skips(file: &str, conf: &BTreeMap<String, String>, bodies: &[&str]) {
+    let size = |name: &str| {
+        let value = conf
+            .get(name)
+            .unwrap_or_else(|| panic!("{file}: clamd's {name} is not set"));
+        parse_size(value).unwrap()
+    };
+    assert_eq!(
+        conf.get("AlertExceedsMax").map(String::as_str),
+        Some("yes"),
+        "{file}: AlertExceedsMax"
+    );
+    // clamd 1.4 flags a file past MaxFileSize in an archive only when
+    // MaxScanSize is no larger.
+    assert!(
+        size("MaxScanSize") <= size("MaxFileSize"),
+        "{file}: {conf:?}"
+    );
+    for body in bodies {
+        assert!(
+            parse_size(body).unwrap() <= size("StreamMaxLength"),
+            "{file}: MAX_SCAN_SIZE {body} is over clamd's StreamMaxLength"
+        );
+    }
+}
+
+/// A zip holding one deflated file of `len` zero bytes with EICAR after
+/// them, made by Python's zipfile.
+fn zip_with_eicar_after(dir: &support::TempDir, len: u64) -> Vec<u8> {
+    let path = dir.path().join("big.zip");
+    let eicar = support::write_file(dir, "eicar", &support::eicar());
+    let script = "import sys, zipfile\n\
+                  z = zipfile.ZipFile(sys.argv[1], 'w', zipfile.ZIP_DEFLATED)\n\
+                  with z.open('big.bin', 'w') as f:\n\
+                  \x20   n = int(sys.argv[2])\n\
+                  \x20   while n > 0:\n\
+                  \x20       f.write(bytes(min(n, 1 << 20)))\n\
+                  \x20       n -= 1 << 20\n\
+                  \x20   f.write(open(sys.argv[3], 'rb').read())\n\
+                  z.close()\n";
+    let out = std::process::Command::new("python3")
+        .args(["-c", script])
+        .arg(&path)
+        .arg(len.to_string())
+        .arg(&eicar)
+        .output()
+        .expect("python3");
+    assert!(out.status.success(), "{}", support::output_text(&out));
+    std::fs::read(path).unwrap()
+}
+
+async fn scan(clamd: &ClamdProcess, body: &[u8]) -> Verdict {
+    let options = ClamdOptions {
+        connect_timeout: Duration::from_secs(5),
+        scan_timeout: Duration::from_secs(60),
+        max_concurrency: 1,
+        fildes_max: 0,
+        sessions: false,
+    };
+    Clamd::new(clamd.tcp_url().parse().unwrap(), options)
+        .instream_all(body)
+        .await
+        .unwrap()
+}
+
+/// The clamd of the compose file and of the Helm chart reports a file it
+/// does not scan, which the scanner then treats as too large; with the
+/// image's own settings, a small zip holding a file past MaxFileSize is
+/// answered OK, as if clean.
+#[tokio::test]
+async fn deployed_clamd_reports_the_files_it_does_not_scan() {
+    let compose = yaml("docker-compose.yml");
+    let conf = compose_clamd_conf(&compose);
+    let services = &compose["services"];
+    let bodies: Vec<&str> = ["producer", "handler"]
+        .iter()
+        .map(|s| {
+            services[s]["environment"]["MAX_SCAN_SIZE"]
+                .as_str()
+                .unwrap()
+        })
+        .collect();
+    assert_reports_what_it_skips("docker-compose.yml", &conf, &bodies);
+
+    let values = yaml("charts/virus-scanner/values.yaml");
+    let chart: BTreeMap<String, String> = values["handler"]["clamd"]["config"]
+        .as_object()
+        .expect("handler.clamd.config")
+        .iter()
+        .map(|(k, v)| (k.clone(), v.as_str().unwrap().to_owned()))
+        .collect();
+    let chart_body = values["producer"]["maxScanSize"].as_str().unwrap();
+    assert_reports_what_it_skips("values.yaml", &chart, &[chart_body]);
+    let handler = read("charts/virus-scanner/templates/handler.yaml");
+    assert!(handler.contains("range $name, $value := .Values.handler.clamd.config"));
+    assert!(handler.contains("- name: CLAMD_CONF_{{ $name }}"));
+    assert!(
+        handler.contains("- name: MAX_SCAN_SIZE\n              value: {{ .Values.producer.maxScanSize | quote }}"),
+        "the handlers scan up to the producers' MAX_SCAN_SIZE"
+    );
+
+    // A real clamd with the compose file's settings.
+    let extra: String = conf
+        .iter()
+        .filter(|(k, _)| !["StreamMaxLength", "MaxFileSize", "MaxScanSize"].contains(&k.as_str()))
+        .map(|(k, v)| format!("{k} {v}\n"))
+        .collect();
+    let deployed = ClamdProcess::start_with(
+        &conf["StreamMaxLength"],
+        (&conf["MaxFileSize"], &conf["MaxScanSize"]),
+        &extra,
+    );
+    let dir = support::TempDir::new("deployed-clamd");
+    let max_file = parse_size(&conf["MaxFileSize"]).unwrap();
+    let past = zip_with_eicar_after(&dir, max_file + (1 << 20));
+    assert!(past.len() < 1 << 20, "{} bytes", past.len());
+    let verdict = scan(&deployed, &past).await;
+    assert!(
+        matches!(verdict, Verdict::TooLarge { .. }),
+        "a file past MaxFileSize in a zip: {verdict:?}"
+    );
+    // Within the limits, it scans into the zip.
+    assert!(20 << 20 < max_file);
+    assert!(matches!(
+        scan(&deployed, &support::fixture("eicar-after-20m.zip")).await,
+        Verdict::Infected { .. }
+    ));
+    // The image's own settings (clamd 1.x defaults) pass the same zip as
+    // clean: what the settings above are for.
+    let image = ClamdProcess::start_with("100M", ("100M", "400M"), "");
+    assert_eq!(scan(&image, &past).await, Verdict::Clean);
 }

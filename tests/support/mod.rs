@@ -191,12 +191,12 @@ pub struct ClamdProcess {
     dir: TempDir,
     pub port: u16,
     /// clamd's `StreamMaxLength`: the most an INSTREAM scan may send.
-    stream_max: &'static str,
+    stream_max: String,
     /// clamd's `MaxFileSize` and `MaxScanSize`.
-    max_file: &'static str,
-    max_scan: &'static str,
+    max_file: String,
+    max_scan: String,
     /// More lines of clamd.conf.
-    extra: &'static str,
+    extra: String,
 }
 
 impl ClamdProcess {
@@ -206,25 +206,23 @@ impl ClamdProcess {
 
     /// A clamd that refuses INSTREAM bodies over `stream_max` (as clamd's
     /// own default of 25M does) and still scans files up to 300M.
-    pub fn start_with_stream_max(stream_max: &'static str) -> ClamdProcess {
+    pub fn start_with_stream_max(stream_max: &str) -> ClamdProcess {
         ClamdProcess::start_with(stream_max, ("300M", "400M"), "")
     }
 
     /// A clamd that scans no file over `max_file` (in an archive too) and
     /// no more than `max_scan` of a body, with `extra` lines of
     /// configuration.
-    pub fn start_with_limits(
-        max_file: &'static str,
-        max_scan: &'static str,
-        extra: &'static str,
-    ) -> ClamdProcess {
+    pub fn start_with_limits(max_file: &str, max_scan: &str, extra: &str) -> ClamdProcess {
         ClamdProcess::start_with("300M", (max_file, max_scan), extra)
     }
 
-    fn start_with(
-        stream_max: &'static str,
-        (max_file, max_scan): (&'static str, &'static str),
-        extra: &'static str,
+    /// A clamd with all of these: `StreamMaxLength`, `MaxFileSize`,
+    /// `MaxScanSize` and `extra` lines of configuration.
+    pub fn start_with(
+        stream_max: &str,
+        (max_file, max_scan): (&str, &str),
+        extra: &str,
     ) -> ClamdProcess {
         let dir = TempDir::new("clamd");
         let port = free_port();
@@ -232,10 +230,10 @@ impl ClamdProcess {
             child: None,
             dir,
             port,
-            stream_max,
-            max_file,
-            max_scan,
-            extra,
+            stream_max: stream_max.to_owned(),
+            max_file: max_file.to_owned(),
+            max_scan: max_scan.to_owned(),
+            extra: extra.to_owned(),
         };
         clamd.launch();
         clamd
