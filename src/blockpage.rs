@@ -75,9 +75,10 @@ fn facts(reason: &BlockReason) -> Facts<'_> {
         BlockReason::Undecodable => (
             StatusCode::FORBIDDEN,
             "Blocked: could not be checked",
-            "The file's compression (its Content-Encoding) is damaged or of a kind \
-             the virus scanner cannot undo, so it could not be checked whole and \
-             was blocked."
+            "The file is packed in a way the virus scanner cannot see into (its \
+             compression is damaged or unknown, or it is an archive the scanner \
+             cannot open), so it \
+             could not be checked whole and was blocked."
                 .to_owned(),
             &[],
         ),
@@ -334,8 +335,9 @@ pub fn render_json(reason: &BlockReason, url: &str, id: &ScanId) -> BlockPage {
         ),
         BlockReason::Undecodable => (
             StatusCode::FORBIDDEN,
-            "its Content-Encoding could not be undone, so it could not be checked whole; \
-             the transfer was blocked"
+            "it is packed in a way the virus scanner cannot see into (a damaged or \
+             unknown Content-Encoding, or an archive the scanner cannot open), so it could not be checked \
+             whole; the transfer was blocked"
                 .to_owned(),
             Vec::new(),
         ),

@@ -182,8 +182,9 @@ pub enum SkipReason {
     TooLarge,
     /// The scanner failed, and the failure mode is open.
     ScannerFailed,
-    /// The body's `Content-Encoding` could not be undone, so the scan saw
-    /// only what decoded, and the failure mode is open.
+    /// The body's `Content-Encoding` could not be undone, or it is a zip
+    /// that clamd does not open, so the scan did not see it whole, and the
+    /// failure mode is open.
     Undecodable,
 }
 
@@ -221,11 +222,12 @@ pub enum Verdict {
     /// Not scanned, on purpose.
     NotScanned(SkipReason),
     /// The body's `Content-Encoding` could not be undone (it is cut short,
-    /// damaged, or a layering this build cannot undo), and what decoded was
-    /// clean: the scan did not see the body whole. The content's fault or
-    /// ours, not the scanner's: it is not counted as a scan error.
+    /// damaged, or a layering this build cannot undo), or the body is a zip
+    /// that clamd answers OK for without opening it; and what clamd saw
+    /// was clean: the scan did not see the body whole. The content's fault
+    /// or ours, not the scanner's: it is not counted as a scan error.
     Undecodable {
-        /// Why decoding stopped.
+        /// Why the scan did not see it whole.
         reason: String,
     },
     /// The scan failed: no verdict.
@@ -273,8 +275,8 @@ pub enum BlockReason {
     },
     /// The scanner failed, and the failure mode is closed.
     ScannerUnavailable,
-    /// The body's `Content-Encoding` could not be undone, and the failure
-    /// mode is closed.
+    /// The body's `Content-Encoding` could not be undone, or it is a zip
+    /// that clamd does not open, and the failure mode is closed.
     Undecodable,
 }
 

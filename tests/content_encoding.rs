@@ -2,7 +2,8 @@
 //! `deflate`, `zstd`) are decoded before the scan: EICAR inside them is
 //! found, over ICAP, through a real Squid, in split mode and over ext_proc
 //! (the last in tests/extproc.rs). Without decoding, clamd answers OK for
-//! all of them.
+//! all of them. So it does for a zip it does not open (ZIP64, or packed
+//! with LZMA and the like): such a body is not called clean.
 
 mod support;
 
@@ -11,10 +12,11 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use support::{
-    brotli_stored, eicar, gzip, icap_respmod_with, ClamdProcess, Origin, RedisProcess, Service,
-    Squid, TestServer, EICAR_NAME,
+    brotli_stored, eicar, fixture, gzip, icap_respmod_with, ClamdProcess, Origin, RedisProcess,
+    Service, Squid, TestServer, EICAR_NAME,
 };
 use tokio::io::AsyncWriteExt;
+use virus_scanner::model::Verdict;
 
 /// EICAR as brotli, cut in two meta-blocks so that the encoded bytes do
 /// not hold it whole.
@@ -132,13 +134,7 @@ async fn undecodable_bodies_pass_marked_when_the_failure_mode_is_open() {
     let server = TestServer::start(&["--clamd-url", &clamd.tcp_url(), "--fail-mode", "open"]).await;
     for (coding, body) in undecodable() {
         let answer = respmod(server.port(), coding, &body).await;
-        assert!(answer.is_clean(), "{coding}: {answer:?}");
-        assert!(
-            answer
-                .head
-                .contains("X-Virus-Scanner-Warning: not scanned; reason=undecodable"),
-            "{coding}: {answer:?}"
-        );
+        assert!(answer.is_undecodable_let_through(), "{coding}: {answer:?}");
     }
     // Infected wins over undecodable whatever the mode.
     let br = eicar_br();
@@ -316,4 +312,101 @@ async fn dictionary_compression_is_kept_out() {
         "{head}"
     );
     assert!(send(reqmod("")).await.is_clean());
+}
+
+/// Zip archives of readme.txt (2,000 bytes of text, then EICAR, packed so
+/// that EICAR does not show) that clamd answers OK for without opening
+/// them. ZIP64 ones (ClamAV issue 1527): made by Info-ZIP's `zip -fz` (every
+/// record ZIP64), by Python's zipfile with `force_zip64` (the local header
+/// only), and the first with its local header's real sizes put back (the
+/// end record only). And one packed with LZMA by Python's zipfile. unzip
+/// or 7-Zip opens each.
+fn unopened_eicar() -> Vec<(&'static str, Vec<u8>)> {
+    [
+        "eicar-zip64.zip",
+        "eicar-zip64-local.zip",
+        "eicar-zip64-end.zip",
+        "eicar-lzma.zip",
+    ]
+    .into_iter()
+    .map(|name| (name, fixture(name)))
+    .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zips_clamd_does_not_open_are_not_called_clean() {
+    let clamd = ClamdProcess::start();
+    let e = eicar();
+    for (name, zip) in unopened_eicar() {
+        assert!(!zip.windows(e.len()).any(|w| w == e), "{name}");
+        assert_eq!(clamd.verdict(&zip).await, Verdict::Clean, "clamd on {name}");
+    }
+    let mut zips = unopened_eicar();
+    zips.push(("clean-zip64.zip", fixture("clean-zip64.zip")));
+    let url = "http://origin.test/f.zip";
+    let server = TestServer::start(&["--clamd-url", &clamd.tcp_url()]).await;
+    for (name, zip) in &zips {
+        let answer = icap_respmod_with(server.port(), url, zip, "", "")
+            .await
+            .unwrap();
+        assert!(answer.is_undecodable(), "{name}: {answer:?}");
+    }
+    // A plain zip has clamd's verdict.
+    let plain = fixture("eicar.zip");
+    let answer = icap_respmod_with(server.port(), url, &plain, "", "")
+        .await
+        .unwrap();
+    assert!(answer.is_infected(), "{answer:?}");
+
+    // Failure mode open: let through, marked.
+    let open = TestServer::start(&["--clamd-url", &clamd.tcp_url(), "--fail-mode", "open"]).await;
+    for (name, zip) in &zips {
+        let answer = icap_respmod_with(open.port(), url, zip, "", "")
+            .await
+            .unwrap();
+        assert!(answer.is_undecodable_let_through(), "{name}: {answer:?}");
+    }
+
+    // A body file handed to clamd by descriptor, as split mode's disk
+    // provider does on a unix socket.
+    let options = virus_scanner::scan::clamd::ClamdOptions {
+        connect_timeout: Duration::from_secs(5),
+        scan_timeout: Duration::from_secs(30),
+        max_concurrency: 2,
+        fildes_max: 1 << 20,
+        sessions: false,
+    };
+    let scanner = virus_scanner::scan::Scanner::new(
+        virus_scanner::scan::clamd::Clamd::new(clamd.unix_url().parse().unwrap(), options),
+        1 << 20,
+    );
+    let dir = support::TempDir::new("unopened");
+    for (name, zip) in zips.iter().chain([&("eicar.zip", plain)]) {
+        let path = support::write_file(&dir, name, zip);
+        let file = std::fs::File::open(path).unwrap();
+        let (verdict, _) = scanner.scan_file(file, zip.len() as u64, None).await;
+        if *name == "eicar.zip" {
+            assert!(matches!(verdict, Verdict::Infected { .. }), "{verdict:?}");
+        } else {
+            assert!(
+                matches!(&verdict, Verdict::Undecodable { reason } if reason.contains("clamd does not")),
+                "{name}: {verdict:?}"
+            );
+        }
+    }
+
+    // Through Squid: the download is blocked with the page that says so.
+    let files = zips
+        .iter()
+        .map(|(name, zip)| (format!("/{name}"), Bytes::from(zip.clone())))
+        .collect();
+    let origin = Origin::start(files).await;
+    let squid = Squid::start("forward.conf", server.port());
+    for (name, _) in &zips {
+        let (status, body) = squid.fetch(&origin.url(&format!("/{name}")), None).await;
+        let page = String::from_utf8_lossy(&body);
+        assert_eq!(status, 403, "{name}: {page}");
+        assert!(page.contains("could not be checked"), "{name}: {page}");
+    }
+    squid.assert_no_icap_errors();
 }

@@ -4,13 +4,11 @@
 mod support;
 
 use std::collections::BTreeMap;
-use std::time::Duration;
 
 use support::ClamdProcess;
 use virus_scanner::config::parse_size;
 use virus_scanner::model::{Priority, Verdict};
 use virus_scanner::queue::{Keys, GROUP};
-use virus_scanner::scan::clamd::{Clamd, ClamdOptions};
 
 fn read(path: &str) -> String {
     std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(path)).unwrap()
@@ -492,20 +490,6 @@ fn zip_with_eicar_after(dir: &support::TempDir, len: u64) -> Vec<u8> {
     std::fs::read(path).unwrap()
 }
 
-async fn scan(clamd: &ClamdProcess, body: &[u8]) -> Verdict {
-    let options = ClamdOptions {
-        connect_timeout: Duration::from_secs(5),
-        scan_timeout: Duration::from_secs(60),
-        max_concurrency: 1,
-        fildes_max: 0,
-        sessions: false,
-    };
-    Clamd::new(clamd.tcp_url().parse().unwrap(), options)
-        .instream_all(body)
-        .await
-        .unwrap()
-}
-
 /// The clamd of the compose file and of the Helm chart reports a file it
 /// does not scan, which the scanner then treats as too large; with the
 /// image's own settings, a small zip holding a file past MaxFileSize is
@@ -557,7 +541,7 @@ async fn deployed_clamd_reports_the_files_it_does_not_scan() {
     let max_file = parse_size(&conf["MaxFileSize"]).unwrap();
     let past = zip_with_eicar_after(&dir, max_file + (1 << 20));
     assert!(past.len() < 1 << 20, "{} bytes", past.len());
-    let verdict = scan(&deployed, &past).await;
+    let verdict = deployed.verdict(&past).await;
     assert!(
         matches!(verdict, Verdict::TooLarge { .. }),
         "a file past MaxFileSize in a zip: {verdict:?}"
@@ -565,11 +549,13 @@ async fn deployed_clamd_reports_the_files_it_does_not_scan() {
     // Within the limits, it scans into the zip.
     assert!(20 << 20 < max_file);
     assert!(matches!(
-        scan(&deployed, &support::fixture("eicar-after-20m.zip")).await,
+        deployed
+            .verdict(&support::fixture("eicar-after-20m.zip"))
+            .await,
         Verdict::Infected { .. }
     ));
     // The image's own settings (clamd 1.x defaults) pass the same zip as
     // clean: what the settings above are for.
     let image = ClamdProcess::start_with("100M", ("100M", "400M"), "");
-    assert_eq!(scan(&image, &past).await, Verdict::Clean);
+    assert_eq!(image.verdict(&past).await, Verdict::Clean);
 }

@@ -13,6 +13,7 @@
 
 pub mod clamd;
 pub mod decode;
+pub mod zip_watch;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -63,6 +64,7 @@ impl Scanner {
             received: 0,
             failed: None,
             decoding: None,
+            unopened: zip_watch::ZipWatch::default(),
         }
     }
 
@@ -113,8 +115,24 @@ impl Scanner {
         }
         let mut session = self.session_for(content_encoding);
         if self.clamd.is_unix() && session.decoding.is_none() {
+            // clamd reads the file while the zip watch does.
+            let watched = file
+                .try_clone()
+                .map(|copy| tokio::task::spawn_blocking(move || zip_watch::watch_file(&copy)));
             let verdict = self.clamd.fildes_file(&file).await;
-            return (verdict.unwrap_or_else(error_verdict), len);
+            let verdict = verdict.unwrap_or_else(error_verdict);
+            let unopened = match watched {
+                Ok(task) => task.await.unwrap_or_else(|e| Err(std::io::Error::other(e))),
+                Err(e) => Err(e),
+            };
+            let verdict = match unopened {
+                Ok(found) => unless_unopened(verdict, found),
+                Err(e) => Verdict::Error {
+                    kind: "body",
+                    message: format!("reading the body file: {e}"),
+                },
+            };
+            return (verdict, len);
         }
         let mut file = tokio::fs::File::from_std(file);
         let mut buf = vec![0u8; 256 * 1024];
@@ -220,6 +238,8 @@ pub struct ScanSession {
     failed: Option<ScanError>,
     /// The Content-Encoding being undone, if any.
     decoding: Option<Box<Decoding>>,
+    /// Whether clamd is seeing a zip it answers OK for without opening it.
+    unopened: zip_watch::ZipWatch,
 }
 
 /// A body's Content-Encoding being undone on its way to clamd.
@@ -292,6 +312,7 @@ impl ScanSession {
             self.held = Vec::new();
             return;
         }
+        self.unopened.observe(data);
         if let Some(stream) = self.stream.as_mut() {
             if let Err(e) = stream.send(data).await {
                 self.fail(e);
@@ -377,10 +398,11 @@ impl ScanSession {
         if self.is_too_large() {
             return Verdict::TooLarge { limit: self.limit };
         }
+        let unopened = self.unopened.found();
         let verdict = self.scan_what_came().await;
         match (verdict, undecoded) {
             (Verdict::Clean, Some(reason)) => Verdict::Undecodable { reason },
-            (verdict, _) => verdict,
+            (verdict, _) => unless_unopened(verdict, unopened),
         }
     }
 
@@ -395,6 +417,18 @@ impl ScanSession {
             (None, None, None) => self.clamd.scan_whole(&self.held).await,
         };
         result.unwrap_or_else(error_verdict)
+    }
+}
+
+/// clamd's verdict on a body in which `unopened` was found: not clean,
+/// since clamd answers OK for a zip it did not open. The failure mode
+/// decides, as for a coding that cannot be undone.
+fn unless_unopened(verdict: Verdict, unopened: Option<zip_watch::Unopened>) -> Verdict {
+    match (verdict, unopened) {
+        (Verdict::Clean, Some(what)) => Verdict::Undecodable {
+            reason: what.to_string(),
+        },
+        (verdict, _) => verdict,
     }
 }
 

@@ -251,6 +251,22 @@ impl ClamdProcess {
         format!("unix://{}", self.socket().display())
     }
 
+    /// clamd's own verdict on `body`, sent by INSTREAM with nothing done
+    /// to it.
+    pub async fn verdict(&self, body: &[u8]) -> virus_scanner::model::Verdict {
+        let options = virus_scanner::scan::clamd::ClamdOptions {
+            connect_timeout: Duration::from_secs(5),
+            scan_timeout: Duration::from_secs(60),
+            max_concurrency: 1,
+            fildes_max: 0,
+            sessions: false,
+        };
+        Clamd::new(self.tcp_url().parse().unwrap(), options)
+            .instream_all(body)
+            .await
+            .unwrap()
+    }
+
     fn launch(&mut self) {
         let conf = self.dir.path().join("clamd.conf");
         std::fs::write(
@@ -1278,6 +1294,14 @@ impl IcapAnswer {
 
     pub fn is_unavailable(&self) -> bool {
         self.http_status == Some(503)
+    }
+
+    /// Let through unscanned, marked as undecodable (failure mode open).
+    pub fn is_undecodable_let_through(&self) -> bool {
+        self.is_clean()
+            && self
+                .head
+                .contains("X-Virus-Scanner-Warning: not scanned; reason=undecodable")
     }
 
     /// Blocked because the body's Content-Encoding did not decode.
