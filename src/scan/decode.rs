@@ -1,12 +1,14 @@
-//! Content-Encoding, undone before the scan where clamd cannot see through
-//! it.
+//! Content-Encoding, undone before the scan: clamd scans what the browser
+//! gets.
 //!
-//! clamd opens gzip by itself, but not HTTP's `deflate` (a zlib stream, or a
-//! raw deflate one from some servers), brotli (`br`) nor zstd: EICAR sent
-//! with any of them passes clamd as OK (zstd's only when it is compressed:
-//! a short body is stored as it is), while browsers decode all three. So a
-//! body with such a layer is decoded here as it arrives, and clamd scans
-//! what the browser gets, as c-icap's virus_scan does for deflate and br.
+//! clamd does not open HTTP's `deflate` (a zlib stream, or a raw deflate one
+//! from some servers), brotli (`br`) nor zstd: EICAR sent with any of them
+//! passes clamd as OK (zstd's only when it is compressed: a short body is
+//! stored as it is), while browsers decode all three. clamd opens gzip, but
+//! what it finds inside is then out of the scanner's sight: a zip clamd
+//! does not open (see [`super::zip_watch`]) would pass unseen. So every
+//! coding a browser decodes is undone here as the body arrives, as c-icap's
+//! virus_scan does.
 //!
 //! Decoding is step by step with bounded buffers, so a small body that
 //! expands enormously (a decompression bomb) costs no more memory than any
@@ -50,10 +52,10 @@ impl Coding {
         })
     }
 
-    /// Nothing to undo here: clamd opens it by itself (gzip), or no client
-    /// decodes it, so the bytes as they are are what anyone gets.
-    fn clamd_opens(&self) -> bool {
-        matches!(self, Coding::Gzip | Coding::Other(_))
+    /// Nothing to undo here: no client decodes it, so the bytes as they are
+    /// are what anyone gets.
+    fn nobody_decodes(&self) -> bool {
+        matches!(self, Coding::Other(_))
     }
 }
 
@@ -65,9 +67,9 @@ pub const DICTIONARY_HEADERS: [&str; 2] = ["available-dictionary", "dictionary-i
 /// What a message's Content-Encoding asks of the scan.
 #[derive(Debug)]
 pub enum Plan {
-    /// Nothing: no coding, or only ones clamd opens by itself.
+    /// Nothing: no coding, or only ones no client decodes.
     AsIs,
-    /// Decode these layers, outermost first; clamd opens what is under them.
+    /// Decode these layers, outermost first.
     Decode(Decoder),
     /// A layer that must come off cannot be decoded here: the scan cannot
     /// see the body.
@@ -81,9 +83,9 @@ pub fn plan(content_encoding: &str) -> Plan {
         .split(',')
         .filter_map(Coding::parse)
         .collect();
-    // Everything from the innermost layer clamd cannot open outwards comes
-    // off here.
-    let Some(innermost) = codings.iter().position(|c| !c.clamd_opens()) else {
+    // Everything from the innermost layer a client decodes outwards comes off
+    // here.
+    let Some(innermost) = codings.iter().position(|c| !c.nobody_decodes()) else {
         return Plan::AsIs;
     };
     let mut layers = Vec::new();
@@ -144,7 +146,9 @@ impl Layer {
     /// Its stream has ended; bytes after it are not part of the body.
     fn is_finished(&self) -> bool {
         match self {
-            Layer::Gzip(g) => g.members > 0 && matches!(g.at, GzipAt::Start),
+            Layer::Gzip(g) => {
+                g.members > 0 && matches!(g.at, GzipAt::Start | GzipAt::Fixed(..) | GzipAt::After)
+            }
             Layer::Deflate(d) => d.ended,
             Layer::Brotli(b) => BrotliDecoderIsFinished(&b.state),
             Layer::Zstd(z) => z.frames > 0 && z.between_frames,
@@ -255,10 +259,13 @@ enum GzipAt {
     Body,
     /// The CRC and length: bytes still to skip.
     Trailer(usize),
+    /// Bytes after the last member that do not start another: ignored, as
+    /// browsers and gunzip ignore them.
+    After,
 }
 
-/// `gzip` (RFC 1952), member after member: only undone here when a coding
-/// clamd cannot open lies under it.
+/// `gzip` (RFC 1952), member after member, as Firefox decodes it (Chrome
+/// stops after the first).
 #[derive(Default)]
 struct Gzip {
     at: GzipAt,
@@ -318,6 +325,13 @@ impl Gzip {
             };
         };
         match self.at {
+            GzipAt::After => header(input.len()),
+            GzipAt::Start | GzipAt::Fixed(1..=2, _)
+                if self.members > 0 && !starts_member(&self.at, b) =>
+            {
+                self.at = GzipAt::After;
+                header(input.len())
+            }
             GzipAt::Start => {
                 if b != 0x1f {
                     return Err("not a gzip member".into());
@@ -398,6 +412,16 @@ impl Gzip {
                 header(n)
             }
         }
+    }
+}
+
+/// Whether `b`, coming at `at`, goes on as a gzip member's first bytes.
+fn starts_member(at: &GzipAt, b: u8) -> bool {
+    match at {
+        GzipAt::Start => b == 0x1f,
+        GzipAt::Fixed(1, _) => b == 0x8b,
+        GzipAt::Fixed(2, _) => b == 8,
+        _ => true,
     }
 }
 
@@ -651,8 +675,9 @@ mod tests {
     fn plans_follow_what_clamd_opens() {
         assert!(matches!(plan(""), Plan::AsIs));
         assert!(matches!(plan("identity"), Plan::AsIs));
-        assert!(matches!(plan("gzip"), Plan::AsIs));
-        assert!(matches!(plan("x-gzip"), Plan::AsIs));
+        assert!(matches!(plan("gzip"), Plan::Decode(_)));
+        assert!(matches!(plan("x-gzip"), Plan::Decode(_)));
+        assert!(matches!(plan("gzip, compress"), Plan::AsIs));
         assert!(matches!(plan("compress"), Plan::AsIs));
         assert!(matches!(plan("BR"), Plan::Decode(_)));
         assert!(matches!(plan(" deflate "), Plan::Decode(_)));
@@ -666,8 +691,7 @@ mod tests {
         let Plan::Decode(d) = plan("gzip, deflate, gzip") else {
             panic!()
         };
-        // gzip (outermost) and deflate come off; clamd opens the inner gzip.
-        assert_eq!(format!("{d:?}"), "Decoder(gzip then deflate)");
+        assert_eq!(format!("{d:?}"), "Decoder(gzip then deflate then gzip)");
     }
 
     #[test]
@@ -750,6 +774,30 @@ mod tests {
     }
 
     #[test]
+    fn bytes_after_the_last_gzip_member_are_ignored() {
+        // As browsers and gunzip do: some servers send a newline or zeros
+        // after the stream.
+        for tail in [
+            &b"\n"[..],
+            b"\0\0\0\0",
+            b"\x1f",
+            b"\x1f\x8b",
+            b"\x1f\x00 junk",
+        ] {
+            let mut body = gzip(TEXT);
+            body.extend_from_slice(tail);
+            for piece in [1, 3, 1000] {
+                assert_eq!(decode_all("gzip", &body, piece).unwrap(), TEXT, "{tail:?}");
+            }
+        }
+        // Not a gzip member at all, or one cut short: an error.
+        assert!(decode_all("gzip", b"plain text", 4).is_err());
+        let whole = gzip(TEXT);
+        let cut = decode_all("gzip", &whole[..whole.len() - 12], 4).unwrap_err();
+        assert!(cut.contains("gzip stream ends before its end"), "{cut}");
+    }
+
+    #[test]
     fn a_cut_or_broken_stream_is_an_error() {
         let z = zlib(TEXT);
         let cut = decode_all("deflate", &z[..z.len() - 6], 100).unwrap_err();
@@ -785,6 +833,7 @@ mod tests {
             ("deflate", raw_deflate(TEXT)),
             ("deflate, gzip", gzip(&zlib(TEXT))),
             ("br, gzip", gzip(BROTLI_TEXT_8)),
+            ("gzip", gzip(TEXT)),
             ("zstd", zstd(&TEXT.repeat(20), 3)),
             ("br, zstd", zstd(BROTLI_TEXT_8, 1)),
         ];
