@@ -115,6 +115,9 @@ pub struct ScanRequest {
     /// The message's `Content-Encoding`, all its values in order: the scan
     /// decodes the codings clamd cannot see through.
     pub content_encoding: Option<String>,
+    /// An upload's multipart/form-data boundary: the scan takes the parts
+    /// apart and scans each file alone.
+    pub form_boundary: Option<String>,
 }
 
 /// A message's `Content-Encoding` as one value: fields that repeat it are
@@ -128,6 +131,15 @@ pub fn content_encoding(headers: &http::HeaderMap) -> Option<String> {
         joined.push_str(&String::from_utf8_lossy(v.as_bytes()));
     }
     Some(joined)
+}
+
+/// The multipart/form-data boundary of a request's body, if it is a form.
+pub fn form_boundary(direction: Direction, headers: &http::HeaderMap) -> Option<String> {
+    if direction != Direction::Request {
+        return None;
+    }
+    let value = headers.get(http::header::CONTENT_TYPE)?.to_str().ok()?;
+    crate::scan::form::boundary(value)
 }
 
 /// How urgently a message is scanned: the queue has one lane for each.

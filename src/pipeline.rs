@@ -24,9 +24,10 @@ impl Pipeline {
     /// Starts one scan.
     pub fn session(&self, scan: &ScanRequest, priority: Priority) -> Session {
         match self {
-            Pipeline::Local(scanner) => {
-                Session::Local(scanner.session_for(scan.content_encoding.as_deref()))
-            }
+            Pipeline::Local(scanner) => Session::Local(scanner.session_for(
+                scan.content_encoding.as_deref(),
+                scan.form_boundary.as_deref(),
+            )),
             Pipeline::Queue(producer) => Session::Queued(producer.session(scan, priority)),
         }
     }

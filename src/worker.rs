@@ -643,19 +643,19 @@ impl Worker {
                 if let Some(wrong) = not_the_body(task, "inline body", len) {
                     return (wrong, len);
                 }
-                let mut session = self
-                    .shared
-                    .scanner
-                    .session_for(task.content_encoding.as_deref());
+                let mut session = self.shared.scanner.session_for(
+                    task.content_encoding.as_deref(),
+                    task.form_boundary.as_deref(),
+                );
                 session.write(body).await;
                 let n = session.received();
                 (session.finish().await, n)
             }
             Provider::Stream { key } => {
-                let mut session = self
-                    .shared
-                    .scanner
-                    .session_for(task.content_encoding.as_deref());
+                let mut session = self.shared.scanner.session_for(
+                    task.content_encoding.as_deref(),
+                    task.form_boundary.as_deref(),
+                );
                 let mut last = "0-0".to_owned();
                 let mut quiet_since = Instant::now();
                 loop {
@@ -769,7 +769,12 @@ impl Worker {
                 }
                 self.shared
                     .scanner
-                    .scan_file(file, len, task.content_encoding.as_deref())
+                    .scan_file(
+                        file,
+                        len,
+                        task.content_encoding.as_deref(),
+                        task.form_boundary.as_deref(),
+                    )
                     .await
             }
         }

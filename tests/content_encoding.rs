@@ -3,7 +3,8 @@
 //! found, over ICAP, through a real Squid, in split mode and over ext_proc
 //! (the last in tests/extproc.rs). Without decoding, clamd answers OK for
 //! all of them. So it does for a zip it does not open (ZIP64, or packed
-//! with LZMA and the like): such a body is not called clean.
+//! with LZMA and the like): such a body is not called clean. And for a
+//! gzip file uploaded by a form: a form's parts are scanned one by one.
 
 mod support;
 
@@ -149,25 +150,32 @@ async fn encoded_uploads_are_decoded_too() {
     let clamd = ClamdProcess::start();
     let server = TestServer::start(&["--clamd-url", &clamd.tcp_url()]).await;
     for (coding, body) in hidden_eicar() {
-        let req = format!(
-            "POST http://origin.test/upload HTTP/1.1\r\nHost: origin.test\r\n\
-             Content-Encoding: {coding}\r\nContent-Length: {}\r\n\r\n",
-            body.len()
-        );
-        let mut msg = format!(
-            "REQMOD icap://127.0.0.1/avscan ICAP/1.0\r\nHost: 127.0.0.1\r\nAllow: 204\r\n\
-             Encapsulated: req-hdr=0, req-body={}\r\n\r\n{req}",
-            req.len()
-        )
-        .into_bytes();
-        msg.extend_from_slice(&support::chunked(&body, true));
-        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", server.port()))
-            .await
-            .unwrap();
-        s.write_all(&msg).await.unwrap();
-        let answer = support::read_icap_answer(&mut s).await.unwrap();
+        let header = format!("Content-Encoding: {coding}");
+        let answer = upload(server.port(), &header, &body).await;
         assert!(answer.is_infected(), "{coding}: {answer:?}");
     }
+}
+
+/// Sends `body` as an upload (REQMOD) with one more request `header`, and
+/// reads the answer.
+async fn upload(port: u16, header: &str, body: &[u8]) -> support::IcapAnswer {
+    let req = format!(
+        "POST http://origin.test/upload HTTP/1.1\r\nHost: origin.test\r\n\
+         {header}\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    let mut msg = format!(
+        "REQMOD icap://127.0.0.1/avscan ICAP/1.0\r\nHost: 127.0.0.1\r\nAllow: 204\r\n\
+         Encapsulated: req-hdr=0, req-body={}\r\n\r\n{req}",
+        req.len()
+    )
+    .into_bytes();
+    msg.extend_from_slice(&support::chunked(body, true));
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    s.write_all(&msg).await.unwrap();
+    support::read_icap_answer(&mut s).await.unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -390,7 +398,7 @@ async fn zips_clamd_does_not_open_are_not_called_clean() {
     for (name, zip) in zips.iter().chain([&("eicar.zip", plain)]) {
         let path = support::write_file(&dir, name, zip);
         let file = std::fs::File::open(path).unwrap();
-        let (verdict, _) = scanner.scan_file(file, zip.len() as u64, None).await;
+        let (verdict, _) = scanner.scan_file(file, zip.len() as u64, None, None).await;
         if *name == "eicar.zip" {
             assert!(matches!(verdict, Verdict::Infected { .. }), "{verdict:?}");
         } else {
@@ -413,6 +421,115 @@ async fn zips_clamd_does_not_open_are_not_called_clean() {
         let page = String::from_utf8_lossy(&body);
         assert_eq!(status, 403, "{name}: {page}");
         assert!(page.contains("could not be checked"), "{name}: {page}");
+    }
+    squid.assert_no_icap_errors();
+}
+
+const FORM_BOUNDARY: &str = "----WebKitFormBoundaryx7GZrC3sQ0Lk2pYe";
+
+/// A multipart/form-data body as a browser sends it: a text field, then
+/// each file.
+fn form(files: &[(&str, &[u8])]) -> Vec<u8> {
+    let mut body = format!(
+        "--{FORM_BOUNDARY}\r\nContent-Disposition: form-data; name=\"title\"\r\n\r\nmy files\r\n"
+    )
+    .into_bytes();
+    for (name, content) in files {
+        body.extend_from_slice(
+            format!(
+                "--{FORM_BOUNDARY}\r\nContent-Disposition: form-data; name=\"file\"; \
+                 filename=\"{name}\"\r\nContent-Type: application/octet-stream\r\n\r\n"
+            )
+            .as_bytes(),
+        );
+        body.extend_from_slice(content);
+        body.extend_from_slice(b"\r\n");
+    }
+    body.extend_from_slice(format!("--{FORM_BOUNDARY}--\r\n").as_bytes());
+    body
+}
+
+/// Sends `body` as a form upload (REQMOD) and reads the answer.
+async fn upload_form(port: u16, body: &[u8]) -> support::IcapAnswer {
+    let header = format!("Content-Type: multipart/form-data; boundary={FORM_BOUNDARY}");
+    upload(port, &header, body).await
+}
+
+/// readme.txt of the zip fixtures (text, then EICAR) as a gzip file.
+fn readme_gz() -> Vec<u8> {
+    let mut readme = b"Nothing to see here.\n".repeat(100);
+    readme.extend_from_slice(&eicar());
+    let gz = gzip(&readme);
+    let e = eicar();
+    assert!(!gz.windows(e.len()).any(|w| w == e));
+    gz
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn form_uploads_are_scanned_part_by_part() {
+    let clamd = ClamdProcess::start();
+    let gz = readme_gz();
+    let clean_gz = gzip(&b"Nothing to see here.\n".repeat(100));
+    let infected = form(&[("notes.txt", b"hello"), ("readme.txt.gz", &gz)]);
+    // clamd alone finds the file alone, not in the form.
+    assert!(matches!(clamd.verdict(&gz).await, Verdict::Infected { .. }));
+    assert_eq!(clamd.verdict(&infected).await, Verdict::Clean);
+
+    let server = TestServer::start(&["--clamd-url", &clamd.tcp_url()]).await;
+    let port = server.port();
+    let answer = upload_form(port, &infected).await;
+    assert!(answer.is_infected(), "{answer:?}");
+    // A clean form passes; a zip clamd does not open is found in its part;
+    // EICAR as a plain file still is.
+    assert!(
+        upload_form(port, &form(&[("a.gz", &clean_gz), ("b.txt", b"x")]))
+            .await
+            .is_clean()
+    );
+    let zip64 = form(&[("a.zip", &fixture("eicar-zip64.zip"))]);
+    assert!(upload_form(port, &zip64).await.is_undecodable());
+    assert!(upload_form(port, &form(&[("eicar.com", &eicar())]))
+        .await
+        .is_infected());
+
+    // Split mode, the body on the disk provider and clamd on its unix
+    // socket, where a whole body file would otherwise go by descriptor.
+    let redis = RedisProcess::start();
+    let mount = support::TempDir::new("mount");
+    let icap = support::free_port();
+    let env = [
+        ("REDIS_PORT", redis.port.to_string()),
+        ("CLAMD_URL", clamd.unix_url()),
+        ("ICAP_PORT", icap.to_string()),
+        ("INLINE_MAX", "0".to_owned()),
+        ("DISK_MIN", "0".to_owned()),
+        ("SCAN_MOUNT", mount.path().display().to_string()),
+    ];
+    let _handler = Service::start(env!("CARGO_BIN_EXE_virus-scanner-handler"), &env);
+    let producer = Service::start(env!("CARGO_BIN_EXE_virus-scanner-producer"), &env);
+    producer.wait_port(icap, Duration::from_secs(20));
+    assert!(upload_form(icap, &infected).await.is_infected());
+    assert!(upload_form(icap, &form(&[("a.gz", &clean_gz)]))
+        .await
+        .is_clean());
+
+    // Through Squid, from curl's own form encoding.
+    let origin = Origin::start(HashMap::new()).await;
+    let squid = Squid::start("forward.conf", port);
+    let dir = support::TempDir::new("form");
+    let bad = support::write_file(&dir, "readme.txt.gz", &gz);
+    let good = support::write_file(&dir, "clean.txt.gz", &clean_gz);
+    let url = origin.url("/upload");
+    for (file, expected) in [(bad, 403), (good, 201)] {
+        let field = format!("file=@{file}");
+        let (status, page) = squid
+            .fetch_with(&url, None, &["-F", "title=x", "-F", &field])
+            .await;
+        let page = String::from_utf8_lossy(&page);
+        assert_eq!(status, expected, "{file}: {page}");
+        if expected == 403 {
+            assert!(page.contains(EICAR_NAME), "{page}");
+        }
     }
     squid.assert_no_icap_errors();
 }

@@ -639,6 +639,22 @@ async fn encoded_bodies_are_decoded_before_the_scan() {
     s.send(body(Direction::Request, &z[..20], false)).await;
     s.send(body(Direction::Request, &z[20..], true)).await;
     assert_infected(s.next().await);
+    // A form upload: EICAR in a gzip file, which clamd finds alone but not
+    // inside the form; the parts are scanned one by one.
+    let mut s = server.open().await;
+    let boundary = "b0undary";
+    let content_type = format!("multipart/form-data; boundary={boundary}");
+    let headers = request_headers("/up", &[("content-type", &content_type)], false);
+    s.passes(with_modes(headers, FULL_DUPLEX, FULL_DUPLEX))
+        .await;
+    let mut form = format!(
+        "--{boundary}\r\nContent-Disposition: form-data; name=\"f\"; filename=\"e.gz\"\r\n\r\n"
+    )
+    .into_bytes();
+    form.extend_from_slice(&support::gzip(&[&b"padding ".repeat(50)[..], &e].concat()));
+    form.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+    s.send(body(Direction::Request, &form, true)).await;
+    assert_infected(s.next().await);
     // Brotli cut short: not what the scanner could check whole, so 403,
     // said as such (the failure mode is closed).
     let mut s = server

@@ -232,6 +232,7 @@ fn scan_request(exchange: &Exchange, envoy: EnvoyDirection) -> ScanRequest {
             EnvoyDirection::Request => &exchange.request_headers,
             EnvoyDirection::Response => &exchange.response_headers,
         }),
+        form_boundary: crate::model::form_boundary(direction, &exchange.request_headers),
     }
 }
 

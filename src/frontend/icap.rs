@@ -1234,6 +1234,7 @@ fn scan_request(req: &Request) -> ScanRequest {
         client_ip: req.client_ip(),
         user: req.client_username(),
         content_encoding: headers.and_then(crate::model::content_encoding),
+        form_boundary: headers.and_then(|h| crate::model::form_boundary(direction, h)),
     }
 }
 

@@ -83,6 +83,10 @@ pub struct Task {
     /// bytes as they are.)
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub content_encoding: Option<String>,
+    /// An upload's multipart/form-data boundary: the handler scans each
+    /// part alone. (A handler from before this field scans the body whole.)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub form_boundary: Option<String>,
     /// Where the body is.
     pub provider: Provider,
     /// After this (milliseconds since the epoch) nobody waits for the
@@ -116,6 +120,7 @@ impl Task {
             },
             content_length: scan.declared_length,
             content_encoding: scan.content_encoding.clone(),
+            form_boundary: scan.form_boundary.clone(),
             provider,
             deadline_ms: 0,
             reply_to,
@@ -299,6 +304,7 @@ mod tests {
             client_ip: Some("10.1.2.3".parse().unwrap()),
             user: Some("alice".into()),
             content_encoding: Some("br".into()),
+            form_boundary: Some("b0undary".into()),
         }
     }
 

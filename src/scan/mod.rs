@@ -13,6 +13,7 @@
 
 pub mod clamd;
 pub mod decode;
+pub mod form;
 pub mod zip_watch;
 
 use std::sync::Arc;
@@ -53,26 +54,37 @@ impl Scanner {
         self.max_scan_size
     }
 
-    /// Starts a scan.
+    /// Starts a scan of a body sent as it is.
     pub fn session(&self) -> ScanSession {
         ScanSession {
-            clamd: self.clamd.clone(),
             limit: self.max_scan_size,
-            spool: None,
-            held: Vec::new(),
-            stream: None,
             received: 0,
-            failed: None,
             decoding: None,
-            unopened: zip_watch::ZipWatch::default(),
+            target: Target::Whole(Sink::new(&self.clamd, self.max_scan_size)),
         }
     }
 
-    /// Starts a scan of a body sent with `content_encoding`: the codings
-    /// clamd cannot see through are undone as the body arrives
-    /// ([`decode`]), and clamd scans what a browser would get.
-    pub fn session_for(&self, content_encoding: Option<&str>) -> ScanSession {
+    /// Starts a scan of a body sent with `content_encoding`: the codings a
+    /// browser decodes are undone as the body arrives ([`decode`]), and
+    /// clamd scans what a browser would get. A multipart/form-data body
+    /// with `form_boundary` is taken apart, and each part's content
+    /// scanned alone ([`form`]).
+    pub fn session_for(
+        &self,
+        content_encoding: Option<&str>,
+        form_boundary: Option<&str>,
+    ) -> ScanSession {
         let mut session = self.session();
+        if let Some(boundary) = form_boundary {
+            session.target = Target::Form(Box::new(Form {
+                clamd: self.clamd.clone(),
+                parser: form::FormParser::new(boundary),
+                events: Vec::new(),
+                rest: Sink::new(&self.clamd, self.max_scan_size),
+                part: None,
+                verdict: Verdict::Clean,
+            }));
+        }
         let plan = content_encoding.map_or(decode::Plan::AsIs, decode::plan);
         session.decoding = match plan {
             decode::Plan::AsIs => None,
@@ -93,7 +105,7 @@ impl Scanner {
     }
 
     /// Scans a body that is whole in `file`, `len` bytes long, sent with
-    /// `content_encoding`. On a unix socket clamd gets the file's
+    /// `content_encoding` (and, for a form, `form_boundary`). On a unix socket clamd gets the file's
     /// descriptor (FILDES) whatever its size: nothing is copied, and
     /// clamd's `StreamMaxLength` does not apply. On TCP, or when a coding
     /// must come off first, the file streams through a session. Returns
@@ -104,6 +116,7 @@ impl Scanner {
         file: std::fs::File,
         len: u64,
         content_encoding: Option<&str>,
+        form_boundary: Option<&str>,
     ) -> (Verdict, u64) {
         if len > self.max_scan_size {
             return (
@@ -113,8 +126,8 @@ impl Scanner {
                 len,
             );
         }
-        let mut session = self.session_for(content_encoding);
-        if self.clamd.is_unix() && session.decoding.is_none() {
+        let mut session = self.session_for(content_encoding, form_boundary);
+        if self.clamd.is_unix() && session.is_plain() {
             // clamd reads the file while the zip watch does.
             let watched = file
                 .try_clone()
@@ -225,19 +238,47 @@ pub const INSTREAM_HOLD: usize = 64 * 1024;
 
 /// One body being scanned.
 pub struct ScanSession {
-    clamd: Clamd,
     limit: u64,
-    /// The body so far, while it may still go to clamd by FILDES.
-    spool: Option<Spool>,
-    /// The body so far, while it is small enough to go to clamd over TCP in
-    /// one write.
-    held: Vec<u8>,
-    stream: Option<Instream>,
-    /// Bytes given to clamd (decoded, when decoding).
+    /// Bytes given to the scan (decoded, when decoding).
     received: u64,
-    failed: Option<ScanError>,
     /// The Content-Encoding being undone, if any.
     decoding: Option<Box<Decoding>>,
+    /// Where the bytes go: one scan, or one for each part of a form.
+    target: Target,
+}
+
+// The whole-body sink is the common case, kept inline: boxing it would cost
+// an allocation for every scan.
+#[allow(clippy::large_enum_variant)]
+enum Target {
+    Whole(Sink),
+    Form(Box<Form>),
+}
+
+/// A multipart/form-data body being taken apart: each part's content is
+/// scanned alone, the other bytes together.
+struct Form {
+    clamd: Clamd,
+    parser: form::FormParser,
+    events: Vec<form::Event>,
+    rest: Sink,
+    part: Option<Sink>,
+    /// What the parts that have ended came to.
+    verdict: Verdict,
+}
+
+/// One stream of bytes to clamd, and its verdict.
+struct Sink {
+    clamd: Clamd,
+    limit: u64,
+    /// The bytes so far, while they may still go to clamd by FILDES.
+    spool: Option<Spool>,
+    /// The bytes so far, while they are few enough to go to clamd over TCP
+    /// in one write.
+    held: Vec<u8>,
+    stream: Option<Instream>,
+    received: u64,
+    failed: Option<ScanError>,
     /// Whether clamd is seeing a zip it answers OK for without opening it.
     unopened: zip_watch::ZipWatch,
 }
@@ -270,7 +311,20 @@ impl ScanSession {
 
     /// True once the scan has failed (the verdict will be an error).
     pub fn has_failed(&self) -> bool {
-        self.failed.is_some()
+        match &self.target {
+            Target::Whole(sink) => sink.failed.is_some(),
+            Target::Form(form) => {
+                form.rest.failed.is_some()
+                    || form.part.as_ref().is_some_and(|p| p.failed.is_some())
+                    || matches!(form.verdict, Verdict::Error { .. })
+            }
+        }
+    }
+
+    /// Whether the body is sent to clamd as it is, in one scan: a body file
+    /// may then go by descriptor.
+    fn is_plain(&self) -> bool {
+        self.decoding.is_none() && matches!(self.target, Target::Whole(_))
     }
 
     /// Adds body bytes. Past the limit or after a failure, bytes are only
@@ -290,7 +344,7 @@ impl ScanSession {
         let Some(decoder) = d.decoder.as_mut() else {
             return;
         };
-        while d.error.is_none() && self.failed.is_none() && !self.is_too_large() {
+        while d.error.is_none() && !self.has_failed() && !self.is_too_large() {
             match decoder.decode(&mut data, &mut d.piece) {
                 Ok(true) => self.write_decoded(&d.piece).await,
                 Ok(false) => break,
@@ -302,14 +356,139 @@ impl ScanSession {
     /// Adds bytes as clamd is to see them.
     async fn write_decoded(&mut self, data: &[u8]) {
         self.received += data.len() as u64;
-        if self.failed.is_some() || data.is_empty() {
+        if data.is_empty() {
             return;
         }
         if self.is_too_large() {
             // Nothing more goes to clamd; the verdict will say why.
-            self.stream = None;
-            self.keep_spool();
-            self.held = Vec::new();
+            match &mut self.target {
+                Target::Whole(sink) => sink.drop_body(),
+                Target::Form(form) => {
+                    form.rest.drop_body();
+                    if let Some(part) = form.part.as_mut() {
+                        part.drop_body();
+                    }
+                }
+            }
+            return;
+        }
+        match &mut self.target {
+            Target::Whole(sink) => sink.write(data).await,
+            Target::Form(form) => {
+                form.parser.feed(data, &mut form.events);
+                form.take_events().await;
+            }
+        }
+    }
+
+    /// Ends the body and returns the verdict.
+    pub async fn finish(mut self) -> Verdict {
+        let mut undecoded = None;
+        if let Some(mut d) = self.decoding.take() {
+            self.decode(&mut d, &[]).await;
+            if d.error.is_none() && !self.is_too_large() {
+                d.error = d.decoder.as_ref().and_then(|dec| dec.finish().err());
+            }
+            undecoded = d.error.take();
+            self.decoding = Some(d);
+        }
+        if self.is_too_large() {
+            return Verdict::TooLarge { limit: self.limit };
+        }
+        let verdict = match self.target {
+            Target::Whole(sink) => sink.finish().await,
+            Target::Form(mut form) => {
+                form.parser.finish(&mut form.events);
+                form.take_events().await;
+                let rest = form.rest.finish().await;
+                worse(form.verdict, rest)
+            }
+        };
+        match (verdict, undecoded) {
+            (Verdict::Clean, Some(reason)) => Verdict::Undecodable { reason },
+            (verdict, _) => verdict,
+        }
+    }
+}
+
+impl Form {
+    /// Sends what the parser found where it goes.
+    async fn take_events(&mut self) {
+        for event in std::mem::take(&mut self.events) {
+            match event {
+                form::Event::Rest(bytes) => self.rest.write(&bytes).await,
+                form::Event::Start => self.part = Some(Sink::new(&self.clamd, self.rest.limit)),
+                form::Event::Data(bytes) => {
+                    if let Some(part) = self.part.as_mut() {
+                        part.write(&bytes).await;
+                    }
+                }
+                form::Event::End => {
+                    if let Some(part) = self.part.take() {
+                        let verdict = part.finish().await;
+                        self.verdict = worse(
+                            std::mem::replace(&mut self.verdict, Verdict::Clean),
+                            verdict,
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The verdict of a body made of parts found `a` and `b`: infected over a
+/// failure, over too large, over undecodable, over clean.
+fn worse(a: Verdict, b: Verdict) -> Verdict {
+    fn rank(v: &Verdict) -> u8 {
+        match v {
+            Verdict::Infected { .. } => 5,
+            Verdict::Error { .. } => 4,
+            Verdict::TooLarge { .. } => 3,
+            Verdict::Undecodable { .. } => 2,
+            Verdict::NotScanned(_) => 1,
+            Verdict::Clean => 0,
+        }
+    }
+    match (a, b) {
+        (Verdict::Infected { mut signatures }, Verdict::Infected { signatures: more }) => {
+            for s in more {
+                if !signatures.contains(&s) {
+                    signatures.push(s);
+                }
+            }
+            Verdict::Infected { signatures }
+        }
+        (a, b) if rank(&b) > rank(&a) => b,
+        (a, _) => a,
+    }
+}
+
+impl Sink {
+    fn new(clamd: &Clamd, limit: u64) -> Sink {
+        Sink {
+            clamd: clamd.clone(),
+            limit,
+            spool: None,
+            held: Vec::new(),
+            stream: None,
+            received: 0,
+            failed: None,
+            unopened: zip_watch::ZipWatch::default(),
+        }
+    }
+
+    /// Sends nothing more to clamd: the body is too large to scan.
+    fn drop_body(&mut self) {
+        self.stream = None;
+        self.keep_spool();
+        self.held = Vec::new();
+    }
+
+    /// Adds bytes. After a failure they are only counted.
+    async fn write(&mut self, data: &[u8]) {
+        self.received += data.len() as u64;
+        if self.failed.is_some() || data.is_empty() {
             return;
         }
         self.unopened.observe(data);
@@ -378,45 +557,22 @@ impl ScanSession {
     }
 
     fn fail(&mut self, e: ScanError) {
-        self.stream = None;
-        self.keep_spool();
-        self.held = Vec::new();
+        self.drop_body();
         self.failed = Some(e);
     }
 
-    /// Ends the body and returns the verdict.
-    pub async fn finish(mut self) -> Verdict {
-        let mut undecoded = None;
-        if let Some(mut d) = self.decoding.take() {
-            self.decode(&mut d, &[]).await;
-            if d.error.is_none() && !self.is_too_large() {
-                d.error = d.decoder.as_ref().and_then(|dec| dec.finish().err());
-            }
-            undecoded = d.error.take();
-            self.decoding = Some(d);
-        }
-        if self.is_too_large() {
-            return Verdict::TooLarge { limit: self.limit };
-        }
+    /// clamd's verdict on the bytes given to it.
+    async fn finish(self) -> Verdict {
         let unopened = self.unopened.found();
-        let verdict = self.scan_what_came().await;
-        match (verdict, undecoded) {
-            (Verdict::Clean, Some(reason)) => Verdict::Undecodable { reason },
-            (verdict, _) => unless_unopened(verdict, unopened),
-        }
-    }
-
-    /// The verdict on the bytes given to clamd.
-    async fn scan_what_came(self) -> Verdict {
         let result = match (self.failed, self.stream, self.spool) {
             (Some(e), _, _) => Err(e),
             (None, Some(stream), _) => stream.finish().await,
             (None, None, Some(spool)) => self.clamd.fildes_spool(spool).await,
-            // A body held whole, or an empty one: even that verdict comes
-            // from clamd.
+            // Bytes held whole, or none: even that verdict comes from
+            // clamd.
             (None, None, None) => self.clamd.scan_whole(&self.held).await,
         };
-        result.unwrap_or_else(error_verdict)
+        unless_unopened(result.unwrap_or_else(error_verdict), unopened)
     }
 }
 
@@ -443,5 +599,37 @@ fn error_verdict(e: ScanError) -> Verdict {
     Verdict::Error {
         kind: e.kind(),
         message: e.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn infected(names: &[&str]) -> Verdict {
+        Verdict::Infected {
+            signatures: names.iter().map(|n| n.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn the_worse_part_decides_a_form() {
+        let error = Verdict::Error {
+            kind: "clamd",
+            message: "down".into(),
+        };
+        let undecodable = Verdict::Undecodable { reason: "r".into() };
+        let too_large = Verdict::TooLarge { limit: 0 };
+        assert_eq!(worse(Verdict::Clean, Verdict::Clean), Verdict::Clean);
+        assert_eq!(worse(Verdict::Clean, undecodable.clone()), undecodable);
+        assert_eq!(worse(too_large.clone(), undecodable.clone()), too_large);
+        assert_eq!(worse(error.clone(), too_large.clone()), error);
+        assert_eq!(worse(infected(&["A"]), error.clone()), infected(&["A"]));
+        assert_eq!(worse(error, infected(&["A"])), infected(&["A"]));
+        // Every part's signatures, once each.
+        assert_eq!(
+            worse(infected(&["A", "B"]), infected(&["B", "C"])),
+            infected(&["A", "B", "C"])
+        );
     }
 }

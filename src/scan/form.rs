@@ -1,0 +1,325 @@
+//! multipart/form-data (RFC 7578), the body of a browser's file upload,
+//! taken apart as it arrives so that each part is scanned as a file of its
+//! own.
+//!
+//! clamd scans a whole upload as one stream, and finds inside it only what
+//! it spots embedded (a zip): EICAR in a `.tar.gz`, `.xz` or `.bz2` sent by a
+//! form passes clamd as OK, while the server stores the file whole. So the
+//! parts' contents go to clamd one by one; everything else (preamble, part
+//! headers, epilogue, or the rest of a body that stops parsing) goes to a
+//! scan of its own, so that no byte goes unscanned.
+
+use memchr::memmem;
+
+/// The longest part header block read; past it the body is not parsed
+/// further.
+const MAX_HEADERS: usize = 16 * 1024;
+
+/// The boundary of a `multipart/form-data` Content-Type, if it is one.
+pub fn boundary(content_type: &str) -> Option<String> {
+    let (mime, params) = content_type.split_once(';')?;
+    if !mime.trim().eq_ignore_ascii_case("multipart/form-data") {
+        return None;
+    }
+    params.split(';').find_map(|p| {
+        let (name, value) = p.split_once('=')?;
+        if !name.trim().eq_ignore_ascii_case("boundary") {
+            return None;
+        }
+        let value = value.trim();
+        let value = value
+            .strip_prefix('"')
+            .and_then(|v| v.strip_suffix('"'))
+            .unwrap_or(value);
+        // RFC 2046: 1 to 70 characters.
+        (1..=70).contains(&value.len()).then(|| value.to_owned())
+    })
+}
+
+/// What the parser found, in body order.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Event {
+    /// Bytes outside any part's content.
+    Rest(Vec<u8>),
+    /// A part's content begins.
+    Start,
+    /// Bytes of the part's content.
+    Data(Vec<u8>),
+    /// The part's content has ended.
+    End,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum At {
+    /// Before the first delimiter.
+    Preamble,
+    /// Just after a delimiter: `--` ends the body, else the line's end.
+    Delimiter,
+    /// A part's header lines, up to an empty one.
+    Headers(usize),
+    Content,
+    /// After the close delimiter, or after what could not be parsed.
+    Rest,
+}
+
+/// Takes a multipart body apart, in pieces of any size.
+#[derive(Debug)]
+pub struct FormParser {
+    /// CRLF, `--`, the boundary.
+    delimiter: Vec<u8>,
+    at: At,
+    /// Bytes not yet given out: where a delimiter or a line may be
+    /// incomplete.
+    pending: Vec<u8>,
+}
+
+impl FormParser {
+    pub fn new(boundary: &str) -> FormParser {
+        let mut delimiter = b"\r\n--".to_vec();
+        delimiter.extend_from_slice(boundary.as_bytes());
+        FormParser {
+            delimiter,
+            at: At::Preamble,
+            // The first delimiter may open the body, without the line
+            // break before it.
+            pending: b"\r\n".to_vec(),
+        }
+    }
+
+    /// Takes the next bytes of the body.
+    pub fn feed(&mut self, data: &[u8], events: &mut Vec<Event>) {
+        self.pending.extend_from_slice(data);
+        let mut from = 0;
+        loop {
+            let buf = &self.pending[from..];
+            let used = match self.at {
+                At::Preamble | At::Content => {
+                    let content = self.at == At::Content;
+                    match memmem::find(buf, &self.delimiter) {
+                        Some(i) => {
+                            out(events, content, &buf[..i]);
+                            if content {
+                                events.push(Event::End);
+                            }
+                            events.push(Event::Rest(self.delimiter.clone()));
+                            self.at = At::Delimiter;
+                            i + self.delimiter.len()
+                        }
+                        None => {
+                            // Keep what may begin a delimiter.
+                            let keep = (self.delimiter.len() - 1).min(buf.len());
+                            out(events, content, &buf[..buf.len() - keep]);
+                            from += buf.len() - keep;
+                            break;
+                        }
+                    }
+                }
+                At::Delimiter => {
+                    if buf.len() < 2 {
+                        break;
+                    }
+                    if buf.starts_with(b"--") {
+                        self.at = At::Rest;
+                        0
+                    } else {
+                        match memmem::find(buf, b"\r\n") {
+                            Some(i) => {
+                                events.push(Event::Rest(buf[..i + 2].to_vec()));
+                                self.at = At::Headers(0);
+                                i + 2
+                            }
+                            None if buf.len() > MAX_HEADERS => {
+                                self.at = At::Rest;
+                                0
+                            }
+                            None => break,
+                        }
+                    }
+                }
+                At::Headers(read) => match memmem::find(buf, b"\r\n") {
+                    Some(i) => {
+                        events.push(Event::Rest(buf[..i + 2].to_vec()));
+                        if i == 0 {
+                            events.push(Event::Start);
+                            self.at = At::Content;
+                        } else if read + i + 2 > MAX_HEADERS {
+                            self.at = At::Rest;
+                        } else {
+                            self.at = At::Headers(read + i + 2);
+                        }
+                        i + 2
+                    }
+                    None if read + buf.len() > MAX_HEADERS => {
+                        self.at = At::Rest;
+                        0
+                    }
+                    None => break,
+                },
+                At::Rest => {
+                    if !buf.is_empty() {
+                        events.push(Event::Rest(buf.to_vec()));
+                    }
+                    buf.len()
+                }
+            };
+            from += used;
+            if self.at == At::Rest && from == self.pending.len() {
+                break;
+            }
+        }
+        self.pending.drain(..from);
+    }
+
+    /// The body has ended: what is held back goes out, and a part still
+    /// open ends (its content is scanned as far as it came).
+    pub fn finish(&mut self, events: &mut Vec<Event>) {
+        let pending = std::mem::take(&mut self.pending);
+        let content = self.at == At::Content;
+        out(events, content, &pending);
+        if content {
+            events.push(Event::End);
+        }
+        self.at = At::Rest;
+    }
+}
+
+fn out(events: &mut Vec<Event>, content: bool, bytes: &[u8]) {
+    if bytes.is_empty() {
+        return;
+    }
+    events.push(if content {
+        Event::Data(bytes.to_vec())
+    } else {
+        Event::Rest(bytes.to_vec())
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BOUNDARY: &str = "----WebKitFormBoundary7MA4YWxkTrZu0gW";
+
+    fn form(parts: &[(&str, &[u8])]) -> Vec<u8> {
+        let mut body = Vec::new();
+        for (name, content) in parts {
+            body.extend_from_slice(
+                format!(
+                    "--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"{name}\"; \
+                     filename=\"{name}.bin\"\r\nContent-Type: application/octet-stream\r\n\r\n"
+                )
+                .as_bytes(),
+            );
+            body.extend_from_slice(content);
+            body.extend_from_slice(b"\r\n");
+        }
+        body.extend_from_slice(format!("--{BOUNDARY}--\r\n").as_bytes());
+        body
+    }
+
+    /// The parts' contents, and all other bytes, from `body` fed `piece`
+    /// bytes at a time.
+    fn parse(body: &[u8], piece: usize) -> (Vec<Vec<u8>>, Vec<u8>) {
+        let mut p = FormParser::new(BOUNDARY);
+        let mut events = Vec::new();
+        for chunk in body.chunks(piece) {
+            p.feed(chunk, &mut events);
+        }
+        p.finish(&mut events);
+        let (mut parts, mut rest) = (Vec::new(), Vec::new());
+        let mut open = None;
+        for e in events {
+            match e {
+                Event::Rest(b) => rest.extend_from_slice(&b),
+                Event::Start => {
+                    assert!(open.is_none());
+                    open = Some(Vec::new());
+                }
+                Event::Data(b) => open.as_mut().expect("inside a part").extend_from_slice(&b),
+                Event::End => parts.push(open.take().expect("a part to end")),
+            }
+        }
+        assert!(open.is_none());
+        (parts, rest)
+    }
+
+    #[test]
+    fn parts_come_out_whole_in_pieces_of_any_size() {
+        // Contents that look like delimiters, or nearly.
+        let tricky = format!("a\r\n--{}x\r\n--\r\n-", &BOUNDARY[..20]);
+        let body = form(&[
+            ("a", b"first file"),
+            ("b", b""),
+            ("c", tricky.as_bytes()),
+            ("d", &[0u8; 3000]),
+        ]);
+        for piece in [1, 2, 3, 5, 40, 41, 42, 43, 1000, body.len()] {
+            let (parts, rest) = parse(&body, piece);
+            assert_eq!(parts.len(), 4, "pieces of {piece}");
+            assert_eq!(parts[0], b"first file");
+            assert_eq!(parts[1], b"");
+            assert_eq!(parts[2], tricky.as_bytes());
+            assert_eq!(parts[3], vec![0u8; 3000]);
+            // Every byte of the body is either in a part or in the rest,
+            // plus the two the parser puts before it.
+            let inside: usize = parts.iter().map(Vec::len).sum();
+            assert_eq!(inside + rest.len(), body.len() + 2, "pieces of {piece}");
+            assert!(String::from_utf8_lossy(&rest).contains("filename=\"d.bin\""));
+        }
+    }
+
+    #[test]
+    fn a_preamble_and_an_epilogue_are_rest() {
+        let mut body = b"preamble text\r\n".to_vec();
+        body.extend_from_slice(&form(&[("a", b"content")]));
+        body.extend_from_slice(b"epilogue");
+        let (parts, rest) = parse(&body, 7);
+        assert_eq!(parts, vec![b"content".to_vec()]);
+        let rest = String::from_utf8_lossy(&rest).into_owned();
+        assert!(
+            rest.contains("preamble text") && rest.ends_with("epilogue"),
+            "{rest}"
+        );
+    }
+
+    #[test]
+    fn what_does_not_parse_is_rest_and_an_open_part_ends_with_the_body() {
+        // No delimiter at all: all rest.
+        let (parts, rest) = parse(b"just some bytes", 4);
+        assert!(parts.is_empty());
+        assert_eq!(rest, b"\r\njust some bytes");
+        // Cut inside a part: its content so far is a part.
+        let body = form(&[("a", b"0123456789")]);
+        let cut = &body[..body.len() - 30];
+        let (parts, _) = parse(cut, 3);
+        assert_eq!(parts.len(), 1);
+        assert!(parts[0].starts_with(b"0123456789"), "{:?}", parts[0]);
+        // Headers that never end: the rest of the body is rest.
+        let mut endless = format!("--{BOUNDARY}\r\n").into_bytes();
+        endless.extend(std::iter::repeat_n(b'h', MAX_HEADERS + 10));
+        endless.extend_from_slice(b"\r\n\r\nnot a part");
+        let (parts, rest) = parse(&endless, 100);
+        assert!(parts.is_empty());
+        assert!(rest.ends_with(b"not a part"));
+    }
+
+    #[test]
+    fn the_boundary_comes_from_the_content_type() {
+        assert_eq!(
+            boundary("multipart/form-data; boundary=abc").as_deref(),
+            Some("abc")
+        );
+        assert_eq!(
+            boundary("Multipart/Form-Data;charset=utf-8; BOUNDARY=\"a b:c\"").as_deref(),
+            Some("a b:c")
+        );
+        assert_eq!(boundary("multipart/form-data"), None);
+        assert_eq!(boundary("multipart/mixed; boundary=abc"), None);
+        assert_eq!(boundary("application/x-www-form-urlencoded"), None);
+        assert_eq!(boundary("multipart/form-data; boundary="), None);
+        assert_eq!(
+            boundary(&format!("multipart/form-data; boundary={}", "x".repeat(71))),
+            None
+        );
+    }
+}
