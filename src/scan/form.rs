@@ -71,6 +71,11 @@ pub struct FormParser {
     /// Bytes not yet given out: where a delimiter or a line may be
     /// incomplete.
     pending: Vec<u8>,
+    /// How many of the line break put before the body, to find a first
+    /// delimiter that opens it, are still to be taken out of what is given
+    /// out: the rest is the body's own bytes, so that a body that is no form
+    /// after all goes to clamd exactly as it came.
+    added: usize,
 }
 
 impl FormParser {
@@ -83,11 +88,18 @@ impl FormParser {
             // The first delimiter may open the body, without the line
             // break before it.
             pending: b"\r\n".to_vec(),
+            added: 2,
         }
     }
 
     /// Takes the next bytes of the body.
     pub fn feed(&mut self, data: &[u8], events: &mut Vec<Event>) {
+        let first = events.len();
+        self.parse(data, events);
+        self.take_out_added(events, first);
+    }
+
+    fn parse(&mut self, data: &[u8], events: &mut Vec<Event>) {
         self.pending.extend_from_slice(data);
         let mut from = 0;
         loop {
@@ -173,6 +185,7 @@ impl FormParser {
     /// The body has ended: what is held back goes out, and a part still
     /// open ends (its content is scanned as far as it came).
     pub fn finish(&mut self, events: &mut Vec<Event>) {
+        let first = events.len();
         let pending = std::mem::take(&mut self.pending);
         let content = self.at == At::Content;
         out(events, content, &pending);
@@ -180,6 +193,25 @@ impl FormParser {
             events.push(Event::End);
         }
         self.at = At::Rest;
+        self.take_out_added(events, first);
+    }
+
+    /// Takes the added line break out of the first bytes given out: they
+    /// are always outside any part.
+    fn take_out_added(&mut self, events: &mut Vec<Event>, first: usize) {
+        let mut i = first;
+        while self.added > 0 && i < events.len() {
+            if let Event::Rest(bytes) = &mut events[i] {
+                let n = self.added.min(bytes.len());
+                bytes.drain(..n);
+                self.added -= n;
+                if bytes.is_empty() {
+                    events.remove(i);
+                    continue;
+                }
+            }
+            i += 1;
+        }
     }
 }
 
@@ -260,10 +292,9 @@ mod tests {
             assert_eq!(parts[1], b"");
             assert_eq!(parts[2], tricky.as_bytes());
             assert_eq!(parts[3], vec![0u8; 3000]);
-            // Every byte of the body is either in a part or in the rest,
-            // plus the two the parser puts before it.
+            // Every byte of the body is either in a part or in the rest.
             let inside: usize = parts.iter().map(Vec::len).sum();
-            assert_eq!(inside + rest.len(), body.len() + 2, "pieces of {piece}");
+            assert_eq!(inside + rest.len(), body.len(), "pieces of {piece}");
             assert!(String::from_utf8_lossy(&rest).contains("filename=\"d.bin\""));
         }
     }
@@ -284,10 +315,12 @@ mod tests {
 
     #[test]
     fn what_does_not_parse_is_rest_and_an_open_part_ends_with_the_body() {
-        // No delimiter at all: all rest.
-        let (parts, rest) = parse(b"just some bytes", 4);
-        assert!(parts.is_empty());
-        assert_eq!(rest, b"\r\njust some bytes");
+        // No delimiter at all: the body as it came, all rest.
+        for piece in [1, 2, 3, 100] {
+            let (parts, rest) = parse(b"MZ just some bytes", piece);
+            assert!(parts.is_empty());
+            assert_eq!(rest, b"MZ just some bytes");
+        }
         // Cut inside a part: its content so far is a part.
         let body = form(&[("a", b"0123456789")]);
         let cut = &body[..body.len() - 30];
