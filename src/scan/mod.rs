@@ -8,8 +8,14 @@
 //! the first `INSTREAM_HOLD` bytes are held, so that a small body goes to
 //! clamd in a single write (command, chunk and end marker at once). A larger
 //! body streams by INSTREAM while it arrives, so the scan overlaps the
-//! transfer and memory stays bounded whatever the body's size. Errors never escape as `Err`: they become
-//! [`Verdict::Error`], and the failure mode decides what that means.
+//! transfer and memory stays bounded whatever the body's size. Errors never
+//! escape as `Err`: they become [`Verdict::Error`], and the failure mode
+//! decides what that means.
+//!
+//! What clamd would not see is taken care of on the way: a Content-Encoding
+//! is undone ([`decode`]), a form upload is scanned part by part ([`form`]),
+//! and a zip that clamd answers OK for without opening it is not called
+//! clean ([`zip_watch`]).
 
 pub mod clamd;
 pub mod decode;
@@ -60,7 +66,7 @@ impl Scanner {
             limit: self.max_scan_size,
             received: 0,
             decoding: None,
-            target: Target::Whole(Sink::new(&self.clamd, self.max_scan_size)),
+            target: Target::Whole(Sink::new(&self.clamd)),
         }
     }
 
@@ -80,7 +86,7 @@ impl Scanner {
                 clamd: self.clamd.clone(),
                 parser: form::FormParser::new(boundary),
                 events: Vec::new(),
-                rest: Sink::new(&self.clamd, self.max_scan_size),
+                rest: Sink::new(&self.clamd),
                 part: None,
                 verdict: Verdict::Clean,
             }));
@@ -105,10 +111,11 @@ impl Scanner {
     }
 
     /// Scans a body that is whole in `file`, `len` bytes long, sent with
-    /// `content_encoding` (and, for a form, `form_boundary`). On a unix socket clamd gets the file's
-    /// descriptor (FILDES) whatever its size: nothing is copied, and
-    /// clamd's `StreamMaxLength` does not apply. On TCP, or when a coding
-    /// must come off first, the file streams through a session. Returns
+    /// `content_encoding` (and, for a form, `form_boundary`). On a unix
+    /// socket clamd gets the file's descriptor (FILDES) whatever its size:
+    /// nothing is copied, and clamd's `StreamMaxLength` does not apply. On
+    /// TCP, or when a coding must come off or a form come apart first, the
+    /// file streams through a session. Returns
     /// the verdict and the bytes read (all of them when clamd read the
     /// file).
     pub async fn scan_file(
@@ -270,7 +277,6 @@ struct Form {
 /// One stream of bytes to clamd, and its verdict.
 struct Sink {
     clamd: Clamd,
-    limit: u64,
     /// The bytes so far, while they may still go to clamd by FILDES.
     spool: Option<Spool>,
     /// The bytes so far, while they are few enough to go to clamd over TCP
@@ -417,7 +423,7 @@ impl Form {
         for event in std::mem::take(&mut self.events) {
             match event {
                 form::Event::Rest(bytes) => self.rest.write(&bytes).await,
-                form::Event::Start => self.part = Some(Sink::new(&self.clamd, self.rest.limit)),
+                form::Event::Start => self.part = Some(Sink::new(&self.clamd)),
                 form::Event::Data(bytes) => {
                     if let Some(part) = self.part.as_mut() {
                         part.write(&bytes).await;
@@ -465,10 +471,9 @@ fn worse(a: Verdict, b: Verdict) -> Verdict {
 }
 
 impl Sink {
-    fn new(clamd: &Clamd, limit: u64) -> Sink {
+    fn new(clamd: &Clamd) -> Sink {
         Sink {
             clamd: clamd.clone(),
-            limit,
             spool: None,
             held: Vec::new(),
             stream: None,
