@@ -510,7 +510,10 @@ async fn producer(args: ProducerArgs) -> anyhow::Result<()> {
 
 #[tokio::main]
 async fn handler(args: HandlerArgs) -> anyhow::Result<()> {
-    let scanner = scanner(&args.scan, "this handler takes no task until it answers").await;
+    // The handler watches clamd itself (worker::run): it says once whether
+    // clamd answers, and which version it is.
+    let clamd = Clamd::new(args.scan.clamd_url.clone(), args.scan.clamd_options());
+    let scanner = Scanner::new(clamd, args.scan.max_scan_size);
     start_metrics(
         &args.run.metrics,
         crate::metrics::Probes {

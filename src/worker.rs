@@ -274,13 +274,21 @@ async fn sweep_orphans(mount: ScanMount, age: Duration) {
     }
 }
 
-/// Publishes clamd's version for the producers' ISTag.
+/// Publishes clamd's version for the producers' ISTag, and logs it when it
+/// changes.
 async fn publish_version(shared: Arc<Shared>) {
-    let mut failing = false;
+    // A clamd down at start is said once, by watch_clamd; a VERSION that
+    // fails after one that worked is said here.
+    let mut failing = true;
+    let mut logged = String::new();
     loop {
         let published = match shared.scanner.refresh_version().await {
             Ok(v) => {
                 failing = false;
+                if v != logged {
+                    tracing::info!(clamd = %shared.scanner.clamd().addr(), version = %v, "clamd version");
+                    logged.clone_from(&v);
+                }
                 let mut conn = shared.conn.clone();
                 let set: Result<(), _> = redis::cmd("SET")
                     .arg(shared.keys.clamd_version())

@@ -1439,6 +1439,15 @@ async fn a_handler_whose_clamd_is_down_takes_no_tasks() {
     );
     let log = producer.log();
     assert!(!log.contains("verdict=\"error\""), "{log}");
+    // The handler without clamd said so once, at start, and no more.
+    let log = idle.log();
+    let warnings: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("WARN") && l.contains("clamd"))
+        .collect();
+    assert_eq!(warnings.len(), 1, "{log}");
+    assert!(warnings[0].contains("clamd does not answer"), "{log}");
+    assert!(working.log().contains("clamd version"));
 }
 
 /// clamd stops under a working handler: the task it could not scan goes
