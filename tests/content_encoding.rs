@@ -360,10 +360,21 @@ async fn zips_clamd_does_not_open_are_not_called_clean() {
         assert!(answer.is_undecodable(), "{name}: {answer:?}");
     }
     // Sent gzip-encoded, which clamd would open by itself, and find the
-    // same zip in, unopened.
+    // same zip in, unopened; or as a gzip file (`.zip.gz`), which clamd
+    // unpacks too.
     for (name, zip) in unopened_eicar() {
         let answer = respmod(server.port(), "gzip", &gzip(&zip)).await;
         assert!(answer.is_undecodable(), "{name} as gzip: {answer:?}");
+        let gz = gzip(&zip);
+        assert_eq!(
+            clamd.verdict(&gz).await,
+            Verdict::Clean,
+            "clamd on {name}.gz"
+        );
+        let answer = icap_respmod_with(server.port(), url, &gz, "", "")
+            .await
+            .unwrap();
+        assert!(answer.is_undecodable(), "{name}.gz: {answer:?}");
     }
     // A plain zip has clamd's verdict.
     let plain = fixture("eicar.zip");

@@ -14,13 +14,17 @@
 //! A body with such a record is reported, and the scan cannot call it
 //! clean. Encrypted entries are left to clamd's `AlertEncryptedArchive`.
 //!
-//! Only the body's own bytes are watched: an archive packed inside another
-//! archive or a compressed stream is out of sight here, as it is out of
+//! The body's own bytes are watched, and, when the body is a gzip file
+//! (`.gz`, `.tar.gz`, `.tgz`: clamd unpacks those), what it unpacks to: a
+//! tar keeps its files' bytes as they are. An archive packed inside another
+//! archive's compressed entry is out of sight here, as it is out of
 //! clamd's.
 
 use std::fmt;
 
 use memchr::memmem;
+
+use super::decode;
 
 /// A local file header: signature, flags at 6, method at 8, sizes at 18
 /// and 22.
@@ -36,6 +40,11 @@ const LONGEST: usize = LOCAL_LEN;
 const IN_ZIP64: u32 = u32::MAX;
 /// General purpose flag bit 0: the entry is encrypted.
 const ENCRYPTED: u16 = 1;
+/// How a gzip file begins: magic, then deflate.
+const GZIP: [u8; 3] = [0x1f, 0x8b, 8];
+/// The most of a gzip file's unpacked bytes watched; clamd's own limits
+/// (with `AlertExceedsMax`) speak for what lies beyond.
+const GZIP_WATCHED: u64 = 256 << 20;
 
 /// A zip record that keeps clamd out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -96,12 +105,82 @@ pub struct ZipWatch {
     /// still to come.
     carry: Vec<u8>,
     found: Option<Unopened>,
+    /// Whether the body is a gzip file, and what it unpacks to.
+    gzip: Gzip,
+}
+
+/// A body's first bytes, as far as they tell whether it is a gzip file.
+#[derive(Debug, Default)]
+enum Gzip {
+    /// Nothing seen yet.
+    #[default]
+    Undecided,
+    /// The first bytes so far, which may begin a gzip file.
+    Head(Vec<u8>),
+    Inside(Box<Inside>),
+    /// Not a gzip file, or no longer watched inside.
+    No,
+}
+
+/// A gzip file being unpacked for the watch (clamd gets the body as it
+/// came, and unpacks it itself).
+struct Inside {
+    decoder: decode::Decoder,
+    piece: Vec<u8>,
+    /// A watch of the unpacked bytes; it does not look further inside.
+    watch: Box<ZipWatch>,
+    unpacked: u64,
+}
+
+impl fmt::Debug for Inside {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Inside({} bytes)", self.unpacked)
+    }
+}
+
+impl Inside {
+    fn start() -> Option<Box<Inside>> {
+        let decode::Plan::Decode(decoder) = decode::plan("gzip") else {
+            return None;
+        };
+        Some(Box::new(Inside {
+            decoder,
+            piece: Vec::new(),
+            watch: Box::new(ZipWatch {
+                gzip: Gzip::No,
+                ..ZipWatch::default()
+            }),
+            unpacked: 0,
+        }))
+    }
+
+    /// Unpacks `data` into the watch; false once there is nothing more to
+    /// watch (the stream is damaged, or past [`GZIP_WATCHED`]).
+    fn feed(&mut self, mut data: &[u8]) -> bool {
+        loop {
+            match self.decoder.decode(&mut data, &mut self.piece) {
+                Ok(true) => {
+                    self.unpacked += self.piece.len() as u64;
+                    self.watch.observe(&self.piece);
+                    if self.watch.found.is_some() || self.unpacked > GZIP_WATCHED {
+                        return false;
+                    }
+                }
+                Ok(false) => return true,
+                Err(_) => return false,
+            }
+        }
+    }
 }
 
 impl ZipWatch {
     /// Looks at the next bytes of the body.
     pub fn observe(&mut self, data: &[u8]) {
         if self.found.is_some() || data.is_empty() {
+            return;
+        }
+        self.look_inside(data);
+        if self.found.is_some() {
             return;
         }
         if !self.carry.is_empty() {
@@ -126,6 +205,44 @@ impl ZipWatch {
     /// What was found, if anything.
     pub fn found(&self) -> Option<Unopened> {
         self.found
+    }
+
+    /// Unpacks a gzip file into an inner watch.
+    fn look_inside(&mut self, data: &[u8]) {
+        match &mut self.gzip {
+            Gzip::No => {}
+            Gzip::Undecided | Gzip::Head(_) => {
+                let mut head = match std::mem::take(&mut self.gzip) {
+                    Gzip::Head(head) => head,
+                    _ => Vec::new(),
+                };
+                let take = (GZIP.len() - head.len()).min(data.len());
+                head.extend_from_slice(&data[..take]);
+                self.gzip = if !GZIP.starts_with(&head) {
+                    Gzip::No
+                } else if head.len() < GZIP.len() {
+                    Gzip::Head(head)
+                } else {
+                    match Inside::start() {
+                        Some(mut inside) => {
+                            if inside.feed(&head) && inside.feed(&data[take..]) {
+                                Gzip::Inside(inside)
+                            } else {
+                                self.found = inside.watch.found;
+                                Gzip::No
+                            }
+                        }
+                        None => Gzip::No,
+                    }
+                };
+            }
+            Gzip::Inside(inside) => {
+                if !inside.feed(data) {
+                    self.found = inside.watch.found;
+                    self.gzip = Gzip::No;
+                }
+            }
+        }
     }
 }
 
@@ -317,6 +434,54 @@ mod tests {
         let ones = vec![0xff; 4096];
         for b in [&plain, &cut, &ones] {
             for piece in [1, 2, 3, 7, 25, 26, 27, 100, b.len()] {
+                assert_eq!(watch(b, piece), None, "pieces of {piece}");
+            }
+        }
+    }
+
+    /// `data` as a gzip file.
+    fn gzip(data: &[u8]) -> Vec<u8> {
+        let mut out = GZIP.to_vec();
+        out.extend_from_slice(&[0; 7]);
+        out.extend_from_slice(&miniz_oxide::deflate::compress_to_vec(data, 6));
+        out.extend_from_slice(&[0; 4]);
+        out.extend_from_slice(&(data.len() as u32).to_le_bytes());
+        out
+    }
+
+    #[test]
+    fn a_gzip_file_is_watched_unpacked() {
+        // A tar keeps its files as they are: a .tar.gz holding a ZIP64 zip
+        // shows the zip's records once unpacked.
+        let mut tar = vec![0u8; 512];
+        tar.extend_from_slice(&body(&[local(IN_ZIP64, IN_ZIP64)]));
+        let tgz = gzip(&tar);
+        assert_eq!(
+            find(&tgz, tgz.len()),
+            None,
+            "the records show only unpacked"
+        );
+        for piece in [1, 2, 3, 4, 7, 100, tgz.len()] {
+            assert_eq!(
+                watch(&tgz, piece),
+                Some(Unopened::Zip64Local),
+                "pieces of {piece}"
+            );
+        }
+        assert_eq!(
+            watch(&gzip(&body(&[local_with(0, 14, 1, 2)])), 5),
+            Some(Unopened::Method(14))
+        );
+        // Plain archives inside, a damaged stream, gzip only past the
+        // start, or a gzip inside the gzip: nothing.
+        let plain = gzip(&body(&[local(10, 20), end(46, 1000)]));
+        let mut damaged = gzip(&body(&[local(IN_ZIP64, IN_ZIP64)]));
+        damaged[12] ^= 0xff;
+        let mut late = b"x".to_vec();
+        late.extend_from_slice(&tgz);
+        let twice = gzip(&tgz);
+        for b in [&plain, &damaged, &late, &twice] {
+            for piece in [1, 3, 1000] {
                 assert_eq!(watch(b, piece), None, "pieces of {piece}");
             }
         }
