@@ -502,6 +502,13 @@ async fn form_uploads_are_scanned_part_by_part() {
     assert!(upload_form(port, &form(&[("eicar.com", &eicar())]))
         .await
         .is_infected());
+    // A form a server's parser may split otherwise than the scan did (Go's
+    // takes bare line feeds): it could not be checked.
+    let bare: Vec<u8> = form(&[("a.gz", &clean_gz)])
+        .into_iter()
+        .filter(|&b| b != b'\r')
+        .collect();
+    assert!(upload_form(port, &bare).await.is_undecodable());
 
     // Split mode, the body on the disk provider and clamd on its unix
     // socket, where a whole body file would otherwise go by descriptor.

@@ -8,12 +8,27 @@
 //! parts' contents go to clamd one by one; everything else (preamble, part
 //! headers, epilogue, or the rest of a body that stops parsing) goes to a
 //! scan of its own, so that no byte goes unscanned.
+//!
+//! Servers' parsers differ where a body strays from RFC 2046: PHP's ends a
+//! part at any line feed followed by the boundary, whatever follows it;
+//! Go's takes bare line feeds. A part that one of them splits where this
+//! parser does not would reach clamd in pieces, or not from its start. So
+//! such a body is ambiguous: the boundary where no delimiter may stand, a
+//! delimiter followed by more than white space, no closing delimiter, or
+//! headers past their limit. Browsers never send one; the scan cannot call
+//! it clean.
 
 use memchr::memmem;
 
 /// The longest part header block read; past it the body is not parsed
 /// further.
 const MAX_HEADERS: usize = 16 * 1024;
+
+/// Why a body is ambiguous (see the module's doc).
+const STRAY: &str = "the boundary where no delimiter stands";
+const TRAILED: &str = "a delimiter followed by more than white space";
+const LONG: &str = "part headers over 16 KiB";
+const UNCLOSED: &str = "no closing delimiter";
 
 /// The boundary of a `multipart/form-data` Content-Type, if it is one.
 pub fn boundary(content_type: &str) -> Option<String> {
@@ -76,6 +91,10 @@ pub struct FormParser {
     /// out: the rest is the body's own bytes, so that a body that is no form
     /// after all goes to clamd exactly as it came.
     added: usize,
+    /// Why another parser might take the body apart otherwise, if it might.
+    ambiguous: Option<&'static str>,
+    /// Whether the closing delimiter has come.
+    closed: bool,
 }
 
 impl FormParser {
@@ -89,7 +108,20 @@ impl FormParser {
             // break before it.
             pending: b"\r\n".to_vec(),
             added: 2,
+            ambiguous: None,
+            closed: false,
         }
+    }
+
+    /// Why another parser might take the body apart otherwise (see the
+    /// module's doc), once the body has ended; `None` for a body as
+    /// browsers send it.
+    pub fn ambiguous(&self) -> Option<&'static str> {
+        self.ambiguous
+    }
+
+    fn ambiguity(&mut self, why: &'static str) {
+        self.ambiguous.get_or_insert(why);
     }
 
     /// Takes the next bytes of the body.
@@ -109,6 +141,10 @@ impl FormParser {
                     let content = self.at == At::Content;
                     match memmem::find(buf, &self.delimiter) {
                         Some(i) => {
+                            let stray = memmem::find(&buf[..i], &self.delimiter[2..]).is_some();
+                            if stray {
+                                self.ambiguous.get_or_insert(STRAY);
+                            }
                             out(events, content, &buf[..i]);
                             if content {
                                 events.push(Event::End);
@@ -120,7 +156,13 @@ impl FormParser {
                         None => {
                             // Keep what may begin a delimiter.
                             let keep = (self.delimiter.len() - 1).min(buf.len());
-                            out(events, content, &buf[..buf.len() - keep]);
+                            let end = buf.len() - keep;
+                            let stray =
+                                memmem::find_iter(buf, &self.delimiter[2..]).any(|at| at < end);
+                            if stray {
+                                self.ambiguous.get_or_insert(STRAY);
+                            }
+                            out(events, content, &buf[..end]);
                             from += buf.len() - keep;
                             break;
                         }
@@ -131,16 +173,21 @@ impl FormParser {
                         break;
                     }
                     if buf.starts_with(b"--") {
+                        self.closed = true;
                         self.at = At::Rest;
                         0
                     } else {
                         match memmem::find(buf, b"\r\n") {
                             Some(i) => {
+                                if !buf[..i].iter().all(|&b| b == b' ' || b == b'\t') {
+                                    self.ambiguous.get_or_insert(TRAILED);
+                                }
                                 events.push(Event::Rest(buf[..i + 2].to_vec()));
                                 self.at = At::Headers(0);
                                 i + 2
                             }
                             None if buf.len() > MAX_HEADERS => {
+                                self.ambiguous.get_or_insert(LONG);
                                 self.at = At::Rest;
                                 0
                             }
@@ -155,6 +202,7 @@ impl FormParser {
                             events.push(Event::Start);
                             self.at = At::Content;
                         } else if read + i + 2 > MAX_HEADERS {
+                            self.ambiguous.get_or_insert(LONG);
                             self.at = At::Rest;
                         } else {
                             self.at = At::Headers(read + i + 2);
@@ -162,6 +210,7 @@ impl FormParser {
                         i + 2
                     }
                     None if read + buf.len() > MAX_HEADERS => {
+                        self.ambiguous.get_or_insert(LONG);
                         self.at = At::Rest;
                         0
                     }
@@ -191,6 +240,9 @@ impl FormParser {
         out(events, content, &pending);
         if content {
             events.push(Event::End);
+        }
+        if !self.closed {
+            self.ambiguity(UNCLOSED);
         }
         self.at = At::Rest;
         self.take_out_added(events, first);
@@ -334,6 +386,67 @@ mod tests {
         let (parts, rest) = parse(&endless, 100);
         assert!(parts.is_empty());
         assert!(rest.ends_with(b"not a part"));
+    }
+
+    /// Why the parser finds `body`, fed `piece` bytes at a time, ambiguous.
+    fn ambiguous(body: &[u8], piece: usize) -> Option<&'static str> {
+        let mut p = FormParser::new(BOUNDARY);
+        let mut events = Vec::new();
+        for chunk in body.chunks(piece) {
+            p.feed(chunk, &mut events);
+        }
+        p.finish(&mut events);
+        p.ambiguous()
+    }
+
+    #[test]
+    fn a_body_another_parser_may_split_otherwise_is_ambiguous() {
+        let tricky = format!("a\r\n--{}x\r\n--\r\n-", &BOUNDARY[..20]);
+        let browser = form(&[("a", b"x"), ("b", tricky.as_bytes())]);
+        let mut padded = form(&[("a", b"x")]);
+        let at = BOUNDARY.len() + 2;
+        padded.splice(at..at, *b" \t");
+        let mut epilogue = b"preamble\r\n".to_vec();
+        epilogue.extend_from_slice(&form(&[("a", b"x")]));
+        epilogue.extend_from_slice(b"epilogue");
+        for body in [&browser, &padded, &epilogue] {
+            for piece in [1, 2, 3, 41, 42, 1000] {
+                assert_eq!(ambiguous(body, piece), None, "pieces of {piece}");
+            }
+        }
+        // A line that starts with the boundary (PHP takes it as one).
+        let trailed = form(&[("a", format!("x\r\n--{BOUNDARY}X\r\n\r\ny").as_bytes())]);
+        // The boundary after a bare line feed (Go takes it as one).
+        let stray = form(&[(
+            "a",
+            format!("x\n--{BOUNDARY}\nContent-Type: a/b\n\ny").as_bytes(),
+        )]);
+        let bare = form(&[("a", b"x")])
+            .iter()
+            .filter(|&&b| b != b'\r')
+            .copied()
+            .collect();
+        let cut = form(&[("a", b"0123456789")])[..60].to_vec();
+        let mut long = format!("--{BOUNDARY}\r\n").into_bytes();
+        long.extend(std::iter::repeat_n(b'h', MAX_HEADERS + 10));
+        long.extend_from_slice(format!("\r\n\r\nx\r\n--{BOUNDARY}--\r\n").as_bytes());
+        let cases: [(&Vec<u8>, &[&str]); 5] = [
+            (&trailed, &[TRAILED]),
+            (&stray, &[STRAY]),
+            (&bare, &[LONG, UNCLOSED, STRAY]),
+            (&cut, &[UNCLOSED]),
+            (&long, &[LONG]),
+        ];
+        for (body, why) in cases {
+            for piece in [1, 2, 3, 41, 42, 1000] {
+                let got = ambiguous(body, piece);
+                assert!(
+                    got.is_some_and(|g| why.contains(&g)),
+                    "{why:?} in pieces of {piece}: {got:?}"
+                );
+            }
+        }
+        assert_eq!(ambiguous(b"no form at all", 3), Some(UNCLOSED));
     }
 
     #[test]

@@ -407,7 +407,18 @@ impl ScanSession {
                 form.parser.finish(&mut form.events);
                 form.take_events().await;
                 let rest = form.rest.finish().await;
-                worse(form.verdict, rest)
+                let verdict = worse(form.verdict, rest);
+                match form.parser.ambiguous() {
+                    // A server might take the parts otherwise than the
+                    // scans did.
+                    Some(why) => worse(
+                        verdict,
+                        Verdict::Undecodable {
+                            reason: format!("multipart/form-data with {why}"),
+                        },
+                    ),
+                    None => verdict,
+                }
             }
         };
         match (verdict, undecoded) {
