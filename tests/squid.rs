@@ -89,14 +89,9 @@ async fn squid_downloads_and_uploads_are_scanned() {
         ("/medium.chunked", &medium),
         ("/big.chunked", &big),
     ] {
-        let (status, body) = squid.fetch(&origin.url(path), None).await;
-        assert_eq!(status, 200, "{path}");
-        assert!(
-            body == want.as_ref(),
-            "{path}: {} bytes arrived, {} expected",
-            body.len(),
-            want.len()
-        );
+        squid
+            .assert_arrives_whole(&origin.url(path), want, path, "")
+            .await;
     }
     // HEAD: the response has no body, whatever its Content-Length says.
     for path in ["/big.bin", "/eicar.com"] {
@@ -375,14 +370,10 @@ async fn squid_through_a_producer_and_two_handlers() {
             ("/big.bin", &f.big),
             ("/big.chunked", &f.big),
         ] {
-            let (status, body) = squid.fetch(&origin.url(path), None).await;
-            assert_eq!(status, 200, "disk {disk}: {path}\n{}", producer.log());
-            assert!(
-                body == want.as_ref(),
-                "disk {disk}: {path}: {} bytes arrived, {} expected",
-                body.len(),
-                want.len()
-            );
+            let context = format!("disk {disk}: {path}");
+            squid
+                .assert_arrives_whole(&origin.url(path), want, &context, &producer.log())
+                .await;
         }
         for path in ["/eicar.com", "/eicar.zip"] {
             let (status, body) = squid.fetch(&origin.url(path), None).await;

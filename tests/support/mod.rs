@@ -1010,6 +1010,20 @@ impl Squid {
         self.fetch_with(url, upload, &[]).await
     }
 
+    /// Fetches `url` through Squid and fails unless it arrives with status
+    /// 200 and byte for byte as `want`; `context` (and `log`, on a bad
+    /// status) go into the failure.
+    pub async fn assert_arrives_whole(&self, url: &str, want: &[u8], context: &str, log: &str) {
+        let (status, body) = self.fetch(url, None).await;
+        assert_eq!(status, 200, "{context}\n{log}");
+        assert!(
+            body == want,
+            "{context}: {} bytes arrived, {} expected",
+            body.len(),
+            want.len()
+        );
+    }
+
     /// The same, with more curl arguments (`--cacert` for HTTPS).
     pub async fn fetch_with(
         &self,
