@@ -310,8 +310,7 @@ fn serve(serve: impl FnOnce() -> anyhow::Result<()>) -> ExitCode {
 /// The clamd client and scanner the settings describe; says whether clamd
 /// answers yet, and `meanwhile` what happens until it does.
 async fn scanner(scan: &ScanConfig, meanwhile: &str) -> Scanner {
-    let clamd = Clamd::new(scan.clamd_url.clone(), scan.clamd_options());
-    let scanner = Scanner::new(clamd, scan.max_scan_size);
+    let scanner = scanner_of(scan);
     match scanner.refresh_version().await {
         Ok(v) => tracing::info!(clamd = %scan.clamd_url, version = %v, "clamd reachable"),
         Err(e) => {
@@ -319,6 +318,12 @@ async fn scanner(scan: &ScanConfig, meanwhile: &str) -> Scanner {
         }
     }
     scanner
+}
+
+/// The clamd client and scanner the settings describe.
+fn scanner_of(scan: &ScanConfig) -> Scanner {
+    let clamd = Clamd::new(scan.clamd_url.clone(), scan.clamd_options());
+    Scanner::new(clamd, scan.max_scan_size)
 }
 
 /// Starts /metrics, /healthz and /readyz, unless METRICS_PORT is 0. They
@@ -512,8 +517,7 @@ async fn producer(args: ProducerArgs) -> anyhow::Result<()> {
 async fn handler(args: HandlerArgs) -> anyhow::Result<()> {
     // The handler watches clamd itself (worker::run): it says once whether
     // clamd answers, and which version it is.
-    let clamd = Clamd::new(args.scan.clamd_url.clone(), args.scan.clamd_options());
-    let scanner = Scanner::new(clamd, args.scan.max_scan_size);
+    let scanner = scanner_of(&args.scan);
     start_metrics(
         &args.run.metrics,
         crate::metrics::Probes {
