@@ -327,14 +327,16 @@ async fn dictionary_compression_is_kept_out() {
 /// them. ZIP64 ones (ClamAV issue 1527): made by Info-ZIP's `zip -fz` (every
 /// record ZIP64), by Python's zipfile with `force_zip64` (the local header
 /// only), and the first with its local header's real sizes put back (the
-/// end record only). And one packed with LZMA by Python's zipfile. unzip
-/// or 7-Zip opens each.
+/// end record only). One packed with LZMA by Python's zipfile. And the
+/// first inside another zip, deflated there by Python's zipfile, so that
+/// its records show only unpacked. unzip or 7-Zip opens each.
 fn unopened_eicar() -> Vec<(&'static str, Vec<u8>)> {
     [
         "eicar-zip64.zip",
         "eicar-zip64-local.zip",
         "eicar-zip64-end.zip",
         "eicar-lzma.zip",
+        "eicar-zip64-in-zip.zip",
     ]
     .into_iter()
     .map(|name| (name, fixture(name)))
@@ -365,16 +367,16 @@ async fn zips_clamd_does_not_open_are_not_called_clean() {
     for (name, zip) in unopened_eicar() {
         let answer = respmod(server.port(), "gzip", &gzip(&zip)).await;
         assert!(answer.is_undecodable(), "{name} as gzip: {answer:?}");
+        // And a gzip file in a gzip file, which clamd unpacks both of.
         let gz = gzip(&zip);
-        assert_eq!(
-            clamd.verdict(&gz).await,
-            Verdict::Clean,
-            "clamd on {name}.gz"
-        );
-        let answer = icap_respmod_with(server.port(), url, &gz, "", "")
-            .await
-            .unwrap();
-        assert!(answer.is_undecodable(), "{name}.gz: {answer:?}");
+        for (suffix, file) in [(".gz", gzip(&zip)), (".gz.gz", gzip(&gz))] {
+            let clamd_says = clamd.verdict(&file).await;
+            assert_eq!(clamd_says, Verdict::Clean, "clamd on {name}{suffix}");
+            let answer = icap_respmod_with(server.port(), url, &file, "", "")
+                .await
+                .unwrap();
+            assert!(answer.is_undecodable(), "{name}{suffix}: {answer:?}");
+        }
     }
     // A plain zip has clamd's verdict.
     let plain = fixture("eicar.zip");

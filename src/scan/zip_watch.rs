@@ -14,22 +14,28 @@
 //! A body with such a record is reported, and the scan cannot call it
 //! clean. Encrypted entries are left to clamd's `AlertEncryptedArchive`.
 //!
-//! The body's own bytes are watched, and, when the body is a gzip file
-//! (`.gz`, `.tar.gz`, `.tgz`: clamd unpacks those), what it unpacks to: a
-//! tar keeps its files' bytes as they are. An archive packed inside another
-//! archive's compressed entry is out of sight here, as it is out of
-//! clamd's.
+//! The body's own bytes are watched, and what clamd unpacks from them in
+//! the two ways most archives are packed: a gzip file (`.gz`, `.tar.gz`;
+//! a tar keeps its files' bytes as they are) and a zip's deflated entries.
+//! Each is unpacked here, as it passes, into a watch of its own, down to
+//! [`DEPTH`] levels (a zip in a zip in a `.tar.gz`), and up to [`WATCHED`]
+//! unpacked bytes in all. An archive inside another that is packed any
+//! other way (a zip's bzip2 or deflate64 entry, a `.bz2`, `.xz`, 7z or rar
+//! file) is out of sight here, as the zips in it are out of clamd's.
 
 use std::fmt;
 
 use memchr::memmem;
+use miniz_oxide::inflate::stream::{inflate, InflateState};
+use miniz_oxide::{DataFormat, MZFlush, MZStatus};
 
 use super::decode;
 
 /// A local file header: signature, flags at 6, method at 8, sizes at 18
-/// and 22.
+/// and 22, the lengths of the name and the extra field at 26 and 28; the
+/// entry's data follows them.
 const LOCAL: &[u8; 4] = b"PK\x03\x04";
-const LOCAL_LEN: usize = 26;
+const LOCAL_LEN: usize = 30;
 /// An end-of-central-directory record: signature, then the directory's size
 /// at 12 and its offset at 16.
 const END: &[u8; 4] = b"PK\x05\x06";
@@ -40,11 +46,26 @@ const LONGEST: usize = LOCAL_LEN;
 const IN_ZIP64: u32 = u32::MAX;
 /// General purpose flag bit 0: the entry is encrypted.
 const ENCRYPTED: u16 = 1;
+/// General purpose flag bit 3: the sizes follow the data (the header's may
+/// be 0).
+const SIZES_AFTER: u16 = 8;
+/// The deflate method.
+const DEFLATED: u16 = 8;
 /// How a gzip file begins: magic, then deflate.
 const GZIP: [u8; 3] = [0x1f, 0x8b, 8];
-/// The most of a gzip file's unpacked bytes watched; clamd's own limits
-/// (with `AlertExceedsMax`) speak for what lies beyond.
-const GZIP_WATCHED: u64 = 256 << 20;
+/// The most unpacked bytes watched for one body, at all levels together
+/// (about a second of CPU); clamd's own limits (with `AlertExceedsMax`)
+/// speak for what lies beyond.
+const WATCHED: u64 = 256 << 20;
+/// Levels of unpacking: the body, then up to three archives deep.
+const DEPTH: u8 = 3;
+/// Deflated entries unpacked at once by one watch. Entries follow one
+/// another, but an entry header may show in another's data: an inner zip
+/// that deflate kept as it was (it does with packed data), or one put there
+/// to be skipped. More than this at once is no archive a tool writes.
+const OPEN_MAX: usize = 8;
+/// Unpacked bytes handed on at a time.
+const PIECE: usize = 32 * 1024;
 
 /// A zip record that keeps clamd out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,6 +77,8 @@ pub enum Unopened {
     Zip64End,
     /// An entry packed with this method (APPNOTE 4.4.5).
     Method(u16),
+    /// More than [`OPEN_MAX`] deflated entries overlapping one another.
+    Overlapping,
 }
 
 impl fmt::Display for Unopened {
@@ -71,6 +94,10 @@ impl fmt::Display for Unopened {
                 f,
                 "a zip entry packed with {} (method {m}), which clamd does not unpack",
                 method_name(*m)
+            ),
+            Unopened::Overlapping => write!(
+                f,
+                "more than {OPEN_MAX} zip entries inside one another's data, which no archiver writes"
             ),
         }
     }
@@ -99,14 +126,50 @@ fn method_name(method: u16) -> &'static str {
 
 /// Watches a body, in pieces of any size, for a record that keeps clamd
 /// out.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct ZipWatch {
     /// The last bytes seen, where a record may have begun whose fields are
     /// still to come.
     carry: Vec<u8>,
+    /// Bytes seen so far: the offset of the next one.
+    at: u64,
+    /// The offset of the last record acted on (one whose fields were whole
+    /// in the carried bytes is found again with the next piece).
+    last_record: Option<u64>,
     found: Option<Unopened>,
-    /// Whether the body is a gzip file, and what it unpacks to.
+    /// Whether the bytes are a gzip file, and what it unpacks to.
     gzip: Gzip,
+    /// Deflated entries being unpacked.
+    entries: Vec<Entry>,
+    /// Where entries unpack to, taken piece by piece.
+    piece: Vec<u8>,
+    /// Levels of unpacking above this watch.
+    depth: u8,
+    /// For the body's own watch: unpacked bytes still to be watched, at all
+    /// levels.
+    budget: u64,
+}
+
+impl Default for ZipWatch {
+    fn default() -> ZipWatch {
+        ZipWatch::at_depth(0)
+    }
+}
+
+impl ZipWatch {
+    fn at_depth(depth: u8) -> ZipWatch {
+        ZipWatch {
+            carry: Vec::new(),
+            at: 0,
+            last_record: None,
+            found: None,
+            gzip: Gzip::Undecided,
+            entries: Vec::new(),
+            piece: Vec::new(),
+            depth,
+            budget: WATCHED,
+        }
+    }
 }
 
 /// A body's first bytes, as far as they tell whether it is a gzip file.
@@ -127,42 +190,38 @@ enum Gzip {
 struct Inside {
     decoder: decode::Decoder,
     piece: Vec<u8>,
-    /// A watch of the unpacked bytes; it does not look further inside.
+    /// A watch of the unpacked bytes.
     watch: Box<ZipWatch>,
-    unpacked: u64,
 }
 
 impl fmt::Debug for Inside {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Inside({} bytes)", self.unpacked)
+        write!(f, "Inside({} bytes)", self.watch.at)
     }
 }
 
 impl Inside {
-    fn start() -> Option<Box<Inside>> {
+    fn start(depth: u8) -> Option<Box<Inside>> {
         let decode::Plan::Decode(decoder) = decode::plan("gzip") else {
             return None;
         };
         Some(Box::new(Inside {
             decoder,
             piece: Vec::new(),
-            watch: Box::new(ZipWatch {
-                gzip: Gzip::No,
-                ..ZipWatch::default()
-            }),
-            unpacked: 0,
+            watch: Box::new(ZipWatch::at_depth(depth + 1)),
         }))
     }
 
     /// Unpacks `data` into the watch; false once there is nothing more to
-    /// watch (the stream is damaged, or past [`GZIP_WATCHED`]).
-    fn feed(&mut self, mut data: &[u8]) -> bool {
+    /// watch (the stream is damaged, or the budget spent).
+    fn feed(&mut self, mut data: &[u8], budget: &mut u64) -> bool {
         loop {
             match self.decoder.decode(&mut data, &mut self.piece) {
                 Ok(true) => {
-                    self.unpacked += self.piece.len() as u64;
-                    self.watch.observe(&self.piece);
-                    if self.watch.found.is_some() || self.unpacked > GZIP_WATCHED {
+                    let n = self.piece.len().min(*budget as usize);
+                    *budget -= n as u64;
+                    self.watch.observe_within(&self.piece[..n], budget);
+                    if self.watch.found.is_some() || *budget == 0 {
                         return false;
                     }
                 }
@@ -173,33 +232,66 @@ impl Inside {
     }
 }
 
+/// A zip entry's deflated data being unpacked into a watch of its own
+/// (clamd unpacks it itself).
+struct Entry {
+    inflate: Box<InflateState>,
+    /// The offset of the next byte of its data.
+    next: u64,
+    /// Where its data ends, when its header says.
+    end: Option<u64>,
+    watch: Box<ZipWatch>,
+}
+
+impl fmt::Debug for Entry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Entry(at {}, {} bytes out)", self.next, self.watch.at)
+    }
+}
+
+impl Entry {
+    /// Unpacks `data`, the entry's next bytes, into the watch; false once
+    /// there is nothing more to watch (the entry's data ended or is
+    /// damaged, or the budget is spent).
+    fn feed(&mut self, mut data: &[u8], piece: &mut [u8], budget: &mut u64) -> bool {
+        loop {
+            let r = inflate(&mut self.inflate, data, piece, MZFlush::None);
+            data = &data[r.bytes_consumed..];
+            self.next += r.bytes_consumed as u64;
+            let n = r.bytes_written.min(*budget as usize);
+            *budget -= n as u64;
+            self.watch.observe_within(&piece[..n], budget);
+            if self.watch.found.is_some() || *budget == 0 {
+                return false;
+            }
+            match r.status {
+                Ok(MZStatus::StreamEnd) => return false,
+                Ok(_) if r.bytes_consumed > 0 || r.bytes_written > 0 => {}
+                // No progress: the data so far is used up.
+                Ok(_) | Err(miniz_oxide::MZError::Buf) => return self.end != Some(self.next),
+                Err(_) => return false,
+            }
+        }
+    }
+}
+
+/// A record that matters, found at some offset.
+enum Record {
+    Unopened(Unopened),
+    /// A deflated entry whose data begins this many bytes after the
+    /// record's start, and is this long when the header says.
+    Deflated {
+        data_from: u64,
+        len: Option<u64>,
+    },
+}
+
 impl ZipWatch {
     /// Looks at the next bytes of the body.
     pub fn observe(&mut self, data: &[u8]) {
-        if self.found.is_some() || data.is_empty() {
-            return;
-        }
-        self.look_inside(data);
-        if self.found.is_some() {
-            return;
-        }
-        if !self.carry.is_empty() {
-            // Records that began in the carried bytes, read on into `data`.
-            let mut joined = std::mem::take(&mut self.carry);
-            let starts = joined.len();
-            joined.extend_from_slice(&data[..data.len().min(LONGEST - 1)]);
-            self.found = find(&joined, starts);
-            self.carry = joined;
-            self.carry.truncate(starts);
-        }
-        if self.found.is_none() {
-            self.found = find(data, data.len());
-        }
-        // Keep what a record still to be judged may have begun in.
-        self.carry
-            .extend_from_slice(&data[data.len().saturating_sub(LONGEST - 1)..]);
-        let extra = self.carry.len().saturating_sub(LONGEST - 1);
-        self.carry.drain(..extra);
+        let mut budget = self.budget;
+        self.observe_within(data, &mut budget);
+        self.budget = budget;
     }
 
     /// What was found, if anything.
@@ -207,10 +299,104 @@ impl ZipWatch {
         self.found
     }
 
+    /// Looks at the next bytes, unpacking what is in them while `budget`
+    /// lasts.
+    fn observe_within(&mut self, data: &[u8], budget: &mut u64) {
+        if self.found.is_some() || data.is_empty() {
+            return;
+        }
+        self.look_inside(data, budget);
+        if self.found.is_some() {
+            return;
+        }
+        let start = self.at;
+        self.at += data.len() as u64;
+        let mut found = Vec::new();
+        if !self.carry.is_empty() {
+            // Records that began in the carried bytes, read on into `data`.
+            let mut joined = std::mem::take(&mut self.carry);
+            let starts = joined.len();
+            joined.extend_from_slice(&data[..data.len().min(LONGEST - 1)]);
+            let joined_at = start - starts as u64;
+            found.extend(records(&joined, starts).map(|(at, r)| (joined_at + at as u64, r)));
+            self.carry = joined;
+            self.carry.truncate(starts);
+        }
+        found.extend(records(data, data.len()).map(|(at, r)| (start + at as u64, r)));
+        // Keep what a record still to be judged may have begun in.
+        self.carry
+            .extend_from_slice(&data[data.len().saturating_sub(LONGEST - 1)..]);
+        let extra = self.carry.len().saturating_sub(LONGEST - 1);
+        self.carry.drain(..extra);
+
+        for (at, record) in found {
+            if self.last_record.is_some_and(|last| at <= last) {
+                continue;
+            }
+            self.last_record = Some(at);
+            // The entries open so far take their data up to the record, so
+            // that one that ends before it is closed first.
+            self.unpack(data, start, at, budget);
+            if self.found.is_some() {
+                return;
+            }
+            match record {
+                Record::Unopened(what) => {
+                    self.found = Some(what);
+                    return;
+                }
+                Record::Deflated { data_from, len } => self.open(at + data_from, len, budget),
+            }
+        }
+        self.unpack(data, start, self.at, budget);
+    }
+
+    /// Starts unpacking a deflated entry whose data begins at `at`.
+    fn open(&mut self, at: u64, len: Option<u64>, budget: &u64) {
+        if self.depth >= DEPTH || *budget == 0 || len == Some(0) {
+            return;
+        }
+        if self.entries.len() == OPEN_MAX {
+            self.found = Some(Unopened::Overlapping);
+            return;
+        }
+        self.entries.push(Entry {
+            inflate: InflateState::new_boxed(DataFormat::Raw),
+            next: at,
+            end: len.map(|len| at + len),
+            watch: Box::new(ZipWatch::at_depth(self.depth + 1)),
+        });
+    }
+
+    /// Gives the open entries their data in `data` (which begins at
+    /// `start`) up to offset `until`, and closes those that are done.
+    fn unpack(&mut self, data: &[u8], start: u64, until: u64, budget: &mut u64) {
+        if self.entries.is_empty() {
+            return;
+        }
+        self.piece.resize(PIECE, 0);
+        let piece = &mut self.piece;
+        let found = &mut self.found;
+        self.entries.retain_mut(|entry| {
+            let from = entry.next.max(start);
+            let to = until.min(entry.end.unwrap_or(u64::MAX));
+            if found.is_some() || from >= to {
+                return found.is_none() && entry.end != Some(entry.next);
+            }
+            let bytes = &data[(from - start) as usize..(to - start) as usize];
+            let open = entry.feed(bytes, piece, budget);
+            if let Some(what) = entry.watch.found {
+                *found = Some(what);
+            }
+            open && *budget > 0
+        });
+    }
+
     /// Unpacks a gzip file into an inner watch.
-    fn look_inside(&mut self, data: &[u8]) {
+    fn look_inside(&mut self, data: &[u8], budget: &mut u64) {
         match &mut self.gzip {
             Gzip::No => {}
+            Gzip::Undecided | Gzip::Head(_) if self.depth >= DEPTH => self.gzip = Gzip::No,
             Gzip::Undecided | Gzip::Head(_) => {
                 let mut head = match std::mem::take(&mut self.gzip) {
                     Gzip::Head(head) => head,
@@ -223,9 +409,9 @@ impl ZipWatch {
                 } else if head.len() < GZIP.len() {
                     Gzip::Head(head)
                 } else {
-                    match Inside::start() {
+                    match Inside::start(self.depth) {
                         Some(mut inside) => {
-                            if inside.feed(&head) && inside.feed(&data[take..]) {
+                            if inside.feed(&head, budget) && inside.feed(&data[take..], budget) {
                                 Gzip::Inside(inside)
                             } else {
                                 self.found = inside.watch.found;
@@ -237,7 +423,7 @@ impl ZipWatch {
                 };
             }
             Gzip::Inside(inside) => {
-                if !inside.feed(data) {
+                if !inside.feed(data, budget) {
                     self.found = inside.watch.found;
                     self.gzip = Gzip::No;
                 }
@@ -263,32 +449,53 @@ pub fn watch_file(file: &std::fs::File) -> std::io::Result<Option<Unopened>> {
     Ok(watch.found())
 }
 
-/// The first record in `bytes` that keeps clamd out, among those whose
+/// The records in `bytes` that matter, with their offsets: those whose
 /// signature starts before `starts` and whose fields `bytes` holds whole.
-fn find(bytes: &[u8], starts: usize) -> Option<Unopened> {
+fn records(bytes: &[u8], starts: usize) -> impl Iterator<Item = (usize, Record)> + '_ {
     let u16_at = |at: usize| u16::from_le_bytes(bytes[at..at + 2].try_into().unwrap());
     let u32_at = |at: usize| u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap());
-    for at in memmem::find_iter(bytes, b"PK") {
-        if at >= starts {
-            break;
-        }
-        let rest = &bytes[at..];
-        if rest.starts_with(LOCAL) && rest.len() >= LOCAL_LEN {
-            if u32_at(at + 18) == IN_ZIP64 || u32_at(at + 22) == IN_ZIP64 {
-                return Some(Unopened::Zip64Local);
-            }
-            let method = u16_at(at + 8);
-            if u16_at(at + 6) & ENCRYPTED == 0 && !method_name(method).is_empty() {
-                return Some(Unopened::Method(method));
-            }
-        } else if rest.starts_with(END)
-            && rest.len() >= END_LEN
-            && (u32_at(at + 12) == IN_ZIP64 || u32_at(at + 16) == IN_ZIP64)
-        {
-            return Some(Unopened::Zip64End);
-        }
-    }
-    None
+    memmem::find_iter(bytes, b"PK")
+        .take_while(move |&at| at < starts)
+        .filter_map(move |at| {
+            let rest = &bytes[at..];
+            let record = if rest.starts_with(LOCAL) && rest.len() >= LOCAL_LEN {
+                let (flags, method) = (u16_at(at + 6), u16_at(at + 8));
+                let compressed = u32_at(at + 18);
+                if compressed == IN_ZIP64 || u32_at(at + 22) == IN_ZIP64 {
+                    Record::Unopened(Unopened::Zip64Local)
+                } else if flags & ENCRYPTED != 0 {
+                    return None;
+                } else if !method_name(method).is_empty() {
+                    Record::Unopened(Unopened::Method(method))
+                } else if method == DEFLATED {
+                    let names = u64::from(u16_at(at + 26)) + u64::from(u16_at(at + 28));
+                    Record::Deflated {
+                        data_from: LOCAL_LEN as u64 + names,
+                        len: (flags & SIZES_AFTER == 0).then_some(u64::from(compressed)),
+                    }
+                } else {
+                    return None;
+                }
+            } else if rest.starts_with(END)
+                && rest.len() >= END_LEN
+                && (u32_at(at + 12) == IN_ZIP64 || u32_at(at + 16) == IN_ZIP64)
+            {
+                Record::Unopened(Unopened::Zip64End)
+            } else {
+                return None;
+            };
+            Some((at, record))
+        })
+}
+
+/// The first record in `bytes` that keeps clamd out, as [`records`] finds
+/// them, without unpacking anything.
+#[cfg(test)]
+fn find(bytes: &[u8], starts: usize) -> Option<Unopened> {
+    records(bytes, starts).find_map(|(_, r)| match r {
+        Record::Unopened(what) => Some(what),
+        Record::Deflated { .. } => None,
+    })
 }
 
 #[cfg(test)]
@@ -381,8 +588,24 @@ mod tests {
 
     #[test]
     fn pieces_never_change_whether_something_is_found() {
-        // Bodies made of the fragments that matter, cut at random places.
-        let fragments: [&[u8]; 7] = [b"PK", LOCAL, END, &[0xff; 4], &[0; 9], &[14, 0], b"xyz"];
+        // Bodies made of the fragments that matter, cut at random places:
+        // signatures, fields, entry headers, deflated data and whole zips.
+        let zip64 = body(&[local(IN_ZIP64, IN_ZIP64)]);
+        let fragments: Vec<Vec<u8>> = vec![
+            b"PK".to_vec(),
+            LOCAL.to_vec(),
+            END.to_vec(),
+            vec![0xff; 4],
+            vec![0; 9],
+            vec![14, 0],
+            b"xyz".to_vec(),
+            local_with(0, DEFLATED, 40, 50),
+            local_with(SIZES_AFTER, DEFLATED, 0, 0),
+            miniz_oxide::deflate::compress_to_vec(&zip64, 6),
+            miniz_oxide::deflate::compress_to_vec(&zip64, 0),
+            zip_of(&zip64, 6, true),
+            zip_of(b"text", 1, false),
+        ];
         let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
         let mut next = move |n: usize| {
             seed ^= seed << 13;
@@ -393,7 +616,7 @@ mod tests {
         let mut found = 0;
         for _ in 0..2000 {
             let body: Vec<u8> = (0..next(40))
-                .flat_map(|_| fragments[next(fragments.len())].to_vec())
+                .flat_map(|_| fragments[next(fragments.len())].clone())
                 .collect();
             let whole = watch(&body, body.len().max(1));
             let mut w = ZipWatch::default();
@@ -472,19 +695,119 @@ mod tests {
             watch(&gzip(&body(&[local_with(0, 14, 1, 2)])), 5),
             Some(Unopened::Method(14))
         );
-        // Plain archives inside, a damaged stream, gzip only past the
-        // start, or a gzip inside the gzip: nothing.
+        // A gzip file inside the gzip file is unpacked too.
+        assert_eq!(watch(&gzip(&tgz), 7), Some(Unopened::Zip64Local));
+        // Plain archives inside, a damaged stream, or gzip only past the
+        // start: nothing.
         let plain = gzip(&body(&[local(10, 20), end(46, 1000)]));
         let mut damaged = gzip(&body(&[local(IN_ZIP64, IN_ZIP64)]));
         damaged[12] ^= 0xff;
         let mut late = b"x".to_vec();
         late.extend_from_slice(&tgz);
-        let twice = gzip(&tgz);
-        for b in [&plain, &damaged, &late, &twice] {
+        for b in [&plain, &damaged, &late] {
             for piece in [1, 3, 1000] {
                 assert_eq!(watch(b, piece), None, "pieces of {piece}");
             }
         }
+    }
+
+    /// A zip of one deflated entry holding `data`, deflated at `level`
+    /// (0 keeps the data as it is, in stored blocks), with its sizes in
+    /// the header or after the data.
+    fn zip_of(data: &[u8], level: u8, sizes_after: bool) -> Vec<u8> {
+        let packed = miniz_oxide::deflate::compress_to_vec(data, level);
+        let (flags, header_len) = if sizes_after {
+            (SIZES_AFTER, 0)
+        } else {
+            (0, packed.len() as u32)
+        };
+        let mut zip = local_with(flags, DEFLATED, header_len, data.len() as u32);
+        zip.extend_from_slice(&packed);
+        if sizes_after {
+            zip.extend_from_slice(b"PK\x07\x08\0\0\0\0");
+            zip.extend_from_slice(&(packed.len() as u32).to_le_bytes());
+            zip.extend_from_slice(&(data.len() as u32).to_le_bytes());
+        }
+        // The central directory: not read.
+        zip.extend_from_slice(b"PK\x01\x02");
+        zip.extend_from_slice(&[0; 42]);
+        zip.extend_from_slice(&end(46, 1000));
+        zip
+    }
+
+    #[test]
+    fn a_zip_in_a_deflated_entry_is_watched_unpacked() {
+        let zip64 = body(&[local(IN_ZIP64, IN_ZIP64)]);
+        let lzma = body(&[local_with(0, 14, 1, 2)]);
+        for sizes_after in [false, true] {
+            let outer = zip_of(&zip64, 6, sizes_after);
+            assert_eq!(
+                find(&outer, outer.len()),
+                None,
+                "the record shows only unpacked"
+            );
+            for piece in [1, 2, 5, 29, 30, 31, 64, outer.len()] {
+                assert_eq!(
+                    watch(&outer, piece),
+                    Some(Unopened::Zip64Local),
+                    "sizes after the data: {sizes_after}, pieces of {piece}"
+                );
+            }
+            // Behind other entries, and packed twice.
+            let mut two = zip_of(b"readme, readme, readme", 6, sizes_after);
+            two.extend_from_slice(&zip_of(&lzma, 9, sizes_after));
+            assert_eq!(watch(&two, 3), Some(Unopened::Method(14)));
+            let twice = zip_of(&zip_of(&zip64, 6, sizes_after), 6, !sizes_after);
+            assert_eq!(watch(&twice, 11), Some(Unopened::Zip64Local));
+            // In a .tar.gz.
+            let mut tar = vec![0u8; 512];
+            tar.extend_from_slice(&outer);
+            assert_eq!(watch(&gzip(&tar), 100), Some(Unopened::Zip64Local));
+        }
+        // Deflate keeps packed data in stored blocks, so an inner zip's
+        // records show in the outer entry's data too: found once unpacked.
+        let stored = zip_of(&zip_of(&lzma, 6, true), 0, false);
+        assert_eq!(watch(&stored, 13), Some(Unopened::Method(14)));
+    }
+
+    #[test]
+    fn unpacking_stops_three_archives_deep() {
+        let mut zip = body(&[local(IN_ZIP64, IN_ZIP64)]);
+        for _ in 0..DEPTH {
+            zip = zip_of(&zip, 6, false);
+        }
+        assert_eq!(watch(&zip, 1000), Some(Unopened::Zip64Local));
+        assert_eq!(watch(&zip_of(&zip, 6, false), 1000), None);
+        assert_eq!(watch(&gzip(&zip), 1000), None);
+    }
+
+    #[test]
+    fn plain_entries_and_damaged_data_find_nothing() {
+        let text: Vec<u8> = (0..50_000u32).flat_map(|i| i.to_le_bytes()).collect();
+        let mut damaged = zip_of(&body(&[local(IN_ZIP64, IN_ZIP64)]), 6, false);
+        damaged[40] ^= 0xff;
+        for zip in [zip_of(&text, 6, false), zip_of(&text, 1, true), damaged] {
+            for piece in [1, 100, zip.len()] {
+                assert_eq!(watch(&zip, piece), None, "pieces of {piece}");
+            }
+        }
+    }
+
+    #[test]
+    fn entries_overlapping_beyond_any_archiver_are_reported() {
+        // Each entry's data, kept in a stored block, holds the next entry:
+        // every header shows in the body, and all are open at once.
+        let nested = |n: usize| {
+            let mut zip = b"hello".to_vec();
+            for _ in 0..n {
+                let packed = miniz_oxide::deflate::compress_to_vec(&zip, 0);
+                zip = local_with(SIZES_AFTER, DEFLATED, 0, 0);
+                zip.extend_from_slice(&packed);
+            }
+            zip
+        };
+        assert_eq!(watch(&nested(OPEN_MAX), 9), None);
+        assert_eq!(watch(&nested(OPEN_MAX + 1), 9), Some(Unopened::Overlapping));
     }
 
     #[test]
