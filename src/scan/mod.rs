@@ -286,7 +286,7 @@ struct Sink {
     received: u64,
     failed: Option<ScanError>,
     /// Whether clamd is seeing a zip it answers OK for without opening it.
-    unopened: zip_watch::ZipWatch,
+    unopened: Box<zip_watch::ZipWatch>,
 }
 
 /// A body's Content-Encoding being undone on its way to clamd.
@@ -490,7 +490,7 @@ impl Sink {
             stream: None,
             received: 0,
             failed: None,
-            unopened: zip_watch::ZipWatch::default(),
+            unopened: Box::default(),
         }
     }
 

@@ -59,11 +59,13 @@ const GZIP: [u8; 3] = [0x1f, 0x8b, 8];
 const WATCHED: u64 = 256 << 20;
 /// Levels of unpacking: the body, then up to three archives deep.
 const DEPTH: u8 = 3;
-/// Deflated entries unpacked at once by one watch. Entries follow one
-/// another, but an entry header may show in another's data: an inner zip
-/// that deflate kept as it was (it does with packed data), or one put there
-/// to be skipped. More than this at once is no archive a tool writes.
-const OPEN_MAX: usize = 8;
+/// Deflated entries unpacked at once for one body, at all levels together
+/// (each holds about 75 KB). Entries follow one another, and a zip in a zip
+/// in a zip has three open; but an entry header may also show in another's
+/// data: an inner zip that deflate kept as it was (it does with packed
+/// data), or one put there to be skipped. More than this at once is no
+/// archive a tool writes.
+const OPEN_MAX: usize = 16;
 /// Unpacked bytes handed on at a time.
 const PIECE: usize = 32 * 1024;
 
@@ -77,7 +79,8 @@ pub enum Unopened {
     Zip64End,
     /// An entry packed with this method (APPNOTE 4.4.5).
     Method(u16),
-    /// More than [`OPEN_MAX`] deflated entries overlapping one another.
+    /// More than [`OPEN_MAX`] deflated entries open at once, overlapping
+    /// one another.
     Overlapping,
 }
 
@@ -97,7 +100,7 @@ impl fmt::Display for Unopened {
             ),
             Unopened::Overlapping => write!(
                 f,
-                "more than {OPEN_MAX} zip entries inside one another's data, which no archiver writes"
+                "more than {OPEN_MAX} zip entries open at once, inside one another's data, which no archiver writes"
             ),
         }
     }
@@ -145,9 +148,17 @@ pub struct ZipWatch {
     piece: Vec<u8>,
     /// Levels of unpacking above this watch.
     depth: u8,
-    /// For the body's own watch: unpacked bytes still to be watched, at all
-    /// levels.
-    budget: u64,
+    /// For the body's own watch: what is left for all levels.
+    budget: Budget,
+}
+
+/// What unpacking may still take, for one body at all levels together.
+#[derive(Debug, Clone, Copy)]
+struct Budget {
+    /// Unpacked bytes still to be watched.
+    bytes: u64,
+    /// Deflated entries being unpacked.
+    open: usize,
 }
 
 impl Default for ZipWatch {
@@ -167,7 +178,10 @@ impl ZipWatch {
             entries: Vec::new(),
             piece: Vec::new(),
             depth,
-            budget: WATCHED,
+            budget: Budget {
+                bytes: WATCHED,
+                open: 0,
+            },
         }
     }
 }
@@ -214,14 +228,14 @@ impl Inside {
 
     /// Unpacks `data` into the watch; false once there is nothing more to
     /// watch (the stream is damaged, or the budget spent).
-    fn feed(&mut self, mut data: &[u8], budget: &mut u64) -> bool {
+    fn feed(&mut self, mut data: &[u8], budget: &mut Budget) -> bool {
         loop {
             match self.decoder.decode(&mut data, &mut self.piece) {
                 Ok(true) => {
-                    let n = self.piece.len().min(*budget as usize);
-                    *budget -= n as u64;
+                    let n = self.piece.len().min(budget.bytes as usize);
+                    budget.bytes -= n as u64;
                     self.watch.observe_within(&self.piece[..n], budget);
-                    if self.watch.found.is_some() || *budget == 0 {
+                    if self.watch.found.is_some() || budget.bytes == 0 {
                         return false;
                     }
                 }
@@ -253,15 +267,15 @@ impl Entry {
     /// Unpacks `data`, the entry's next bytes, into the watch; false once
     /// there is nothing more to watch (the entry's data ended or is
     /// damaged, or the budget is spent).
-    fn feed(&mut self, mut data: &[u8], piece: &mut [u8], budget: &mut u64) -> bool {
+    fn feed(&mut self, mut data: &[u8], piece: &mut [u8], budget: &mut Budget) -> bool {
         loop {
             let r = inflate(&mut self.inflate, data, piece, MZFlush::None);
             data = &data[r.bytes_consumed..];
             self.next += r.bytes_consumed as u64;
-            let n = r.bytes_written.min(*budget as usize);
-            *budget -= n as u64;
+            let n = r.bytes_written.min(budget.bytes as usize);
+            budget.bytes -= n as u64;
             self.watch.observe_within(&piece[..n], budget);
-            if self.watch.found.is_some() || *budget == 0 {
+            if self.watch.found.is_some() || budget.bytes == 0 {
                 return false;
             }
             match r.status {
@@ -301,7 +315,7 @@ impl ZipWatch {
 
     /// Looks at the next bytes, unpacking what is in them while `budget`
     /// lasts.
-    fn observe_within(&mut self, data: &[u8], budget: &mut u64) {
+    fn observe_within(&mut self, data: &[u8], budget: &mut Budget) {
         if self.found.is_some() || data.is_empty() {
             return;
         }
@@ -352,14 +366,15 @@ impl ZipWatch {
     }
 
     /// Starts unpacking a deflated entry whose data begins at `at`.
-    fn open(&mut self, at: u64, len: Option<u64>, budget: &u64) {
-        if self.depth >= DEPTH || *budget == 0 || len == Some(0) {
+    fn open(&mut self, at: u64, len: Option<u64>, budget: &mut Budget) {
+        if self.depth >= DEPTH || budget.bytes == 0 || len == Some(0) {
             return;
         }
-        if self.entries.len() == OPEN_MAX {
+        if budget.open == OPEN_MAX {
             self.found = Some(Unopened::Overlapping);
             return;
         }
+        budget.open += 1;
         self.entries.push(Entry {
             inflate: InflateState::new_boxed(DataFormat::Raw),
             next: at,
@@ -370,7 +385,7 @@ impl ZipWatch {
 
     /// Gives the open entries their data in `data` (which begins at
     /// `start`) up to offset `until`, and closes those that are done.
-    fn unpack(&mut self, data: &[u8], start: u64, until: u64, budget: &mut u64) {
+    fn unpack(&mut self, data: &[u8], start: u64, until: u64, budget: &mut Budget) {
         if self.entries.is_empty() {
             return;
         }
@@ -380,20 +395,38 @@ impl ZipWatch {
         self.entries.retain_mut(|entry| {
             let from = entry.next.max(start);
             let to = until.min(entry.end.unwrap_or(u64::MAX));
-            if found.is_some() || from >= to {
-                return found.is_none() && entry.end != Some(entry.next);
+            let open = if found.is_some() || from >= to {
+                found.is_none() && entry.end != Some(entry.next)
+            } else {
+                let bytes = &data[(from - start) as usize..(to - start) as usize];
+                let open = entry.feed(bytes, piece, budget) && budget.bytes > 0;
+                if let Some(what) = entry.watch.found {
+                    *found = Some(what);
+                }
+                open
+            };
+            if !open {
+                budget.open -= 1 + entry.watch.open_entries();
             }
-            let bytes = &data[(from - start) as usize..(to - start) as usize];
-            let open = entry.feed(bytes, piece, budget);
-            if let Some(what) = entry.watch.found {
-                *found = Some(what);
-            }
-            open && *budget > 0
+            open
         });
     }
 
+    /// Deflated entries being unpacked by this watch and the ones below.
+    fn open_entries(&self) -> usize {
+        let below = match &self.gzip {
+            Gzip::Inside(inside) => inside.watch.open_entries(),
+            _ => 0,
+        };
+        self.entries
+            .iter()
+            .map(|entry| 1 + entry.watch.open_entries())
+            .sum::<usize>()
+            + below
+    }
+
     /// Unpacks a gzip file into an inner watch.
-    fn look_inside(&mut self, data: &[u8], budget: &mut u64) {
+    fn look_inside(&mut self, data: &[u8], budget: &mut Budget) {
         match &mut self.gzip {
             Gzip::No => {}
             Gzip::Undecided | Gzip::Head(_) if self.depth >= DEPTH => self.gzip = Gzip::No,
@@ -414,6 +447,7 @@ impl ZipWatch {
                             if inside.feed(&head, budget) && inside.feed(&data[take..], budget) {
                                 Gzip::Inside(inside)
                             } else {
+                                budget.open -= inside.watch.open_entries();
                                 self.found = inside.watch.found;
                                 Gzip::No
                             }
@@ -424,6 +458,7 @@ impl ZipWatch {
             }
             Gzip::Inside(inside) => {
                 if !inside.feed(data, budget) {
+                    budget.open -= inside.watch.open_entries();
                     self.found = inside.watch.found;
                     self.gzip = Gzip::No;
                 }
@@ -543,9 +578,18 @@ mod tests {
     fn watch(body: &[u8], piece: usize) -> Option<Unopened> {
         let mut w = ZipWatch::default();
         for p in body.chunks(piece) {
-            w.observe(p);
+            observe_counted(&mut w, p);
         }
         w.found()
+    }
+
+    /// Observes `data`, and checks that the count of open entries kept for
+    /// the budget is the count there is.
+    fn observe_counted(w: &mut ZipWatch, data: &[u8]) {
+        w.observe(data);
+        if w.found().is_none() {
+            assert_eq!(w.budget.open, w.open_entries());
+        }
     }
 
     #[test]
@@ -623,7 +667,7 @@ mod tests {
             let mut rest = &body[..];
             while !rest.is_empty() {
                 let n = 1 + next(rest.len().min(30));
-                w.observe(&rest[..n]);
+                observe_counted(&mut w, &rest[..n]);
                 rest = &rest[n..];
             }
             // Which record is named may differ: one whose fields are
@@ -806,8 +850,17 @@ mod tests {
             }
             zip
         };
-        assert_eq!(watch(&nested(OPEN_MAX), 9), None);
+        // Three in a chain open seven at most: three in the body, and each
+        // one's unpacked data shows those after it again (2 + 1 + 1).
+        let mut w = ZipWatch::default();
+        let mut most = 0;
+        for piece in nested(3).chunks(9) {
+            observe_counted(&mut w, piece);
+            most = most.max(w.open_entries());
+        }
+        assert_eq!((w.found(), most, w.open_entries()), (None, 7, 0));
         assert_eq!(watch(&nested(OPEN_MAX + 1), 9), Some(Unopened::Overlapping));
+        assert_eq!(watch(&nested(6), 9), Some(Unopened::Overlapping));
     }
 
     #[test]
