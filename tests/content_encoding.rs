@@ -327,9 +327,13 @@ async fn dictionary_compression_is_kept_out() {
 /// them. ZIP64 ones (ClamAV issue 1527): made by Info-ZIP's `zip -fz` (every
 /// record ZIP64), by Python's zipfile with `force_zip64` (the local header
 /// only), and the first with its local header's real sizes put back (the
-/// end record only). One packed with LZMA by Python's zipfile. And the
-/// first inside another zip, deflated there by Python's zipfile, so that
-/// its records show only unpacked. unzip or 7-Zip opens each.
+/// end record only). One packed with LZMA by Python's zipfile. The first
+/// inside another zip, deflated there by Python's zipfile, so that its
+/// records show only unpacked. unzip or 7-Zip opens each. And a zip by
+/// Python's zipfile whose central directory was cut to list readme.txt
+/// only: unzip extracts that, but an unzipper that reads the entries in
+/// order (`bsdtar -x` from a pipe) extracts eicar.com too, which clamd
+/// never unpacks.
 fn unopened_eicar() -> Vec<(&'static str, Vec<u8>)> {
     [
         "eicar-zip64.zip",
@@ -337,6 +341,7 @@ fn unopened_eicar() -> Vec<(&'static str, Vec<u8>)> {
         "eicar-zip64-end.zip",
         "eicar-lzma.zip",
         "eicar-zip64-in-zip.zip",
+        "eicar-unlisted.zip",
     ]
     .into_iter()
     .map(|name| (name, fixture(name)))

@@ -11,6 +11,11 @@
 //!   Zstandard (7-Zip and WinZip offer them), and the older or rarer ones.
 //!   clamd unpacks stored, deflate, deflate64, bzip2 and implode entries.
 //!
+//! - A packed entry that the archive's central directory does not list,
+//!   and that lies inside no listed entry: clamd unpacks what the
+//!   directory lists, while an unzipper that reads the entries in order
+//!   (`bsdtar -x` from a pipe, Java's `ZipInputStream`) extracts it too.
+//!
 //! A body with such a record is reported, and the scan cannot call it
 //! clean. Encrypted entries are left to clamd's `AlertEncryptedArchive`.
 //!
@@ -36,12 +41,16 @@ use super::decode;
 /// entry's data follows them.
 const LOCAL: &[u8; 4] = b"PK\x03\x04";
 const LOCAL_LEN: usize = 30;
-/// An end-of-central-directory record: signature, then the directory's size
-/// at 12 and its offset at 16.
+/// A central directory entry: signature, the compressed size at 20, the
+/// local header's offset at 42.
+const CENTRAL: &[u8; 4] = b"PK\x01\x02";
+const CENTRAL_LEN: usize = 46;
+/// An end-of-central-directory record: signature, then the count of entries
+/// at 10, the directory's size at 12 and its offset at 16.
 const END: &[u8; 4] = b"PK\x05\x06";
 const END_LEN: usize = 20;
 /// What a record may need of the bytes after its signature's start.
-const LONGEST: usize = LOCAL_LEN;
+const LONGEST: usize = CENTRAL_LEN;
 /// ZIP64's "see the extra field" value.
 const IN_ZIP64: u32 = u32::MAX;
 /// General purpose flag bit 0: the entry is encrypted.
@@ -49,7 +58,8 @@ const ENCRYPTED: u16 = 1;
 /// General purpose flag bit 3: the sizes follow the data (the header's may
 /// be 0).
 const SIZES_AFTER: u16 = 8;
-/// The deflate method.
+/// The stored and deflate methods.
+const STORED: u16 = 0;
 const DEFLATED: u16 = 8;
 /// How a gzip file begins: magic, then deflate.
 const GZIP: [u8; 3] = [0x1f, 0x8b, 8];
@@ -68,6 +78,12 @@ const DEPTH: u8 = 3;
 const OPEN_MAX: usize = 16;
 /// Unpacked bytes handed on at a time.
 const PIECE: usize = 32 * 1024;
+/// Local headers and central directory entries kept by one watch to find
+/// unlisted entries (24 bytes each); an archive with more is not
+/// checked for them.
+const LAYOUT_MAX: usize = 1 << 14;
+/// End records checked by one watch.
+const ENDS_MAX: usize = 16;
 
 /// A zip record that keeps clamd out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -82,6 +98,9 @@ pub enum Unopened {
     /// More than [`OPEN_MAX`] deflated entries open at once, overlapping
     /// one another.
     Overlapping,
+    /// A compressed entry that the archive's central directory does not
+    /// list, nor lies inside a listed one.
+    Unlisted,
 }
 
 impl fmt::Display for Unopened {
@@ -97,6 +116,10 @@ impl fmt::Display for Unopened {
                 f,
                 "a zip entry packed with {} (method {m}), which clamd does not unpack",
                 method_name(*m)
+            ),
+            Unopened::Unlisted => f.write_str(
+                "a packed zip entry the central directory does not list: clamd does not unpack \
+                 it, unzippers that read the entries in order (streaming ones) do",
             ),
             Unopened::Overlapping => write!(
                 f,
@@ -144,6 +167,8 @@ pub struct ZipWatch {
     gzip: Gzip,
     /// Deflated entries being unpacked.
     entries: Vec<Entry>,
+    /// The zip records seen, to find entries a directory does not list.
+    layout: Layout,
     /// Where entries unpack to, taken piece by piece.
     piece: Vec<u8>,
     /// Levels of unpacking above this watch.
@@ -176,6 +201,7 @@ impl ZipWatch {
             found: None,
             gzip: Gzip::Undecided,
             entries: Vec::new(),
+            layout: Layout::default(),
             piece: Vec::new(),
             depth,
             budget: Budget {
@@ -292,12 +318,101 @@ impl Entry {
 /// A record that matters, found at some offset.
 enum Record {
     Unopened(Unopened),
-    /// A deflated entry whose data begins this many bytes after the
-    /// record's start, and is this long when the header says.
-    Deflated {
+    /// A local file header whose entry's data begins this many bytes after
+    /// the record's start, and is this long when the header says;
+    /// `deflated` when it is to be unpacked here.
+    Local {
         data_from: u64,
         len: Option<u64>,
+        compressed: bool,
+        deflated: bool,
     },
+    /// A central directory entry naming the local header at this offset
+    /// from the archive's start, and its data's length.
+    Listed {
+        local: u64,
+        len: u64,
+    },
+    /// An end-of-central-directory record.
+    End {
+        entries: u16,
+        size: u64,
+        offset: u64,
+    },
+}
+
+/// The local headers and central directory entries one watch has seen.
+/// An archive's end record says where its directory is; an entry the
+/// directory does not list, and that lies inside no listed entry's data,
+/// is hidden from clamd, which unpacks what the directory lists. Unzippers
+/// that read the entries in order extract it.
+#[derive(Debug, Default)]
+struct Layout {
+    /// Packed local headers: where each begins and where its data
+    /// begins; and the stored ones, whose bytes clamd sees anyway.
+    locals: Vec<(u64, u64, bool)>,
+    /// Directory entries: where each is, the local header offset it names,
+    /// and its data's length.
+    listed: Vec<(u64, u64, u64)>,
+    /// More records than [`LAYOUT_MAX`]: no longer kept.
+    full: bool,
+    /// End records checked.
+    ends: usize,
+}
+
+impl Layout {
+    fn keep(&mut self) -> bool {
+        self.full |= self.locals.len() + self.listed.len() >= LAYOUT_MAX;
+        !self.full
+    }
+
+    /// Whether the archive whose end record is at `at` holds a packed
+    /// entry its directory does not list.
+    fn hides(&mut self, at: u64, entries: u16, size: u64, offset: u64) -> bool {
+        if self.full || self.ends == ENDS_MAX {
+            return false;
+        }
+        self.ends += 1;
+        let Some(dir) = at.checked_sub(size) else {
+            return false;
+        };
+        let Some(start) = dir.checked_sub(offset) else {
+            return false;
+        };
+        let listed: Vec<(u64, u64)> = self
+            .listed
+            .iter()
+            .filter(|(pos, ..)| (dir..at).contains(pos))
+            .map(|&(_, local, len)| (start + local, len))
+            .collect();
+        // Otherwise this is no end record of an archive seen whole.
+        if listed.len() != usize::from(entries) {
+            return false;
+        }
+        // Each listed entry, from its header to its data's end.
+        let mut extents: Vec<(u64, u64)> = listed
+            .into_iter()
+            .filter_map(|(begin, len)| {
+                let i = self.locals.binary_search_by_key(&begin, |l| l.0).ok()?;
+                Some((begin, self.locals[i].1 + len))
+            })
+            .collect();
+        extents.sort_unstable();
+        // The furthest end among the extents that begin at or before each.
+        let mut furthest = Vec::with_capacity(extents.len());
+        let mut end = 0;
+        for &(_, e) in &extents {
+            end = end.max(e);
+            furthest.push(end);
+        }
+        let inside = |a: u64| {
+            let n = extents.partition_point(|&(begin, _)| begin <= a);
+            n > 0 && a < furthest[n - 1]
+        };
+        self.locals
+            .iter()
+            .any(|&(a, _, compressed)| compressed && (start..dir).contains(&a) && !inside(a))
+    }
 }
 
 impl ZipWatch {
@@ -359,7 +474,34 @@ impl ZipWatch {
                     self.found = Some(what);
                     return;
                 }
-                Record::Deflated { data_from, len } => self.open(at + data_from, len, budget),
+                Record::Local {
+                    data_from,
+                    len,
+                    compressed,
+                    deflated,
+                } => {
+                    if self.layout.keep() {
+                        self.layout.locals.push((at, at + data_from, compressed));
+                    }
+                    if deflated {
+                        self.open(at + data_from, len, budget);
+                    }
+                }
+                Record::Listed { local, len } => {
+                    if self.layout.keep() {
+                        self.layout.listed.push((at, local, len));
+                    }
+                }
+                Record::End {
+                    entries,
+                    size,
+                    offset,
+                } => {
+                    if self.layout.hides(at, entries, size, offset) {
+                        self.found = Some(Unopened::Unlisted);
+                        return;
+                    }
+                }
             }
         }
         self.unpack(data, start, self.at, budget);
@@ -498,24 +640,33 @@ fn records(bytes: &[u8], starts: usize) -> impl Iterator<Item = (usize, Record)>
                 let compressed = u32_at(at + 18);
                 if compressed == IN_ZIP64 || u32_at(at + 22) == IN_ZIP64 {
                     Record::Unopened(Unopened::Zip64Local)
-                } else if flags & ENCRYPTED != 0 {
-                    return None;
-                } else if !method_name(method).is_empty() {
+                } else if flags & ENCRYPTED == 0 && !method_name(method).is_empty() {
                     Record::Unopened(Unopened::Method(method))
-                } else if method == DEFLATED {
+                } else {
                     let names = u64::from(u16_at(at + 26)) + u64::from(u16_at(at + 28));
-                    Record::Deflated {
+                    Record::Local {
                         data_from: LOCAL_LEN as u64 + names,
                         len: (flags & SIZES_AFTER == 0).then_some(u64::from(compressed)),
+                        compressed: method != STORED,
+                        deflated: method == DEFLATED && flags & ENCRYPTED == 0,
                     }
-                } else {
-                    return None;
                 }
-            } else if rest.starts_with(END)
-                && rest.len() >= END_LEN
-                && (u32_at(at + 12) == IN_ZIP64 || u32_at(at + 16) == IN_ZIP64)
-            {
-                Record::Unopened(Unopened::Zip64End)
+            } else if rest.starts_with(CENTRAL) && rest.len() >= CENTRAL_LEN {
+                Record::Listed {
+                    local: u64::from(u32_at(at + 42)),
+                    len: u64::from(u32_at(at + 20)),
+                }
+            } else if rest.starts_with(END) && rest.len() >= END_LEN {
+                let (size, offset) = (u32_at(at + 12), u32_at(at + 16));
+                if size == IN_ZIP64 || offset == IN_ZIP64 {
+                    Record::Unopened(Unopened::Zip64End)
+                } else {
+                    Record::End {
+                        entries: u16_at(at + 10),
+                        size: u64::from(size),
+                        offset: u64::from(offset),
+                    }
+                }
             } else {
                 return None;
             };
@@ -529,7 +680,7 @@ fn records(bytes: &[u8], starts: usize) -> impl Iterator<Item = (usize, Record)>
 fn find(bytes: &[u8], starts: usize) -> Option<Unopened> {
     records(bytes, starts).find_map(|(_, r)| match r {
         Record::Unopened(what) => Some(what),
-        Record::Deflated { .. } => None,
+        _ => None,
     })
 }
 
@@ -649,6 +800,15 @@ mod tests {
             miniz_oxide::deflate::compress_to_vec(&zip64, 0),
             zip_of(&zip64, 6, true),
             zip_of(b"text", 1, false),
+            archive(
+                b"",
+                &[
+                    (b"text", Some(1), true, false),
+                    (b"more", None, false, true),
+                ],
+            ),
+            CENTRAL.to_vec(),
+            vec![1, 0],
         ];
         let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
         let mut next = move |n: usize| {
@@ -759,24 +919,118 @@ mod tests {
     /// (0 keeps the data as it is, in stored blocks), with its sizes in
     /// the header or after the data.
     fn zip_of(data: &[u8], level: u8, sizes_after: bool) -> Vec<u8> {
-        let packed = miniz_oxide::deflate::compress_to_vec(data, level);
-        let (flags, header_len) = if sizes_after {
-            (SIZES_AFTER, 0)
-        } else {
-            (0, packed.len() as u32)
-        };
-        let mut zip = local_with(flags, DEFLATED, header_len, data.len() as u32);
-        zip.extend_from_slice(&packed);
-        if sizes_after {
-            zip.extend_from_slice(b"PK\x07\x08\0\0\0\0");
-            zip.extend_from_slice(&(packed.len() as u32).to_le_bytes());
-            zip.extend_from_slice(&(data.len() as u32).to_le_bytes());
+        archive(b"", &[(data, Some(level), sizes_after, true)])
+    }
+
+    /// A zip after `prefix`, of entries holding their data deflated at a
+    /// level (or stored: `None`), with their sizes in the header or after
+    /// the data, listed in the central directory or not.
+    fn archive(prefix: &[u8], entries: &[(&[u8], Option<u8>, bool, bool)]) -> Vec<u8> {
+        let mut zip = prefix.to_vec();
+        let mut directory = Vec::new();
+        let mut listed = 0u16;
+        for &(data, level, sizes_after, list) in entries {
+            let (method, packed) = match level {
+                Some(level) => (DEFLATED, miniz_oxide::deflate::compress_to_vec(data, level)),
+                None => (STORED, data.to_vec()),
+            };
+            let (flags, header_len) = if sizes_after {
+                (SIZES_AFTER, 0)
+            } else {
+                (0, packed.len() as u32)
+            };
+            let at = (zip.len() - prefix.len()) as u32;
+            zip.extend_from_slice(&local_with(flags, method, header_len, data.len() as u32));
+            zip.extend_from_slice(&packed);
+            if sizes_after {
+                zip.extend_from_slice(b"PK\x07\x08\0\0\0\0");
+                zip.extend_from_slice(&(packed.len() as u32).to_le_bytes());
+                zip.extend_from_slice(&(data.len() as u32).to_le_bytes());
+            }
+            if list {
+                listed += 1;
+                directory.extend_from_slice(CENTRAL);
+                directory.extend_from_slice(&[20, 0, 20, 0]);
+                directory.extend_from_slice(&flags.to_le_bytes());
+                directory.extend_from_slice(&method.to_le_bytes());
+                directory.extend_from_slice(&[0; 8]);
+                directory.extend_from_slice(&(packed.len() as u32).to_le_bytes());
+                directory.extend_from_slice(&(data.len() as u32).to_le_bytes());
+                directory.extend_from_slice(&[1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+                directory.extend_from_slice(&at.to_le_bytes());
+                directory.push(b'a');
+            }
         }
-        // The central directory: not read.
-        zip.extend_from_slice(b"PK\x01\x02");
-        zip.extend_from_slice(&[0; 42]);
-        zip.extend_from_slice(&end(46, 1000));
+        let offset = (zip.len() - prefix.len()) as u32;
+        zip.extend_from_slice(&directory);
+        zip.extend_from_slice(END);
+        zip.extend_from_slice(&[0, 0, 0, 0]);
+        zip.extend_from_slice(&listed.to_le_bytes());
+        zip.extend_from_slice(&listed.to_le_bytes());
+        zip.extend_from_slice(&(directory.len() as u32).to_le_bytes());
+        zip.extend_from_slice(&offset.to_le_bytes());
+        zip.extend_from_slice(&[0, 0]);
         zip
+    }
+
+    #[test]
+    fn an_entry_the_directory_does_not_list_is_found() {
+        let text = b"a text that deflate packs, a text that deflate packs";
+        let mut hidden = b"MZ".to_vec();
+        hidden.extend_from_slice(&[7; 300]);
+        let hidden = &hidden[..];
+        let at = |i: usize, n: usize| {
+            let mut e = vec![(&text[..], Some(6), false, true); n];
+            e.insert(i, (hidden, Some(6), i.is_multiple_of(2), false));
+            e
+        };
+        for (i, n) in [(0, 1), (1, 1), (1, 2), (2, 2)] {
+            for prefix in [&b""[..], b"MZ self-extracting stub"] {
+                let zip = archive(prefix, &at(i, n));
+                for piece in [1, 7, 64, zip.len()] {
+                    assert_eq!(
+                        watch(&zip, piece),
+                        Some(Unopened::Unlisted),
+                        "hidden at {i} of {n}, prefix {prefix:?}, pieces of {piece}"
+                    );
+                }
+            }
+        }
+        // In a zip in a zip.
+        let inner = archive(b"", &at(1, 1));
+        assert_eq!(
+            watch(&zip_of(&inner, 6, false), 5),
+            Some(Unopened::Unlisted)
+        );
+    }
+
+    #[test]
+    fn archives_as_archivers_write_them_hide_nothing() {
+        let text = b"a text that deflate packs, a text that deflate packs";
+        let plain = archive(
+            b"",
+            &[(text, Some(6), false, true), (text, None, true, true)],
+        );
+        // A stored zip in a zip: its records lie inside the outer entry.
+        let stored_in = archive(
+            b"stub",
+            &[(text, Some(1), true, true), (&plain, None, false, true)],
+        );
+        // Deflate keeps packed data as it is: inner records show too.
+        let kept_in = archive(b"", &[(&zip_of(&plain, 6, false), Some(0), false, true)]);
+        // A stored entry is not listed: clamd sees its bytes anyway.
+        let stored_unlisted = archive(
+            b"",
+            &[(text, None, false, false), (text, None, false, true)],
+        );
+        // Two archives one after the other.
+        let mut two = plain.clone();
+        two.extend_from_slice(&stored_in);
+        for zip in [&plain, &stored_in, &kept_in, &stored_unlisted, &two] {
+            for piece in [1, 9, zip.len()] {
+                assert_eq!(watch(zip, piece), None, "pieces of {piece}");
+            }
+        }
     }
 
     #[test]
@@ -816,13 +1070,20 @@ mod tests {
 
     #[test]
     fn unpacking_stops_three_archives_deep() {
+        // Each level packs some text too, so that deflate never keeps the
+        // level below as it is (then its records would show unpacked one
+        // level higher).
+        let pack = |zip: &[u8]| zip_of(&[zip, &[b'a'; 1000]].concat(), 6, false);
         let mut zip = body(&[local(IN_ZIP64, IN_ZIP64)]);
         for _ in 0..DEPTH {
-            zip = zip_of(&zip, 6, false);
+            zip = pack(&zip);
         }
         assert_eq!(watch(&zip, 1000), Some(Unopened::Zip64Local));
-        assert_eq!(watch(&zip_of(&zip, 6, false), 1000), None);
-        assert_eq!(watch(&gzip(&zip), 1000), None);
+        assert_eq!(watch(&pack(&zip), 1000), None);
+        assert_eq!(
+            watch(&gzip(&[&zip[..], &[b'a'; 1000]].concat()), 1000),
+            None
+        );
     }
 
     #[test]
