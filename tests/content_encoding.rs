@@ -333,7 +333,8 @@ async fn dictionary_compression_is_kept_out() {
 /// Python's zipfile whose central directory was cut to list readme.txt
 /// only: unzip extracts that, but an unzipper that reads the entries in
 /// order (`bsdtar -x` from a pipe) extracts eicar.com too, which clamd
-/// never unpacks.
+/// never unpacks; and the same with readme.txt's length in the directory
+/// reaching over eicar.com (unzip does not complain).
 fn unopened_eicar() -> Vec<(&'static str, Vec<u8>)> {
     [
         "eicar-zip64.zip",
@@ -342,6 +343,7 @@ fn unopened_eicar() -> Vec<(&'static str, Vec<u8>)> {
         "eicar-lzma.zip",
         "eicar-zip64-in-zip.zip",
         "eicar-unlisted.zip",
+        "eicar-unlisted-covered.zip",
     ]
     .into_iter()
     .map(|name| (name, fixture(name)))

@@ -79,7 +79,7 @@ const OPEN_MAX: usize = 16;
 /// Unpacked bytes handed on at a time.
 const PIECE: usize = 32 * 1024;
 /// Local headers and central directory entries kept by one watch to find
-/// unlisted entries (24 bytes each); an archive with more is not
+/// unlisted entries (24 to 40 bytes each); an archive with more is not
 /// checked for them.
 const LAYOUT_MAX: usize = 1 << 14;
 /// End records checked by one watch.
@@ -276,10 +276,15 @@ impl Inside {
 /// (clamd unpacks it itself).
 struct Entry {
     inflate: Box<InflateState>,
-    /// The offset of the next byte of its data.
+    /// The offset of its data's first byte, and of the next one.
+    start: u64,
     next: u64,
     /// Where its data ends, when its header says.
     end: Option<u64>,
+    /// Whether its deflate stream came to its end.
+    ended: bool,
+    /// Its header among [`Layout::locals`], if kept there.
+    local: Option<usize>,
     watch: Box<ZipWatch>,
 }
 
@@ -305,7 +310,10 @@ impl Entry {
                 return false;
             }
             match r.status {
-                Ok(MZStatus::StreamEnd) => return false,
+                Ok(MZStatus::StreamEnd) => {
+                    self.ended = true;
+                    return false;
+                }
                 Ok(_) if r.bytes_consumed > 0 || r.bytes_written > 0 => {}
                 // No progress: the data so far is used up.
                 Ok(_) | Err(miniz_oxide::MZError::Buf) => return self.end != Some(self.next),
@@ -324,7 +332,7 @@ enum Record {
     Local {
         data_from: u64,
         len: Option<u64>,
-        compressed: bool,
+        packed: bool,
         deflated: bool,
     },
     /// A central directory entry naming the local header at this offset
@@ -348,9 +356,7 @@ enum Record {
 /// that read the entries in order extract it.
 #[derive(Debug, Default)]
 struct Layout {
-    /// Packed local headers: where each begins and where its data
-    /// begins; and the stored ones, whose bytes clamd sees anyway.
-    locals: Vec<(u64, u64, bool)>,
+    locals: Vec<Local>,
     /// Directory entries: where each is, the local header offset it names,
     /// and its data's length.
     listed: Vec<(u64, u64, u64)>,
@@ -358,6 +364,22 @@ struct Layout {
     full: bool,
     /// End records checked.
     ends: usize,
+}
+
+/// A local file header, as [`Layout`] keeps it.
+#[derive(Debug)]
+struct Local {
+    /// Where it begins, and where its entry's data begins.
+    at: u64,
+    data_at: u64,
+    /// Whether the entry is packed (a stored one's bytes are clamd's to
+    /// see anyway).
+    packed: bool,
+    /// The data's length as the header says it, or as the deflate stream
+    /// was seen to end, whichever is shorter. A streaming unzipper goes by
+    /// these, and the next entry header it reads is past them, whatever
+    /// the directory says.
+    len: Option<u64>,
 }
 
 impl Layout {
@@ -389,12 +411,17 @@ impl Layout {
         if listed.len() != usize::from(entries) {
             return false;
         }
-        // Each listed entry, from its header to its data's end.
+        // Each listed entry, from its header to its data's end (the
+        // shorter of the directory's length and the header's).
         let mut extents: Vec<(u64, u64)> = listed
             .into_iter()
             .filter_map(|(begin, len)| {
-                let i = self.locals.binary_search_by_key(&begin, |l| l.0).ok()?;
-                Some((begin, self.locals[i].1 + len))
+                let i = self.locals.binary_search_by_key(&begin, |l| l.at).ok()?;
+                let local = &self.locals[i];
+                Some((
+                    begin,
+                    local.data_at + local.len.map_or(len, |own| own.min(len)),
+                ))
             })
             .collect();
         extents.sort_unstable();
@@ -411,7 +438,7 @@ impl Layout {
         };
         self.locals
             .iter()
-            .any(|&(a, _, compressed)| compressed && (start..dir).contains(&a) && !inside(a))
+            .any(|l| l.packed && (start..dir).contains(&l.at) && !inside(l.at))
     }
 }
 
@@ -477,14 +504,20 @@ impl ZipWatch {
                 Record::Local {
                     data_from,
                     len,
-                    compressed,
+                    packed,
                     deflated,
                 } => {
-                    if self.layout.keep() {
-                        self.layout.locals.push((at, at + data_from, compressed));
-                    }
+                    let local = self.layout.keep().then(|| {
+                        self.layout.locals.push(Local {
+                            at,
+                            data_at: at + data_from,
+                            packed,
+                            len,
+                        });
+                        self.layout.locals.len() - 1
+                    });
                     if deflated {
-                        self.open(at + data_from, len, budget);
+                        self.open(at + data_from, len, local, budget);
                     }
                 }
                 Record::Listed { local, len } => {
@@ -508,7 +541,7 @@ impl ZipWatch {
     }
 
     /// Starts unpacking a deflated entry whose data begins at `at`.
-    fn open(&mut self, at: u64, len: Option<u64>, budget: &mut Budget) {
+    fn open(&mut self, at: u64, len: Option<u64>, local: Option<usize>, budget: &mut Budget) {
         if self.depth >= DEPTH || budget.bytes == 0 || len == Some(0) {
             return;
         }
@@ -519,8 +552,11 @@ impl ZipWatch {
         budget.open += 1;
         self.entries.push(Entry {
             inflate: InflateState::new_boxed(DataFormat::Raw),
+            start: at,
             next: at,
             end: len.map(|len| at + len),
+            ended: false,
+            local,
             watch: Box::new(ZipWatch::at_depth(self.depth + 1)),
         });
     }
@@ -534,6 +570,7 @@ impl ZipWatch {
         self.piece.resize(PIECE, 0);
         let piece = &mut self.piece;
         let found = &mut self.found;
+        let locals = &mut self.layout.locals;
         self.entries.retain_mut(|entry| {
             let from = entry.next.max(start);
             let to = until.min(entry.end.unwrap_or(u64::MAX));
@@ -549,6 +586,11 @@ impl ZipWatch {
             };
             if !open {
                 budget.open -= 1 + entry.watch.open_entries();
+                if let Some(local) = entry.local.filter(|_| entry.ended) {
+                    let seen = entry.next - entry.start;
+                    let len = &mut locals[local].len;
+                    *len = Some(len.map_or(seen, |said| said.min(seen)));
+                }
             }
             open
         });
@@ -647,7 +689,7 @@ fn records(bytes: &[u8], starts: usize) -> impl Iterator<Item = (usize, Record)>
                     Record::Local {
                         data_from: LOCAL_LEN as u64 + names,
                         len: (flags & SIZES_AFTER == 0).then_some(u64::from(compressed)),
-                        compressed: method != STORED,
+                        packed: method != STORED,
                         deflated: method == DEFLATED && flags & ENCRYPTED == 0,
                     }
                 }
@@ -994,6 +1036,30 @@ mod tests {
                         "hidden at {i} of {n}, prefix {prefix:?}, pieces of {piece}"
                     );
                 }
+            }
+        }
+        // The directory gives the listed entry a length that reaches over
+        // the hidden one: clamd unpacks the listed one, whose deflate
+        // stream ends before, and unzip is content; a streaming unzipper
+        // goes by the header's length, or the stream's end, and reads the
+        // hidden one next.
+        for sizes_after in [false, true] {
+            let mut zip = archive(
+                b"",
+                &[
+                    (text, Some(6), sizes_after, true),
+                    (hidden, Some(6), false, false),
+                ],
+            );
+            let dir = memmem::rfind(&zip, CENTRAL).unwrap();
+            let data_at = LOCAL_LEN as u32 + 1;
+            zip[dir + 20..dir + 24].copy_from_slice(&(dir as u32 - data_at).to_le_bytes());
+            for piece in [1, 13, zip.len()] {
+                assert_eq!(
+                    watch(&zip, piece),
+                    Some(Unopened::Unlisted),
+                    "{sizes_after}"
+                );
             }
         }
         // In a zip in a zip.
