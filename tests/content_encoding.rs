@@ -333,8 +333,10 @@ async fn dictionary_compression_is_kept_out() {
 /// Python's zipfile whose central directory was cut to list readme.txt
 /// only: unzip extracts that, but an unzipper that reads the entries in
 /// order (`bsdtar -x` from a pipe) extracts eicar.com too, which clamd
-/// never unpacks; and the same with readme.txt's length in the directory
-/// reaching over eicar.com (unzip does not complain).
+/// never unpacks; the same with readme.txt's length in the directory
+/// reaching over eicar.com (unzip does not complain); and a whole zip of
+/// both whose comment holds a second directory and end record listing
+/// readme.txt only (clamd and unzip go by that one).
 fn unopened_eicar() -> Vec<(&'static str, Vec<u8>)> {
     [
         "eicar-zip64.zip",
@@ -344,6 +346,7 @@ fn unopened_eicar() -> Vec<(&'static str, Vec<u8>)> {
         "eicar-zip64-in-zip.zip",
         "eicar-unlisted.zip",
         "eicar-unlisted-covered.zip",
+        "eicar-unlisted-comment.zip",
     ]
     .into_iter()
     .map(|name| (name, fixture(name)))
