@@ -1062,6 +1062,11 @@ mod tests {
                 );
             }
         }
+        // The directory names an offset where no header begins.
+        let mut zip = archive(b"", &[(text, Some(6), false, true)]);
+        let dir = memmem::rfind(&zip, CENTRAL).unwrap();
+        zip[dir + 42..dir + 46].copy_from_slice(&5u32.to_le_bytes());
+        assert_eq!(watch(&zip, 3), Some(Unopened::Unlisted));
         // In a zip in a zip.
         let inner = archive(b"", &at(1, 1));
         assert_eq!(
