@@ -15,6 +15,10 @@
 //!   and that lies inside no listed entry: clamd unpacks what the
 //!   directory lists, while an unzipper that reads the entries in order
 //!   (`bsdtar -x` from a pipe, Java's `ZipInputStream`) extracts it too.
+//! - An entry whose local header names another method than its directory
+//!   entry, or alone claims encryption: clamd unpacks by the local header
+//!   and skips it or fails, unzip and Python's zipfile go by the directory
+//!   and extract it.
 //!
 //! A body with such a record is reported, and the scan cannot call it
 //! clean. Encrypted entries are left to clamd's `AlertEncryptedArchive`.
@@ -79,7 +83,7 @@ const OPEN_MAX: usize = 16;
 /// Unpacked bytes handed on at a time.
 const PIECE: usize = 32 * 1024;
 /// Local headers and central directory entries kept by one watch to find
-/// unlisted entries (24 to 40 bytes each); an archive with more is not
+/// unlisted entries (32 to 40 bytes each); an archive with more is not
 /// checked for them.
 const LAYOUT_MAX: usize = 1 << 14;
 /// End records checked by one watch.
@@ -101,6 +105,9 @@ pub enum Unopened {
     /// A compressed entry that the archive's central directory does not
     /// list, nor lies inside a listed one.
     Unlisted,
+    /// An entry whose local header and directory entry name another
+    /// method, or only one of them encryption.
+    Disagreeing,
 }
 
 impl fmt::Display for Unopened {
@@ -116,6 +123,11 @@ impl fmt::Display for Unopened {
                 f,
                 "a zip entry packed with {} (method {m}), which clamd does not unpack",
                 method_name(*m)
+            ),
+            Unopened::Disagreeing => f.write_str(
+                "a zip entry whose local header gives another method or encryption than the \
+                 central directory: clamd does not unpack it by the local header, unzip does \
+                 by the directory",
             ),
             Unopened::Unlisted => f.write_str(
                 "a packed zip entry the central directory does not list: clamd does not unpack \
@@ -332,14 +344,15 @@ enum Record {
     Local {
         data_from: u64,
         len: Option<u64>,
-        packed: bool,
+        how: Packing,
         deflated: bool,
     },
     /// A central directory entry naming the local header at this offset
-    /// from the archive's start, and its data's length.
+    /// from the archive's start, its data's length, and how it is packed.
     Listed {
         local: u64,
         len: u64,
+        how: Packing,
     },
     /// An end-of-central-directory record.
     End {
@@ -347,6 +360,13 @@ enum Record {
         size: u64,
         offset: u64,
     },
+}
+
+/// How an entry is packed, as a local header or directory entry says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Packing {
+    method: u16,
+    encrypted: bool,
 }
 
 /// The local headers and central directory entries one watch has seen.
@@ -357,13 +377,22 @@ enum Record {
 #[derive(Debug, Default)]
 struct Layout {
     locals: Vec<Local>,
-    /// Directory entries: where each is, the local header offset it names,
-    /// and its data's length.
-    listed: Vec<(u64, u64, u64)>,
+    listed: Vec<Listed>,
     /// More records than [`LAYOUT_MAX`]: no longer kept.
     full: bool,
     /// End records checked.
     ends: usize,
+}
+
+/// A central directory entry, as [`Layout`] keeps it.
+#[derive(Debug)]
+struct Listed {
+    /// Where it is, and the offset of the local header it names.
+    at: u64,
+    local: u64,
+    /// The data's length.
+    len: u64,
+    how: Packing,
 }
 
 /// A local file header, as [`Layout`] keeps it.
@@ -372,9 +401,9 @@ struct Local {
     /// Where it begins, and where its entry's data begins.
     at: u64,
     data_at: u64,
-    /// Whether the entry is packed (a stored one's bytes are clamd's to
-    /// see anyway).
-    packed: bool,
+    /// How it is packed: clamd goes by this, unzip by the directory. A
+    /// stored entry's bytes are clamd's to see anyway.
+    how: Packing,
     /// The data's length as the header says it, or as the deflate stream
     /// was seen to end, whichever is shorter. A streaming unzipper goes by
     /// these, and the next entry header it reads is past them, whatever
@@ -388,42 +417,40 @@ impl Layout {
         !self.full
     }
 
-    /// Whether the archive whose end record is at `at` holds a packed
-    /// entry its directory does not list.
-    fn hides(&mut self, at: u64, entries: u16, size: u64, offset: u64) -> bool {
+    /// What keeps clamd out of the archive whose end record is at `at`: an
+    /// entry its directory describes otherwise than its local header does,
+    /// or a packed entry its directory does not list.
+    fn check(&mut self, at: u64, entries: u16, size: u64, offset: u64) -> Option<Unopened> {
         if self.full || self.ends == ENDS_MAX {
-            return false;
+            return None;
         }
         self.ends += 1;
-        let Some(dir) = at.checked_sub(size) else {
-            return false;
-        };
-        let Some(start) = dir.checked_sub(offset) else {
-            return false;
-        };
-        let listed: Vec<(u64, u64)> = self
+        let dir = at.checked_sub(size)?;
+        let start = dir.checked_sub(offset)?;
+        let listed: Vec<&Listed> = self
             .listed
             .iter()
-            .filter(|(pos, ..)| (dir..at).contains(pos))
-            .map(|&(_, local, len)| (start + local, len))
+            .filter(|l| (dir..at).contains(&l.at))
             .collect();
         // Otherwise this is no end record of an archive seen whole.
         if listed.len() != usize::from(entries) {
-            return false;
+            return None;
         }
         // Each listed entry, from its header to its data's end (the
         // shorter of the directory's length and the header's).
-        let mut extents: Vec<(u64, u64)> = listed
-            .into_iter()
-            .filter_map(|(begin, len)| {
-                let i = self.locals.binary_search_by_key(&begin, |l| l.at).ok()?;
-                let local = &self.locals[i];
-                Some((
-                    begin,
-                    local.data_at + local.len.map_or(len, |own| own.min(len)),
-                ))
-            })
-            .collect();
+        let mut extents = Vec::with_capacity(listed.len());
+        for entry in listed {
+            let begin = start + entry.local;
+            let Ok(i) = self.locals.binary_search_by_key(&begin, |l| l.at) else {
+                continue;
+            };
+            let local = &self.locals[i];
+            if local.how != entry.how {
+                return Some(Unopened::Disagreeing);
+            }
+            let len = local.len.map_or(entry.len, |own| own.min(entry.len));
+            extents.push((begin, local.data_at + len));
+        }
         extents.sort_unstable();
         // The furthest end among the extents that begin at or before each.
         let mut furthest = Vec::with_capacity(extents.len());
@@ -438,7 +465,8 @@ impl Layout {
         };
         self.locals
             .iter()
-            .any(|l| l.packed && (start..dir).contains(&l.at) && !inside(l.at))
+            .any(|l| l.how.method != STORED && (start..dir).contains(&l.at) && !inside(l.at))
+            .then_some(Unopened::Unlisted)
     }
 }
 
@@ -504,14 +532,14 @@ impl ZipWatch {
                 Record::Local {
                     data_from,
                     len,
-                    packed,
+                    how,
                     deflated,
                 } => {
                     let local = self.layout.keep().then(|| {
                         self.layout.locals.push(Local {
                             at,
                             data_at: at + data_from,
-                            packed,
+                            how,
                             len,
                         });
                         self.layout.locals.len() - 1
@@ -520,9 +548,14 @@ impl ZipWatch {
                         self.open(at + data_from, len, local, budget);
                     }
                 }
-                Record::Listed { local, len } => {
+                Record::Listed { local, len, how } => {
                     if self.layout.keep() {
-                        self.layout.listed.push((at, local, len));
+                        self.layout.listed.push(Listed {
+                            at,
+                            local,
+                            len,
+                            how,
+                        });
                     }
                 }
                 Record::End {
@@ -530,8 +563,8 @@ impl ZipWatch {
                     size,
                     offset,
                 } => {
-                    if self.layout.hides(at, entries, size, offset) {
-                        self.found = Some(Unopened::Unlisted);
+                    if let Some(what) = self.layout.check(at, entries, size, offset) {
+                        self.found = Some(what);
                         return;
                     }
                 }
@@ -689,7 +722,10 @@ fn records(bytes: &[u8], starts: usize) -> impl Iterator<Item = (usize, Record)>
                     Record::Local {
                         data_from: LOCAL_LEN as u64 + names,
                         len: (flags & SIZES_AFTER == 0).then_some(u64::from(compressed)),
-                        packed: method != STORED,
+                        how: Packing {
+                            method,
+                            encrypted: flags & ENCRYPTED != 0,
+                        },
                         deflated: method == DEFLATED && flags & ENCRYPTED == 0,
                     }
                 }
@@ -697,6 +733,10 @@ fn records(bytes: &[u8], starts: usize) -> impl Iterator<Item = (usize, Record)>
                 Record::Listed {
                     local: u64::from(u32_at(at + 42)),
                     len: u64::from(u32_at(at + 20)),
+                    how: Packing {
+                        method: u16_at(at + 10),
+                        encrypted: u16_at(at + 8) & ENCRYPTED != 0,
+                    },
                 }
             } else if rest.starts_with(END) && rest.len() >= END_LEN {
                 let (size, offset) = (u32_at(at + 12), u32_at(at + 16));
@@ -1073,6 +1113,39 @@ mod tests {
             watch(&zip_of(&inner, 6, false), 5),
             Some(Unopened::Unlisted)
         );
+    }
+
+    #[test]
+    fn an_entry_its_directory_describes_otherwise_is_found() {
+        // clamd unpacks by the local header, unzip and Python's zipfile by
+        // the directory: a local header that claims encryption, or another
+        // method, has clamd skip an entry they extract.
+        let text = b"a text that deflate packs, a text that deflate packs";
+        let zip = archive(
+            b"",
+            &[(text, Some(6), false, true), (text, Some(6), true, true)],
+        );
+        let second = memmem::rfind(&zip, LOCAL).unwrap();
+        assert!(second > 0);
+        let edits: [(usize, &[u8]); 5] = [
+            (6, &[1 | SIZES_AFTER as u8, 0]),
+            (8, &[12, 0]),
+            (8, &[99, 0]),
+            (8, &[0x2c, 1]),
+            (8, &[0, 0]),
+        ];
+        for (field, value) in edits {
+            let mut edited = zip.clone();
+            edited[second + field..second + field + 2].copy_from_slice(value);
+            for piece in [1, 10, edited.len()] {
+                assert_eq!(
+                    watch(&edited, piece),
+                    Some(Unopened::Disagreeing),
+                    "{field}: {value:?}, pieces of {piece}"
+                );
+            }
+        }
+        assert_eq!(watch(&zip, 10), None);
     }
 
     #[test]
