@@ -336,11 +336,11 @@ async fn dictionary_compression_is_kept_out() {
 /// never unpacks; the same with readme.txt's length in the directory
 /// reaching over eicar.com (unzip does not complain); and a whole zip of
 /// both whose comment holds a second directory and end record listing
-/// readme.txt only (clamd and unzip go by that one). Last, two zips whose
-/// eicar.com local header alone says it is encrypted, or packed with
-/// bzip2: clamd goes by the local header and skips it or fails to unpack
-/// it, while unzip and Python's zipfile go by the directory and extract
-/// it.
+/// readme.txt only (clamd and unzip go by that one). Last, three zips
+/// whose eicar.com local header alone says it is encrypted, or packed with
+/// bzip2, or 0 bytes long: clamd goes by the local header and skips it or
+/// fails to unpack it, while Python's zipfile (and unzip, but for the
+/// length) goes by the directory and extracts it.
 fn unopened_eicar() -> Vec<(&'static str, Vec<u8>)> {
     [
         "eicar-zip64.zip",
@@ -353,6 +353,7 @@ fn unopened_eicar() -> Vec<(&'static str, Vec<u8>)> {
         "eicar-unlisted-comment.zip",
         "eicar-local-encrypted.zip",
         "eicar-local-bzip2.zip",
+        "eicar-local-length.zip",
     ]
     .into_iter()
     .map(|name| (name, fixture(name)))

@@ -15,10 +15,10 @@
 //!   and that lies inside no listed entry: clamd unpacks what the
 //!   directory lists, while an unzipper that reads the entries in order
 //!   (`bsdtar -x` from a pipe, Java's `ZipInputStream`) extracts it too.
-//! - An entry whose local header names another method than its directory
-//!   entry, or alone claims encryption: clamd unpacks by the local header
-//!   and skips it or fails, unzip and Python's zipfile go by the directory
-//!   and extract it.
+//! - An entry whose local header gives another method or packed length
+//!   than its directory entry, or alone claims encryption: clamd unpacks
+//!   by the local header and skips it or fails, unzip and Python's zipfile
+//!   go by the directory and extract it.
 //!
 //! A body with such a record is reported, and the scan cannot call it
 //! clean. Encrypted entries are left to clamd's `AlertEncryptedArchive`.
@@ -106,7 +106,7 @@ pub enum Unopened {
     /// list, nor lies inside a listed one.
     Unlisted,
     /// An entry whose local header and directory entry name another
-    /// method, or only one of them encryption.
+    /// method or length, or only one of them encryption.
     Disagreeing,
 }
 
@@ -125,9 +125,9 @@ impl fmt::Display for Unopened {
                 method_name(*m)
             ),
             Unopened::Disagreeing => f.write_str(
-                "a zip entry whose local header gives another method or encryption than the \
-                 central directory: clamd does not unpack it by the local header, unzip does \
-                 by the directory",
+                "a zip entry whose local header gives another method, length or encryption \
+                 than the central directory: clamd does not unpack it by the local header, \
+                 unzip does by the directory",
             ),
             Unopened::Unlisted => f.write_str(
                 "a packed zip entry the central directory does not list: clamd does not unpack \
@@ -404,6 +404,9 @@ struct Local {
     /// How it is packed: clamd goes by this, unzip by the directory. A
     /// stored entry's bytes are clamd's to see anyway.
     how: Packing,
+    /// The data's length as the header says it (clamd goes by this too;
+    /// unzip and Python's zipfile by the directory's).
+    declared: Option<u64>,
     /// The data's length as the header says it, or as the deflate stream
     /// was seen to end, whichever is shorter. A streaming unzipper goes by
     /// these, and the next entry header it reads is past them, whatever
@@ -445,7 +448,7 @@ impl Layout {
                 continue;
             };
             let local = &self.locals[i];
-            if local.how != entry.how {
+            if local.how != entry.how || local.declared.is_some_and(|own| own != entry.len) {
                 return Some(Unopened::Disagreeing);
             }
             let len = local.len.map_or(entry.len, |own| own.min(entry.len));
@@ -540,6 +543,7 @@ impl ZipWatch {
                             at,
                             data_at: at + data_from,
                             how,
+                            declared: len,
                             len,
                         });
                         self.layout.locals.len() - 1
@@ -1082,8 +1086,9 @@ mod tests {
         // the hidden one: clamd unpacks the listed one, whose deflate
         // stream ends before, and unzip is content; a streaming unzipper
         // goes by the header's length, or the stream's end, and reads the
-        // hidden one next.
-        for sizes_after in [false, true] {
+        // hidden one next. With a length in the header, the two lengths
+        // disagree; without, the stream's end shows the hidden entry.
+        for (sizes_after, what) in [(false, Unopened::Disagreeing), (true, Unopened::Unlisted)] {
             let mut zip = archive(
                 b"",
                 &[
@@ -1095,11 +1100,7 @@ mod tests {
             let data_at = LOCAL_LEN as u32 + 1;
             zip[dir + 20..dir + 24].copy_from_slice(&(dir as u32 - data_at).to_le_bytes());
             for piece in [1, 13, zip.len()] {
-                assert_eq!(
-                    watch(&zip, piece),
-                    Some(Unopened::Unlisted),
-                    "{sizes_after}"
-                );
+                assert_eq!(watch(&zip, piece), Some(what), "{sizes_after}");
             }
         }
         // The directory names an offset where no header begins.
@@ -1134,6 +1135,13 @@ mod tests {
             (8, &[0x2c, 1]),
             (8, &[0, 0]),
         ];
+        // The first entry's packed length, shorter or none (without the
+        // flag that puts it after the data).
+        for len in [10u32, 0] {
+            let mut edited = zip.clone();
+            edited[18..22].copy_from_slice(&len.to_le_bytes());
+            assert_eq!(watch(&edited, 7), Some(Unopened::Disagreeing), "{len}");
+        }
         for (field, value) in edits {
             let mut edited = zip.clone();
             edited[second + field..second + field + 2].copy_from_slice(value);
