@@ -562,6 +562,12 @@ impl ZipWatch {
                         });
                     }
                 }
+                // An end record inside a deflated entry's data is an inner
+                // archive's, seen here in the stored blocks deflate keeps
+                // packed data in: each block's 5-byte header shifts what
+                // follows, so its offsets do not hold here. The entry's own
+                // watch sees it whole.
+                Record::End { .. } if self.entries.iter().any(|e| e.start < at) => {}
                 Record::End {
                     entries,
                     size,
@@ -1154,6 +1160,41 @@ mod tests {
             }
         }
         assert_eq!(watch(&zip, 10), None);
+    }
+
+    #[test]
+    fn an_archive_seen_through_stored_blocks_is_judged_unpacked() {
+        // A zip of incompressible entries, larger than a stored block
+        // (65,535 bytes), deflated into another zip at level 0: its records
+        // show in the outer data, shifted by the blocks' headers.
+        let mut seed = 0x2545_f491_4f6c_dd1d_u64;
+        let noise: Vec<u8> = (0..40_000)
+            .map(|_| {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                seed as u8
+            })
+            .collect();
+        let inner = archive(
+            b"",
+            &[
+                (&noise, Some(6), false, true),
+                (&noise, Some(6), true, true),
+                (&noise, Some(6), false, true),
+            ],
+        );
+        assert!(inner.len() > 100_000);
+        let outer = archive(b"", &[(&inner, Some(0), false, true)]);
+        for piece in [1000, outer.len()] {
+            assert_eq!(watch(&outer, piece), None, "pieces of {piece}");
+        }
+        // Unpacked, the inner archive is still judged.
+        let mut hiding = inner.clone();
+        let dir = memmem::rfind(&hiding, CENTRAL).unwrap();
+        hiding[dir + 8] |= ENCRYPTED as u8;
+        let outer = archive(b"", &[(&hiding, Some(0), false, true)]);
+        assert_eq!(watch(&outer, 1000), Some(Unopened::Disagreeing));
     }
 
     #[test]
