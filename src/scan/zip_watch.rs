@@ -62,9 +62,11 @@ const ENCRYPTED: u16 = 1;
 /// General purpose flag bit 3: the sizes follow the data (the header's may
 /// be 0).
 const SIZES_AFTER: u16 = 8;
-/// The stored and deflate methods.
-const STORED: u16 = 0;
+/// The packing methods clamd unpacks.
+const IMPLODED: u16 = 6;
 const DEFLATED: u16 = 8;
+const DEFLATE64: u16 = 9;
+const BZIP2: u16 = 12;
 /// How a gzip file begins: magic, then deflate.
 const GZIP: [u8; 3] = [0x1f, 0x8b, 8];
 /// The most unpacked bytes watched for one body, at all levels together
@@ -407,11 +409,27 @@ struct Local {
     /// The data's length as the header says it (clamd goes by this too;
     /// unzip and Python's zipfile by the directory's).
     declared: Option<u64>,
+    /// Whether its data was seen to be a whole deflate stream.
+    inflated: bool,
     /// The data's length as the header says it, or as the deflate stream
     /// was seen to end, whichever is shorter. A streaming unzipper goes by
     /// these, and the next entry header it reads is past them, whatever
     /// the directory says.
     len: Option<u64>,
+}
+
+impl Local {
+    /// Whether this is a packed entry that clamd would not see unlisted:
+    /// a deflated one only once its data proved a whole deflate stream
+    /// (the signature turns up in other data too: a self-extractor's code
+    /// looks for it), or one packed the other ways clamd unpacks.
+    fn hideable(&self) -> bool {
+        match self.how.method {
+            DEFLATED => self.inflated,
+            IMPLODED | DEFLATE64 | BZIP2 => true,
+            _ => false,
+        }
+    }
 }
 
 impl Layout {
@@ -468,7 +486,7 @@ impl Layout {
         };
         self.locals
             .iter()
-            .any(|l| l.how.method != STORED && (start..dir).contains(&l.at) && !inside(l.at))
+            .any(|l| l.hideable() && (start..dir).contains(&l.at) && !inside(l.at))
             .then_some(Unopened::Unlisted)
     }
 }
@@ -544,6 +562,7 @@ impl ZipWatch {
                             data_at: at + data_from,
                             how,
                             declared: len,
+                            inflated: false,
                             len,
                         });
                         self.layout.locals.len() - 1
@@ -631,8 +650,9 @@ impl ZipWatch {
                 budget.open -= 1 + entry.watch.open_entries();
                 if let Some(local) = entry.local.filter(|_| entry.ended) {
                     let seen = entry.next - entry.start;
-                    let len = &mut locals[local].len;
-                    *len = Some(len.map_or(seen, |said| said.min(seen)));
+                    let local = &mut locals[local];
+                    local.inflated = true;
+                    local.len = Some(local.len.map_or(seen, |said| said.min(seen)));
                 }
             }
             open
@@ -779,6 +799,8 @@ fn find(bytes: &[u8], starts: usize) -> Option<Unopened> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const STORED: u16 = 0;
 
     /// A local file header with these flags, method and sizes.
     fn local_with(flags: u16, method: u16, compressed: u32, size: u32) -> Vec<u8> {
@@ -1219,7 +1241,23 @@ mod tests {
         // Two archives one after the other.
         let mut two = plain.clone();
         two.extend_from_slice(&stored_in);
-        for zip in [&plain, &stored_in, &kept_in, &stored_unlisted, &two] {
+        // A self-extractor whose code holds the local header signature,
+        // with the archive's offsets counted from the file's start (as
+        // `zip -A` makes them).
+        let mut stub = b"MZ code: cmp eax, ".to_vec();
+        stub.extend_from_slice(&local_with(0, DEFLATED, 0x0c75_3b00, 0x8b48_fff0));
+        stub.extend_from_slice(&[0x90; 200]);
+        let mut sfx = stub.clone();
+        sfx.extend_from_slice(&plain);
+        let shift = stub.len() as u32;
+        let end_at = sfx.len() - 22;
+        for at in memmem::find_iter(&sfx.clone(), CENTRAL) {
+            let offset = u32::from_le_bytes(sfx[at + 42..at + 46].try_into().unwrap());
+            sfx[at + 42..at + 46].copy_from_slice(&(offset + shift).to_le_bytes());
+        }
+        let offset = u32::from_le_bytes(sfx[end_at + 16..end_at + 20].try_into().unwrap());
+        sfx[end_at + 16..end_at + 20].copy_from_slice(&(offset + shift).to_le_bytes());
+        for zip in [&plain, &stored_in, &kept_in, &stored_unlisted, &two, &sfx] {
             for piece in [1, 9, zip.len()] {
                 assert_eq!(watch(zip, piece), None, "pieces of {piece}");
             }
