@@ -10,7 +10,6 @@
 //! - An entry packed with a method clamd does not unpack: LZMA, PPMd, XZ or
 //!   Zstandard (7-Zip and WinZip offer them), and the older or rarer ones.
 //!   clamd unpacks stored, deflate, deflate64, bzip2 and implode entries.
-//!
 //! - A packed entry that the archive's central directory does not list,
 //!   and that lies inside no listed entry: clamd unpacks what the
 //!   directory lists, while an unzipper that reads the entries in order
