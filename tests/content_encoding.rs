@@ -395,6 +395,19 @@ async fn zips_clamd_does_not_open_are_not_called_clean() {
             assert!(answer.is_undecodable(), "{name}{suffix}: {answer:?}");
         }
     }
+    // A gzip file of EICAR whose header sets a reserved flag: clamd does
+    // not unpack it, Python's gzip module does.
+    let mut odd = gzip(&[&[b'x'; 2000][..], &e].concat());
+    odd[3] |= 0x20;
+    assert_eq!(
+        clamd.verdict(&odd).await,
+        Verdict::Clean,
+        "clamd on the odd gzip"
+    );
+    let answer = icap_respmod_with(server.port(), url, &odd, "", "")
+        .await
+        .unwrap();
+    assert!(answer.is_undecodable(), "{answer:?}");
     // A plain zip has clamd's verdict.
     let plain = fixture("eicar.zip");
     let answer = icap_respmod_with(server.port(), url, &plain, "", "")

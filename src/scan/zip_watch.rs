@@ -18,6 +18,8 @@
 //!   than its directory entry, or alone claims encryption: clamd unpacks
 //!   by the local header and skips it or fails, unzip and Python's zipfile
 //!   go by the directory and extract it.
+//! - A gzip file whose header sets a reserved flag: clamd does not unpack
+//!   it, Python's gzip module does (gunzip and libarchive refuse it).
 //!
 //! A body with such a record is reported, and the scan cannot call it
 //! clean. Encrypted entries are left to clamd's `AlertEncryptedArchive`.
@@ -66,8 +68,10 @@ const IMPLODED: u16 = 6;
 const DEFLATED: u16 = 8;
 const DEFLATE64: u16 = 9;
 const BZIP2: u16 = 12;
-/// How a gzip file begins: magic, then deflate.
+/// How a gzip file begins: magic, then deflate; then the flags, of which
+/// these must be 0.
 const GZIP: [u8; 3] = [0x1f, 0x8b, 8];
+const GZIP_RESERVED: u8 = 0xe0;
 /// The most unpacked bytes watched for one body, at all levels together
 /// (about a second of CPU); clamd's own limits (with `AlertExceedsMax`)
 /// speak for what lies beyond.
@@ -103,6 +107,8 @@ pub enum Unopened {
     /// More than [`OPEN_MAX`] deflated entries open at once, overlapping
     /// one another.
     Overlapping,
+    /// A gzip file whose header sets these flags, reserved ones among them.
+    GzipFlags(u8),
     /// A compressed entry that the archive's central directory does not
     /// list, nor lies inside a listed one.
     Unlisted,
@@ -129,6 +135,11 @@ impl fmt::Display for Unopened {
                 "a zip entry whose local header gives another method, length or encryption \
                  than the central directory: clamd does not unpack it by the local header, \
                  unzip does by the directory",
+            ),
+            Unopened::GzipFlags(flags) => write!(
+                f,
+                "a gzip file whose header sets reserved flags ({flags:#04x}): clamd does not \
+                 unpack it, Python's gzip module does"
             ),
             Unopened::Unlisted => f.write_str(
                 "a packed zip entry the central directory does not list: clamd does not unpack \
@@ -675,18 +686,22 @@ impl ZipWatch {
     fn look_inside(&mut self, data: &[u8], budget: &mut Budget) {
         match &mut self.gzip {
             Gzip::No => {}
-            Gzip::Undecided | Gzip::Head(_) if self.depth >= DEPTH => self.gzip = Gzip::No,
             Gzip::Undecided | Gzip::Head(_) => {
                 let mut head = match std::mem::take(&mut self.gzip) {
                     Gzip::Head(head) => head,
                     _ => Vec::new(),
                 };
-                let take = (GZIP.len() - head.len()).min(data.len());
+                let take = (GZIP.len() + 1 - head.len()).min(data.len());
                 head.extend_from_slice(&data[..take]);
-                self.gzip = if !GZIP.starts_with(&head) {
+                self.gzip = if !head.starts_with(&GZIP[..head.len().min(GZIP.len())]) {
                     Gzip::No
-                } else if head.len() < GZIP.len() {
+                } else if head.len() <= GZIP.len() {
                     Gzip::Head(head)
+                } else if head[GZIP.len()] & GZIP_RESERVED != 0 {
+                    self.found = Some(Unopened::GzipFlags(head[GZIP.len()]));
+                    Gzip::No
+                } else if self.depth >= DEPTH {
+                    Gzip::No
                 } else {
                     match Inside::start(self.depth) {
                         Some(mut inside) => {
@@ -1352,6 +1367,36 @@ mod tests {
         assert_eq!((w.found(), most, w.open_entries()), (None, 7, 0));
         assert_eq!(watch(&nested(OPEN_MAX + 1), 9), Some(Unopened::Overlapping));
         assert_eq!(watch(&nested(6), 9), Some(Unopened::Overlapping));
+    }
+
+    #[test]
+    fn a_gzip_file_with_reserved_flags_is_found() {
+        let mut odd = gzip(b"any data at all");
+        for flag in [0x20, 0x40, 0x80] {
+            odd[3] = flag | 1;
+            for piece in [1, 2, 3, 4, odd.len()] {
+                assert_eq!(
+                    watch(&odd, piece),
+                    Some(Unopened::GzipFlags(flag | 1)),
+                    "pieces of {piece}"
+                );
+            }
+            // Inside archives too, at the deepest level.
+            let mut zip = odd.clone();
+            for _ in 0..DEPTH {
+                zip = zip_of(&[&zip[..], &[b'a'; 1000]].concat(), 6, false);
+            }
+            assert_eq!(watch(&zip, 100), Some(Unopened::GzipFlags(flag | 1)));
+        }
+        // The flags gzip files use: text, and a name.
+        let mut text = gzip(b"any data at all");
+        text[3] = 1;
+        assert_eq!(watch(&text, 1), None);
+        let mut named = GZIP.to_vec();
+        named.extend_from_slice(&[8, 0, 0, 0, 0, 0, 3]);
+        named.extend_from_slice(b"a.txt\0");
+        named.extend_from_slice(&gzip(b"x")[10..]);
+        assert_eq!(watch(&named, 1), None);
     }
 
     #[test]
