@@ -339,8 +339,8 @@ async fn dictionary_compression_is_kept_out() {
 /// readme.txt only (clamd and unzip go by that one). Last, three zips
 /// whose eicar.com local header alone says it is encrypted, or packed with
 /// bzip2, or 0 bytes long: clamd goes by the local header and skips it or
-/// fails to unpack it, while Python's zipfile (and unzip, but for the
-/// length) goes by the directory and extracts it.
+/// fails to unpack it, while Python's zipfile goes by the directory and
+/// extracts it (unzip too, for the encryption flag).
 fn unopened_eicar() -> Vec<(&'static str, Vec<u8>)> {
     [
         "eicar-zip64.zip",

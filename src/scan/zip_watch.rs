@@ -16,8 +16,8 @@
 //!   (`bsdtar -x` from a pipe, Java's `ZipInputStream`) extracts it too.
 //! - An entry whose local header gives another method or packed length
 //!   than its directory entry, or alone claims encryption: clamd unpacks
-//!   by the local header and skips it or fails, unzip and Python's zipfile
-//!   go by the directory and extract it.
+//!   by the local header and skips it or fails, Python's zipfile goes by
+//!   the directory and extracts it (unzip too, for the encryption flag).
 //! - A gzip file whose header sets a reserved flag: clamd does not unpack
 //!   it, Python's gzip module does (gunzip and libarchive refuse it).
 //!
@@ -134,7 +134,7 @@ impl fmt::Display for Unopened {
             Unopened::Disagreeing => f.write_str(
                 "a zip entry whose local header gives another method, length or encryption \
                  than the central directory: clamd does not unpack it by the local header, \
-                 unzip does by the directory",
+                 Python's zipfile does by the directory",
             ),
             Unopened::GzipFlags(flags) => write!(
                 f,
@@ -413,11 +413,11 @@ struct Local {
     /// Where it begins, and where its entry's data begins.
     at: u64,
     data_at: u64,
-    /// How it is packed: clamd goes by this, unzip by the directory. A
-    /// stored entry's bytes are clamd's to see anyway.
+    /// How it is packed: clamd goes by this, Python's zipfile by the
+    /// directory. A stored entry's bytes are clamd's to see anyway.
     how: Packing,
     /// The data's length as the header says it (clamd goes by this too;
-    /// unzip and Python's zipfile by the directory's).
+    /// Python's zipfile by the directory's).
     declared: Option<u64>,
     /// Whether its data was seen to be a whole deflate stream.
     inflated: bool,
@@ -1160,9 +1160,10 @@ mod tests {
 
     #[test]
     fn an_entry_its_directory_describes_otherwise_is_found() {
-        // clamd unpacks by the local header, unzip and Python's zipfile by
-        // the directory: a local header that claims encryption, or another
-        // method, has clamd skip an entry they extract.
+        // clamd unpacks by the local header, Python's zipfile by the
+        // directory (unzip too, for the encryption flag): a local header
+        // that claims encryption, another method or another length has
+        // clamd skip an entry that zipfile extracts.
         let text = b"a text that deflate packs, a text that deflate packs";
         let zip = archive(
             b"",
