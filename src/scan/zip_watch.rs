@@ -18,6 +18,9 @@
 //!   than its directory entry, or alone claims encryption: clamd unpacks
 //!   by the local header and skips it or fails, Python's zipfile goes by
 //!   the directory and extracts it (unzip too, for the encryption flag).
+//! - Two zip archives one after the other (not the one inside the other's
+//!   entry): clamd answers OK for EICAR in either, unzip and Python's
+//!   zipfile extract the last, a streaming unzipper the first.
 //! - A gzip file whose header sets a reserved flag: clamd does not unpack
 //!   it, Python's gzip module does (gunzip and libarchive refuse it).
 //!
@@ -107,6 +110,9 @@ pub enum Unopened {
     /// More than [`OPEN_MAX`] deflated entries open at once, overlapping
     /// one another.
     Overlapping,
+    /// A zip file followed or preceded by another whole archive that is not
+    /// inside one of its entries.
+    Concatenated,
     /// A gzip file whose header sets these flags, reserved ones among them.
     GzipFlags(u8),
     /// A compressed entry that the archive's central directory does not
@@ -140,6 +146,10 @@ impl fmt::Display for Unopened {
                 f,
                 "a gzip file whose header sets reserved flags ({flags:#04x}): clamd does not \
                  unpack it, Python's gzip module does"
+            ),
+            Unopened::Concatenated => f.write_str(
+                "two zip archives one after the other: clamd answers OK for what either holds, \
+                 unzip and Python's zipfile extract the last one, streaming unzippers the first",
             ),
             Unopened::Unlisted => f.write_str(
                 "a packed zip entry the central directory does not list: clamd does not unpack \
@@ -392,6 +402,13 @@ struct Layout {
     listed: Vec<Listed>,
     /// More records than [`LAYOUT_MAX`]: no longer kept.
     full: bool,
+    /// Whether the bytes begin with a local header: clamd then takes them
+    /// for one zip file.
+    zip_at_start: bool,
+    /// The end records of the archives seen whole, and the extents of the
+    /// last one's entries (from each header to its data's end, sorted).
+    archives: Vec<u64>,
+    last_extents: Extents,
     /// End records checked.
     ends: usize,
 }
@@ -482,22 +499,57 @@ impl Layout {
             let len = local.len.map_or(entry.len, |own| own.min(entry.len));
             extents.push((begin, local.data_at + len));
         }
-        extents.sort_unstable();
-        // The furthest end among the extents that begin at or before each.
-        let mut furthest = Vec::with_capacity(extents.len());
-        let mut end = 0;
-        for &(_, e) in &extents {
-            end = end.max(e);
-            furthest.push(end);
-        }
-        let inside = |a: u64| {
-            let n = extents.partition_point(|&(begin, _)| begin <= a);
-            n > 0 && a < furthest[n - 1]
-        };
-        self.locals
+        let extents = Extents::new(extents);
+        let hidden = self
+            .locals
             .iter()
-            .any(|l| l.hideable() && (start..dir).contains(&l.at) && !inside(l.at))
-            .then_some(Unopened::Unlisted)
+            .any(|l| l.hideable() && (start..dir).contains(&l.at) && !extents.contain(l.at));
+        self.archives.push(at);
+        self.last_extents = extents;
+        hidden.then_some(Unopened::Unlisted)
+    }
+
+    /// Whether a zip file holds another whole archive beside the last one,
+    /// not inside the last one's entries. clamd answers OK for EICAR in
+    /// either of two zips one after the other, while unzip and Python's
+    /// zipfile extract the last one's entries and a streaming unzipper the
+    /// first one's. Judged only for bytes that begin as a zip: a tar of
+    /// zips is unpacked by clamd member by member.
+    fn concatenated(&self) -> bool {
+        let Some((_, earlier)) = self.archives.split_last() else {
+            return false;
+        };
+        self.zip_at_start && earlier.iter().any(|&at| !self.last_extents.contain(at))
+    }
+}
+
+/// The extents of an archive's entries, from each header to its data's
+/// end.
+#[derive(Debug, Default)]
+struct Extents {
+    /// Sorted by start.
+    spans: Vec<(u64, u64)>,
+    /// The furthest end among the spans up to each.
+    furthest: Vec<u64>,
+}
+
+impl Extents {
+    fn new(mut spans: Vec<(u64, u64)>) -> Extents {
+        spans.sort_unstable();
+        let furthest = spans
+            .iter()
+            .scan(0, |end, &(_, e)| {
+                *end = e.max(*end);
+                Some(*end)
+            })
+            .collect();
+        Extents { spans, furthest }
+    }
+
+    /// Whether offset `a` lies within one of the spans.
+    fn contain(&self, a: u64) -> bool {
+        let n = self.spans.partition_point(|&(begin, _)| begin <= a);
+        n > 0 && a < self.furthest[n - 1]
     }
 }
 
@@ -509,9 +561,16 @@ impl ZipWatch {
         self.budget = budget;
     }
 
-    /// What was found, if anything.
+    /// What was found, if anything: in the bytes so far, and of what they
+    /// make as a whole once they are all seen.
     pub fn found(&self) -> Option<Unopened> {
         self.found
+            .or_else(|| self.layout.concatenated().then_some(Unopened::Concatenated))
+            .or_else(|| self.entries.iter().find_map(|e| e.watch.found()))
+            .or_else(|| match &self.gzip {
+                Gzip::Inside(inside) => inside.watch.found(),
+                _ => None,
+            })
     }
 
     /// Looks at the next bytes, unpacking what is in them while `budget`
@@ -566,6 +625,7 @@ impl ZipWatch {
                     how,
                     deflated,
                 } => {
+                    self.layout.zip_at_start |= at == 0;
                     let local = self.layout.keep().then(|| {
                         self.layout.locals.push(Local {
                             at,
@@ -657,6 +717,10 @@ impl ZipWatch {
                 open
             };
             if !open {
+                // Its watch has seen all it will see.
+                if let Some(what) = entry.watch.found() {
+                    *found = found.or(Some(what));
+                }
                 budget.open -= 1 + entry.watch.open_entries();
                 if let Some(local) = entry.local.filter(|_| entry.ended) {
                     let seen = entry.next - entry.start;
@@ -709,7 +773,7 @@ impl ZipWatch {
                                 Gzip::Inside(inside)
                             } else {
                                 budget.open -= inside.watch.open_entries();
-                                self.found = inside.watch.found;
+                                self.found = inside.watch.found();
                                 Gzip::No
                             }
                         }
@@ -720,7 +784,7 @@ impl ZipWatch {
             Gzip::Inside(inside) => {
                 if !inside.feed(data, budget) {
                     budget.open -= inside.watch.open_entries();
-                    self.found = inside.watch.found;
+                    self.found = inside.watch.found();
                     self.gzip = Gzip::No;
                 }
             }
@@ -1235,6 +1299,28 @@ mod tests {
     }
 
     #[test]
+    fn two_zips_one_after_the_other_are_found() {
+        let eicar = archive(b"", &[(b"EICAR, say, packed", Some(6), false, true)]);
+        let readme = archive(b"", &[(b"a harmless text, packed", Some(6), true, true)]);
+        for two in [[&eicar[..], &readme[..]], [&readme[..], &eicar[..]]] {
+            let zip = two.concat();
+            for piece in [1, 17, zip.len()] {
+                assert_eq!(
+                    watch(&zip, piece),
+                    Some(Unopened::Concatenated),
+                    "pieces of {piece}"
+                );
+            }
+            // Inside a zip's deflated entry, or a gzip file.
+            assert_eq!(
+                watch(&zip_of(&zip, 6, false), 9),
+                Some(Unopened::Concatenated)
+            );
+            assert_eq!(watch(&gzip(&zip), 9), Some(Unopened::Concatenated));
+        }
+    }
+
+    #[test]
     fn archives_as_archivers_write_them_hide_nothing() {
         let text = b"a text that deflate packs, a text that deflate packs";
         let plain = archive(
@@ -1253,9 +1339,16 @@ mod tests {
             b"",
             &[(text, None, false, false), (text, None, false, true)],
         );
-        // Two archives one after the other.
-        let mut two = plain.clone();
-        two.extend_from_slice(&stored_in);
+        // Stored zips in a zip, as a fat jar holds its libraries.
+        let jars = archive(
+            b"",
+            &[(&plain, None, false, true), (&stored_in, None, false, true)],
+        );
+        // Two archives one after the other in a tar: clamd unpacks each.
+        let mut tar = vec![0u8; 512];
+        tar.extend_from_slice(&plain);
+        tar.extend_from_slice(&[0u8; 100]);
+        tar.extend_from_slice(&stored_in);
         // A self-extractor whose code holds the local header signature,
         // with the archive's offsets counted from the file's start (as
         // `zip -A` makes them).
@@ -1272,7 +1365,15 @@ mod tests {
         }
         let offset = u32::from_le_bytes(sfx[end_at + 16..end_at + 20].try_into().unwrap());
         sfx[end_at + 16..end_at + 20].copy_from_slice(&(offset + shift).to_le_bytes());
-        for zip in [&plain, &stored_in, &kept_in, &stored_unlisted, &two, &sfx] {
+        for zip in [
+            &plain,
+            &stored_in,
+            &kept_in,
+            &stored_unlisted,
+            &jars,
+            &tar,
+            &sfx,
+        ] {
             for piece in [1, 9, zip.len()] {
                 assert_eq!(watch(zip, piece), None, "pieces of {piece}");
             }
