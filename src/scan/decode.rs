@@ -120,9 +120,9 @@ pub fn plan(content_encoding: &str) -> Plan {
 }
 
 /// What one step of a layer did.
-struct Step {
-    consumed: usize,
-    produced: usize,
+pub(super) struct Step {
+    pub(super) consumed: usize,
+    pub(super) produced: usize,
 }
 
 /// One coding being undone.
@@ -166,7 +166,7 @@ impl Layer {
 }
 
 /// Runs miniz_oxide's inflate over `input`.
-fn inflate_step(
+pub(super) fn inflate_step(
     state: &mut InflateState,
     input: &[u8],
     output: &mut [u8],

@@ -39,8 +39,8 @@
 use std::fmt;
 
 use memchr::memmem;
-use miniz_oxide::inflate::stream::{inflate, InflateState};
-use miniz_oxide::{DataFormat, MZFlush, MZStatus};
+use miniz_oxide::inflate::stream::InflateState;
+use miniz_oxide::DataFormat;
 
 use super::decode;
 
@@ -292,10 +292,7 @@ impl Inside {
         loop {
             match self.decoder.decode(&mut data, &mut self.piece) {
                 Ok(true) => {
-                    let n = self.piece.len().min(budget.bytes as usize);
-                    budget.bytes -= n as u64;
-                    self.watch.observe_within(&self.piece[..n], budget);
-                    if self.watch.found.is_some() || budget.bytes == 0 {
+                    if !self.watch.take_unpacked(&self.piece, budget) {
                         return false;
                     }
                 }
@@ -334,24 +331,21 @@ impl Entry {
     /// damaged, or the budget is spent).
     fn feed(&mut self, mut data: &[u8], piece: &mut [u8], budget: &mut Budget) -> bool {
         loop {
-            let r = inflate(&mut self.inflate, data, piece, MZFlush::None);
-            data = &data[r.bytes_consumed..];
-            self.next += r.bytes_consumed as u64;
-            let n = r.bytes_written.min(budget.bytes as usize);
-            budget.bytes -= n as u64;
-            self.watch.observe_within(&piece[..n], budget);
-            if self.watch.found.is_some() || budget.bytes == 0 {
+            let Ok((step, ended)) = decode::inflate_step(&mut self.inflate, data, piece) else {
+                return false;
+            };
+            data = &data[step.consumed..];
+            self.next += step.consumed as u64;
+            if !self.watch.take_unpacked(&piece[..step.produced], budget) {
                 return false;
             }
-            match r.status {
-                Ok(MZStatus::StreamEnd) => {
-                    self.ended = true;
-                    return false;
-                }
-                Ok(_) if r.bytes_consumed > 0 || r.bytes_written > 0 => {}
+            if ended {
+                self.ended = true;
+                return false;
+            }
+            if step.consumed == 0 && step.produced == 0 {
                 // No progress: the data so far is used up.
-                Ok(_) | Err(miniz_oxide::MZError::Buf) => return self.end != Some(self.next),
-                Err(_) => return false,
+                return self.end != Some(self.next);
             }
         }
     }
@@ -361,13 +355,11 @@ impl Entry {
 enum Record {
     Unopened(Unopened),
     /// A local file header whose entry's data begins this many bytes after
-    /// the record's start, and is this long when the header says;
-    /// `deflated` when it is to be unpacked here.
+    /// the record's start, and is this long when the header says.
     Local {
         data_from: u64,
         len: Option<u64>,
         how: Packing,
-        deflated: bool,
     },
     /// A central directory entry naming the local header at this offset
     /// from the archive's start, its data's length, and how it is packed.
@@ -561,16 +553,25 @@ impl ZipWatch {
         self.budget = budget;
     }
 
-    /// What was found, if anything: in the bytes so far, and of what they
-    /// make as a whole once they are all seen.
+    /// What was found in the body, once it has all been observed: in its
+    /// bytes, and of what they make as a whole (which is judged only here:
+    /// halfway, two zips may yet turn out to lie inside a third).
     pub fn found(&self) -> Option<Unopened> {
         self.found
             .or_else(|| self.layout.concatenated().then_some(Unopened::Concatenated))
-            .or_else(|| self.entries.iter().find_map(|e| e.watch.found()))
             .or_else(|| match &self.gzip {
                 Gzip::Inside(inside) => inside.watch.found(),
                 _ => None,
             })
+    }
+
+    /// Hands on bytes unpacked below this watch, within `budget`; false
+    /// once there is nothing more to watch there.
+    fn take_unpacked(&mut self, bytes: &[u8], budget: &mut Budget) -> bool {
+        let n = bytes.len().min(budget.bytes as usize);
+        budget.bytes -= n as u64;
+        self.observe_within(&bytes[..n], budget);
+        self.found.is_none() && budget.bytes > 0
     }
 
     /// Looks at the next bytes, unpacking what is in them while `budget`
@@ -585,25 +586,25 @@ impl ZipWatch {
         }
         let start = self.at;
         self.at += data.len() as u64;
-        let mut found = Vec::new();
+        let mut seen = Vec::new();
         if !self.carry.is_empty() {
             // Records that began in the carried bytes, read on into `data`.
             let mut joined = std::mem::take(&mut self.carry);
             let starts = joined.len();
             joined.extend_from_slice(&data[..data.len().min(LONGEST - 1)]);
             let joined_at = start - starts as u64;
-            found.extend(records(&joined, starts).map(|(at, r)| (joined_at + at as u64, r)));
+            seen.extend(records(&joined, starts).map(|(at, r)| (joined_at + at as u64, r)));
             self.carry = joined;
             self.carry.truncate(starts);
         }
-        found.extend(records(data, data.len()).map(|(at, r)| (start + at as u64, r)));
+        seen.extend(records(data, data.len()).map(|(at, r)| (start + at as u64, r)));
         // Keep what a record still to be judged may have begun in.
         self.carry
             .extend_from_slice(&data[data.len().saturating_sub(LONGEST - 1)..]);
         let extra = self.carry.len().saturating_sub(LONGEST - 1);
         self.carry.drain(..extra);
 
-        for (at, record) in found {
+        for (at, record) in seen {
             if self.last_record.is_some_and(|last| at <= last) {
                 continue;
             }
@@ -623,7 +624,6 @@ impl ZipWatch {
                     data_from,
                     len,
                     how,
-                    deflated,
                 } => {
                     self.layout.zip_at_start |= at == 0;
                     let local = self.layout.keep().then(|| {
@@ -637,7 +637,7 @@ impl ZipWatch {
                         });
                         self.layout.locals.len() - 1
                     });
-                    if deflated {
+                    if how.method == DEFLATED && !how.encrypted {
                         self.open(at + data_from, len, local, budget);
                     }
                 }
@@ -710,17 +710,16 @@ impl ZipWatch {
                 found.is_none() && entry.end != Some(entry.next)
             } else {
                 let bytes = &data[(from - start) as usize..(to - start) as usize];
-                let open = entry.feed(bytes, piece, budget) && budget.bytes > 0;
-                if let Some(what) = entry.watch.found {
-                    *found = Some(what);
-                }
-                open
+                entry.feed(bytes, piece, budget)
             };
             if !open {
-                // Its watch has seen all it will see.
-                if let Some(what) = entry.watch.found() {
-                    *found = found.or(Some(what));
-                }
+                // What its watch found; and, once its data is whole, what
+                // that makes.
+                let what = match entry.ended {
+                    true => entry.watch.found(),
+                    false => entry.watch.found,
+                };
+                *found = found.or(what);
                 budget.open -= 1 + entry.watch.open_entries();
                 if let Some(local) = entry.local.filter(|_| entry.ended) {
                     let seen = entry.next - entry.start;
@@ -773,7 +772,7 @@ impl ZipWatch {
                                 Gzip::Inside(inside)
                             } else {
                                 budget.open -= inside.watch.open_entries();
-                                self.found = inside.watch.found();
+                                self.found = inside.watch.found;
                                 Gzip::No
                             }
                         }
@@ -784,7 +783,7 @@ impl ZipWatch {
             Gzip::Inside(inside) => {
                 if !inside.feed(data, budget) {
                     budget.open -= inside.watch.open_entries();
-                    self.found = inside.watch.found();
+                    self.found = inside.watch.found;
                     self.gzip = Gzip::No;
                 }
             }
@@ -798,7 +797,7 @@ pub fn watch_file(file: &std::fs::File) -> std::io::Result<Option<Unopened>> {
     let mut watch = ZipWatch::default();
     let mut buf = vec![0u8; 256 * 1024];
     let mut at = 0;
-    while watch.found().is_none() {
+    while watch.found.is_none() {
         let n = file.read_at(&mut buf, at)?;
         if n == 0 {
             break;
@@ -834,7 +833,6 @@ fn records(bytes: &[u8], starts: usize) -> impl Iterator<Item = (usize, Record)>
                             method,
                             encrypted: flags & ENCRYPTED != 0,
                         },
-                        deflated: method == DEFLATED && flags & ENCRYPTED == 0,
                     }
                 }
             } else if rest.starts_with(CENTRAL) && rest.len() >= CENTRAL_LEN {
@@ -1268,15 +1266,8 @@ mod tests {
         // A zip of incompressible entries, larger than a stored block
         // (65,535 bytes), deflated into another zip at level 0: its records
         // show in the outer data, shifted by the blocks' headers.
-        let mut seed = 0x2545_f491_4f6c_dd1d_u64;
-        let noise: Vec<u8> = (0..40_000)
-            .map(|_| {
-                seed ^= seed << 13;
-                seed ^= seed >> 7;
-                seed ^= seed << 17;
-                seed as u8
-            })
-            .collect();
+        // Incompressible bytes.
+        let noise = crate::bench::base_body(40_000);
         let inner = archive(
             b"",
             &[
@@ -1318,6 +1309,30 @@ mod tests {
             );
             assert_eq!(watch(&gzip(&zip), 9), Some(Unopened::Concatenated));
         }
+    }
+
+    #[test]
+    fn a_body_file_is_judged_as_a_whole() {
+        // Two stored zips in a zip, then more data: read 256 KiB at a time,
+        // the two inner zips are seen before the outer one's directory.
+        let noise = crate::bench::base_body;
+        let (a, b, c) = (noise(200_000), noise(200_001), noise(200_002));
+        let inner_a = archive(b"", &[(&a, None, false, true)]);
+        let inner_b = archive(b"", &[(&b, None, false, true)]);
+        let outer = archive(
+            b"",
+            &[
+                (&inner_a, None, false, true),
+                (&inner_b, None, false, true),
+                (&c, None, false, true),
+            ],
+        );
+        let path = std::env::temp_dir().join(format!("zip-watch-{}.zip", std::process::id()));
+        std::fs::write(&path, &outer).unwrap();
+        let found = watch_file(&std::fs::File::open(&path).unwrap());
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!(found.unwrap(), None);
+        assert_eq!(watch(&outer, 256 * 1024), None);
     }
 
     #[test]
