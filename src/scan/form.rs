@@ -120,10 +120,6 @@ impl FormParser {
         self.ambiguous
     }
 
-    fn ambiguity(&mut self, why: &'static str) {
-        self.ambiguous.get_or_insert(why);
-    }
-
     /// Takes the next bytes of the body.
     pub fn feed(&mut self, data: &[u8], events: &mut Vec<Event>) {
         let first = events.len();
@@ -242,7 +238,7 @@ impl FormParser {
             events.push(Event::End);
         }
         if !self.closed {
-            self.ambiguity(UNCLOSED);
+            self.ambiguous.get_or_insert(UNCLOSED);
         }
         self.at = At::Rest;
         self.take_out_added(events, first);
