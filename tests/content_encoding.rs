@@ -342,7 +342,12 @@ async fn dictionary_compression_is_kept_out() {
 /// fails to unpack it, while Python's zipfile goes by the directory and
 /// extracts it (unzip too, for the encryption flag). And two zips one
 /// after the other, readme.txt's then eicar.com's: unzip and Python's
-/// zipfile extract eicar.com.
+/// zipfile extract eicar.com. And three tar archives (made by Python's
+/// tarfile, then one header edited) that tar, Python's tarfile and bsdtar
+/// read to the end while clamd stops early: a header with an empty name
+/// before a zip of EICAR; a pax size of 512 for a member whose header says
+/// 4096, before a gzip file of EICAR; a header without the ustar magic,
+/// the gzip file's, after one with it.
 fn unopened_eicar() -> Vec<(&'static str, Vec<u8>)> {
     [
         "eicar-zip64.zip",
@@ -357,6 +362,11 @@ fn unopened_eicar() -> Vec<(&'static str, Vec<u8>)> {
         "eicar-local-bzip2.zip",
         "eicar-local-length.zip",
         "eicar-second-zip.zip",
+        // Tar archives whose reading clamd ends early, with a zip or a
+        // gzip file of EICAR after that point.
+        "eicar-tar-empty-name.tar",
+        "eicar-tar-pax-size.tar",
+        "eicar-tar-magic.tar",
     ]
     .into_iter()
     .map(|name| (name, fixture(name)))
@@ -364,7 +374,7 @@ fn unopened_eicar() -> Vec<(&'static str, Vec<u8>)> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn zips_clamd_does_not_open_are_not_called_clean() {
+async fn archives_clamd_does_not_open_are_not_called_clean() {
     let clamd = ClamdProcess::start();
     let e = eicar();
     for (name, zip) in unopened_eicar() {

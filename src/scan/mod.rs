@@ -20,6 +20,7 @@
 pub mod clamd;
 pub mod decode;
 pub mod form;
+mod tar_watch;
 pub mod zip_watch;
 
 use std::sync::Arc;

@@ -24,6 +24,8 @@
 //! - A gzip file whose header sets a reserved flag: clamd does not unpack
 //!   it, Python's gzip module does (gunzip and libarchive refuse it).
 //!
+//! - A tar archive clamd stops reading early ([`super::tar_watch`]).
+//!
 //! A body with such a record is reported, and the scan cannot call it
 //! clean. Encrypted entries are left to clamd's `AlertEncryptedArchive`.
 //!
@@ -43,6 +45,7 @@ use miniz_oxide::inflate::stream::InflateState;
 use miniz_oxide::DataFormat;
 
 use super::decode;
+use super::tar_watch::TarWalk;
 
 /// A local file header: signature, flags at 6, method at 8, sizes at 18
 /// and 22, the lengths of the name and the extra field at 26 and 28; the
@@ -121,6 +124,13 @@ pub enum Unopened {
     /// An entry whose local header and directory entry name another
     /// method or length, or only one of them encryption.
     Disagreeing,
+    /// A tar header whose name begins with a NUL byte ([`super::tar_watch`]).
+    TarEmptyName,
+    /// A tar member whose pax header gives another size than its own
+    /// header, or a pax header too long to read.
+    TarPaxSize,
+    /// A tar header without the `ustar` magic after one with it.
+    TarMagic,
 }
 
 impl fmt::Display for Unopened {
@@ -154,6 +164,19 @@ impl fmt::Display for Unopened {
             Unopened::Unlisted => f.write_str(
                 "a packed zip entry the central directory does not list: clamd does not unpack \
                  it, unzippers that read the entries in order (streaming ones) do",
+            ),
+            Unopened::TarEmptyName => f.write_str(
+                "a tar header with an empty name: clamd takes it for the archive's end and \
+                 unpacks nothing after it, tar and Python's tarfile read on",
+            ),
+            Unopened::TarPaxSize => f.write_str(
+                "a tar member whose pax header gives another size than its own header: clamd \
+                 goes by the header's and unpacks nothing after it, tar and Python's tarfile \
+                 by the pax one",
+            ),
+            Unopened::TarMagic => f.write_str(
+                "a tar header without the ustar magic in a ustar archive: clamd gives the \
+                 archive up, tar and Python's tarfile read on",
             ),
             Unopened::Overlapping => write!(
                 f,
@@ -209,6 +232,8 @@ pub struct ZipWatch {
     depth: u8,
     /// For the body's own watch: what is left for all levels.
     budget: Budget,
+    /// The headers of the tar archive the bytes may be.
+    tar: TarWalk,
 }
 
 /// What unpacking may still take, for one body at all levels together.
@@ -242,6 +267,7 @@ impl ZipWatch {
                 bytes: WATCHED,
                 open: 0,
             },
+            tar: TarWalk::default(),
         }
     }
 }
@@ -578,6 +604,10 @@ impl ZipWatch {
     /// lasts.
     fn observe_within(&mut self, data: &[u8], budget: &mut Budget) {
         if self.found.is_some() || data.is_empty() {
+            return;
+        }
+        if let Some(what) = self.tar.feed(data) {
+            self.found = Some(what);
             return;
         }
         self.look_inside(data, budget);
