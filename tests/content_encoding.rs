@@ -347,7 +347,9 @@ async fn dictionary_compression_is_kept_out() {
 /// read to the end while clamd stops early: a header with an empty name
 /// before a zip of EICAR; a pax size of 512 for a member whose header says
 /// 4096, before a gzip file of EICAR; a header without the ustar magic,
-/// the gzip file's, after one with it.
+/// the gzip file's, after one with it; a volume header whose data holds
+/// a header that, read as clamd reads it, covers the gzip file (tar and
+/// Python's tarfile skip the data and extract it).
 fn unopened_eicar() -> Vec<(&'static str, Vec<u8>)> {
     [
         "eicar-zip64.zip",
@@ -367,6 +369,7 @@ fn unopened_eicar() -> Vec<(&'static str, Vec<u8>)> {
         "eicar-tar-empty-name.tar",
         "eicar-tar-pax-size.tar",
         "eicar-tar-magic.tar",
+        "eicar-tar-volume-data.tar",
     ]
     .into_iter()
     .map(|name| (name, fixture(name)))

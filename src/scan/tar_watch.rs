@@ -13,11 +13,15 @@
 //!   one.
 //! - In an archive whose first header carries the `ustar` magic, a later
 //!   header without it: clamd gives the archive up, the others read on.
+//! - A volume header with a size: tar and Python's tarfile skip that much
+//!   data, clamd reads the next header right after it, where the data can
+//!   hold one that leads it past the members that follow.
 //!
-//! The walk stops, finding nothing, at the archive's end, at a header
-//! whose checksum fails or whose size tar cannot read, and at a link,
-//! directory or device header with data (the readers disagree on whether
-//! such data is skipped).
+//! Like clamd and tar, the walk reads on at the next block after a header
+//! whose checksum fails or whose size tar cannot read, and reads the data
+//! of a link, directory, device or fifo header as headers (tar and Python
+//! extract so too, though `tar -t` lists as if tar skipped it). It stops
+//! at the archive's end, a zero block.
 
 use super::zip_watch::Unopened;
 
@@ -128,7 +132,15 @@ impl TarWalk {
     /// Reads a whole header block and sets the state after it.
     fn header(&mut self, h: &[u8]) -> Option<Unopened> {
         self.state = State::Done;
-        if h.iter().all(|&b| b == 0) || !checksum_holds(h) {
+        if h.iter().all(|&b| b == 0) {
+            return None;
+        }
+        if !checksum_holds(h) {
+            // Not a tar, or a damaged block, which clamd and tar both pass
+            // to try the next.
+            if self.begun {
+                self.state = State::Header;
+            }
             return None;
         }
         let magic = &h[MAGIC] == b"ustar";
@@ -141,6 +153,8 @@ impl TarWalk {
         if h[0] == 0 {
             return Some(Unopened::TarEmptyName);
         }
+        // A size tar cannot read: it and clamd read on at the next block.
+        self.state = State::Header;
         let size = read_size(&h[SIZE])?;
         let padded = size.div_ceil(BLOCK as u64) * BLOCK as u64;
         match h[TYPE] {
@@ -159,8 +173,11 @@ impl TarWalk {
                 };
                 return None;
             }
-            // clamd reads no data after these, tar skips it after some.
-            b'1'..=b'6' | b'V' if size > 0 => return None,
+            // clamd reads no data after a volume header, tar skips it.
+            b'V' if size > 0 => return Some(Unopened::TarVolumeData),
+            // Nor after these, and nor do tar and Python when they extract:
+            // such data is read as headers.
+            b'1'..=b'6' => return None,
             _ => {}
         }
         if self.pax_size.take().is_some_and(|said| said != size) {
@@ -377,18 +394,39 @@ mod tests {
     }
 
     #[test]
-    fn the_walk_stops_where_the_readers_part_ways() {
-        // A damaged header, then one that would be found: clamd and tar
-        // both look for the next header, each its own way.
+    fn a_volume_header_with_data_is_found() {
+        let mut a = archive(&[member(b"vol", &[b'J'; 1024]), gz_member()]);
+        a[TYPE] = b'V';
+        seal(&mut a[..BLOCK]);
+        assert_eq!(walk(&a), Some(Unopened::TarVolumeData));
+        // Without data, as tar writes it.
+        let a = archive(&[header(b"vol", 0, b'V', true), gz_member()]);
+        assert_eq!(walk(&a), None);
+    }
+
+    #[test]
+    fn the_walk_reads_on_where_clamd_and_tar_do() {
+        // Past a damaged header, or one whose size tar cannot read, to the
+        // next block.
         let mut bad = member(b"a.txt", b"x");
         bad[0] = b'b';
-        let a = archive(&[bad, header(b"", 0, b'0', true)]);
-        assert_eq!(walk(&a), None);
-        // A directory with data.
-        let a = archive(&[member(b"dir/", &[0; 512]), header(b"", 0, b'0', true)]);
-        let mut a = a;
-        a[TYPE] = b'5';
-        seal(&mut a[..BLOCK]);
+        let a = archive(&[member(b"readme", b"r"), bad, header(b"", 0, b'0', true)]);
+        assert_eq!(walk(&a), Some(Unopened::TarEmptyName));
+        let mut odd = header(b"a.txt", 0, b'0', true);
+        odd[SIZE].copy_from_slice(b"00000009000\0");
+        seal(&mut odd);
+        let a = archive(&[odd, header(b"", 0, b'0', true)]);
+        assert_eq!(walk(&a), Some(Unopened::TarEmptyName));
+        // Into a link's, a directory's or a device's data, as the readers
+        // extract.
+        for kind in b'1'..=b'6' {
+            let mut a = archive(&[member(b"d", &header(b"", 0, b'0', true))]);
+            a[TYPE] = kind;
+            seal(&mut a[..BLOCK]);
+            assert_eq!(walk(&a), Some(Unopened::TarEmptyName), "{}", kind as char);
+        }
+        // Not past the end.
+        let a = [archive(&[member(b"a", b"x")]), header(b"", 0, b'0', true)].concat();
         assert_eq!(walk(&a), None);
     }
 

@@ -131,6 +131,8 @@ pub enum Unopened {
     TarPaxSize,
     /// A tar header without the `ustar` magic after one with it.
     TarMagic,
+    /// A tar volume header with data.
+    TarVolumeData,
 }
 
 impl fmt::Display for Unopened {
@@ -177,6 +179,10 @@ impl fmt::Display for Unopened {
             Unopened::TarMagic => f.write_str(
                 "a tar header without the ustar magic in a ustar archive: clamd gives the \
                  archive up, tar and Python's tarfile read on",
+            ),
+            Unopened::TarVolumeData => f.write_str(
+                "a tar volume header with data: clamd reads headers in the data, tar and \
+                 Python's tarfile skip it",
             ),
             Unopened::Overlapping => write!(
                 f,
