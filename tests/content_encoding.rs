@@ -349,7 +349,9 @@ async fn dictionary_compression_is_kept_out() {
 /// 4096, before a gzip file of EICAR; a header without the ustar magic,
 /// the gzip file's, after one with it; a volume header whose data holds
 /// a header that, read as clamd reads it, covers the gzip file (tar and
-/// Python's tarfile skip the data and extract it).
+/// Python's tarfile skip the data and extract it). And a bzip2 file of
+/// two streams (Python's bz2 module), a harmless text then EICAR: bzip2
+/// and Python's bz2 module unpack both, clamd the first.
 fn unopened_eicar() -> Vec<(&'static str, Vec<u8>)> {
     [
         "eicar-zip64.zip",
@@ -370,6 +372,8 @@ fn unopened_eicar() -> Vec<(&'static str, Vec<u8>)> {
         "eicar-tar-pax-size.tar",
         "eicar-tar-magic.tar",
         "eicar-tar-volume-data.tar",
+        // A bzip2 file of two streams, EICAR in the second.
+        "eicar-bzip2-streams.bz2",
     ]
     .into_iter()
     .map(|name| (name, fixture(name)))

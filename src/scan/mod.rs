@@ -17,6 +17,7 @@
 //! and a zip that clamd answers OK for without opening it is not called
 //! clean ([`zip_watch`]).
 
+mod bzip2_watch;
 pub mod clamd;
 pub mod decode;
 pub mod form;

@@ -25,6 +25,8 @@
 //!   it, Python's gzip module does (gunzip and libarchive refuse it).
 //!
 //! - A tar archive clamd stops reading early ([`super::tar_watch`]).
+//! - A bzip2 file of more than one stream, of which clamd unpacks the
+//!   first only ([`super::bzip2_watch`]).
 //!
 //! A body with such a record is reported, and the scan cannot call it
 //! clean. Encrypted entries are left to clamd's `AlertEncryptedArchive`.
@@ -44,6 +46,7 @@ use memchr::memmem;
 use miniz_oxide::inflate::stream::InflateState;
 use miniz_oxide::DataFormat;
 
+use super::bzip2_watch::Bzip2Watch;
 use super::decode;
 use super::tar_watch::TarWalk;
 
@@ -133,6 +136,8 @@ pub enum Unopened {
     TarMagic,
     /// A tar volume header with data.
     TarVolumeData,
+    /// A bzip2 stream right after another ([`super::bzip2_watch`]).
+    Bzip2Streams,
 }
 
 impl fmt::Display for Unopened {
@@ -183,6 +188,10 @@ impl fmt::Display for Unopened {
             Unopened::TarVolumeData => f.write_str(
                 "a tar volume header with data: clamd reads headers in the data, tar and \
                  Python's tarfile skip it",
+            ),
+            Unopened::Bzip2Streams => f.write_str(
+                "a bzip2 file of more than one stream: clamd unpacks the first only, bzip2 \
+                 and Python's bz2 module all of them",
             ),
             Unopened::Overlapping => write!(
                 f,
@@ -240,6 +249,8 @@ pub struct ZipWatch {
     budget: Budget,
     /// The headers of the tar archive the bytes may be.
     tar: TarWalk,
+    /// Bzip2 streams in the bytes.
+    bzip2: Bzip2Watch,
 }
 
 /// What unpacking may still take, for one body at all levels together.
@@ -274,6 +285,7 @@ impl ZipWatch {
                 open: 0,
             },
             tar: TarWalk::default(),
+            bzip2: Bzip2Watch::default(),
         }
     }
 }
@@ -614,6 +626,10 @@ impl ZipWatch {
         }
         if let Some(what) = self.tar.feed(data) {
             self.found = Some(what);
+            return;
+        }
+        if self.bzip2.feed(data) {
+            self.found = Some(Unopened::Bzip2Streams);
             return;
         }
         self.look_inside(data, budget);

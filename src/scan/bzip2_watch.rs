@@ -1,0 +1,129 @@
+//! Finds a bzip2 stream that follows another in the same file. bzip2,
+//! Python's bz2 module and libarchive unpack every stream of a `.bz2`
+//! file one after the other (pbzip2 and lbzip2 write one per chunk of
+//! input), while clamd 1.4.6 unpacks the first only: EICAR in a second
+//! stream, even after an empty first one, was OK.
+//!
+//! A stream begins, on a byte boundary, with `BZh`, the block size digit,
+//! and a block's 48-bit magic; it ends with the 48-bit end-of-stream
+//! magic and a 32-bit checksum, at any bit, padded with up to seven bits
+//! to the next byte. So a stream begins right after another when the 80
+//! bits that end before it, less its padding, start with that magic. Two
+//! separate files never touch so: a tar or a zip puts a header between
+//! its members. The packed data itself is not unpacked here.
+
+/// A stream's first bytes after the block size digit: a block's magic.
+const BLOCK_MAGIC: [u8; 6] = [0x31, 0x41, 0x59, 0x26, 0x53, 0x59];
+/// The end-of-stream magic, 48 bits.
+const END_MAGIC: u64 = 0x1772_4538_5090;
+/// A stream's beginning: `BZh`, the size digit, the block magic.
+const HEAD: usize = 10;
+/// The bytes before a stream's beginning that hold the end of the one
+/// before: 80 bits and up to 7 of padding.
+const BEFORE: usize = 11;
+/// What is kept of the bytes seen, for a beginning that a piece's edge
+/// cuts.
+const KEEP: usize = BEFORE + HEAD;
+
+/// Watches a body, in pieces of any size, for a bzip2 stream that begins
+/// where another ends.
+#[derive(Debug, Default)]
+pub(super) struct Bzip2Watch {
+    /// The last bytes seen, up to [`KEEP`].
+    tail: Vec<u8>,
+}
+
+impl Bzip2Watch {
+    /// Looks at the next bytes; true once a second stream is found.
+    pub(super) fn feed(&mut self, data: &[u8]) -> bool {
+        // Beginnings that end in `data` but start within its first BEFORE
+        // bytes: judged on the kept bytes joined to data's first ones.
+        let mut seam = std::mem::take(&mut self.tail);
+        let kept = seam.len();
+        seam.extend_from_slice(&data[..data.len().min(KEEP)]);
+        let found = (0..seam.len().saturating_sub(HEAD - 1))
+            .filter(|&at| at + HEAD > kept && at < kept + BEFORE)
+            .any(|at| follows_a_stream(&seam, at));
+        // The rest, within `data` alone.
+        let found = found
+            || memchr::memmem::find_iter(data, b"BZh")
+                .filter(|&at| at >= BEFORE)
+                .any(|at| follows_a_stream(data, at));
+        let from = seam.len().saturating_sub(KEEP);
+        if data.len() >= KEEP {
+            self.tail = data[data.len() - KEEP..].to_vec();
+        } else {
+            seam.drain(..from);
+            self.tail = seam;
+        }
+        found
+    }
+}
+
+/// Whether a stream begins at `at` in `bytes`, right after the end of
+/// another.
+fn follows_a_stream(bytes: &[u8], at: usize) -> bool {
+    let Some(head) = bytes.get(at..at + HEAD) else {
+        return false;
+    };
+    if &head[..3] != b"BZh" || !(b'1'..=b'9').contains(&head[3]) || head[4..] != BLOCK_MAGIC {
+        return false;
+    }
+    if at < BEFORE {
+        return false;
+    }
+    let before = &bytes[at - BEFORE..at];
+    let bits = before.iter().fold(0u128, |n, &b| n << 8 | u128::from(b));
+    // The end magic, then 32 bits of checksum, then `pad` bits.
+    (0..8).any(|pad| (bits >> (pad + 32)) as u64 & ((1 << 48) - 1) == END_MAGIC)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// bzip2 streams as `bzip2` writes them, of `data` (from Python's bz2
+    /// module): one of "readme\n" ten times, and an empty one.
+    const README: &[u8] = &[
+        0x42, 0x5a, 0x68, 0x39, 0x31, 0x41, 0x59, 0x26, 0x53, 0x59, 0x48, 0xad, 0xc0, 0x38, 0x00,
+        0x00, 0x22, 0xc1, 0x80, 0x00, 0x10, 0x26, 0x02, 0x10, 0x00, 0x20, 0x00, 0x20, 0xa5, 0x43,
+        0x20, 0xc0, 0x3c, 0x4e, 0xa6, 0x26, 0xa6, 0xa6, 0xa7, 0xc5, 0xdc, 0x91, 0x4e, 0x14, 0x24,
+        0x12, 0x2b, 0x70, 0x0e, 0x00,
+    ];
+    const EMPTY: &[u8] = &[
+        0x42, 0x5a, 0x68, 0x39, 0x17, 0x72, 0x45, 0x38, 0x50, 0x90, 0x00, 0x00, 0x00, 0x00,
+    ];
+
+    fn watch(bytes: &[u8]) -> bool {
+        let mut seen = None;
+        for piece in [1, 2, 5, 10, 11, 21, 22, 64, bytes.len().max(1)] {
+            let mut w = Bzip2Watch::default();
+            let found = bytes.chunks(piece).any(|p| w.feed(p));
+            if let Some(seen) = seen {
+                assert_eq!(found, seen, "pieces of {piece}");
+            }
+            seen = Some(found);
+        }
+        seen.unwrap()
+    }
+
+    #[test]
+    fn a_stream_after_another_is_found() {
+        assert!(watch(&[README, README].concat()));
+        assert!(watch(&[EMPTY, README].concat()));
+        assert!(watch(
+            &[b"prefix".as_slice(), README, EMPTY, README].concat()
+        ));
+    }
+
+    #[test]
+    fn one_stream_or_separate_files_are_not() {
+        assert!(!watch(README));
+        assert!(!watch(&[README, EMPTY].concat()));
+        // Two files with anything between them, as in a tar or a zip.
+        assert!(!watch(&[README, b"\0".as_slice(), README].concat()));
+        assert!(!watch(&[README, &[0u8; 512], README].concat()));
+        assert!(!watch(b"BZh91AY&SY"));
+        assert!(!watch(&[b"BZh91AY&SY".repeat(3), b"x".repeat(30)].concat()));
+    }
+}
