@@ -4,7 +4,8 @@
 //! (the last in tests/extproc.rs). Without decoding, clamd answers OK for
 //! all of them. So it does for a zip it does not open (ZIP64, or packed
 //! with LZMA and the like): such a body is not called clean. And for a
-//! gzip file uploaded by a form: a form's parts are scanned one by one.
+//! gzip file uploaded by a form: a form's parts are scanned one by one, as
+//! an ar archive's (a `.deb`) members are.
 
 mod support;
 
@@ -446,17 +447,7 @@ async fn archives_clamd_does_not_open_are_not_called_clean() {
 
     // A body file handed to clamd by descriptor, as split mode's disk
     // provider does on a unix socket.
-    let options = virus_scanner::scan::clamd::ClamdOptions {
-        connect_timeout: Duration::from_secs(5),
-        scan_timeout: Duration::from_secs(30),
-        max_concurrency: 2,
-        fildes_max: 1 << 20,
-        sessions: false,
-    };
-    let scanner = virus_scanner::scan::Scanner::new(
-        virus_scanner::scan::clamd::Clamd::new(clamd.unix_url().parse().unwrap(), options),
-        1 << 20,
-    );
+    let scanner = file_scanner(&clamd);
     let dir = support::TempDir::new("unopened");
     for (name, zip) in zips.iter().chain([&("eicar.zip", plain)]) {
         let path = support::write_file(&dir, name, zip);
@@ -486,6 +477,89 @@ async fn archives_clamd_does_not_open_are_not_called_clean() {
         assert!(page.contains("could not be checked"), "{name}: {page}");
     }
     squid.assert_no_icap_errors();
+}
+
+/// A scanner on clamd's unix socket, for body files handed to clamd by
+/// descriptor, as split mode's disk provider does.
+fn file_scanner(clamd: &ClamdProcess) -> virus_scanner::scan::Scanner {
+    let options = virus_scanner::scan::clamd::ClamdOptions {
+        connect_timeout: Duration::from_secs(5),
+        scan_timeout: Duration::from_secs(30),
+        max_concurrency: 2,
+        fildes_max: 1 << 20,
+        sessions: false,
+    };
+    virus_scanner::scan::Scanner::new(
+        virus_scanner::scan::clamd::Clamd::new(clamd.unix_url().parse().unwrap(), options),
+        1 << 20,
+    )
+}
+
+/// An ar archive of `members` (name, content), as `ar rcD` writes one.
+fn ar(members: &[(&str, &[u8])]) -> Vec<u8> {
+    let mut a = b"!<arch>\n".to_vec();
+    for (name, content) in members {
+        let header = format!(
+            "{name:<16}{:<12}{:<6}{:<6}{:<8}{:<10}`\n",
+            0,
+            0,
+            0,
+            644,
+            content.len()
+        );
+        a.extend_from_slice(header.as_bytes());
+        a.extend_from_slice(content);
+        if content.len() % 2 == 1 {
+            a.push(b'\n');
+        }
+    }
+    a
+}
+
+/// clamd does not unpack ar archives: `eicar.deb` (made by `ar rcD` of
+/// debian-binary, control.tar.gz and a data.tar.gz holding EICAR; dpkg-deb
+/// lists it) is OK to it. Each member is scanned as a file of its own, so
+/// the package is found infected: over ICAP, gzip-encoded, and as a body
+/// file handed to clamd on its unix socket.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ar_archive_s_members_are_scanned_each() {
+    let clamd = ClamdProcess::start();
+    let deb = fixture("eicar.deb");
+    assert_eq!(
+        clamd.verdict(&deb).await,
+        Verdict::Clean,
+        "clamd on eicar.deb"
+    );
+    let clean = ar(&[
+        ("debian-binary", b"2.0\n"),
+        ("data.tar.gz", &gzip(&b"nothing to see here\n".repeat(40))),
+        ("odd", b"odd"),
+    ]);
+    let server = TestServer::start(&["--clamd-url", &clamd.tcp_url()]).await;
+    let url = "http://origin.test/eicar.deb";
+    let answer = icap_respmod_with(server.port(), url, &deb, "", "")
+        .await
+        .unwrap();
+    assert!(answer.is_infected(), "{answer:?}");
+    assert!(respmod(server.port(), "gzip", &gzip(&deb))
+        .await
+        .is_infected());
+    let answer = icap_respmod_with(server.port(), url, &clean, "", "")
+        .await
+        .unwrap();
+    assert!(answer.is_clean(), "{answer:?}");
+
+    let scanner = file_scanner(&clamd);
+    let dir = support::TempDir::new("ar");
+    for (name, body, infected) in [("eicar.deb", &deb, true), ("clean.deb", &clean, false)] {
+        let path = support::write_file(&dir, name, body);
+        let file = std::fs::File::open(path).unwrap();
+        let (verdict, _) = scanner.scan_file(file, body.len() as u64, None, None).await;
+        match infected {
+            true => assert!(matches!(verdict, Verdict::Infected { .. }), "{verdict:?}"),
+            false => assert_eq!(verdict, Verdict::Clean),
+        }
+    }
 }
 
 const FORM_BOUNDARY: &str = "----WebKitFormBoundaryx7GZrC3sQ0Lk2pYe";

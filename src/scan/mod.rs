@@ -17,6 +17,7 @@
 //! and a zip that clamd answers OK for without opening it is not called
 //! clean ([`zip_watch`]).
 
+mod ar;
 mod bzip2_watch;
 pub mod clamd;
 pub mod decode;
@@ -116,8 +117,8 @@ impl Scanner {
     /// `content_encoding` (and, for a form, `form_boundary`). On a unix
     /// socket clamd gets the file's descriptor (FILDES) whatever its size:
     /// nothing is copied, and clamd's `StreamMaxLength` does not apply. On
-    /// TCP, or when a coding must come off or a form come apart first, the
-    /// file streams through a session. Returns
+    /// TCP, or when a coding must come off, a form or an ar archive come
+    /// apart first, the file streams through a session. Returns
     /// the verdict and the bytes read (all of them when clamd read the
     /// file).
     pub async fn scan_file(
@@ -136,7 +137,7 @@ impl Scanner {
             );
         }
         let mut session = self.session_for(content_encoding, form_boundary);
-        if self.clamd.is_unix() && session.is_plain() {
+        if self.clamd.is_unix() && session.is_plain() && !is_ar(&file) {
             // clamd reads the file while the zip watch does.
             let watched = file
                 .try_clone()
@@ -289,6 +290,17 @@ struct Sink {
     failed: Option<ScanError>,
     /// Whether clamd is seeing a zip it answers OK for without opening it.
     unopened: Box<zip_watch::ZipWatch>,
+    /// For a body's own scan, while the body may be an ar archive (a
+    /// `.deb`): its members are scanned one by one as well ([`ar`]).
+    ar: Option<ar::Splitter>,
+    members: Option<Box<Members>>,
+}
+
+/// The members of an ar archive, each scanned as a file of its own.
+struct Members {
+    part: Option<Sink>,
+    /// What the members that have ended came to.
+    verdict: Verdict,
 }
 
 /// A body's Content-Encoding being undone on its way to clamd.
@@ -493,6 +505,16 @@ impl Sink {
             received: 0,
             failed: None,
             unopened: Box::default(),
+            ar: Some(ar::Splitter::default()),
+            members: None,
+        }
+    }
+
+    /// A sink for an ar member: members are not split again.
+    fn member(clamd: &Clamd) -> Sink {
+        Sink {
+            ar: None,
+            ..Sink::new(clamd)
         }
     }
 
@@ -501,10 +523,60 @@ impl Sink {
         self.stream = None;
         self.keep_spool();
         self.held = Vec::new();
+        self.ar = None;
+        if let Some(part) = self.members.as_mut().and_then(|m| m.part.as_mut()) {
+            part.drop_body();
+        }
     }
 
-    /// Adds bytes. After a failure they are only counted.
+    /// Adds bytes, and an ar archive's members to their own scans.
     async fn write(&mut self, data: &[u8]) {
+        self.write_whole(data).await;
+        if let Some(ar) = self.ar.as_mut() {
+            let mut events = Vec::new();
+            ar.feed(data, &mut events);
+            if !ar.is_archive() {
+                self.ar = None;
+            }
+            self.take_members(events).await;
+        }
+    }
+
+    /// Sends an ar archive's members where they go.
+    async fn take_members(&mut self, events: Vec<ar::Event>) {
+        if events.is_empty() {
+            return;
+        }
+        let clamd = self.clamd.clone();
+        let members = self.members.get_or_insert_with(|| {
+            Box::new(Members {
+                part: None,
+                verdict: Verdict::Clean,
+            })
+        });
+        for event in events {
+            match event {
+                ar::Event::Start => members.part = Some(Sink::member(&clamd)),
+                ar::Event::Data(bytes) => {
+                    if let Some(part) = members.part.as_mut() {
+                        part.write_whole(&bytes).await;
+                    }
+                }
+                ar::Event::End => {
+                    if let Some(part) = members.part.take() {
+                        let verdict = part.finish_whole().await;
+                        members.verdict = worse(
+                            std::mem::replace(&mut members.verdict, Verdict::Clean),
+                            verdict,
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    /// Adds bytes to this scan. After a failure they are only counted.
+    async fn write_whole(&mut self, data: &[u8]) {
         self.received += data.len() as u64;
         if self.failed.is_some() || data.is_empty() {
             return;
@@ -579,8 +651,24 @@ impl Sink {
         self.failed = Some(e);
     }
 
-    /// clamd's verdict on the bytes given to it.
-    async fn finish(self) -> Verdict {
+    /// clamd's verdict on the bytes given to it, and on an ar archive's
+    /// members: the worse.
+    async fn finish(mut self) -> Verdict {
+        if let Some(mut ar) = self.ar.take() {
+            let mut events = Vec::new();
+            ar.finish(&mut events);
+            self.take_members(events).await;
+        }
+        let members = self.members.take().map(|m| m.verdict);
+        let whole = self.finish_whole().await;
+        match members {
+            Some(members) => worse(whole, members),
+            None => whole,
+        }
+    }
+
+    /// clamd's verdict on the bytes given to this scan.
+    async fn finish_whole(self) -> Verdict {
         let unopened = self.unopened.found();
         let result = match (self.failed, self.stream, self.spool) {
             (Some(e), _, _) => Err(e),
@@ -592,6 +680,14 @@ impl Sink {
         };
         unless_unopened(result.unwrap_or_else(error_verdict), unopened)
     }
+}
+
+/// Whether a body file is an ar archive, whose members go to clamd one by
+/// one through a session.
+fn is_ar(file: &std::fs::File) -> bool {
+    use std::os::unix::fs::FileExt;
+    let mut head = [0u8; ar::MAGIC.len()];
+    file.read_exact_at(&mut head, 0).is_ok() && &head == ar::MAGIC
 }
 
 /// clamd's verdict on a body in which `unopened` was found: not clean,
