@@ -405,9 +405,14 @@ async fn archives_clamd_does_not_open_are_not_called_clean() {
     for (name, zip) in unopened_eicar() {
         let answer = respmod(server.port(), "gzip", &gzip(&zip)).await;
         assert!(answer.is_undecodable(), "{name} as gzip: {answer:?}");
-        // And a gzip file in a gzip file, which clamd unpacks both of.
+        // And a gzip file in a gzip file, which clamd unpacks both of,
+        // and a zstd file.
         let gz = gzip(&zip);
-        for (suffix, file) in [(".gz", gzip(&zip)), (".gz.gz", gzip(&gz))] {
+        for (suffix, file) in [
+            (".gz", gzip(&zip)),
+            (".gz.gz", gzip(&gz)),
+            (".zst", zstd(&zip)),
+        ] {
             let clamd_says = clamd.verdict(&file).await;
             assert_eq!(clamd_says, Verdict::Clean, "clamd on {name}{suffix}");
             let answer = icap_respmod_with(server.port(), url, &file, "", "")

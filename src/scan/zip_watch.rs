@@ -32,8 +32,9 @@
 //! clean. Encrypted entries are left to clamd's `AlertEncryptedArchive`.
 //!
 //! The body's own bytes are watched, and what clamd unpacks from them in
-//! the two ways most archives are packed: a gzip file (`.gz`, `.tar.gz`;
-//! a tar keeps its files' bytes as they are) and a zip's deflated entries.
+//! the ways most archives are packed: a gzip or zstd file (`.gz`,
+//! `.tar.gz`, `.tar.zst`; a tar keeps its files' bytes as they are) and a
+//! zip's deflated entries.
 //! Each is unpacked here, as it passes, into a watch of its own, down to
 //! [`DEPTH`] levels (a zip in a zip in a `.tar.gz`), and up to [`WATCHED`]
 //! unpacked bytes in all. An archive inside another that is packed any
@@ -81,6 +82,10 @@ const BZIP2: u16 = 12;
 /// these must be 0.
 const GZIP: [u8; 3] = [0x1f, 0x8b, 8];
 const GZIP_RESERVED: u8 = 0xe0;
+/// How a zstd file begins: a frame's magic (clamd unpacks `.zst` files).
+const ZSTD: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
+/// The first bytes that tell either: gzip's magic and flags, zstd's magic.
+const PACKED_HEAD: usize = 4;
 /// The most unpacked bytes watched for one body, at all levels together
 /// (about a second of CPU); clamd's own limits (with `AlertExceedsMax`)
 /// speak for what lies beyond.
@@ -236,7 +241,7 @@ pub struct ZipWatch {
     last_record: Option<u64>,
     found: Option<Unopened>,
     /// Whether the bytes are a gzip file, and what it unpacks to.
-    gzip: Gzip,
+    packed: Packed,
     /// Deflated entries being unpacked.
     entries: Vec<Entry>,
     /// The zip records seen, to find entries a directory does not list.
@@ -275,7 +280,7 @@ impl ZipWatch {
             at: 0,
             last_record: None,
             found: None,
-            gzip: Gzip::Undecided,
+            packed: Packed::Undecided,
             entries: Vec::new(),
             layout: Layout::default(),
             piece: Vec::new(),
@@ -290,21 +295,22 @@ impl ZipWatch {
     }
 }
 
-/// A body's first bytes, as far as they tell whether it is a gzip file.
+/// A body's first bytes, as far as they tell whether it is a gzip or a
+/// zstd file.
 #[derive(Debug, Default)]
-enum Gzip {
+enum Packed {
     /// Nothing seen yet.
     #[default]
     Undecided,
-    /// The first bytes so far, which may begin a gzip file.
+    /// The first bytes so far, which may begin one.
     Head(Vec<u8>),
     Inside(Box<Inside>),
-    /// Not a gzip file, or no longer watched inside.
+    /// Neither, or no longer watched inside.
     No,
 }
 
-/// A gzip file being unpacked for the watch (clamd gets the body as it
-/// came, and unpacks it itself).
+/// A gzip or zstd file being unpacked for the watch (clamd gets the body
+/// as it came, and unpacks it itself).
 struct Inside {
     decoder: decode::Decoder,
     piece: Vec<u8>,
@@ -319,8 +325,8 @@ impl fmt::Debug for Inside {
 }
 
 impl Inside {
-    fn start(depth: u8) -> Option<Box<Inside>> {
-        let decode::Plan::Decode(decoder) = decode::plan("gzip") else {
+    fn start(depth: u8, coding: &str) -> Option<Box<Inside>> {
+        let decode::Plan::Decode(decoder) = decode::plan(coding) else {
             return None;
         };
         Some(Box::new(Inside {
@@ -603,8 +609,8 @@ impl ZipWatch {
     pub fn found(&self) -> Option<Unopened> {
         self.found
             .or_else(|| self.layout.concatenated().then_some(Unopened::Concatenated))
-            .or_else(|| match &self.gzip {
-                Gzip::Inside(inside) => inside.watch.found(),
+            .or_else(|| match &self.packed {
+                Packed::Inside(inside) => inside.watch.found(),
                 _ => None,
             })
     }
@@ -786,8 +792,8 @@ impl ZipWatch {
 
     /// Deflated entries being unpacked by this watch and the ones below.
     fn open_entries(&self) -> usize {
-        let below = match &self.gzip {
-            Gzip::Inside(inside) => inside.watch.open_entries(),
+        let below = match &self.packed {
+            Packed::Inside(inside) => inside.watch.open_entries(),
             _ => 0,
         };
         self.entries
@@ -797,46 +803,48 @@ impl ZipWatch {
             + below
     }
 
-    /// Unpacks a gzip file into an inner watch.
+    /// Unpacks a gzip or zstd file into an inner watch.
     fn look_inside(&mut self, data: &[u8], budget: &mut Budget) {
-        match &mut self.gzip {
-            Gzip::No => {}
-            Gzip::Undecided | Gzip::Head(_) => {
-                let mut head = match std::mem::take(&mut self.gzip) {
-                    Gzip::Head(head) => head,
+        match &mut self.packed {
+            Packed::No => {}
+            Packed::Undecided | Packed::Head(_) => {
+                let mut head = match std::mem::take(&mut self.packed) {
+                    Packed::Head(head) => head,
                     _ => Vec::new(),
                 };
-                let take = (GZIP.len() + 1 - head.len()).min(data.len());
+                let take = (PACKED_HEAD - head.len()).min(data.len());
                 head.extend_from_slice(&data[..take]);
-                self.gzip = if !head.starts_with(&GZIP[..head.len().min(GZIP.len())]) {
-                    Gzip::No
-                } else if head.len() <= GZIP.len() {
-                    Gzip::Head(head)
-                } else if head[GZIP.len()] & GZIP_RESERVED != 0 {
+                let gzip = head.starts_with(&GZIP[..head.len().min(GZIP.len())]);
+                let zstd = ZSTD.starts_with(&head);
+                self.packed = if !gzip && !zstd {
+                    Packed::No
+                } else if head.len() < PACKED_HEAD {
+                    Packed::Head(head)
+                } else if gzip && head[GZIP.len()] & GZIP_RESERVED != 0 {
                     self.found = Some(Unopened::GzipFlags(head[GZIP.len()]));
-                    Gzip::No
+                    Packed::No
                 } else if self.depth >= DEPTH {
-                    Gzip::No
+                    Packed::No
                 } else {
-                    match Inside::start(self.depth) {
+                    match Inside::start(self.depth, if gzip { "gzip" } else { "zstd" }) {
                         Some(mut inside) => {
                             if inside.feed(&head, budget) && inside.feed(&data[take..], budget) {
-                                Gzip::Inside(inside)
+                                Packed::Inside(inside)
                             } else {
                                 budget.open -= inside.watch.open_entries();
                                 self.found = inside.watch.found;
-                                Gzip::No
+                                Packed::No
                             }
                         }
-                        None => Gzip::No,
+                        None => Packed::No,
                     }
                 };
             }
-            Gzip::Inside(inside) => {
+            Packed::Inside(inside) => {
                 if !inside.feed(data, budget) {
                     budget.open -= inside.watch.open_entries();
                     self.found = inside.watch.found;
-                    self.gzip = Gzip::No;
+                    self.packed = Packed::No;
                 }
             }
         }
@@ -1155,6 +1163,28 @@ mod tests {
                 assert_eq!(watch(b, piece), None, "pieces of {piece}");
             }
         }
+    }
+
+    #[test]
+    fn a_zstd_file_is_watched_unpacked() {
+        let mut tar = vec![0u8; 512];
+        tar.extend_from_slice(&body(&[local(IN_ZIP64, IN_ZIP64)]));
+        let zst = zstd::bulk::compress(&tar, 3).unwrap();
+        assert_eq!(find(&zst, zst.len()), None);
+        for piece in [1, 2, 3, 5, 100, zst.len()] {
+            assert_eq!(
+                watch(&zst, piece),
+                Some(Unopened::Zip64Local),
+                "pieces of {piece}"
+            );
+        }
+        // In a gzip file, and a gzip file in it.
+        assert_eq!(watch(&gzip(&zst), 7), Some(Unopened::Zip64Local));
+        let inner = zstd::bulk::compress(&gzip(&tar), 3).unwrap();
+        assert_eq!(watch(&inner, 7), Some(Unopened::Zip64Local));
+        // Only at the start.
+        let late = [b"x".as_slice(), &zst].concat();
+        assert_eq!(watch(&late, 7), None);
     }
 
     /// A zip of one deflated entry holding `data`, deflated at `level`
