@@ -421,6 +421,18 @@ async fn archives_clamd_does_not_open_are_not_called_clean() {
             assert!(answer.is_undecodable(), "{name}{suffix}: {answer:?}");
         }
     }
+    // Each stored in a zip (Python's zipfile), which clamd unpacks and
+    // judges the file in from its start, as the watch does.
+    let dir = support::TempDir::new("stored");
+    for (name, file) in unopened_eicar() {
+        let zip = stored_zip(&dir, name, &file);
+        let clamd_says = clamd.verdict(&zip).await;
+        assert_eq!(clamd_says, Verdict::Clean, "clamd on {name} in a zip");
+        let answer = icap_respmod_with(server.port(), url, &zip, "", "")
+            .await
+            .unwrap();
+        assert!(answer.is_undecodable(), "{name} in a zip: {answer:?}");
+    }
     // A gzip file of EICAR whose header sets a reserved flag: clamd does
     // not unpack it, Python's gzip module does.
     let mut odd = gzip(&[&[b'x'; 2000][..], &e].concat());
@@ -482,6 +494,24 @@ async fn archives_clamd_does_not_open_are_not_called_clean() {
         assert!(page.contains("could not be checked"), "{name}: {page}");
     }
     squid.assert_no_icap_errors();
+}
+
+/// A zip holding `data` stored as `name`, made by Python's zipfile.
+fn stored_zip(dir: &support::TempDir, name: &str, data: &[u8]) -> Vec<u8> {
+    let input = support::write_file(dir, name, data);
+    let path = dir.path().join(format!("{name}.zip"));
+    let script = "import sys, zipfile\n\
+                  with zipfile.ZipFile(sys.argv[1], 'w', zipfile.ZIP_STORED) as z:\n\
+                  \x20   z.write(sys.argv[2], sys.argv[3])\n";
+    let out = std::process::Command::new("python3")
+        .args(["-c", script])
+        .arg(&path)
+        .arg(&input)
+        .arg(name)
+        .output()
+        .expect("python3");
+    assert!(out.status.success(), "{}", support::output_text(&out));
+    std::fs::read(path).unwrap()
 }
 
 /// A scanner on clamd's unix socket, for body files handed to clamd by

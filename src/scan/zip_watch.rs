@@ -34,7 +34,7 @@
 //! The body's own bytes are watched, and what clamd unpacks from them in
 //! the ways most archives are packed: a gzip or zstd file (`.gz`,
 //! `.tar.gz`, `.tar.zst`; a tar keeps its files' bytes as they are) and a
-//! zip's deflated entries.
+//! zip's deflated entries; and a zip's stored entries, from their start.
 //! Each is unpacked here, as it passes, into a watch of its own, down to
 //! [`DEPTH`] levels (a zip in a zip in a `.tar.gz`), and up to [`WATCHED`]
 //! unpacked bytes in all. An archive inside another that is packed any
@@ -74,6 +74,7 @@ const ENCRYPTED: u16 = 1;
 /// be 0).
 const SIZES_AFTER: u16 = 8;
 /// The packing methods clamd unpacks.
+const STORED: u16 = 0;
 const IMPLODED: u16 = 6;
 const DEFLATED: u16 = 8;
 const DEFLATE64: u16 = 9;
@@ -356,7 +357,8 @@ impl Inside {
 /// A zip entry's deflated data being unpacked into a watch of its own
 /// (clamd unpacks it itself).
 struct Entry {
-    inflate: Box<InflateState>,
+    /// `None` for a stored entry, whose bytes are watched as they are.
+    inflate: Option<Box<InflateState>>,
     /// The offset of its data's first byte, and of the next one.
     start: u64,
     next: u64,
@@ -380,8 +382,16 @@ impl Entry {
     /// there is nothing more to watch (the entry's data ended or is
     /// damaged, or the budget is spent).
     fn feed(&mut self, mut data: &[u8], piece: &mut [u8], budget: &mut Budget) -> bool {
+        let Some(inflate) = self.inflate.as_mut() else {
+            self.next += data.len() as u64;
+            if !self.watch.take_unpacked(data, budget) {
+                return false;
+            }
+            self.ended = self.end == Some(self.next);
+            return !self.ended;
+        };
         loop {
-            let Ok((step, ended)) = decode::inflate_step(&mut self.inflate, data, piece) else {
+            let Ok((step, ended)) = decode::inflate_step(inflate, data, piece) else {
                 return false;
             };
             data = &data[step.consumed..];
@@ -695,8 +705,14 @@ impl ZipWatch {
                         });
                         self.layout.locals.len() - 1
                     });
+                    // A stored entry's bytes are in sight here already, but
+                    // not from their start, as clamd sees them unpacked: a
+                    // gzip file or a tar there is judged from its start in
+                    // a watch of its own.
                     if how.method == DEFLATED && !how.encrypted {
-                        self.open(at + data_from, len, local, budget);
+                        self.open(at + data_from, len, local, true, budget);
+                    } else if how.method == STORED && !how.encrypted && len.is_some() {
+                        self.open(at + data_from, len, None, false, budget);
                     }
                 }
                 Record::Listed { local, len, how } => {
@@ -713,8 +729,13 @@ impl ZipWatch {
                 // archive's, seen here in the stored blocks deflate keeps
                 // packed data in: each block's 5-byte header shifts what
                 // follows, so its offsets do not hold here. The entry's own
-                // watch sees it whole.
-                Record::End { .. } if self.entries.iter().any(|e| e.start < at) => {}
+                // watch sees it whole. (In a stored entry's data it is seen
+                // as it is, and judged here too.)
+                Record::End { .. }
+                    if self
+                        .entries
+                        .iter()
+                        .any(|e| e.inflate.is_some() && e.start < at) => {}
                 Record::End {
                     entries,
                     size,
@@ -730,8 +751,16 @@ impl ZipWatch {
         self.unpack(data, start, self.at, budget);
     }
 
-    /// Starts unpacking a deflated entry whose data begins at `at`.
-    fn open(&mut self, at: u64, len: Option<u64>, local: Option<usize>, budget: &mut Budget) {
+    /// Starts unpacking a deflated entry whose data begins at `at`, or
+    /// watching a stored one (`deflated` false).
+    fn open(
+        &mut self,
+        at: u64,
+        len: Option<u64>,
+        local: Option<usize>,
+        deflated: bool,
+        budget: &mut Budget,
+    ) {
         if self.depth >= DEPTH || budget.bytes == 0 || len == Some(0) {
             return;
         }
@@ -741,7 +770,7 @@ impl ZipWatch {
         }
         budget.open += 1;
         self.entries.push(Entry {
-            inflate: InflateState::new_boxed(DataFormat::Raw),
+            inflate: deflated.then(|| InflateState::new_boxed(DataFormat::Raw)),
             start: at,
             next: at,
             end: len.map(|len| at + len),
@@ -935,8 +964,6 @@ fn find(bytes: &[u8], starts: usize) -> Option<Unopened> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    const STORED: u16 = 0;
 
     /// A local file header with these flags, method and sizes.
     fn local_with(flags: u16, method: u16, compressed: u32, size: u32) -> Vec<u8> {
@@ -1243,6 +1270,36 @@ mod tests {
         zip.extend_from_slice(&offset.to_le_bytes());
         zip.extend_from_slice(&[0, 0]);
         zip
+    }
+
+    #[test]
+    fn a_stored_entry_is_watched_from_its_start() {
+        // A tar whose second header has an empty name, and a gzip file of
+        // a ZIP64 zip: clamd judges each from the stored entry's start.
+        let mut tar = vec![0u8; 1024];
+        tar[..5].copy_from_slice(b"a.txt");
+        tar[124..136].copy_from_slice(b"00000000000\0");
+        tar[512 + 124..512 + 136].copy_from_slice(b"00000000000\0");
+        for h in [0, 512] {
+            tar[h + 257..h + 262].copy_from_slice(b"ustar");
+            tar[h + 148..h + 156].copy_from_slice(b"        ");
+            let sum: u32 = tar[h..h + 512].iter().map(|&b| u32::from(b)).sum();
+            tar[h + 148..h + 156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
+        }
+        let gz = gzip(&body(&[local(IN_ZIP64, IN_ZIP64)]));
+        for (inner, what) in [(&tar, Unopened::TarEmptyName), (&gz, Unopened::Zip64Local)] {
+            let zip = archive(
+                b"",
+                &[(b"readme", None, false, true), (inner, None, false, true)],
+            );
+            assert_eq!(find(&zip, zip.len()), None);
+            for piece in [1, 3, 100, zip.len()] {
+                assert_eq!(watch(&zip, piece), Some(what), "pieces of {piece}");
+            }
+            // A stored entry whose sizes come after its data is not.
+            let zip = archive(b"", &[(inner, None, true, true)]);
+            assert_eq!(watch(&zip, 100), None);
+        }
     }
 
     #[test]
