@@ -421,17 +421,26 @@ async fn archives_clamd_does_not_open_are_not_called_clean() {
             assert!(answer.is_undecodable(), "{name}{suffix}: {answer:?}");
         }
     }
-    // Each stored in a zip (Python's zipfile), which clamd unpacks and
-    // judges the file in from its start, as the watch does.
+    // Each stored in a zip, or in a tar, as it is or gzipped, which clamd
+    // unpacks and judges the file in from its start, as the watch does.
     let dir = support::TempDir::new("stored");
     for (name, file) in unopened_eicar() {
-        let zip = stored_zip(&dir, name, &file);
-        let clamd_says = clamd.verdict(&zip).await;
-        assert_eq!(clamd_says, Verdict::Clean, "clamd on {name} in a zip");
-        let answer = icap_respmod_with(server.port(), url, &zip, "", "")
-            .await
-            .unwrap();
-        assert!(answer.is_undecodable(), "{name} in a zip: {answer:?}");
+        let gz = format!("{name}.gz");
+        for (how, archive) in [
+            ("a zip", packed_by_python(&dir, name, &file, false)),
+            ("a tar", packed_by_python(&dir, name, &file, true)),
+            (
+                "a tar, gzipped",
+                packed_by_python(&dir, &gz, &gzip(&file), true),
+            ),
+        ] {
+            let clamd_says = clamd.verdict(&archive).await;
+            assert_eq!(clamd_says, Verdict::Clean, "clamd on {name} in {how}");
+            let answer = icap_respmod_with(server.port(), url, &archive, "", "")
+                .await
+                .unwrap();
+            assert!(answer.is_undecodable(), "{name} in {how}: {answer:?}");
+        }
     }
     // A gzip file of EICAR whose header sets a reserved flag: clamd does
     // not unpack it, Python's gzip module does.
@@ -496,13 +505,26 @@ async fn archives_clamd_does_not_open_are_not_called_clean() {
     squid.assert_no_icap_errors();
 }
 
-/// A zip holding `data` stored as `name`, made by Python's zipfile.
-fn stored_zip(dir: &support::TempDir, name: &str, data: &[u8]) -> Vec<u8> {
+/// An archive holding `data` as `name`, after a small text file: a zip
+/// that stores it (Python's zipfile), or a tar (Python's tarfile).
+fn packed_by_python(dir: &support::TempDir, name: &str, data: &[u8], tar: bool) -> Vec<u8> {
     let input = support::write_file(dir, name, data);
-    let path = dir.path().join(format!("{name}.zip"));
-    let script = "import sys, zipfile\n\
-                  with zipfile.ZipFile(sys.argv[1], 'w', zipfile.ZIP_STORED) as z:\n\
-                  \x20   z.write(sys.argv[2], sys.argv[3])\n";
+    let path = dir
+        .path()
+        .join(format!("{name}.{}", if tar { "tar" } else { "zip" }));
+    let script = if tar {
+        "import io, sys, tarfile\n\
+         with tarfile.open(sys.argv[1], 'w') as t:\n\
+         \x20   r = tarfile.TarInfo('readme.txt')\n\
+         \x20   r.size = 19\n\
+         \x20   t.addfile(r, io.BytesIO(b'nothing to see here'))\n\
+         \x20   t.add(sys.argv[2], sys.argv[3])\n"
+    } else {
+        "import sys, zipfile\n\
+         with zipfile.ZipFile(sys.argv[1], 'w', zipfile.ZIP_STORED) as z:\n\
+         \x20   z.writestr('readme.txt', 'nothing to see here')\n\
+         \x20   z.write(sys.argv[2], sys.argv[3])\n"
+    };
     let out = std::process::Command::new("python3")
         .args(["-c", script])
         .arg(&path)

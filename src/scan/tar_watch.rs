@@ -17,6 +17,9 @@
 //!   data, clamd reads the next header right after it, where the data can
 //!   hold one that leads it past the members that follow.
 //!
+//! Each member clamd unpacks (a file) is handed on, so that its bytes are
+//! watched from their start as well, as clamd sees them.
+//!
 //! Like clamd and tar, the walk reads on at the next block after a header
 //! whose checksum fails or whose size tar cannot read, and reads the data
 //! of a link, directory, device or fifo header as headers (tar and Python
@@ -66,6 +69,11 @@ pub(super) struct TarWalk {
     posix: bool,
     /// The size the last pax header gives the next member.
     pax_size: Option<u64>,
+    /// Bytes walked: the offset of the next one.
+    at: u64,
+    /// The data length of the member whose header was just read, while
+    /// not yet handed on.
+    member: Option<u64>,
 }
 
 impl Default for TarWalk {
@@ -76,13 +84,29 @@ impl Default for TarWalk {
             begun: false,
             posix: false,
             pax_size: None,
+            at: 0,
+            member: None,
         }
     }
 }
 
 impl TarWalk {
     /// Walks on through the next bytes; what keeps clamd out, once found.
-    pub(super) fn feed(&mut self, mut data: &[u8]) -> Option<Unopened> {
+    /// Where the data of each member clamd unpacks begins, and its length,
+    /// goes to `members`.
+    pub(super) fn feed(&mut self, data: &[u8], members: &mut Vec<(u64, u64)>) -> Option<Unopened> {
+        let start = self.at;
+        self.at += data.len() as u64;
+        self.walk(data, start, members)
+    }
+
+    fn walk(
+        &mut self,
+        mut data: &[u8],
+        start: u64,
+        members: &mut Vec<(u64, u64)>,
+    ) -> Option<Unopened> {
+        let end = start + data.len() as u64;
         while !data.is_empty() {
             match &mut self.state {
                 State::Done => return None,
@@ -121,6 +145,9 @@ impl TarWalk {
                         if let Some(what) = self.header(&header) {
                             self.state = State::Done;
                             return Some(what);
+                        }
+                        if let Some(len) = self.member.take() {
+                            members.push((end - data.len() as u64, len));
                         }
                     }
                 }
@@ -182,6 +209,10 @@ impl TarWalk {
         }
         if self.pax_size.take().is_some_and(|said| said != size) {
             return Some(Unopened::TarPaxSize);
+        }
+        // A file, or a long name or other record clamd passes over.
+        if size > 0 && !matches!(h[TYPE], b'K' | b'L' | b'N' | b'A' | b'E' | b'I') {
+            self.member = Some(size);
         }
         self.state = if padded == 0 {
             State::Header
@@ -318,7 +349,7 @@ mod tests {
         let mut seen = None;
         for piece in [1, 7, 511, 512, 513, 4096, bytes.len().max(1)] {
             let mut w = TarWalk::default();
-            let found = bytes.chunks(piece).find_map(|p| w.feed(p));
+            let found = bytes.chunks(piece).find_map(|p| w.feed(p, &mut Vec::new()));
             if piece > 1 {
                 assert_eq!(found, seen, "pieces of {piece}");
             }
@@ -428,6 +459,52 @@ mod tests {
         // Not past the end.
         let a = [archive(&[member(b"a", b"x")]), header(b"", 0, b'0', true)].concat();
         assert_eq!(walk(&a), None);
+    }
+
+    #[test]
+    fn the_members_clamd_unpacks_are_handed_on() {
+        let long = "d/".repeat(80) + "file";
+        let a = archive(&[
+            member(b"readme.txt", b"hello\n"),
+            pax(&[("path", &long)], b'x'),
+            member(b"d/d/file", &[7u8; 1500]),
+            header(b"dir/", 0, b'5', true),
+            member(b"empty", b""),
+            gz_member(),
+        ]);
+        for piece in [1, 100, 512, a.len()] {
+            let mut w = TarWalk::default();
+            let mut members = Vec::new();
+            for p in a.chunks(piece) {
+                assert_eq!(w.feed(p, &mut members), None);
+            }
+            // The pax header takes a header and a block of records.
+            assert_eq!(
+                members,
+                [(512, 6), (5 * 512, 1500), (11 * 512, 7)],
+                "pieces of {piece}"
+            );
+        }
+    }
+
+    #[test]
+    fn each_member_is_watched_from_its_start() {
+        use crate::scan::zip_watch::ZipWatch;
+        // Many members in one piece: each closes before the next opens.
+        let many: Vec<Vec<u8>> = (0..40)
+            .map(|i| member(format!("f{i}").as_bytes(), &[b'x'; 100]))
+            .collect();
+        let mut w = ZipWatch::default();
+        w.observe(&archive(&many));
+        assert_eq!(w.found(), None);
+        // A member that is a tar clamd stops reading early.
+        let inner = archive(&[member(b"a", b"a"), header(b"", 0, b'0', true), gz_member()]);
+        let a = archive(&[member(b"readme", b"r"), member(b"inner.tar", &inner)]);
+        for piece in [1, 512, a.len()] {
+            let mut w = ZipWatch::default();
+            a.chunks(piece).for_each(|p| w.observe(p));
+            assert_eq!(w.found(), Some(Unopened::TarEmptyName), "pieces of {piece}");
+        }
     }
 
     #[test]

@@ -354,8 +354,9 @@ impl Inside {
     }
 }
 
-/// A zip entry's deflated data being unpacked into a watch of its own
-/// (clamd unpacks it itself).
+/// A zip entry's data, deflated and being unpacked, or stored, or a tar
+/// member's, as it is, into a watch of its own (clamd unpacks each
+/// itself).
 struct Entry {
     /// `None` for a stored entry, whose bytes are watched as they are.
     inflate: Option<Box<InflateState>>,
@@ -383,12 +384,12 @@ impl Entry {
     /// damaged, or the budget is spent).
     fn feed(&mut self, mut data: &[u8], piece: &mut [u8], budget: &mut Budget) -> bool {
         let Some(inflate) = self.inflate.as_mut() else {
+            // Bytes that are in the body as they are: watched again, not
+            // unpacked, so not counted against the budget.
             self.next += data.len() as u64;
-            if !self.watch.take_unpacked(data, budget) {
-                return false;
-            }
+            self.watch.observe_within(data, budget);
             self.ended = self.end == Some(self.next);
-            return !self.ended;
+            return self.watch.found.is_none() && !self.ended;
         };
         loop {
             let Ok((step, ended)) = decode::inflate_step(inflate, data, piece) else {
@@ -640,8 +641,19 @@ impl ZipWatch {
         if self.found.is_some() || data.is_empty() {
             return;
         }
-        if let Some(what) = self.tar.feed(data) {
+        let start = self.at;
+        let mut members = Vec::new();
+        if let Some(what) = self.tar.feed(data, &mut members) {
             self.found = Some(what);
+            return;
+        }
+        // Each tar member is watched from its start, as clamd unpacks it;
+        // the one before has had its bytes (and is closed) by then.
+        for (at, len) in members {
+            self.unpack(data, start, at, true, budget);
+            self.open(at, Some(len), None, false, budget);
+        }
+        if self.found.is_some() {
             return;
         }
         if self.bzip2.feed(data) {
@@ -652,7 +664,6 @@ impl ZipWatch {
         if self.found.is_some() {
             return;
         }
-        let start = self.at;
         self.at += data.len() as u64;
         let mut seen = Vec::new();
         if !self.carry.is_empty() {
@@ -679,7 +690,7 @@ impl ZipWatch {
             self.last_record = Some(at);
             // The entries open so far take their data up to the record, so
             // that one that ends before it is closed first.
-            self.unpack(data, start, at, budget);
+            self.unpack(data, start, at, false, budget);
             if self.found.is_some() {
                 return;
             }
@@ -748,11 +759,11 @@ impl ZipWatch {
                 }
             }
         }
-        self.unpack(data, start, self.at, budget);
+        self.unpack(data, start, self.at, false, budget);
     }
 
     /// Starts unpacking a deflated entry whose data begins at `at`, or
-    /// watching a stored one (`deflated` false).
+    /// watching a stored one or a tar member (`deflated` false).
     fn open(
         &mut self,
         at: u64,
@@ -782,7 +793,9 @@ impl ZipWatch {
 
     /// Gives the open entries their data in `data` (which begins at
     /// `start`) up to offset `until`, and closes those that are done.
-    fn unpack(&mut self, data: &[u8], start: u64, until: u64, budget: &mut Budget) {
+    /// Only the entries whose bytes are watched as they are, with `raw`:
+    /// those have no part in judging the records.
+    fn unpack(&mut self, data: &[u8], start: u64, until: u64, raw: bool, budget: &mut Budget) {
         if self.entries.is_empty() {
             return;
         }
@@ -791,6 +804,9 @@ impl ZipWatch {
         let found = &mut self.found;
         let locals = &mut self.layout.locals;
         self.entries.retain_mut(|entry| {
+            if raw && entry.inflate.is_some() {
+                return true;
+            }
             let from = entry.next.max(start);
             let to = until.min(entry.end.unwrap_or(u64::MAX));
             let open = if found.is_some() || from >= to {
