@@ -608,6 +608,37 @@ async fn an_ar_archive_s_members_are_scanned_each() {
 
     let scanner = file_scanner(&clamd);
     let dir = support::TempDir::new("ar");
+    // One clamd scan slot is enough: the archive's own bytes, scanned
+    // apart from its members, wait for them (over TCP, both would stream).
+    let one_slot = virus_scanner::scan::Scanner::new(
+        virus_scanner::scan::clamd::Clamd::new(
+            clamd.tcp_url().parse().unwrap(),
+            virus_scanner::scan::clamd::ClamdOptions {
+                connect_timeout: Duration::from_secs(5),
+                scan_timeout: Duration::from_secs(30),
+                max_concurrency: 1,
+                fildes_max: 1 << 20,
+                sessions: false,
+            },
+        ),
+        1 << 30,
+    );
+    let big = ar(&[
+        ("debian-binary", b"2.0\n"),
+        ("data.tar", &vec![0x55u8; 300_000]),
+        ("eicar.com", &eicar()),
+    ]);
+    let path = support::write_file(&dir, "big.deb", &big);
+    let scan = one_slot.scan_file(
+        std::fs::File::open(path).unwrap(),
+        big.len() as u64,
+        None,
+        None,
+    );
+    let (verdict, _) = tokio::time::timeout(Duration::from_secs(60), scan)
+        .await
+        .expect("an ar archive's scans take one clamd slot at a time");
+    assert!(matches!(verdict, Verdict::Infected { .. }), "{verdict:?}");
     for (name, body, infected) in [("eicar.deb", &deb, true), ("clean.deb", &clean, false)] {
         let path = support::write_file(&dir, name, body);
         let file = std::fs::File::open(path).unwrap();

@@ -5,15 +5,16 @@
 //! clamd 1.4.6 does not unpack ar: a `.deb` with EICAR in its
 //! `data.tar.gz` was OK, since clamd finds in the archive's own bytes only
 //! what shows as it is. A member scanned alone is a `.tar.gz` or `.tar.xz`
-//! to clamd, which it unpacks. The archive's bytes are still scanned
-//! whole as well.
+//! to clamd, which it unpacks. The other bytes (the magic, the headers,
+//! padding) go to a scan of their own, as a form's do, so that no byte
+//! goes unscanned and a body holds one clamd scan slot at a time.
 //!
 //! An archive is `!<arch>\n`, then members: a 60-byte header (name 16,
 //! date 12, owner 6, group 6, mode 8, size 10 in decimal, then `` `\n``)
 //! and that many bytes, padded with a `\n` to an even offset. A BSD long
 //! name (`#1/LEN`) takes the first LEN bytes of the data; they are scanned
-//! with the rest. The split stops at a header that is not one: the whole
-//! scan still sees those bytes.
+//! with the member. The split stops at a header that is not one: the
+//! bytes from there on go to the scan of the other bytes.
 
 /// What an ar archive begins with.
 pub(super) const MAGIC: &[u8; 8] = b"!<arch>\n";
@@ -24,6 +25,8 @@ const END: &[u8; 2] = b"`\n";
 /// What the splitter found, in body order.
 #[derive(Debug, PartialEq, Eq)]
 pub(super) enum Event {
+    /// Bytes outside any member's data.
+    Rest(Vec<u8>),
     /// A member's data begins.
     Start,
     Data(Vec<u8>),
@@ -68,28 +71,43 @@ impl Splitter {
             || matches!(self.state, State::Magic) && MAGIC.starts_with(&self.buf)
     }
 
-    /// Splits the next bytes; what they hold goes to `events`.
-    pub(super) fn feed(&mut self, mut data: &[u8], events: &mut Vec<Event>) {
-        while !data.is_empty() {
+    /// Splits the next bytes; what they hold goes to `events`. Returns how
+    /// many of them it took: once it is done (not an archive, or a header
+    /// that is not one), the rest of `data` is the caller's, as it is.
+    pub(super) fn feed(&mut self, data: &[u8], events: &mut Vec<Event>) -> usize {
+        let mut rest = data;
+        while !rest.is_empty() {
+            let data = rest;
             match &mut self.state {
-                State::Done => return,
+                State::Done => break,
                 State::Magic => {
                     let n = (MAGIC.len() - self.buf.len()).min(data.len());
                     self.buf.extend_from_slice(&data[..n]);
-                    data = &data[n..];
+                    rest = &data[n..];
                     if !MAGIC.starts_with(&self.buf) {
+                        // Not an archive: what was held back goes on
+                        // first, then `data` from where it was.
+                        let held = self.buf.len() - n;
+                        self.buf.truncate(held);
+                        if held > 0 {
+                            events.push(Event::Rest(std::mem::take(&mut self.buf)));
+                        }
                         self.state = State::Done;
+                        rest = data;
+                        break;
                     } else if self.buf.len() == MAGIC.len() {
-                        self.buf.clear();
+                        events.push(Event::Rest(std::mem::take(&mut self.buf)));
                         self.state = State::Header;
                     }
                 }
                 State::Header => {
                     let n = (HEADER - self.buf.len()).min(data.len());
                     self.buf.extend_from_slice(&data[..n]);
-                    data = &data[n..];
+                    rest = &data[n..];
                     if self.buf.len() == HEADER {
-                        self.state = match member_size(&self.buf) {
+                        let size = member_size(&self.buf);
+                        events.push(Event::Rest(std::mem::take(&mut self.buf)));
+                        self.state = match size {
                             Some(0) => State::Header,
                             Some(size) => {
                                 events.push(Event::Start);
@@ -100,13 +118,12 @@ impl Splitter {
                             }
                             None => State::Done,
                         };
-                        self.buf.clear();
                     }
                 }
                 State::Data { left, pad } => {
                     let n = (*left).min(data.len() as u64) as usize;
                     events.push(Event::Data(data[..n].to_vec()));
-                    data = &data[n..];
+                    rest = &data[n..];
                     *left -= n as u64;
                     if *left == 0 {
                         events.push(Event::End);
@@ -114,17 +131,22 @@ impl Splitter {
                     }
                 }
                 State::Pad => {
-                    data = &data[1..];
+                    events.push(Event::Rest(data[..1].to_vec()));
+                    rest = &data[1..];
                     self.state = State::Header;
                 }
             }
         }
+        data.len() - rest.len()
     }
 
-    /// Ends the body: a member cut short ends where the bytes did.
+    /// Ends the body: a member cut short ends where the bytes did, and
+    /// bytes held back go on.
     pub(super) fn finish(&mut self, events: &mut Vec<Event>) {
-        if let State::Data { .. } = self.state {
-            events.push(Event::End);
+        match self.state {
+            State::Data { .. } => events.push(Event::End),
+            _ if !self.buf.is_empty() => events.push(Event::Rest(std::mem::take(&mut self.buf))),
+            _ => {}
         }
         self.state = State::Done;
     }
@@ -164,22 +186,33 @@ mod tests {
     }
 
     /// The members' contents, found with the archive fed in pieces of
-    /// `piece` bytes.
+    /// `piece` bytes; and every byte, members' or not, goes somewhere once.
     fn split(bytes: &[u8], piece: usize) -> Vec<Vec<u8>> {
         let mut s = Splitter::default();
+        let mut members = Vec::new();
+        let mut every = Vec::new();
         let mut events = Vec::new();
+        let mut take = |events: &mut Vec<Event>, every: &mut Vec<u8>| {
+            for e in events.drain(..) {
+                match e {
+                    Event::Rest(d) => every.extend_from_slice(&d),
+                    Event::Start => members.push(Vec::new()),
+                    Event::Data(d) => {
+                        every.extend_from_slice(&d);
+                        members.last_mut().unwrap().extend_from_slice(&d);
+                    }
+                    Event::End => {}
+                }
+            }
+        };
         for p in bytes.chunks(piece) {
-            s.feed(p, &mut events);
+            let taken = s.feed(p, &mut events);
+            take(&mut events, &mut every);
+            every.extend_from_slice(&p[taken..]);
         }
         s.finish(&mut events);
-        let mut members = Vec::new();
-        for e in events {
-            match e {
-                Event::Start => members.push(Vec::new()),
-                Event::Data(d) => members.last_mut().unwrap().extend_from_slice(&d),
-                Event::End => {}
-            }
-        }
+        take(&mut events, &mut every);
+        assert_eq!(every, bytes, "pieces of {piece}");
         members
     }
 
@@ -206,20 +239,23 @@ mod tests {
     #[test]
     fn what_is_not_an_archive_is_left_whole() {
         assert!(split(b"!<arch>", 1).is_empty());
+        assert!(split(b"!<ar", 3).is_empty());
+        assert!(split(b"!<arXX and more", 3).is_empty());
         assert!(split(b"PK\x03\x04 and more bytes than a header", 3).is_empty());
         let mut s = Splitter::default();
-        s.feed(b"!<ar", &mut Vec::new());
+        assert_eq!(s.feed(b"!<ar", &mut Vec::new()), 4);
         assert!(s.is_archive());
-        s.feed(b"ch>\n", &mut Vec::new());
+        assert_eq!(s.feed(b"ch>\n", &mut Vec::new()), 4);
         assert!(s.is_archive());
         let mut s = Splitter::default();
-        s.feed(b"!<ax", &mut Vec::new());
+        assert_eq!(s.feed(b"!<ax", &mut Vec::new()), 0);
         assert!(!s.is_archive());
         // A bad header stops the split; a member cut short ends there.
         let mut bad = member("a", b"xy");
         bad[58] = b'!';
-        let a = [MAGIC.to_vec(), member("one", b"1"), bad].concat();
+        let a = [MAGIC.to_vec(), member("one", b"1"), bad, b"more".to_vec()].concat();
         assert_eq!(split(&a, 5), vec![b"1".to_vec()]);
+        assert_eq!(split(&a, 1), vec![b"1".to_vec()]);
         let a = [MAGIC.to_vec(), member("one", b"12345")].concat();
         assert_eq!(split(&a[..a.len() - 3], 5), vec![b"123".to_vec()]);
     }

@@ -291,7 +291,8 @@ struct Sink {
     /// Whether clamd is seeing a zip it answers OK for without opening it.
     unopened: Box<zip_watch::ZipWatch>,
     /// For a body's own scan, while the body may be an ar archive (a
-    /// `.deb`): its members are scanned one by one as well ([`ar`]).
+    /// `.deb`): its members are scanned one by one, and this scan gets the
+    /// other bytes ([`ar`]).
     ar: Option<ar::Splitter>,
     members: Option<Box<Members>>,
 }
@@ -529,33 +530,36 @@ impl Sink {
         }
     }
 
-    /// Adds bytes, and an ar archive's members to their own scans.
+    /// Adds bytes; an ar archive's members go to scans of their own.
     async fn write(&mut self, data: &[u8]) {
-        self.write_whole(data).await;
-        if let Some(ar) = self.ar.as_mut() {
-            let mut events = Vec::new();
-            ar.feed(data, &mut events);
-            if !ar.is_archive() {
-                self.ar = None;
-            }
-            self.take_members(events).await;
+        let Some(ar) = self.ar.as_mut() else {
+            return self.write_whole(data).await;
+        };
+        let mut events = Vec::new();
+        let taken = ar.feed(data, &mut events);
+        if !ar.is_archive() {
+            self.ar = None;
         }
+        self.take_members(events).await;
+        self.write_whole(&data[taken..]).await;
     }
 
-    /// Sends an ar archive's members where they go.
+    /// Sends what the ar splitter found where it goes.
     async fn take_members(&mut self, events: Vec<ar::Event>) {
-        if events.is_empty() {
-            return;
-        }
-        let clamd = self.clamd.clone();
-        let members = self.members.get_or_insert_with(|| {
-            Box::new(Members {
-                part: None,
-                verdict: Verdict::Clean,
-            })
-        });
         for event in events {
+            if let ar::Event::Rest(bytes) = &event {
+                self.write_whole(bytes).await;
+                continue;
+            }
+            let clamd = self.clamd.clone();
+            let members = self.members.get_or_insert_with(|| {
+                Box::new(Members {
+                    part: None,
+                    verdict: Verdict::Clean,
+                })
+            });
             match event {
+                ar::Event::Rest(_) => {}
                 ar::Event::Start => members.part = Some(Sink::member(&clamd)),
                 ar::Event::Data(bytes) => {
                     if let Some(part) = members.part.as_mut() {
