@@ -29,8 +29,10 @@ const KEEP: usize = BEFORE + HEAD;
 /// where another ends.
 #[derive(Debug, Default)]
 pub(super) struct Bzip2Watch {
-    /// The last bytes seen, up to [`KEEP`].
-    tail: Vec<u8>,
+    /// The last bytes seen, `kept` of them, up to [`KEEP`]: kept in place,
+    /// since every body's every piece passes here.
+    tail: [u8; KEEP],
+    kept: usize,
 }
 
 impl Bzip2Watch {
@@ -38,24 +40,25 @@ impl Bzip2Watch {
     pub(super) fn feed(&mut self, data: &[u8]) -> bool {
         // Beginnings that end in `data` but start within its first BEFORE
         // bytes: judged on the kept bytes joined to data's first ones.
-        let mut seam = std::mem::take(&mut self.tail);
-        let kept = seam.len();
-        seam.extend_from_slice(&data[..data.len().min(KEEP)]);
-        let found = (0..seam.len().saturating_sub(HEAD - 1))
+        let kept = self.kept;
+        let mut seam = [0u8; 2 * KEEP];
+        let joined = kept + data.len().min(KEEP);
+        seam[..kept].copy_from_slice(&self.tail[..kept]);
+        seam[kept..joined].copy_from_slice(&data[..joined - kept]);
+        let seam = &seam[..joined];
+        let found = (0..joined.saturating_sub(HEAD - 1))
             .filter(|&at| at + HEAD > kept && at < kept + BEFORE)
-            .any(|at| follows_a_stream(&seam, at));
+            .any(|at| follows_a_stream(seam, at));
         // The rest, within `data` alone.
         let found = found
             || memchr::memmem::find_iter(data, b"BZh")
                 .filter(|&at| at >= BEFORE)
                 .any(|at| follows_a_stream(data, at));
-        let from = seam.len().saturating_sub(KEEP);
-        if data.len() >= KEEP {
-            self.tail = data[data.len() - KEEP..].to_vec();
-        } else {
-            seam.drain(..from);
-            self.tail = seam;
-        }
+        // The last KEEP bytes of the kept ones and `data` together.
+        let last = if data.len() >= KEEP { data } else { seam };
+        let last = &last[last.len().saturating_sub(KEEP)..];
+        self.tail[..last.len()].copy_from_slice(last);
+        self.kept = last.len();
         found
     }
 }
