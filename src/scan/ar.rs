@@ -152,6 +152,61 @@ impl Splitter {
     }
 }
 
+/// Walks an ar archive that clamd meets inside another file (a `.deb` in
+/// a zip, a tar or a `.gz`), where its members are not scanned each: clamd
+/// sees the archive as it is, so what a packed member holds (gzip, bzip2,
+/// xz or zstd: a `.deb`'s `data.tar.*`) is out of its sight, and so are
+/// the packed files of a tar member. A static library's members (object
+/// files) show as they are, and are left to clamd.
+#[derive(Debug, Default)]
+pub(super) struct ArWalk {
+    splitter: Splitter,
+    events: Vec<Event>,
+    /// The first bytes of the member being read, until judged.
+    head: Option<Vec<u8>>,
+    found: bool,
+}
+
+/// How many of a member's first bytes are looked at: a tar's magic ends
+/// at 262.
+const HEAD: usize = 262;
+
+/// What packed files begin with: gzip, bzip2, xz, zstd.
+const PACKED: [&[u8]; 4] = [b"\x1f\x8b", b"BZh", b"\xfd7zXZ\0", b"\x28\xb5\x2f\xfd"];
+
+impl ArWalk {
+    /// Reads on; true once a member was found whose content clamd does not
+    /// see.
+    pub(super) fn feed(&mut self, data: &[u8]) -> bool {
+        if self.found || !self.splitter.is_archive() {
+            return self.found;
+        }
+        self.splitter.feed(data, &mut self.events);
+        for event in self.events.drain(..) {
+            match event {
+                Event::Start => self.head = Some(Vec::new()),
+                Event::Data(bytes) => {
+                    if let Some(head) = self.head.as_mut() {
+                        head.extend_from_slice(&bytes[..bytes.len().min(HEAD - head.len())]);
+                        self.found |= hides(head);
+                        if head.len() == HEAD {
+                            self.head = None;
+                        }
+                    }
+                }
+                Event::End => self.head = None,
+                Event::Rest(_) => {}
+            }
+        }
+        self.found
+    }
+}
+
+/// Whether a member beginning with `head` is packed, or a tar.
+fn hides(head: &[u8]) -> bool {
+    PACKED.iter().any(|magic| head.starts_with(magic)) || head.get(257..262) == Some(b"ustar")
+}
+
 /// A member header's data length, when it is a header.
 fn member_size(h: &[u8]) -> Option<u64> {
     if &h[HEADER - 2..] != END {
@@ -165,8 +220,18 @@ fn member_size(h: &[u8]) -> Option<u64> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
+
+    /// An archive of members named `m` holding `contents`.
+    pub(in crate::scan) fn archive(contents: &[&[u8]]) -> Vec<u8> {
+        let members = contents.iter().map(|data| member("m", data));
+        [MAGIC.to_vec()]
+            .into_iter()
+            .chain(members)
+            .collect::<Vec<_>>()
+            .concat()
+    }
 
     fn member(name: &str, data: &[u8]) -> Vec<u8> {
         let mut m = format!(

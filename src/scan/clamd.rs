@@ -493,6 +493,18 @@ impl Clamd {
         verdict
     }
 
+    /// The verdict on the body in `spool`: by FILDES on a unix socket, else
+    /// read back and sent by INSTREAM.
+    pub async fn scan_spool(&self, spool: Spool) -> Result<Verdict, ScanError> {
+        if self.is_unix() {
+            return self.fildes_spool(spool).await;
+        }
+        let mut stream = self.instream().await?;
+        stream.send_spool(&spool).await?;
+        self.keep(spool);
+        stream.finish().await
+    }
+
     /// `FILDES` of a body file that is already whole (the disk data
     /// provider's): clamd reads the file itself, from its start, and no byte
     /// passes through this process.
@@ -753,6 +765,20 @@ impl Instream {
         self.session
             .as_mut()
             .ok_or_else(|| ScanError::Protocol("the clamd session failed earlier".into()))
+    }
+
+    /// Sends the body bytes in `spool`.
+    pub async fn send_spool(&mut self, spool: &Spool) -> Result<(), ScanError> {
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut at = 0;
+        loop {
+            let n = spool.read_at(&mut buf, at)?;
+            if n == 0 {
+                return Ok(());
+            }
+            at += n as u64;
+            self.send(&buf[..n]).await?;
+        }
     }
 
     /// Sends body bytes.

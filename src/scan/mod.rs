@@ -69,7 +69,7 @@ impl Scanner {
             limit: self.max_scan_size,
             received: 0,
             decoding: None,
-            target: Target::Whole(Sink::new(&self.clamd)),
+            target: Target::Whole(Sink::new(&self.clamd, self.max_scan_size)),
         }
     }
 
@@ -87,9 +87,10 @@ impl Scanner {
         if let Some(boundary) = form_boundary {
             session.target = Target::Form(Box::new(Form {
                 clamd: self.clamd.clone(),
+                limit: self.max_scan_size,
                 parser: form::FormParser::new(boundary),
                 events: Vec::new(),
-                rest: Sink::new(&self.clamd),
+                rest: Sink::new(&self.clamd, self.max_scan_size),
                 part: None,
                 verdict: Verdict::Clean,
             }));
@@ -137,7 +138,7 @@ impl Scanner {
             );
         }
         let mut session = self.session_for(content_encoding, form_boundary);
-        if self.clamd.is_unix() && session.is_plain() && !is_ar(&file) {
+        if self.clamd.is_unix() && session.is_plain() && !taken_apart(&file) {
             // clamd reads the file while the zip watch does.
             let watched = file
                 .try_clone()
@@ -269,6 +270,7 @@ enum Target {
 /// scanned alone, the other bytes together.
 struct Form {
     clamd: Clamd,
+    limit: u64,
     parser: form::FormParser,
     events: Vec<form::Event>,
     rest: Sink,
@@ -295,7 +297,42 @@ struct Sink {
     /// other bytes ([`ar`]).
     ar: Option<ar::Splitter>,
     members: Option<Box<Members>>,
+    /// For a body's or an ar member's scan, while it may be a zstd file.
+    zstd: Unzstd,
+    /// Whether all the bytes are kept in the memory file, to be scanned at
+    /// the end (those of a zstd file, whose content is scanned meanwhile).
+    spool_all: bool,
+    /// The scan limit, for what a zstd file unpacks to.
+    limit: u64,
 }
+
+/// A zstd file being unpacked into a scan of its own, as clamd 1.4 does
+/// not unpack zstd: it answered OK for EICAR in a `.zst`, in a `.tar.zst`
+/// and in a `.deb` whose `data.tar.zst` held it (Ubuntu's packages are
+/// made so). The file's own bytes are scanned too, once the content has
+/// been, so that the two scans never wait for each other's clamd slot;
+/// they are kept in a memory file meanwhile.
+enum Unzstd {
+    /// The first bytes so far, which may begin a zstd file.
+    Head(Vec<u8>),
+    Unpacking(Box<Unpacking>),
+    /// Not a zstd file, or no longer unpacked.
+    No,
+}
+
+struct Unpacking {
+    /// `None` when no decoder could start.
+    decoder: Option<decode::Decoder>,
+    piece: Vec<u8>,
+    /// The scan of the content.
+    sink: Sink,
+    /// Why unpacking stopped before the end: the content does not unpack
+    /// (undecodable), or is over the limit (too large).
+    stopped: Option<Verdict>,
+}
+
+/// How a zstd frame begins.
+const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
 
 /// The members of an ar archive, each scanned as a file of its own.
 struct Members {
@@ -449,7 +486,7 @@ impl Form {
         for event in std::mem::take(&mut self.events) {
             match event {
                 form::Event::Rest(bytes) => self.rest.write(&bytes).await,
-                form::Event::Start => self.part = Some(Sink::new(&self.clamd)),
+                form::Event::Start => self.part = Some(Sink::new(&self.clamd, self.limit)),
                 form::Event::Data(bytes) => {
                     if let Some(part) = self.part.as_mut() {
                         part.write(&bytes).await;
@@ -497,7 +534,9 @@ fn worse(a: Verdict, b: Verdict) -> Verdict {
 }
 
 impl Sink {
-    fn new(clamd: &Clamd) -> Sink {
+    /// A sink for a body, or a form's part: an ar archive's members are
+    /// scanned each, and a zstd file's content.
+    fn new(clamd: &Clamd, limit: u64) -> Sink {
         Sink {
             clamd: clamd.clone(),
             spool: None,
@@ -505,17 +544,37 @@ impl Sink {
             stream: None,
             received: 0,
             failed: None,
-            unopened: Box::default(),
+            unopened: Box::new(zip_watch::ZipWatch::of_scan(zip_watch::TakenApart {
+                ar: true,
+                zstd: true,
+            })),
             ar: Some(ar::Splitter::default()),
             members: None,
+            zstd: Unzstd::Head(Vec::new()),
+            spool_all: false,
+            limit,
         }
     }
 
     /// A sink for an ar member: members are not split again.
-    fn member(clamd: &Clamd) -> Sink {
+    fn member(clamd: &Clamd, limit: u64) -> Sink {
         Sink {
             ar: None,
-            ..Sink::new(clamd)
+            unopened: Box::new(zip_watch::ZipWatch::of_scan(zip_watch::TakenApart {
+                ar: false,
+                zstd: true,
+            })),
+            ..Sink::new(clamd, limit)
+        }
+    }
+
+    /// A sink for a zstd file's content, which is not taken apart again.
+    fn unpacked(clamd: &Clamd, limit: u64) -> Sink {
+        Sink {
+            ar: None,
+            unopened: Box::default(),
+            zstd: Unzstd::No,
+            ..Sink::new(clamd, limit)
         }
     }
 
@@ -525,13 +584,16 @@ impl Sink {
         self.keep_spool();
         self.held = Vec::new();
         self.ar = None;
+        self.zstd = Unzstd::No;
         if let Some(part) = self.members.as_mut().and_then(|m| m.part.as_mut()) {
             part.drop_body();
         }
     }
 
-    /// Adds bytes; an ar archive's members go to scans of their own.
+    /// Adds bytes; an ar archive's members go to scans of their own, and
+    /// so does a zstd file's content.
     async fn write(&mut self, data: &[u8]) {
+        self.unzstd(data).await;
         let Some(ar) = self.ar.as_mut() else {
             return self.write_whole(data).await;
         };
@@ -551,7 +613,7 @@ impl Sink {
                 self.write_whole(bytes).await;
                 continue;
             }
-            let clamd = self.clamd.clone();
+            let (clamd, limit) = (self.clamd.clone(), self.limit);
             let members = self.members.get_or_insert_with(|| {
                 Box::new(Members {
                     part: None,
@@ -560,15 +622,16 @@ impl Sink {
             });
             match event {
                 ar::Event::Rest(_) => {}
-                ar::Event::Start => members.part = Some(Sink::member(&clamd)),
+                ar::Event::Start => members.part = Some(Sink::member(&clamd, limit)),
                 ar::Event::Data(bytes) => {
                     if let Some(part) = members.part.as_mut() {
+                        part.unzstd(&bytes).await;
                         part.write_whole(&bytes).await;
                     }
                 }
                 ar::Event::End => {
                     if let Some(part) = members.part.take() {
-                        let verdict = part.finish_whole().await;
+                        let verdict = part.finish_unsplit().await;
                         members.verdict = worse(
                             std::mem::replace(&mut members.verdict, Verdict::Clean),
                             verdict,
@@ -576,6 +639,46 @@ impl Sink {
                     }
                 }
             }
+        }
+    }
+
+    /// Unpacks a zstd file's next bytes into the scan of its content; at
+    /// the start, tells whether the bytes are one.
+    async fn unzstd(&mut self, data: &[u8]) {
+        let Unzstd::Head(head) = &mut self.zstd else {
+            if let Unzstd::Unpacking(u) = &mut self.zstd {
+                u.feed(data).await;
+            }
+            return;
+        };
+        let take = (ZSTD_MAGIC.len() - head.len()).min(data.len());
+        head.extend_from_slice(&data[..take]);
+        if !ZSTD_MAGIC.starts_with(head) {
+            self.zstd = Unzstd::No;
+            return;
+        }
+        if head.len() < ZSTD_MAGIC.len() {
+            return;
+        }
+        let (decoder, stopped) = match decode::plan("zstd") {
+            decode::Plan::Decode(decoder) => (Some(decoder), None),
+            decode::Plan::Cannot(e) => (None, Some(not_unpacked(e))),
+            decode::Plan::AsIs => (None, Some(not_unpacked("no decoder".into()))),
+        };
+        let mut u = Box::new(Unpacking {
+            decoder,
+            piece: Vec::new(),
+            sink: Sink::unpacked(&self.clamd, self.limit),
+            stopped,
+        });
+        u.feed(&ZSTD_MAGIC).await;
+        u.feed(&data[take..]).await;
+        self.zstd = Unzstd::Unpacking(u);
+        // The file's own bytes wait for the content's scan.
+        self.spool_all = true;
+        let held = std::mem::take(&mut self.held);
+        if let Err(e) = self.spool_write(&held) {
+            self.fail(e);
         }
     }
 
@@ -593,7 +696,7 @@ impl Sink {
             return;
         }
         let unix = self.clamd.is_unix();
-        if unix && self.received <= self.clamd.options().fildes_max as u64 {
+        if self.spool_all || unix && self.received <= self.clamd.options().fildes_max as u64 {
             if let Err(e) = self.spool_write(data) {
                 self.fail(e);
             }
@@ -612,16 +715,7 @@ impl Sink {
                 stream.send(&held).await?;
             }
             if let Some(spool) = self.spool.take() {
-                let mut buf = vec![0u8; 64 * 1024];
-                let mut at = 0;
-                loop {
-                    let n = spool.read_at(&mut buf, at)?;
-                    if n == 0 {
-                        break;
-                    }
-                    at += n as u64;
-                    stream.send(&buf[..n]).await?;
-                }
+                stream.send_spool(&spool).await?;
                 self.clamd.keep(spool);
             }
             stream.send(data).await?;
@@ -655,8 +749,8 @@ impl Sink {
         self.failed = Some(e);
     }
 
-    /// clamd's verdict on the bytes given to it, and on an ar archive's
-    /// members: the worse.
+    /// clamd's verdict on the bytes given to it, on an ar archive's
+    /// members and on a zstd file's content: the worst.
     async fn finish(mut self) -> Verdict {
         if let Some(mut ar) = self.ar.take() {
             let mut events = Vec::new();
@@ -664,11 +758,21 @@ impl Sink {
             self.take_members(events).await;
         }
         let members = self.members.take().map(|m| m.verdict);
-        let whole = self.finish_whole().await;
+        let whole = self.finish_unsplit().await;
         match members {
             Some(members) => worse(whole, members),
             None => whole,
         }
+    }
+
+    /// clamd's verdict on the bytes given to this scan, and on a zstd
+    /// file's content (scanned first): the worse.
+    async fn finish_unsplit(mut self) -> Verdict {
+        let Unzstd::Unpacking(u) = std::mem::replace(&mut self.zstd, Unzstd::No) else {
+            return self.finish_whole().await;
+        };
+        let content = u.finish().await;
+        worse(content, self.finish_whole().await)
     }
 
     /// clamd's verdict on the bytes given to this scan.
@@ -677,7 +781,7 @@ impl Sink {
         let result = match (self.failed, self.stream, self.spool) {
             (Some(e), _, _) => Err(e),
             (None, Some(stream), _) => stream.finish().await,
-            (None, None, Some(spool)) => self.clamd.fildes_spool(spool).await,
+            (None, None, Some(spool)) => self.clamd.scan_spool(spool).await,
             // Bytes held whole, or none: even that verdict comes from
             // clamd.
             (None, None, None) => self.clamd.scan_whole(&self.held).await,
@@ -687,11 +791,59 @@ impl Sink {
 }
 
 /// Whether a body file is an ar archive, whose members go to clamd one by
-/// one through a session.
-fn is_ar(file: &std::fs::File) -> bool {
+/// one through a session, or a zstd file, whose content does.
+fn taken_apart(file: &std::fs::File) -> bool {
     use std::os::unix::fs::FileExt;
     let mut head = [0u8; ar::MAGIC.len()];
-    file.read_exact_at(&mut head, 0).is_ok() && &head == ar::MAGIC
+    let n = file.read_at(&mut head, 0).unwrap_or(0);
+    &head[..n] == ar::MAGIC || head[..n].starts_with(&ZSTD_MAGIC)
+}
+
+impl Unpacking {
+    /// Unpacks the file's next bytes (none at the end) into the content's
+    /// scan, until they are used up, the content does not unpack, or is
+    /// over the limit.
+    async fn feed(&mut self, mut data: &[u8]) {
+        let Some(decoder) = self.decoder.as_mut() else {
+            return;
+        };
+        while self.stopped.is_none() {
+            match decoder.decode(&mut data, &mut self.piece) {
+                Ok(true) if self.sink.received + self.piece.len() as u64 > self.sink.limit => {
+                    self.sink.drop_body();
+                    self.stopped = Some(Verdict::TooLarge {
+                        limit: self.sink.limit,
+                    });
+                }
+                Ok(true) => self.sink.write_whole(&self.piece).await,
+                Ok(false) => break,
+                Err(e) => self.stopped = Some(not_unpacked(e)),
+            }
+        }
+    }
+
+    /// The verdict on the content: clamd's, or why it was not all scanned
+    /// (when clamd found nothing in what was).
+    async fn finish(mut self) -> Verdict {
+        self.feed(&[]).await;
+        if self.stopped.is_none() {
+            if let Some(Err(e)) = self.decoder.as_ref().map(decode::Decoder::finish) {
+                self.stopped = Some(not_unpacked(e));
+            }
+        }
+        let verdict = self.sink.finish_whole().await;
+        match self.stopped {
+            Some(stopped) => worse(verdict, stopped),
+            None => verdict,
+        }
+    }
+}
+
+/// The verdict on a zstd file that does not unpack.
+fn not_unpacked(e: String) -> Verdict {
+    Verdict::Undecodable {
+        reason: format!("a zstd file that does not unpack ({e}): clamd does not unpack zstd"),
+    }
 }
 
 /// clamd's verdict on a body in which `unopened` was found: not clean,

@@ -291,7 +291,7 @@ fn pax_size(mut records: &[u8]) -> Option<u64> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
     /// A ustar header block (or a v7 one, without `magic`).
@@ -315,7 +315,8 @@ mod tests {
         h[CHECKSUM].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
     }
 
-    fn member(name: &[u8], data: &[u8]) -> Vec<u8> {
+    /// A ustar member holding `data`, padded to whole blocks.
+    pub(in crate::scan) fn member(name: &[u8], data: &[u8]) -> Vec<u8> {
         let mut m = header(name, data.len() as u64, b'0', true);
         m.extend_from_slice(data);
         m.resize(m.len().div_ceil(BLOCK) * BLOCK, 0);

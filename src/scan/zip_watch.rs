@@ -27,13 +27,23 @@
 //! - A tar archive clamd stops reading early ([`super::tar_watch`]).
 //! - A bzip2 file of more than one stream, of which clamd unpacks the
 //!   first only ([`super::bzip2_watch`]).
+//! - A zstd file inside another: clamd 1.4 does not unpack zstd. (One
+//!   that is the body, or an ar member the scan takes apart, is unpacked
+//!   into a scan of its own, and is not reported.)
+//! - An ar archive inside another whose members clamd does not see into
+//!   ([`super::ar::ArWalk`]). (The body's own ar archive is taken apart by
+//!   the scan.)
 //!
 //! A body with such a record is reported, and the scan cannot call it
 //! clean. Encrypted entries are left to clamd's `AlertEncryptedArchive`.
+//! In bytes that do not begin as a zip, a record counts only where
+//! unzippers would find a zip (a self-extractor's): with an end record in
+//! the last 64 KiB whose directory begins where it says. Elsewhere it is
+//! most likely a program's code that looks for the signature.
 //!
 //! The body's own bytes are watched, and what clamd unpacks from them in
-//! the ways most archives are packed: a gzip or zstd file (`.gz`,
-//! `.tar.gz`, `.tar.zst`; a tar keeps its files' bytes as they are) and a
+//! the ways most archives are packed: a gzip file (`.gz`, `.tar.gz`; a
+//! tar keeps its files' bytes as they are) and a
 //! zip's deflated entries; and a zip's stored entries, from their start.
 //! Each is unpacked here, as it passes, into a watch of its own, down to
 //! [`DEPTH`] levels (a zip in a zip in a `.tar.gz`), and up to [`WATCHED`]
@@ -47,6 +57,7 @@ use memchr::memmem;
 use miniz_oxide::inflate::stream::InflateState;
 use miniz_oxide::DataFormat;
 
+use super::ar::ArWalk;
 use super::bzip2_watch::Bzip2Watch;
 use super::decode;
 use super::tar_watch::TarWalk;
@@ -64,6 +75,10 @@ const CENTRAL_LEN: usize = 46;
 /// at 10, the directory's size at 12 and its offset at 16.
 const END: &[u8; 4] = b"PK\x05\x06";
 const END_LEN: usize = 20;
+/// A ZIP64 end record's locator, which unzippers read right before the
+/// end record.
+const LOCATOR: &[u8; 4] = b"PK\x06\x07";
+const LOCATOR_LEN: u64 = 20;
 /// What a record may need of the bytes after its signature's start.
 const LONGEST: usize = CENTRAL_LEN;
 /// ZIP64's "see the extra field" value.
@@ -83,10 +98,15 @@ const BZIP2: u16 = 12;
 /// these must be 0.
 const GZIP: [u8; 3] = [0x1f, 0x8b, 8];
 const GZIP_RESERVED: u8 = 0xe0;
-/// How a zstd file begins: a frame's magic (clamd unpacks `.zst` files).
+/// How a zstd file begins: a frame's magic (clamd 1.4 does not unpack
+/// zstd).
 const ZSTD: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
 /// The first bytes that tell either: gzip's magic and flags, zstd's magic.
 const PACKED_HEAD: usize = 4;
+/// How far from the end of the bytes an end record may begin and still be
+/// found by unzip and Python's zipfile, which look for it backwards over
+/// its 22 bytes and the longest comment it may have.
+const END_REACH: u64 = 22 + 65_535;
 /// The most unpacked bytes watched for one body, at all levels together
 /// (about a second of CPU); clamd's own limits (with `AlertExceedsMax`)
 /// speak for what lies beyond.
@@ -144,6 +164,11 @@ pub enum Unopened {
     TarVolumeData,
     /// A bzip2 stream right after another ([`super::bzip2_watch`]).
     Bzip2Streams,
+    /// A zstd file inside another.
+    Zstd,
+    /// An ar archive inside another, with a packed or tar member
+    /// ([`super::ar::ArWalk`]).
+    ArPacked,
 }
 
 impl fmt::Display for Unopened {
@@ -198,6 +223,14 @@ impl fmt::Display for Unopened {
             Unopened::Bzip2Streams => f.write_str(
                 "a bzip2 file of more than one stream: clamd unpacks the first only, bzip2 \
                  and Python's bz2 module all of them",
+            ),
+            Unopened::Zstd => f.write_str(
+                "a zstd file inside another archive: clamd does not unpack zstd, zstd and \
+                 tar --zstd do",
+            ),
+            Unopened::ArPacked => f.write_str(
+                "an ar archive (a .deb) inside another with a packed or tar member: clamd \
+                 does not unpack ar, dpkg and ar do",
             ),
             Unopened::Overlapping => write!(
                 f,
@@ -257,6 +290,29 @@ pub struct ZipWatch {
     tar: TarWalk,
     /// Bzip2 streams in the bytes.
     bzip2: Bzip2Watch,
+    /// The ar archive the bytes may be, unless the scan takes it apart.
+    ar: Option<ArWalk>,
+    /// Whether a zstd file here is unpacked into a scan of its own.
+    zstd_scanned: bool,
+    /// The first record that keeps clamd out, found where no zip begins
+    /// at the start of the bytes: it counts only if an end record lies
+    /// where unzippers look for one.
+    unanchored: Option<Unopened>,
+    /// The offset of the last end record seen whose directory begins
+    /// with an entry, as unzippers ask of it.
+    last_end: Option<u64>,
+    /// The offset of the last ZIP64 end record locator seen.
+    last_locator: Option<u64>,
+}
+
+/// What a scan takes apart itself when the body (or an ar member) begins
+/// with it, before the bytes reach clamd and the watch.
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct TakenApart {
+    /// An ar archive: each member is scanned as a file of its own.
+    pub ar: bool,
+    /// A zstd file: what it unpacks to is scanned too.
+    pub zstd: bool,
 }
 
 /// What unpacking may still take, for one body at all levels together.
@@ -292,12 +348,26 @@ impl ZipWatch {
             },
             tar: TarWalk::default(),
             bzip2: Bzip2Watch::default(),
+            ar: Some(ArWalk::default()),
+            zstd_scanned: false,
+            unanchored: None,
+            last_end: None,
+            last_locator: None,
+        }
+    }
+
+    /// The watch of a scan that takes `apart` what the body begins with.
+    pub(super) fn of_scan(apart: TakenApart) -> ZipWatch {
+        ZipWatch {
+            ar: (!apart.ar).then(ArWalk::default),
+            zstd_scanned: apart.zstd,
+            ..ZipWatch::default()
         }
     }
 }
 
 /// A body's first bytes, as far as they tell whether it is a gzip or a
-/// zstd file.
+/// zstd file, and the gzip file's content.
 #[derive(Debug, Default)]
 enum Packed {
     /// Nothing seen yet.
@@ -310,8 +380,8 @@ enum Packed {
     No,
 }
 
-/// A gzip or zstd file being unpacked for the watch (clamd gets the body
-/// as it came, and unpacks it itself).
+/// A gzip file being unpacked for the watch (clamd gets the body as it
+/// came, and unpacks it itself).
 struct Inside {
     decoder: decode::Decoder,
     piece: Vec<u8>,
@@ -435,6 +505,8 @@ enum Record {
         size: u64,
         offset: u64,
     },
+    /// A ZIP64 end record's locator.
+    Locator,
 }
 
 /// How an entry is packed, as a local header or directory entry says.
@@ -513,6 +585,11 @@ impl Local {
 }
 
 impl Layout {
+    /// Whether a directory entry begins at `at`.
+    fn lists_at(&self, at: u64) -> bool {
+        self.listed.binary_search_by_key(&at, |l| l.at).is_ok()
+    }
+
     fn keep(&mut self) -> bool {
         self.full |= self.locals.len() + self.listed.len() >= LAYOUT_MAX;
         !self.full
@@ -618,11 +695,16 @@ impl ZipWatch {
     /// bytes, and of what they make as a whole (which is judged only here:
     /// halfway, two zips may yet turn out to lie inside a third).
     pub fn found(&self) -> Option<Unopened> {
+        let near_end = |end: u64| end + END_REACH >= self.at;
         self.found
             .or_else(|| self.layout.concatenated().then_some(Unopened::Concatenated))
             .or_else(|| match &self.packed {
                 Packed::Inside(inside) => inside.watch.found(),
                 _ => None,
+            })
+            .or_else(|| {
+                self.unanchored
+                    .filter(|_| self.last_end.is_some_and(near_end))
             })
     }
 
@@ -660,6 +742,10 @@ impl ZipWatch {
             self.found = Some(Unopened::Bzip2Streams);
             return;
         }
+        if self.ar.as_mut().is_some_and(|ar| ar.feed(data)) {
+            self.found = Some(Unopened::ArPacked);
+            return;
+        }
         self.look_inside(data, budget);
         if self.found.is_some() {
             return;
@@ -695,6 +781,26 @@ impl ZipWatch {
                 return;
             }
             match record {
+                // In bytes that begin as a zip, clamd takes the record for
+                // the archive's. Elsewhere it may be a zip after other
+                // bytes (a self-extractor), which unzippers find by its end
+                // record; or a program's own code, which looks for the
+                // signature (Python's zipimport): judged at the end.
+                // A stored entry's own: its watch judges it from the
+                // entry's start.
+                Record::Unopened(_) if self.in_stored_entry(at) => {}
+                Record::Unopened(what) if at > 0 && !self.layout.zip_at_start => {
+                    if what == Unopened::Zip64End {
+                        // Unless its locator is right before it,
+                        // unzippers do not read it.
+                        if self.last_locator != at.checked_sub(LOCATOR_LEN) {
+                            continue;
+                        }
+                        self.last_end = Some(at);
+                    }
+                    self.unanchored = self.unanchored.or(Some(what));
+                }
+                Record::Locator => self.last_locator = Some(at),
                 Record::Unopened(what) => {
                     self.found = Some(what);
                     return;
@@ -752,6 +858,12 @@ impl ZipWatch {
                     size,
                     offset,
                 } => {
+                    // Unzippers read the directory where this says: one
+                    // that begins with no entry is no end of a zip.
+                    let dir = at.checked_sub(size);
+                    if self.layout.full || dir.is_some_and(|dir| self.layout.lists_at(dir)) {
+                        self.last_end = Some(at);
+                    }
                     if let Some(what) = self.layout.check(at, entries, size, offset) {
                         self.found = Some(what);
                         return;
@@ -835,6 +947,14 @@ impl ZipWatch {
         });
     }
 
+    /// Whether offset `at` lies in the data of a stored entry or a tar
+    /// member being watched on its own.
+    fn in_stored_entry(&self, at: u64) -> bool {
+        self.entries
+            .iter()
+            .any(|e| e.inflate.is_none() && e.start <= at && e.end.is_some_and(|end| at < end))
+    }
+
     /// Deflated entries being unpacked by this watch and the ones below.
     fn open_entries(&self) -> usize {
         let below = match &self.packed {
@@ -848,7 +968,8 @@ impl ZipWatch {
             + below
     }
 
-    /// Unpacks a gzip or zstd file into an inner watch.
+    /// Unpacks a gzip file into an inner watch; reports a zstd file that
+    /// the scan does not unpack itself.
     fn look_inside(&mut self, data: &[u8], budget: &mut Budget) {
         match &mut self.packed {
             Packed::No => {}
@@ -865,13 +986,20 @@ impl ZipWatch {
                     Packed::No
                 } else if head.len() < PACKED_HEAD {
                     Packed::Head(head)
-                } else if gzip && head[GZIP.len()] & GZIP_RESERVED != 0 {
+                } else if zstd {
+                    // Scanned unpacked by the scan itself, or out of
+                    // clamd's sight.
+                    if !self.zstd_scanned {
+                        self.found = Some(Unopened::Zstd);
+                    }
+                    Packed::No
+                } else if head[GZIP.len()] & GZIP_RESERVED != 0 {
                     self.found = Some(Unopened::GzipFlags(head[GZIP.len()]));
                     Packed::No
                 } else if self.depth >= DEPTH {
                     Packed::No
                 } else {
-                    match Inside::start(self.depth, if gzip { "gzip" } else { "zstd" }) {
+                    match Inside::start(self.depth, "gzip") {
                         Some(mut inside) => {
                             if inside.feed(&head, budget) && inside.feed(&data[take..], budget) {
                                 Packed::Inside(inside)
@@ -960,6 +1088,8 @@ fn records(bytes: &[u8], starts: usize) -> impl Iterator<Item = (usize, Record)>
                         offset: u64::from(offset),
                     }
                 }
+            } else if rest.starts_with(LOCATOR) {
+                Record::Locator
             } else {
                 return None;
             };
@@ -980,6 +1110,8 @@ fn find(bytes: &[u8], starts: usize) -> Option<Unopened> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::scan::ar::tests::archive as ar;
+    use crate::scan::tar_watch::tests::member as tar_member;
 
     /// A local file header with these flags, method and sizes.
     fn local_with(flags: u16, method: u16, compressed: u32, size: u32) -> Vec<u8> {
@@ -1009,8 +1141,11 @@ mod tests {
         e
     }
 
+    /// `records` amid other bytes, in bytes that begin as a zip (with an
+    /// empty stored entry).
     fn body(records: &[Vec<u8>]) -> Vec<u8> {
-        let mut b = b"some bytes before PK and between ".to_vec();
+        let mut b = local_with(0, 0, 0, 0);
+        b.extend_from_slice(b"some bytes before PK and between ");
         for r in records {
             b.extend_from_slice(r);
             b.extend_from_slice(b"PK\x03 data data PK");
@@ -1020,7 +1155,12 @@ mod tests {
 
     /// What the watch finds in `body`, fed `piece` bytes at a time.
     fn watch(body: &[u8], piece: usize) -> Option<Unopened> {
-        let mut w = ZipWatch::default();
+        watch_apart(TakenApart::default(), body, piece)
+    }
+
+    /// What the watch of a scan that takes `apart` finds.
+    fn watch_apart(apart: TakenApart, body: &[u8], piece: usize) -> Option<Unopened> {
+        let mut w = ZipWatch::of_scan(apart);
         for p in body.chunks(piece) {
             observe_counted(&mut w, p);
         }
@@ -1062,6 +1202,50 @@ mod tests {
                 assert_eq!(watch(body, piece), Some(*what), "pieces of {piece}");
             }
         }
+    }
+
+    #[test]
+    fn records_amid_other_bytes_count_where_unzippers_find_them() {
+        // A program that reads zips holds their signatures in its code
+        // (Python's zipimport compares with the local header's, and the
+        // next bytes can read as a ZIP64 size); unzippers find a zip there
+        // by an end record near the end whose directory they can read.
+        let code = [
+            b"\x7fELF code ".to_vec(),
+            local(100, IN_ZIP64),
+            local_with(0, 14, 10, 10),
+            end(IN_ZIP64, 5),
+            end(46, 0),
+            LOCATOR.to_vec(),
+            b" more code".to_vec(),
+        ]
+        .concat();
+        // A self-extractor: its directory, then its end record; or, for a
+        // ZIP64 one, the locator right before the end record.
+        let mut directory = CENTRAL.to_vec();
+        directory.resize(CENTRAL_LEN, 0);
+        let mut locator = LOCATOR.to_vec();
+        locator.resize(LOCATOR_LEN as usize, 0);
+        let sfx = [code.clone(), directory, end(46, 0)].concat();
+        let sfx64 = [code.clone(), locator, end(IN_ZIP64, IN_ZIP64)].concat();
+        let filler = vec![0x90; END_REACH as usize];
+        for piece in [1, 7, 1000] {
+            assert_eq!(watch(&code, piece), None, "{piece}");
+            for zip in [&sfx, &sfx64] {
+                assert_eq!(watch(zip, piece), Some(Unopened::Zip64Local), "{piece}");
+                let far = [zip, &filler[..]].concat();
+                assert_eq!(watch(&far, piece), None, "{piece}");
+            }
+        }
+        // Bytes that begin as a zip need no end record.
+        let zip = [local(100, IN_ZIP64), filler].concat();
+        assert_eq!(watch(&zip, 1000), Some(Unopened::Zip64Local));
+        // The program stored in a zip is judged as it is, from its start;
+        // a ZIP64 zip stored in one is found there.
+        let stored = archive(b"", &[(&code, None, false, true)]);
+        assert_eq!(watch(&stored, 7), None);
+        let stored = archive(b"", &[(&zip, None, false, true)]);
+        assert_eq!(watch(&stored, 7), Some(Unopened::Zip64Local));
     }
 
     #[test]
@@ -1173,8 +1357,7 @@ mod tests {
     fn a_gzip_file_is_watched_unpacked() {
         // A tar keeps its files as they are: a .tar.gz holding a ZIP64 zip
         // shows the zip's records once unpacked.
-        let mut tar = vec![0u8; 512];
-        tar.extend_from_slice(&body(&[local(IN_ZIP64, IN_ZIP64)]));
+        let tar = tar_member(b"a.zip", &body(&[local(IN_ZIP64, IN_ZIP64)]));
         let tgz = gzip(&tar);
         assert_eq!(
             find(&tgz, tgz.len()),
@@ -1209,25 +1392,68 @@ mod tests {
     }
 
     #[test]
-    fn a_zstd_file_is_watched_unpacked() {
-        let mut tar = vec![0u8; 512];
-        tar.extend_from_slice(&body(&[local(IN_ZIP64, IN_ZIP64)]));
-        let zst = zstd::bulk::compress(&tar, 3).unwrap();
-        assert_eq!(find(&zst, zst.len()), None);
+    fn a_zstd_file_is_found_where_the_scan_does_not_unpack_it() {
+        let zst = zstd::bulk::compress(&[b'x'; 5000], 3).unwrap();
+        let unpacked = TakenApart {
+            ar: false,
+            zstd: true,
+        };
         for piece in [1, 2, 3, 5, 100, zst.len()] {
             assert_eq!(
                 watch(&zst, piece),
-                Some(Unopened::Zip64Local),
+                Some(Unopened::Zstd),
+                "pieces of {piece}"
+            );
+            assert_eq!(
+                watch_apart(unpacked, &zst, piece),
+                None,
                 "pieces of {piece}"
             );
         }
-        // In a gzip file, and a gzip file in it.
-        assert_eq!(watch(&gzip(&zst), 7), Some(Unopened::Zip64Local));
-        let inner = zstd::bulk::compress(&gzip(&tar), 3).unwrap();
-        assert_eq!(watch(&inner, 7), Some(Unopened::Zip64Local));
+        // In a gzip file, or as a tar's member: clamd sees it as it is.
+        for inner in [gzip(&zst), tar_member(b"a.zst", &zst)] {
+            assert_eq!(watch_apart(unpacked, &inner, 7), Some(Unopened::Zstd));
+        }
         // Only at the start.
         let late = [b"x".as_slice(), &zst].concat();
         assert_eq!(watch(&late, 7), None);
+    }
+
+    #[test]
+    fn an_ar_archive_inside_another_is_found_by_its_members() {
+        let mut ustar = vec![0u8; 1024];
+        ustar[257..262].copy_from_slice(b"ustar");
+        let objects = ar(&[b"\x7fELF object", b"another"]);
+        let split = TakenApart {
+            ar: true,
+            zstd: true,
+        };
+        for packed in [
+            gzip(b"data"),
+            b"BZh91AY&SY".to_vec(),
+            b"\xfd7zXZ\0\0".to_vec(),
+            ustar,
+        ] {
+            let deb = ar(&[b"2.0\n", &packed]);
+            for piece in [1, 7, 100, deb.len()] {
+                assert_eq!(
+                    watch(&deb, piece),
+                    Some(Unopened::ArPacked),
+                    "pieces of {piece}"
+                );
+                // The scan splits the body's own.
+                assert_eq!(watch_apart(split, &deb, piece), None, "pieces of {piece}");
+            }
+            let tar = tar_member(b"a.deb", &deb);
+            assert_eq!(watch_apart(split, &tar, 100), Some(Unopened::ArPacked));
+            assert_eq!(
+                watch_apart(split, &gzip(&deb), 100),
+                Some(Unopened::ArPacked)
+            );
+        }
+        // A static library's objects show as they are.
+        assert_eq!(watch(&objects, 3), None);
+        assert_eq!(watch(&gzip(&objects), 3), None);
     }
 
     /// A zip of one deflated entry holding `data`, deflated at `level`
@@ -1678,5 +1904,9 @@ mod tests {
             "a zip entry packed with LZMA (method 14), which clamd does not unpack"
         );
         assert!(Unopened::Zip64End.to_string().contains("ZIP64"));
+        assert!(Unopened::Zstd.to_string().contains("does not unpack zstd"));
+        assert!(Unopened::ArPacked
+            .to_string()
+            .contains("does not unpack ar"));
     }
 }
