@@ -275,6 +275,10 @@ async fn split_mode_handlers_decode_too() {
             let answer = respmod(port, coding, &body).await;
             assert!(answer.is_infected(), "{env:?} {coding}: {answer:?}");
         }
+        // A zstd file sent as it is, whose content clamd would not see.
+        let url = "http://origin.test/f.zst";
+        let answer = icap_respmod_with(port, url, &eicar_zstd(), "", "").await;
+        assert!(answer.unwrap().is_infected(), "{env:?} .zst");
         // The handler's verdict on a body that does not decode crosses
         // the queue as such.
         let (coding, body) = &undecodable()[0];
@@ -651,6 +655,62 @@ async fn an_ar_archive_s_members_are_scanned_each() {
         match infected {
             true => assert!(matches!(verdict, Verdict::Infected { .. }), "{verdict:?}"),
             false => assert_eq!(verdict, Verdict::Clean),
+        }
+    }
+}
+
+/// clamd 1.4.6 does not open rpm packages: `eicar.rpm` (built by
+/// rpmbuild, its payload packed by zstd as Fedora's are, EICAR among 1,500
+/// files, so that its header is over 200 KB) and `eicar-xz.rpm` (xz, as
+/// RHEL's) are OK to it. The payload is scanned as a file of its own: over
+/// ICAP, gzip-encoded, as a body file on clamd's unix socket and with one
+/// clamd slot over TCP. `clean.rpm` (gzip) passes; an rpm in a tar, which
+/// clamd sees as it is, is undecodable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_rpm_package_s_payload_is_scanned() {
+    let clamd = ClamdProcess::start();
+    let infected = [fixture("eicar.rpm"), fixture("eicar-xz.rpm")];
+    let clean = fixture("clean.rpm");
+    let dir = support::TempDir::new("rpm");
+    let in_tar = packed_by_python(&dir, "eicar-xz.rpm", &infected[1], true);
+    for body in infected.iter().chain([&in_tar]) {
+        assert_eq!(clamd.verdict(body).await, Verdict::Clean, "clamd");
+    }
+    let server = TestServer::start(&["--clamd-url", &clamd.tcp_url()]).await;
+    let url = "http://origin.test/p.rpm";
+    for body in &infected {
+        let answer = icap_respmod_with(server.port(), url, body, "", "").await;
+        assert!(answer.unwrap().is_infected());
+        assert!(respmod(server.port(), "gzip", &gzip(body))
+            .await
+            .is_infected());
+    }
+    let answer = icap_respmod_with(server.port(), url, &clean, "", "").await;
+    assert!(answer.unwrap().is_clean());
+    let answer = icap_respmod_with(server.port(), url, &in_tar, "", "").await;
+    assert!(answer.unwrap().is_undecodable());
+
+    let scanner = file_scanner(&clamd);
+    let one_slot = one_slot_scanner(&clamd);
+    for (name, body) in
+        ["eicar.rpm", "eicar-xz.rpm", "clean.rpm"]
+            .iter()
+            .zip([&infected[0], &infected[1], &clean])
+    {
+        let path = support::write_file(&dir, name, body);
+        for s in [&scanner, &one_slot] {
+            let file = std::fs::File::open(&path).unwrap();
+            let scan = s.scan_file(file, body.len() as u64, None, None);
+            let (verdict, _) = tokio::time::timeout(Duration::from_secs(60), scan)
+                .await
+                .expect("a package's scans take one clamd slot at a time");
+            match *name {
+                "clean.rpm" => assert_eq!(verdict, Verdict::Clean),
+                _ => assert!(
+                    matches!(verdict, Verdict::Infected { .. }),
+                    "{name}: {verdict:?}"
+                ),
+            }
         }
     }
 }

@@ -1,6 +1,7 @@
 //! ar archives (a `.deb`, whose members are `debian-binary`,
 //! `control.tar.*` and `data.tar.*`; a static library), taken apart as
-//! they arrive so that each member is scanned as a file of its own.
+//! they arrive so that each member is scanned as a file of its own; and
+//! rpm packages, whose payload is ([`super::rpm`]).
 //!
 //! clamd 1.4.6 does not unpack ar: a `.deb` with EICAR in its
 //! `data.tar.gz` was OK, since clamd finds in the archive's own bytes only
@@ -15,6 +16,8 @@
 //! name (`#1/LEN`) takes the first LEN bytes of the data; they are scanned
 //! with the member. The split stops at a header that is not one: the
 //! bytes from there on go to the scan of the other bytes.
+
+use super::rpm;
 
 /// What an ar archive begins with.
 pub(super) const MAGIC: &[u8; 8] = b"!<arch>\n";
@@ -44,6 +47,8 @@ enum State {
     Data { left: u64, pad: bool },
     /// The padding byte after odd-length data.
     Pad,
+    /// An rpm package ([`super::rpm`]).
+    Rpm(rpm::Walk),
     /// Not an ar archive, or nothing more to split.
     Done,
 }
@@ -65,10 +70,24 @@ impl Default for Splitter {
 }
 
 impl Splitter {
-    /// Whether the bytes so far may still be an ar archive.
+    /// Whether the bytes so far may still be an ar archive or an rpm
+    /// package.
     pub(super) fn is_archive(&self) -> bool {
+        match &self.state {
+            State::Magic => self.magic().starts_with(&self.buf),
+            State::Done => false,
+            _ => true,
+        }
+    }
+
+    /// Whether the bytes are an ar archive or an rpm package, being split.
+    pub(super) fn has_begun(&self) -> bool {
         !matches!(self.state, State::Magic | State::Done)
-            || matches!(self.state, State::Magic) && MAGIC.starts_with(&self.buf)
+    }
+
+    /// The magic the bytes so far may begin.
+    fn magic(&self) -> &'static [u8] {
+        self.buf.first().map_or(MAGIC, |&first| magic_from(first))
     }
 
     /// Splits the next bytes; what they hold goes to `events`. Returns how
@@ -81,10 +100,11 @@ impl Splitter {
             match &mut self.state {
                 State::Done => break,
                 State::Magic => {
-                    let n = (MAGIC.len() - self.buf.len()).min(data.len());
+                    let magic = magic_from(*self.buf.first().unwrap_or(&data[0]));
+                    let n = (magic.len() - self.buf.len()).min(data.len());
                     self.buf.extend_from_slice(&data[..n]);
                     rest = &data[n..];
-                    if !MAGIC.starts_with(&self.buf) {
+                    if !magic.starts_with(&self.buf) {
                         // Not an archive: what was held back goes on
                         // first, then `data` from where it was.
                         let held = self.buf.len() - n;
@@ -95,9 +115,12 @@ impl Splitter {
                         self.state = State::Done;
                         rest = data;
                         break;
-                    } else if self.buf.len() == MAGIC.len() {
+                    } else if self.buf.len() == magic.len() {
                         events.push(Event::Rest(std::mem::take(&mut self.buf)));
-                        self.state = State::Header;
+                        self.state = match magic == rpm::MAGIC {
+                            true => State::Rpm(rpm::Walk::after_magic()),
+                            false => State::Header,
+                        };
                     }
                 }
                 State::Header => {
@@ -135,6 +158,13 @@ impl Splitter {
                     rest = &data[1..];
                     self.state = State::Header;
                 }
+                State::Rpm(walk) => {
+                    rest = &data[walk.feed(data, events)..];
+                    if walk.is_done() {
+                        self.state = State::Done;
+                        break;
+                    }
+                }
             }
         }
         data.len() - rest.len()
@@ -143,8 +173,9 @@ impl Splitter {
     /// Ends the body: a member cut short ends where the bytes did, and
     /// bytes held back go on.
     pub(super) fn finish(&mut self, events: &mut Vec<Event>) {
-        match self.state {
+        match &mut self.state {
             State::Data { .. } => events.push(Event::End),
+            State::Rpm(walk) => walk.finish(events),
             _ if !self.buf.is_empty() => events.push(Event::Rest(std::mem::take(&mut self.buf))),
             _ => {}
         }
@@ -152,12 +183,13 @@ impl Splitter {
     }
 }
 
-/// Walks an ar archive that clamd meets inside another file (a `.deb` in
-/// a zip, a tar or a `.gz`), where its members are not scanned each: clamd
-/// sees the archive as it is, so what a packed member holds (gzip, bzip2,
-/// xz or zstd: a `.deb`'s `data.tar.*`) is out of its sight, and so are
-/// the packed files of a tar member. A static library's members (object
-/// files) show as they are, and are left to clamd.
+/// Walks an ar archive or an rpm package that clamd meets inside another
+/// file (a `.deb` in a zip, a tar or a `.gz`), where its members are not
+/// scanned each: clamd sees it as it is, so what a packed member holds
+/// (gzip, bzip2, xz or zstd: a `.deb`'s `data.tar.*`, an rpm's payload)
+/// is out of its sight, and so are the packed files of a tar member. A
+/// static library's members (object files) show as they are, and are left
+/// to clamd.
 #[derive(Debug, Default)]
 pub(super) struct ArWalk {
     splitter: Splitter,
@@ -205,6 +237,15 @@ impl ArWalk {
 /// Whether a member beginning with `head` is packed, or a tar.
 fn hides(head: &[u8]) -> bool {
     PACKED.iter().any(|magic| head.starts_with(magic)) || head.get(257..262) == Some(b"ustar")
+}
+
+/// The magic bytes beginning with `first` may begin: an rpm package's or
+/// an ar archive's.
+fn magic_from(first: u8) -> &'static [u8] {
+    match first == rpm::MAGIC[0] {
+        true => &rpm::MAGIC,
+        false => MAGIC,
+    }
 }
 
 /// A member header's data length, when it is a header.
@@ -279,6 +320,66 @@ pub(super) mod tests {
         take(&mut events, &mut every);
         assert_eq!(every, bytes, "pieces of {piece}");
         members
+    }
+
+    /// An rpm package: the lead, a signature header of `sig` (index
+    /// entries, data length) and its padding, a header of `header`, then
+    /// `payload`.
+    fn rpm(sig: (u32, u32), header: (u32, u32), payload: &[u8]) -> Vec<u8> {
+        let mut p = rpm::MAGIC.to_vec();
+        p.resize(96, 0);
+        for (n, len) in [sig, header] {
+            p.extend_from_slice(&[0x8e, 0xad, 0xe8, 0x01, 0, 0, 0, 0]);
+            p.extend_from_slice(&n.to_be_bytes());
+            p.extend_from_slice(&len.to_be_bytes());
+            p.resize(p.len() + 16 * n as usize + len as usize, 0xaa);
+            if (n, len) == sig {
+                p.resize(p.len().next_multiple_of(8), 0);
+            }
+        }
+        p.extend_from_slice(payload);
+        p
+    }
+
+    #[test]
+    fn an_rpm_package_s_payload_is_split_out() {
+        let payload = [0x1f, 0x8b, 8, 0].repeat(500);
+        for sig in [(1, 5), (2, 8), (0, 0)] {
+            let p = rpm(sig, (3, 100), &payload);
+            for piece in [1, 3, 16, 97, 4096] {
+                let found = split(&p, piece);
+                assert_eq!(found, vec![payload.clone()], "{sig:?}, pieces of {piece}");
+            }
+        }
+        // A header that is not one ends the split, as does the end of the
+        // bytes before the payload: every byte goes to the rest.
+        let mut bad = rpm((1, 5), (3, 100), &payload);
+        bad[136] = 0;
+        assert!(split(&bad, 7).is_empty());
+        let p = rpm((1, 5), (3, 100), &payload);
+        assert!(split(&p[..150], 5).is_empty());
+    }
+
+    #[test]
+    fn any_bytes_after_rpm_s_magic_are_split_whole() {
+        // Headers of any sizes, cut anywhere, damaged anywhere: every byte
+        // goes somewhere once, and there is one payload at the most.
+        let mut seed = 0x2545_f491_4f6c_dd1d_u64;
+        let mut next = |below: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % below
+        };
+        for _ in 0..300 {
+            let sig = (next(4) as u32, next(40) as u32);
+            let mut p = rpm(sig, (next(4) as u32, next(40) as u32), &[9; 50]);
+            let at = next(p.len() as u64) as usize;
+            p[at] ^= next(256) as u8;
+            p.truncate(next(p.len() as u64 + 1) as usize);
+            let piece = 1 + next(40) as usize;
+            assert!(split(&p, piece).len() <= 1);
+        }
     }
 
     #[test]

@@ -14,14 +14,16 @@
 //!
 //! What clamd would not see is taken care of on the way: a Content-Encoding
 //! is undone ([`decode`]), a form upload is scanned part by part ([`form`]),
-//! and a zip that clamd answers OK for without opening it is not called
-//! clean ([`zip_watch`]).
+//! so are a `.deb`'s members and an rpm's payload ([`ar`], [`rpm`]) and a
+//! zstd file's content, and a zip that clamd answers OK for without opening
+//! it is not called clean ([`zip_watch`]).
 
 mod ar;
 mod bzip2_watch;
 pub mod clamd;
 pub mod decode;
 pub mod form;
+mod rpm;
 mod tar_watch;
 pub mod zip_watch;
 
@@ -118,10 +120,10 @@ impl Scanner {
     /// `content_encoding` (and, for a form, `form_boundary`). On a unix
     /// socket clamd gets the file's descriptor (FILDES) whatever its size:
     /// nothing is copied, and clamd's `StreamMaxLength` does not apply. On
-    /// TCP, or when a coding must come off, a form or an ar archive come
-    /// apart first, the file streams through a session. Returns
-    /// the verdict and the bytes read (all of them when clamd read the
-    /// file).
+    /// TCP, or when a coding must come off, a form, an ar archive, an rpm
+    /// package or a zstd file come apart first, the file streams through a
+    /// session. Returns the verdict and the bytes read (all of them when
+    /// clamd read the file).
     pub async fn scan_file(
         &self,
         file: std::fs::File,
@@ -293,8 +295,9 @@ struct Sink {
     /// Whether clamd is seeing a zip it answers OK for without opening it.
     unopened: Box<zip_watch::ZipWatch>,
     /// For a body's own scan, while the body may be an ar archive (a
-    /// `.deb`): its members are scanned one by one, and this scan gets the
-    /// other bytes ([`ar`]).
+    /// `.deb`) or an rpm package: its members (an rpm's payload) are
+    /// scanned one by one, and this scan gets the other bytes ([`ar`]),
+    /// kept to the end.
     ar: Option<ar::Splitter>,
     members: Option<Box<Members>>,
     /// For a body's or an ar member's scan, while it may be a zstd file.
@@ -334,7 +337,8 @@ struct Unpacking {
 /// How a zstd frame begins.
 const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
 
-/// The members of an ar archive, each scanned as a file of its own.
+/// The members of an ar archive (an rpm's payload), each scanned as a
+/// file of its own.
 struct Members {
     part: Option<Sink>,
     /// What the members that have ended came to.
@@ -601,6 +605,8 @@ impl Sink {
         let taken = ar.feed(data, &mut events);
         if !ar.is_archive() {
             self.ar = None;
+        } else if ar.has_begun() {
+            self.keep_all();
         }
         self.take_members(events).await;
         self.write_whole(&data[taken..]).await;
@@ -675,6 +681,16 @@ impl Sink {
         u.feed(&data[take..]).await;
         self.zstd = Unzstd::Unpacking(u);
         // The file's own bytes wait for the content's scan.
+        self.keep_all();
+    }
+
+    /// Keeps all the bytes in the memory file, to be scanned at the end,
+    /// after the scans that are taken apart from them: so a body holds one
+    /// clamd scan slot at a time.
+    fn keep_all(&mut self) {
+        if self.spool_all {
+            return;
+        }
         self.spool_all = true;
         let held = std::mem::take(&mut self.held);
         if let Err(e) = self.spool_write(&held) {
@@ -790,13 +806,16 @@ impl Sink {
     }
 }
 
-/// Whether a body file is an ar archive, whose members go to clamd one by
-/// one through a session, or a zstd file, whose content does.
+/// Whether a body file is an ar archive or an rpm package, whose members
+/// go to clamd one by one through a session, or a zstd file, whose
+/// content does.
 fn taken_apart(file: &std::fs::File) -> bool {
     use std::os::unix::fs::FileExt;
     let mut head = [0u8; ar::MAGIC.len()];
     let n = file.read_at(&mut head, 0).unwrap_or(0);
-    &head[..n] == ar::MAGIC || head[..n].starts_with(&ZSTD_MAGIC)
+    &head[..n] == ar::MAGIC
+        || head[..n].starts_with(&rpm::MAGIC)
+        || head[..n].starts_with(&ZSTD_MAGIC)
 }
 
 impl Unpacking {

@@ -30,9 +30,9 @@
 //! - A zstd file inside another: clamd 1.4 does not unpack zstd. (One
 //!   that is the body, or an ar member the scan takes apart, is unpacked
 //!   into a scan of its own, and is not reported.)
-//! - An ar archive inside another whose members clamd does not see into
-//!   ([`super::ar::ArWalk`]). (The body's own ar archive is taken apart by
-//!   the scan.)
+//! - An ar archive or an rpm package inside another, whose members clamd
+//!   does not see into ([`super::ar::ArWalk`]). (The body's own is taken
+//!   apart by the scan.)
 //!
 //! A body with such a record is reported, and the scan cannot call it
 //! clean. Encrypted entries are left to clamd's `AlertEncryptedArchive`.
@@ -166,8 +166,8 @@ pub enum Unopened {
     Bzip2Streams,
     /// A zstd file inside another.
     Zstd,
-    /// An ar archive inside another, with a packed or tar member
-    /// ([`super::ar::ArWalk`]).
+    /// An ar archive or an rpm package inside another, with a packed or
+    /// tar member ([`super::ar::ArWalk`]).
     ArPacked,
 }
 
@@ -229,8 +229,8 @@ impl fmt::Display for Unopened {
                  tar --zstd do",
             ),
             Unopened::ArPacked => f.write_str(
-                "an ar archive (a .deb) inside another with a packed or tar member: clamd \
-                 does not unpack ar, dpkg and ar do",
+                "a .deb (ar) or an rpm package inside another archive, with a packed or tar \
+                 member: clamd unpacks neither, dpkg and rpm do",
             ),
             Unopened::Overlapping => write!(
                 f,
@@ -1907,6 +1907,6 @@ mod tests {
         assert!(Unopened::Zstd.to_string().contains("does not unpack zstd"));
         assert!(Unopened::ArPacked
             .to_string()
-            .contains("does not unpack ar"));
+            .contains("clamd unpacks neither"));
     }
 }
