@@ -549,6 +549,28 @@ fn packed_by_python(dir: &support::TempDir, name: &str, data: &[u8], tar: bool) 
     std::fs::read(path).unwrap()
 }
 
+/// A conda package as conda writes one: a zip that stores its metadata,
+/// then `info` and `pkg` as `.tar.zst` files (Python's zipfile).
+fn conda_by_python(dir: &support::TempDir, info: &[u8], pkg: &[u8]) -> Vec<u8> {
+    let info = support::write_file(dir, "info.tar.zst", info);
+    let pkg = support::write_file(dir, "pkg.tar.zst", pkg);
+    let path = dir.path().join("p.conda");
+    let script = "import sys, zipfile\n\
+         with zipfile.ZipFile(sys.argv[1], 'w', zipfile.ZIP_STORED) as z:\n\
+         \x20   z.writestr('metadata.json', '{\"conda_pkg_format_version\": 2}')\n\
+         \x20   z.write(sys.argv[2], 'info-x-1.0-0.tar.zst')\n\
+         \x20   z.write(sys.argv[3], 'pkg-x-1.0-0.tar.zst')\n";
+    let out = std::process::Command::new("python3")
+        .args(["-c", script])
+        .arg(&path)
+        .arg(&info)
+        .arg(&pkg)
+        .output()
+        .expect("python3");
+    assert!(out.status.success(), "{}", support::output_text(&out));
+    std::fs::read(path).unwrap()
+}
+
 /// A scanner on clamd's unix socket, for body files handed to clamd by
 /// descriptor, as split mode's disk provider does.
 fn file_scanner(clamd: &ClamdProcess) -> virus_scanner::scan::Scanner {
@@ -720,10 +742,12 @@ async fn an_rpm_package_s_payload_is_scanned() {
 /// packages are made so) is OK to it. A body, a form's file or an ar
 /// member that is a zstd file has its content scanned too: over ICAP with
 /// clamd on TCP or its unix socket, with one clamd slot, in a form, as a
-/// body file, and through Squid. A zstd file that does not unpack is
-/// undecodable, one that unpacks past the limit too large. A zstd file
-/// inside another archive, and a `.deb` inside another, which clamd sees
-/// as they are, are undecodable.
+/// body file, and through Squid. So has one that is a tar's member or a
+/// zip's stored entry (a conda package, `.conda`, stores its `.tar.zst`
+/// files in a zip). A zstd file that does not unpack is undecodable, one
+/// that unpacks past the limit too large. A zstd file deeper in (in a
+/// `.tar.gz`), and a `.deb` inside another archive, which clamd sees as
+/// they are, are undecodable.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_zstd_file_s_content_is_scanned() {
     let clamd = ClamdProcess::start();
@@ -740,23 +764,24 @@ async fn a_zstd_file_s_content_is_scanned() {
         ("control.tar.zst", &zstd(b"Package: x\n")),
         ("data.tar.zst", &tar_zst),
     ]);
+    let in_tar = packed_by_python(&dir, "e.zst", &zst, true);
+    let in_zip = packed_by_python(&dir, "e.zst", &zst, false);
+    let info = zstd_hiding(&packed_by_python(&dir, "index.json", b"{}", true));
+    let conda = conda_by_python(&dir, &info, &tar_zst);
     let infected = [
         ("eicar.zst", &zst),
         ("eicar.tar.zst", &tar_zst),
         ("eicar-zst.deb", &deb),
+        ("a .zst in a tar", &in_tar),
+        ("a .zst in a zip", &in_zip),
+        ("eicar.conda", &conda),
     ];
     let clean = zstd(&b"Nothing to see here.\n".repeat(5000));
+    let clean_conda = conda_by_python(&dir, &info, &info);
     let cut = zst[..zst.len() - 8].to_vec();
     let plain_deb = fixture("eicar.deb");
     let nested = [
-        (
-            "a .zst in a tar",
-            packed_by_python(&dir, "e.zst", &zst, true),
-        ),
-        (
-            "a .zst in a zip",
-            packed_by_python(&dir, "e.zst", &zst, false),
-        ),
+        ("a .zst in a .tar.gz", gzip(&in_tar)),
         (
             "a .deb in a tar",
             packed_by_python(&dir, "e.deb", &plain_deb, true),
@@ -784,8 +809,10 @@ async fn a_zstd_file_s_content_is_scanned() {
             let answer = icap_respmod_with(port, url, body, "", "").await.unwrap();
             assert!(answer.is_infected(), "{name}: {answer:?}");
         }
-        let answer = icap_respmod_with(port, url, &clean, "", "").await.unwrap();
-        assert!(answer.is_clean(), "{answer:?}");
+        for body in [&clean, &clean_conda] {
+            let answer = icap_respmod_with(port, url, body, "", "").await.unwrap();
+            assert!(answer.is_clean(), "{answer:?}");
+        }
         let answer = icap_respmod_with(port, url, &cut, "", "").await.unwrap();
         assert!(answer.is_undecodable(), "cut short: {answer:?}");
         for (name, body) in &nested {
@@ -812,8 +839,11 @@ async fn a_zstd_file_s_content_is_scanned() {
     let one_slot = one_slot_scanner(&clamd);
     let mut big = support::Rng(3).bytes(3 << 20);
     big.extend_from_slice(&eicar());
+    let big_tar = zstd(&packed_by_python(&dir, "big.bin", &big, true));
+    let big_conda = conda_by_python(&dir, &info, &big_tar);
     let big = zstd(&big);
-    for (name, body) in infected.into_iter().chain([("big.zst", &big)]) {
+    let bigs = [("big.zst", &big), ("big.conda", &big_conda)];
+    for (name, body) in infected.into_iter().chain(bigs) {
         let path = support::write_file(&dir, name, body);
         // (The descriptor scanner's limit is 1 MiB.)
         let scanners = match body.len() < 1 << 20 {
@@ -825,7 +855,7 @@ async fn a_zstd_file_s_content_is_scanned() {
             let scan = s.scan_file(file, body.len() as u64, None, None);
             let (verdict, _) = tokio::time::timeout(Duration::from_secs(60), scan)
                 .await
-                .expect("a zstd file's two scans take one clamd slot at a time");
+                .expect("a zstd file's scans take one clamd slot at a time");
             assert!(
                 matches!(verdict, Verdict::Infected { .. }),
                 "{name}: {verdict:?}"

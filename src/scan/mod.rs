@@ -151,14 +151,17 @@ impl Scanner {
                 Ok(task) => task.await.unwrap_or_else(|e| Err(std::io::Error::other(e))),
                 Err(e) => Err(e),
             };
-            let verdict = match unopened {
-                Ok(found) => unless_unopened(verdict, found),
-                Err(e) => Verdict::Error {
-                    kind: "body",
-                    message: format!("reading the body file: {e}"),
-                },
-            };
-            return (verdict, len);
+            match unopened {
+                // A zstd file among its tar members or zip entries, whose
+                // content a session scans: the file streams through one.
+                Ok(Some(zip_watch::Unopened::Zstd)) if verdict == Verdict::Clean => {}
+                Ok(found) => return (unless_unopened(verdict, found), len),
+                Err(e) => return (body_error(e), len),
+            }
+        }
+        let mut file = file;
+        if let Err(e) = std::io::Seek::rewind(&mut file) {
+            return (body_error(e), 0);
         }
         let mut file = tokio::fs::File::from_std(file);
         let mut buf = vec![0u8; 256 * 1024];
@@ -166,15 +169,7 @@ impl Scanner {
             match file.read(&mut buf).await {
                 Ok(0) => break,
                 Ok(n) => session.write(&buf[..n]).await,
-                Err(e) => {
-                    return (
-                        Verdict::Error {
-                            kind: "body",
-                            message: format!("reading the body file: {e}"),
-                        },
-                        session.received(),
-                    )
-                }
+                Err(e) => return (body_error(e), session.received()),
             }
         }
         let n = session.received();
@@ -307,6 +302,20 @@ struct Sink {
     spool_all: bool,
     /// The scan limit, for what a zstd file unpacks to.
     limit: u64,
+    extracted: Option<Box<Extracted>>,
+}
+
+/// The zstd files among a body's tar members or stored zip entries (a
+/// conda package stores its `.tar.zst` files in a zip), which clamd sees
+/// but does not unpack ([`zip_watch::ZipWatch::take_extracted`]): each is
+/// unpacked into a memory file as it passes, and scanned once the body's
+/// own scan is done, so that a body holds one clamd slot at a time.
+#[derive(Default)]
+struct Extracted {
+    current: Option<Unpacking>,
+    done: Vec<Unpacking>,
+    /// What they unpacked to so far, all of which the scan limit bounds.
+    unpacked: u64,
 }
 
 /// A zstd file being unpacked into a scan of its own, as clamd 1.4 does
@@ -327,8 +336,11 @@ struct Unpacking {
     /// `None` when no decoder could start.
     decoder: Option<decode::Decoder>,
     piece: Vec<u8>,
-    /// The scan of the content.
+    /// The scan of the content, whose own limit is what is left of the
+    /// scan limit.
     sink: Sink,
+    /// The scan limit.
+    limit: u64,
     /// Why unpacking stopped before the end: the content does not unpack
     /// (undecodable), or is over the limit (too large).
     stopped: Option<Verdict>,
@@ -551,12 +563,14 @@ impl Sink {
             unopened: Box::new(zip_watch::ZipWatch::of_scan(zip_watch::TakenApart {
                 ar: true,
                 zstd: true,
+                extract: true,
             })),
             ar: Some(ar::Splitter::default()),
             members: None,
             zstd: Unzstd::Head(Vec::new()),
             spool_all: false,
             limit,
+            extracted: None,
         }
     }
 
@@ -567,12 +581,14 @@ impl Sink {
             unopened: Box::new(zip_watch::ZipWatch::of_scan(zip_watch::TakenApart {
                 ar: false,
                 zstd: true,
+                extract: true,
             })),
             ..Sink::new(clamd, limit)
         }
     }
 
-    /// A sink for a zstd file's content, which is not taken apart again.
+    /// A sink for a zstd file's content, which is not taken apart again
+    /// (a zstd file among its tar members is reported by the watch).
     fn unpacked(clamd: &Clamd, limit: u64) -> Sink {
         Sink {
             ar: None,
@@ -589,6 +605,7 @@ impl Sink {
         self.held = Vec::new();
         self.ar = None;
         self.zstd = Unzstd::No;
+        self.extracted = None;
         if let Some(part) = self.members.as_mut().and_then(|m| m.part.as_mut()) {
             part.drop_body();
         }
@@ -666,17 +683,10 @@ impl Sink {
         if head.len() < ZSTD_MAGIC.len() {
             return;
         }
-        let (decoder, stopped) = match decode::plan("zstd") {
-            decode::Plan::Decode(decoder) => (Some(decoder), None),
-            decode::Plan::Cannot(e) => (None, Some(not_unpacked(e))),
-            decode::Plan::AsIs => (None, Some(not_unpacked("no decoder".into()))),
-        };
-        let mut u = Box::new(Unpacking {
-            decoder,
-            piece: Vec::new(),
-            sink: Sink::unpacked(&self.clamd, self.limit),
-            stopped,
-        });
+        let mut u = Box::new(Unpacking::start(
+            Sink::unpacked(&self.clamd, self.limit),
+            self.limit,
+        ));
         u.feed(&ZSTD_MAGIC).await;
         u.feed(&data[take..]).await;
         self.zstd = Unzstd::Unpacking(u);
@@ -700,11 +710,9 @@ impl Sink {
 
     /// Adds bytes to this scan. After a failure they are only counted.
     async fn write_whole(&mut self, data: &[u8]) {
-        self.received += data.len() as u64;
-        if self.failed.is_some() || data.is_empty() {
+        if !self.observe(data) {
             return;
         }
-        self.unopened.observe(data);
         if let Some(stream) = self.stream.as_mut() {
             if let Err(e) = stream.send(data).await {
                 self.fail(e);
@@ -741,6 +749,58 @@ impl Sink {
         match result {
             Ok(stream) => self.stream = Some(stream),
             Err(e) => self.fail(e),
+        }
+    }
+
+    /// Counts bytes and watches them, handing out the zstd files the watch
+    /// finds in them; false when nothing more is to be done with them
+    /// (after a failure).
+    fn observe(&mut self, data: &[u8]) -> bool {
+        self.received += data.len() as u64;
+        if self.failed.is_some() || data.is_empty() {
+            return false;
+        }
+        self.unopened.observe(data);
+        let events = self.unopened.take_extracted();
+        if !events.is_empty() {
+            self.extract(events);
+        }
+        true
+    }
+
+    /// Adds bytes to a scan that keeps them all to the end.
+    fn keep(&mut self, data: &[u8]) {
+        if self.observe(data) {
+            if let Err(e) = self.spool_write(data) {
+                self.fail(e);
+            }
+        }
+    }
+
+    /// Unpacks the zstd files the watch handed out.
+    fn extract(&mut self, events: Vec<ar::Event>) {
+        let (clamd, limit) = (self.clamd.clone(), self.limit);
+        let x = self.extracted.get_or_insert_with(Box::default);
+        for event in events {
+            match event {
+                ar::Event::Start => {
+                    let mut sink = Sink::unpacked(&clamd, limit.saturating_sub(x.unpacked));
+                    sink.keep_all();
+                    x.current = Some(Unpacking::start(sink, limit));
+                }
+                ar::Event::Data(bytes) => {
+                    if let Some(u) = x.current.as_mut() {
+                        u.keep(&bytes);
+                    }
+                }
+                ar::Event::End => {
+                    if let Some(u) = x.current.take() {
+                        x.unpacked += u.sink.received;
+                        x.done.push(u);
+                    }
+                }
+                ar::Event::Rest(_) => {}
+            }
         }
     }
 
@@ -781,14 +841,26 @@ impl Sink {
         }
     }
 
-    /// clamd's verdict on the bytes given to this scan, and on a zstd
-    /// file's content (scanned first): the worse.
+    /// clamd's verdict on the bytes given to this scan, on a zstd file's
+    /// content (scanned first), and on the zstd files among its tar
+    /// members or zip entries (scanned last): the worst.
     async fn finish_unsplit(mut self) -> Verdict {
-        let Unzstd::Unpacking(u) = std::mem::replace(&mut self.zstd, Unzstd::No) else {
-            return self.finish_whole().await;
+        let extracted = self.extracted.take();
+        let own = match std::mem::replace(&mut self.zstd, Unzstd::No) {
+            Unzstd::Unpacking(u) => {
+                let content = u.finish().await;
+                worse(content, self.finish_whole().await)
+            }
+            _ => self.finish_whole().await,
         };
-        let content = u.finish().await;
-        worse(content, self.finish_whole().await)
+        let Some(x) = extracted else {
+            return own;
+        };
+        let mut verdict = own;
+        for u in x.done.into_iter().chain(x.current) {
+            verdict = worse(verdict, u.finish().await);
+        }
+        verdict
     }
 
     /// clamd's verdict on the bytes given to this scan.
@@ -819,24 +891,56 @@ fn taken_apart(file: &std::fs::File) -> bool {
 }
 
 impl Unpacking {
+    /// Unpacking into `sink`, for a scan limited to `limit`.
+    fn start(sink: Sink, limit: u64) -> Unpacking {
+        let (decoder, stopped) = match decode::plan("zstd") {
+            decode::Plan::Decode(decoder) => (Some(decoder), None),
+            decode::Plan::Cannot(e) => (None, Some(not_unpacked(e))),
+            decode::Plan::AsIs => (None, Some(not_unpacked("no decoder".into()))),
+        };
+        Unpacking {
+            decoder,
+            piece: Vec::new(),
+            sink,
+            limit,
+            stopped,
+        }
+    }
+
     /// Unpacks the file's next bytes (none at the end) into the content's
     /// scan, until they are used up, the content does not unpack, or is
     /// over the limit.
     async fn feed(&mut self, mut data: &[u8]) {
-        let Some(decoder) = self.decoder.as_mut() else {
-            return;
+        while self.next_piece(&mut data) {
+            self.sink.write_whole(&self.piece).await;
+        }
+    }
+
+    /// The same, into a scan that keeps its bytes to the end.
+    fn keep(&mut self, mut data: &[u8]) {
+        while self.next_piece(&mut data) {
+            self.sink.keep(&self.piece);
+        }
+    }
+
+    /// Unpacks the next piece of content out of `data` (advanced past what
+    /// it used); false once there is none without more bytes, or
+    /// unpacking stopped.
+    fn next_piece(&mut self, data: &mut &[u8]) -> bool {
+        let Some(decoder) = self.decoder.as_mut().filter(|_| self.stopped.is_none()) else {
+            return false;
         };
-        while self.stopped.is_none() {
-            match decoder.decode(&mut data, &mut self.piece) {
-                Ok(true) if self.sink.received + self.piece.len() as u64 > self.sink.limit => {
-                    self.sink.drop_body();
-                    self.stopped = Some(Verdict::TooLarge {
-                        limit: self.sink.limit,
-                    });
-                }
-                Ok(true) => self.sink.write_whole(&self.piece).await,
-                Ok(false) => break,
-                Err(e) => self.stopped = Some(not_unpacked(e)),
+        match decoder.decode(data, &mut self.piece) {
+            Ok(true) if self.sink.received + self.piece.len() as u64 > self.sink.limit => {
+                self.sink.drop_body();
+                self.stopped = Some(Verdict::TooLarge { limit: self.limit });
+                false
+            }
+            Ok(true) => true,
+            Ok(false) => false,
+            Err(e) => {
+                self.stopped = Some(not_unpacked(e));
+                false
             }
         }
     }
@@ -855,6 +959,14 @@ impl Unpacking {
             Some(stopped) => worse(verdict, stopped),
             None => verdict,
         }
+    }
+}
+
+/// The verdict on a body file that could not be read.
+fn body_error(e: std::io::Error) -> Verdict {
+    Verdict::Error {
+        kind: "body",
+        message: format!("reading the body file: {e}"),
     }
 }
 

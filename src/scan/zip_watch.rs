@@ -57,7 +57,7 @@ use memchr::memmem;
 use miniz_oxide::inflate::stream::InflateState;
 use miniz_oxide::DataFormat;
 
-use super::ar::ArWalk;
+use super::ar::{ArWalk, Event};
 use super::bzip2_watch::Bzip2Watch;
 use super::decode;
 use super::tar_watch::TarWalk;
@@ -303,6 +303,9 @@ pub struct ZipWatch {
     last_end: Option<u64>,
     /// The offset of the last ZIP64 end record locator seen.
     last_locator: Option<u64>,
+    /// Whether zstd files among the entries are handed out.
+    extracts: bool,
+    extraction: Extraction,
 }
 
 /// What a scan takes apart itself when the body (or an ar member) begins
@@ -313,6 +316,27 @@ pub(super) struct TakenApart {
     pub ar: bool,
     /// A zstd file: what it unpacks to is scanned too.
     pub zstd: bool,
+    /// A zstd file that is one of the body's tar members or stored zip
+    /// entries (a conda package's `.tar.zst`): handed out by
+    /// [`ZipWatch::take_extracted`], to be unpacked and scanned too.
+    pub extract: bool,
+}
+
+/// The zstd files handed out to be scanned, one at a time.
+#[derive(Debug, Default)]
+struct Extraction {
+    events: Vec<Event>,
+    /// Whether one is being handed out.
+    open: bool,
+}
+
+/// Whether an entry's bytes are handed out.
+#[derive(Debug)]
+enum Extract {
+    No,
+    /// Its first bytes, while they may begin a zstd file.
+    Head(Vec<u8>),
+    Yes,
 }
 
 /// What unpacking may still take, for one body at all levels together.
@@ -353,6 +377,8 @@ impl ZipWatch {
             unanchored: None,
             last_end: None,
             last_locator: None,
+            extracts: false,
+            extraction: Extraction::default(),
         }
     }
 
@@ -361,6 +387,7 @@ impl ZipWatch {
         ZipWatch {
             ar: (!apart.ar).then(ArWalk::default),
             zstd_scanned: apart.zstd,
+            extracts: apart.extract,
             ..ZipWatch::default()
         }
     }
@@ -440,6 +467,7 @@ struct Entry {
     /// Its header among [`Layout::locals`], if kept there.
     local: Option<usize>,
     watch: Box<ZipWatch>,
+    extract: Extract,
 }
 
 impl fmt::Debug for Entry {
@@ -452,10 +480,17 @@ impl Entry {
     /// Unpacks `data`, the entry's next bytes, into the watch; false once
     /// there is nothing more to watch (the entry's data ended or is
     /// damaged, or the budget is spent).
-    fn feed(&mut self, mut data: &[u8], piece: &mut [u8], budget: &mut Budget) -> bool {
+    fn feed(
+        &mut self,
+        mut data: &[u8],
+        piece: &mut [u8],
+        budget: &mut Budget,
+        extraction: &mut Extraction,
+    ) -> bool {
         let Some(inflate) = self.inflate.as_mut() else {
             // Bytes that are in the body as they are: watched again, not
             // unpacked, so not counted against the budget.
+            self.hand_out(data, extraction);
             self.next += data.len() as u64;
             self.watch.observe_within(data, budget);
             self.ended = self.end == Some(self.next);
@@ -479,6 +514,44 @@ impl Entry {
                 return self.end != Some(self.next);
             }
         }
+    }
+}
+
+impl Entry {
+    /// Hands out the entry's next bytes once they begin a zstd file, one
+    /// at a time: another one's watch reports it instead.
+    fn hand_out(&mut self, data: &[u8], extraction: &mut Extraction) {
+        match &mut self.extract {
+            Extract::No => {}
+            Extract::Yes => extraction.events.push(Event::Data(data.to_vec())),
+            Extract::Head(head) => {
+                let take = (ZSTD.len() - head.len()).min(data.len());
+                head.extend_from_slice(&data[..take]);
+                if !ZSTD.starts_with(head) {
+                    self.extract = Extract::No;
+                } else if head.len() == ZSTD.len() {
+                    if extraction.open {
+                        self.watch.zstd_scanned = false;
+                        self.extract = Extract::No;
+                        return;
+                    }
+                    extraction.open = true;
+                    extraction.events.push(Event::Start);
+                    extraction.events.push(Event::Data(std::mem::take(head)));
+                    extraction.events.push(Event::Data(data[take..].to_vec()));
+                    self.extract = Extract::Yes;
+                }
+            }
+        }
+    }
+
+    /// Ends what was handed out of its bytes.
+    fn close(&mut self, extraction: &mut Extraction) {
+        if matches!(self.extract, Extract::Yes) {
+            extraction.events.push(Event::End);
+            extraction.open = false;
+        }
+        self.extract = Extract::No;
     }
 }
 
@@ -892,6 +965,9 @@ impl ZipWatch {
             return;
         }
         budget.open += 1;
+        let extract = self.extracts && !deflated;
+        let mut watch = Box::new(ZipWatch::at_depth(self.depth + 1));
+        watch.zstd_scanned = extract;
         self.entries.push(Entry {
             inflate: deflated.then(|| InflateState::new_boxed(DataFormat::Raw)),
             start: at,
@@ -899,7 +975,11 @@ impl ZipWatch {
             end: len.map(|len| at + len),
             ended: false,
             local,
-            watch: Box::new(ZipWatch::at_depth(self.depth + 1)),
+            watch,
+            extract: match extract {
+                true => Extract::Head(Vec::new()),
+                false => Extract::No,
+            },
         });
     }
 
@@ -915,6 +995,7 @@ impl ZipWatch {
         let piece = &mut self.piece;
         let found = &mut self.found;
         let locals = &mut self.layout.locals;
+        let extraction = &mut self.extraction;
         self.entries.retain_mut(|entry| {
             if raw && entry.inflate.is_some() {
                 return true;
@@ -925,9 +1006,10 @@ impl ZipWatch {
                 found.is_none() && entry.end != Some(entry.next)
             } else {
                 let bytes = &data[(from - start) as usize..(to - start) as usize];
-                entry.feed(bytes, piece, budget)
+                entry.feed(bytes, piece, budget, extraction)
             };
             if !open {
+                entry.close(extraction);
                 // What its watch found; and, once its data is whole, what
                 // that makes.
                 let what = match entry.ended {
@@ -945,6 +1027,13 @@ impl ZipWatch {
             }
             open
         });
+    }
+
+    /// The zstd files handed out since the last call, as their bytes
+    /// passed: each starts, has its data, and ends (when its entry is
+    /// whole, or the watch stops).
+    pub(super) fn take_extracted(&mut self) -> Vec<Event> {
+        std::mem::take(&mut self.extraction.events)
     }
 
     /// Whether offset `at` lies in the data of a stored entry or a tar
@@ -1397,6 +1486,7 @@ mod tests {
         let unpacked = TakenApart {
             ar: false,
             zstd: true,
+            extract: false,
         };
         for piece in [1, 2, 3, 5, 100, zst.len()] {
             assert_eq!(
@@ -1420,6 +1510,60 @@ mod tests {
     }
 
     #[test]
+    fn zstd_files_among_the_entries_are_handed_out() {
+        let zst = zstd::bulk::compress(&[b'x'; 5000], 3).unwrap();
+        let other = zstd::bulk::compress(&[b'y'; 3000], 3).unwrap();
+        let extract = TakenApart {
+            ar: true,
+            zstd: true,
+            extract: true,
+        };
+        let tar = [
+            tar_member(b"a.zst", &zst),
+            tar_member(b"b.txt", b"text"),
+            tar_member(b"c.zst", &other),
+        ]
+        .concat();
+        let zip = archive(
+            b"",
+            &[
+                (b"{}", None, false, true),
+                (&zst, None, false, true),
+                (&other, None, false, true),
+            ],
+        );
+        for body in [&tar, &zip] {
+            for piece in [1, 5, 700, body.len()] {
+                let mut w = ZipWatch::of_scan(extract);
+                let mut files: Vec<Vec<u8>> = Vec::new();
+                let mut open = false;
+                for p in body.chunks(piece) {
+                    w.observe(p);
+                    for event in w.take_extracted() {
+                        match event {
+                            Event::Start => {
+                                assert!(!open);
+                                open = true;
+                                files.push(Vec::new());
+                            }
+                            Event::Data(d) => files.last_mut().unwrap().extend_from_slice(&d),
+                            Event::End => open = false,
+                            Event::Rest(_) => unreachable!(),
+                        }
+                    }
+                }
+                assert!(!open, "pieces of {piece}");
+                assert_eq!(files, vec![zst.clone(), other.clone()], "pieces of {piece}");
+                assert_eq!(w.found(), None, "pieces of {piece}");
+            }
+            // A watch that does not hand them out reports them.
+            assert_eq!(watch(body, 100), Some(Unopened::Zstd));
+        }
+        // Deeper (in a .tar.gz), they are reported.
+        assert_eq!(watch_apart(extract, &gzip(&tar), 100), Some(Unopened::Zstd));
+    }
+
+    #[test]
     fn an_ar_archive_inside_another_is_found_by_its_members() {
         let mut ustar = vec![0u8; 1024];
         ustar[257..262].copy_from_slice(b"ustar");
@@ -1427,6 +1571,7 @@ mod tests {
         let split = TakenApart {
             ar: true,
             zstd: true,
+            extract: false,
         };
         for packed in [
             gzip(b"data"),
