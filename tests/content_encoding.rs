@@ -687,7 +687,7 @@ async fn an_ar_archive_s_members_are_scanned_each() {
 /// RHEL's) are OK to it. The payload is scanned as a file of its own: over
 /// ICAP, gzip-encoded, as a body file on clamd's unix socket and with one
 /// clamd slot over TCP. `clean.rpm` (gzip) passes; an rpm in a tar, which
-/// clamd sees as it is, is undecodable.
+/// clamd sees as it is, is scanned on its own too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_rpm_package_s_payload_is_scanned() {
     let clamd = ClamdProcess::start();
@@ -710,7 +710,7 @@ async fn an_rpm_package_s_payload_is_scanned() {
     let answer = icap_respmod_with(server.port(), url, &clean, "", "").await;
     assert!(answer.unwrap().is_clean());
     let answer = icap_respmod_with(server.port(), url, &in_tar, "", "").await;
-    assert!(answer.unwrap().is_undecodable());
+    assert!(answer.unwrap().is_infected());
 
     let scanner = file_scanner(&clamd);
     let one_slot = one_slot_scanner(&clamd);
@@ -743,11 +743,10 @@ async fn an_rpm_package_s_payload_is_scanned() {
 /// member that is a zstd file has its content scanned too: over ICAP with
 /// clamd on TCP or its unix socket, with one clamd slot, in a form, as a
 /// body file, and through Squid. So has one that is a tar's member or a
-/// zip's stored entry (a conda package, `.conda`, stores its `.tar.zst`
-/// files in a zip). A zstd file that does not unpack is undecodable, one
-/// that unpacks past the limit too large. A zstd file deeper in (in a
-/// `.tar.gz`), and a `.deb` inside another archive, which clamd sees as
-/// they are, are undecodable.
+/// zip's entry, as clamd would see it (a conda package, `.conda`, stores
+/// its `.tar.zst` files in a zip), and a `.deb` there. A zstd file that
+/// does not unpack is undecodable, one that unpacks past the limit too
+/// large. A zstd file in a `.tar.zst`, and a `.deb.gz`, are undecodable.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_zstd_file_s_content_is_scanned() {
     let clamd = ClamdProcess::start();
@@ -766,12 +765,19 @@ async fn a_zstd_file_s_content_is_scanned() {
     ]);
     let in_tar = packed_by_python(&dir, "e.zst", &zst, true);
     let in_zip = packed_by_python(&dir, "e.zst", &zst, false);
+    let in_tgz = gzip(&in_tar);
     let info = zstd_hiding(&packed_by_python(&dir, "index.json", b"{}", true));
     let conda = conda_by_python(&dir, &info, &tar_zst);
+    let plain_deb = fixture("eicar.deb");
+    let deb_in_tar = packed_by_python(&dir, "e.deb", &plain_deb, true);
+    let deb_in_zip = packed_by_python(&dir, "e.deb", &plain_deb, false);
     let infected = [
         ("eicar.zst", &zst),
         ("eicar.tar.zst", &tar_zst),
         ("eicar-zst.deb", &deb),
+        ("a .zst in a .tar.gz", &in_tgz),
+        ("a .deb in a tar", &deb_in_tar),
+        ("a .deb in a zip", &deb_in_zip),
         ("a .zst in a tar", &in_tar),
         ("a .zst in a zip", &in_zip),
         ("eicar.conda", &conda),
@@ -779,17 +785,8 @@ async fn a_zstd_file_s_content_is_scanned() {
     let clean = zstd(&b"Nothing to see here.\n".repeat(5000));
     let clean_conda = conda_by_python(&dir, &info, &info);
     let cut = zst[..zst.len() - 8].to_vec();
-    let plain_deb = fixture("eicar.deb");
     let nested = [
-        ("a .zst in a .tar.gz", gzip(&in_tar)),
-        (
-            "a .deb in a tar",
-            packed_by_python(&dir, "e.deb", &plain_deb, true),
-        ),
-        (
-            "a .deb in a zip",
-            packed_by_python(&dir, "e.deb", &plain_deb, false),
-        ),
+        ("a .zst in a .tar.zst", zstd(&in_tar)),
         ("a .deb.gz", gzip(&plain_deb)),
     ];
     for (name, body) in infected

@@ -152,9 +152,11 @@ impl Scanner {
                 Err(e) => Err(e),
             };
             match unopened {
-                // A zstd file among its tar members or zip entries, whose
-                // content a session scans: the file streams through one.
-                Ok(Some(zip_watch::Unopened::Zstd)) if verdict == Verdict::Clean => {}
+                // A zstd file or a package among its tar members or zip
+                // entries, which a session scans on its own: the file
+                // streams through one.
+                Ok(Some(zip_watch::Unopened::Zstd | zip_watch::Unopened::ArPacked))
+                    if verdict == Verdict::Clean => {}
                 Ok(found) => return (unless_unopened(verdict, found), len),
                 Err(e) => return (body_error(e), len),
             }
@@ -305,17 +307,27 @@ struct Sink {
     extracted: Option<Box<Extracted>>,
 }
 
-/// The zstd files among a body's tar members or stored zip entries (a
-/// conda package stores its `.tar.zst` files in a zip), which clamd sees
-/// but does not unpack ([`zip_watch::ZipWatch::take_extracted`]): each is
-/// unpacked into a memory file as it passes, and scanned once the body's
-/// own scan is done, so that a body holds one clamd slot at a time.
+/// The zstd files, ar archives and rpm packages among a body's tar
+/// members and zip entries (a conda package stores its `.tar.zst` files in
+/// a zip; a `.deb` in a zip), which clamd unpacks from the body but does
+/// not open ([`zip_watch::ZipWatch::take_extracted`]): each is kept in a
+/// memory file as it passes, and scanned on its own as a body would be
+/// once the body's own scan is done, so that a body holds one clamd slot
+/// at a time.
 #[derive(Default)]
 struct Extracted {
-    current: Option<Unpacking>,
-    done: Vec<Unpacking>,
-    /// What they unpacked to so far, all of which the scan limit bounds.
-    unpacked: u64,
+    current: Option<Kept>,
+    done: Vec<Kept>,
+    /// Their bytes so far, all of which the scan limit bounds.
+    kept: u64,
+}
+
+/// A file handed out by the watch, kept to be scanned.
+struct Kept {
+    spool: Result<Spool, ScanError>,
+    /// Whether it came whole, and within the scan limit.
+    whole: bool,
+    too_large: bool,
 }
 
 /// A zstd file being unpacked into a scan of its own, as clamd 1.4 does
@@ -574,14 +586,28 @@ impl Sink {
         }
     }
 
-    /// A sink for an ar member: members are not split again.
-    fn member(clamd: &Clamd, limit: u64) -> Sink {
+    /// A sink for an ar member: members are not split again, and files in
+    /// it are handed out as the archive's own scan has them (`extract`).
+    fn member(clamd: &Clamd, limit: u64, extract: bool) -> Sink {
         Sink {
             ar: None,
             unopened: Box::new(zip_watch::ZipWatch::of_scan(zip_watch::TakenApart {
                 ar: false,
                 zstd: true,
-                extract: true,
+                extract,
+            })),
+            ..Sink::new(clamd, limit)
+        }
+    }
+
+    /// A sink for a file handed out by a body's watch: taken apart as a
+    /// body is, but what its own watch finds is reported, not handed out.
+    fn rescan(clamd: &Clamd, limit: u64) -> Sink {
+        Sink {
+            unopened: Box::new(zip_watch::ZipWatch::of_scan(zip_watch::TakenApart {
+                ar: true,
+                zstd: true,
+                extract: false,
             })),
             ..Sink::new(clamd, limit)
         }
@@ -637,6 +663,7 @@ impl Sink {
                 continue;
             }
             let (clamd, limit) = (self.clamd.clone(), self.limit);
+            let extract = self.unopened.extracts();
             let members = self.members.get_or_insert_with(|| {
                 Box::new(Members {
                     part: None,
@@ -645,7 +672,7 @@ impl Sink {
             });
             match event {
                 ar::Event::Rest(_) => {}
-                ar::Event::Start => members.part = Some(Sink::member(&clamd, limit)),
+                ar::Event::Start => members.part = Some(Sink::member(&clamd, limit, extract)),
                 ar::Event::Data(bytes) => {
                     if let Some(part) = members.part.as_mut() {
                         part.unzstd(&bytes).await;
@@ -768,38 +795,36 @@ impl Sink {
         true
     }
 
-    /// Adds bytes to a scan that keeps them all to the end.
-    fn keep(&mut self, data: &[u8]) {
-        if self.observe(data) {
-            if let Err(e) = self.spool_write(data) {
-                self.fail(e);
-            }
-        }
-    }
-
-    /// Unpacks the zstd files the watch handed out.
-    fn extract(&mut self, events: Vec<ar::Event>) {
-        let (clamd, limit) = (self.clamd.clone(), self.limit);
+    /// Keeps the files the watch handed out.
+    fn extract(&mut self, events: Vec<zip_watch::Handed>) {
         let x = self.extracted.get_or_insert_with(Box::default);
         for event in events {
             match event {
-                ar::Event::Start => {
-                    let mut sink = Sink::unpacked(&clamd, limit.saturating_sub(x.unpacked));
-                    sink.keep_all();
-                    x.current = Some(Unpacking::start(sink, limit));
+                zip_watch::Handed::Start => {
+                    x.current = Some(Kept {
+                        spool: self.clamd.spool(),
+                        whole: false,
+                        too_large: false,
+                    })
                 }
-                ar::Event::Data(bytes) => {
-                    if let Some(u) = x.current.as_mut() {
-                        u.keep(&bytes);
+                zip_watch::Handed::Data(bytes) => {
+                    let Some(kept) = x.current.as_mut() else {
+                        continue;
+                    };
+                    x.kept += bytes.len() as u64;
+                    kept.too_large |= x.kept > self.limit;
+                    if let (Ok(spool), false) = (&mut kept.spool, kept.too_large) {
+                        if let Err(e) = spool.write(&bytes) {
+                            kept.spool = Err(e.into());
+                        }
                     }
                 }
-                ar::Event::End => {
-                    if let Some(u) = x.current.take() {
-                        x.unpacked += u.sink.received;
-                        x.done.push(u);
+                zip_watch::Handed::End { whole } => {
+                    if let Some(mut kept) = x.current.take() {
+                        kept.whole = whole;
+                        x.done.push(kept);
                     }
                 }
-                ar::Event::Rest(_) => {}
             }
         }
     }
@@ -846,6 +871,9 @@ impl Sink {
     /// members or zip entries (scanned last): the worst.
     async fn finish_unsplit(mut self) -> Verdict {
         let extracted = self.extracted.take();
+        let rescan = extracted
+            .is_some()
+            .then(|| (self.clamd.clone(), self.limit));
         let own = match std::mem::replace(&mut self.zstd, Unzstd::No) {
             Unzstd::Unpacking(u) => {
                 let content = u.finish().await;
@@ -853,12 +881,13 @@ impl Sink {
             }
             _ => self.finish_whole().await,
         };
-        let Some(x) = extracted else {
+        let (Some(x), Some((clamd, limit))) = (extracted, rescan) else {
             return own;
         };
         let mut verdict = own;
-        for u in x.done.into_iter().chain(x.current) {
-            verdict = worse(verdict, u.finish().await);
+        for kept in x.done.into_iter().chain(x.current) {
+            let scan = Box::pin(kept.scan(&clamd, limit));
+            verdict = worse(verdict, scan.await);
         }
         verdict
     }
@@ -916,13 +945,6 @@ impl Unpacking {
         }
     }
 
-    /// The same, into a scan that keeps its bytes to the end.
-    fn keep(&mut self, mut data: &[u8]) {
-        while self.next_piece(&mut data) {
-            self.sink.keep(&self.piece);
-        }
-    }
-
     /// Unpacks the next piece of content out of `data` (advanced past what
     /// it used); false once there is none without more bytes, or
     /// unpacking stopped.
@@ -958,6 +980,40 @@ impl Unpacking {
         match self.stopped {
             Some(stopped) => worse(verdict, stopped),
             None => verdict,
+        }
+    }
+}
+
+impl Kept {
+    /// Scans the file as a body would be, its bytes read back from the
+    /// memory file.
+    async fn scan(self, clamd: &Clamd, limit: u64) -> Verdict {
+        if self.too_large {
+            return Verdict::TooLarge { limit };
+        }
+        let spool = match self.spool {
+            Ok(spool) => spool,
+            Err(e) => return error_verdict(e),
+        };
+        let mut sink = Sink::rescan(clamd, limit);
+        let mut buf = vec![0u8; 256 * 1024];
+        let mut at = 0;
+        loop {
+            match spool.read_at(&mut buf, at) {
+                Ok(0) => break,
+                Ok(n) => {
+                    at += n as u64;
+                    sink.write(&buf[..n]).await;
+                }
+                Err(e) => return error_verdict(e.into()),
+            }
+        }
+        clamd.keep(spool);
+        match (sink.finish().await, self.whole) {
+            (Verdict::Clean, false) => Verdict::Undecodable {
+                reason: "a file inside an archive that clamd does not open, cut short".into(),
+            },
+            (verdict, _) => verdict,
         }
     }
 }

@@ -57,9 +57,10 @@ use memchr::memmem;
 use miniz_oxide::inflate::stream::InflateState;
 use miniz_oxide::DataFormat;
 
-use super::ar::{ArWalk, Event};
+use super::ar::{self, ArWalk};
 use super::bzip2_watch::Bzip2Watch;
 use super::decode;
+use super::rpm;
 use super::tar_watch::TarWalk;
 
 /// A local file header: signature, flags at 6, method at 8, sizes at 18
@@ -303,9 +304,6 @@ pub struct ZipWatch {
     last_end: Option<u64>,
     /// The offset of the last ZIP64 end record locator seen.
     last_locator: Option<u64>,
-    /// Whether zstd files among the entries are handed out.
-    extracts: bool,
-    extraction: Extraction,
 }
 
 /// What a scan takes apart itself when the body (or an ar member) begins
@@ -316,16 +314,31 @@ pub(super) struct TakenApart {
     pub ar: bool,
     /// A zstd file: what it unpacks to is scanned too.
     pub zstd: bool,
-    /// A zstd file that is one of the body's tar members or stored zip
-    /// entries (a conda package's `.tar.zst`): handed out by
-    /// [`ZipWatch::take_extracted`], to be unpacked and scanned too.
+    /// A zstd file, an ar archive or an rpm package that is a tar member
+    /// or a zip entry, at any level (a conda package's `.tar.zst`, a
+    /// `.deb` in a zip): handed out by [`ZipWatch::take_extracted`], to be
+    /// scanned on its own.
     pub extract: bool,
 }
 
-/// The zstd files handed out to be scanned, one at a time.
+/// What the watch hands out of a file it found in the body, in order.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Handed {
+    Start,
+    Data(Vec<u8>),
+    /// The file ends: `whole` unless its entry was cut short, or the watch
+    /// stopped before its end.
+    End {
+        whole: bool,
+    },
+}
+
+/// The files handed out, one at a time, for the body at all levels.
 #[derive(Debug, Default)]
 struct Extraction {
-    events: Vec<Event>,
+    /// Whether files are handed out at all.
+    on: bool,
+    events: Vec<Handed>,
     /// Whether one is being handed out.
     open: bool,
 }
@@ -334,18 +347,30 @@ struct Extraction {
 #[derive(Debug)]
 enum Extract {
     No,
-    /// Its first bytes, while they may begin a zstd file.
+    /// Its first bytes, while they may begin a file to hand out.
     Head(Vec<u8>),
     Yes,
 }
 
-/// What unpacking may still take, for one body at all levels together.
-#[derive(Debug, Clone, Copy)]
+/// What unpacking may still take, for one body at all levels together,
+/// and the files handed out.
+#[derive(Debug)]
 struct Budget {
     /// Unpacked bytes still to be watched.
     bytes: u64,
     /// Deflated entries being unpacked.
     open: usize,
+    extraction: Extraction,
+}
+
+impl Default for Budget {
+    fn default() -> Budget {
+        Budget {
+            bytes: WATCHED,
+            open: 0,
+            extraction: Extraction::default(),
+        }
+    }
 }
 
 impl Default for ZipWatch {
@@ -366,10 +391,7 @@ impl ZipWatch {
             layout: Layout::default(),
             piece: Vec::new(),
             depth,
-            budget: Budget {
-                bytes: WATCHED,
-                open: 0,
-            },
+            budget: Budget::default(),
             tar: TarWalk::default(),
             bzip2: Bzip2Watch::default(),
             ar: Some(ArWalk::default()),
@@ -377,8 +399,6 @@ impl ZipWatch {
             unanchored: None,
             last_end: None,
             last_locator: None,
-            extracts: false,
-            extraction: Extraction::default(),
         }
     }
 
@@ -387,7 +407,13 @@ impl ZipWatch {
         ZipWatch {
             ar: (!apart.ar).then(ArWalk::default),
             zstd_scanned: apart.zstd,
-            extracts: apart.extract,
+            budget: Budget {
+                extraction: Extraction {
+                    on: apart.extract,
+                    ..Extraction::default()
+                },
+                ..Budget::default()
+            },
             ..ZipWatch::default()
         }
     }
@@ -480,28 +506,24 @@ impl Entry {
     /// Unpacks `data`, the entry's next bytes, into the watch; false once
     /// there is nothing more to watch (the entry's data ended or is
     /// damaged, or the budget is spent).
-    fn feed(
-        &mut self,
-        mut data: &[u8],
-        piece: &mut [u8],
-        budget: &mut Budget,
-        extraction: &mut Extraction,
-    ) -> bool {
-        let Some(inflate) = self.inflate.as_mut() else {
+    fn feed(&mut self, mut data: &[u8], piece: &mut [u8], budget: &mut Budget) -> bool {
+        if self.inflate.is_none() {
             // Bytes that are in the body as they are: watched again, not
             // unpacked, so not counted against the budget.
-            self.hand_out(data, extraction);
+            self.hand_out(data, &mut budget.extraction);
             self.next += data.len() as u64;
             self.watch.observe_within(data, budget);
             self.ended = self.end == Some(self.next);
             return self.watch.found.is_none() && !self.ended;
-        };
+        }
         loop {
+            let inflate = self.inflate.as_mut().expect("a deflated entry");
             let Ok((step, ended)) = decode::inflate_step(inflate, data, piece) else {
                 return false;
             };
             data = &data[step.consumed..];
             self.next += step.consumed as u64;
+            self.hand_out(&piece[..step.produced], &mut budget.extraction);
             if !self.watch.take_unpacked(&piece[..step.produced], budget) {
                 return false;
             }
@@ -518,28 +540,40 @@ impl Entry {
 }
 
 impl Entry {
-    /// Hands out the entry's next bytes once they begin a zstd file, one
-    /// at a time: another one's watch reports it instead.
+    /// Hands out the entry's next bytes (as they are, or unpacked) once
+    /// they begin a file to hand out, one at a time: another one's watch
+    /// reports what it finds in it instead.
     fn hand_out(&mut self, data: &[u8], extraction: &mut Extraction) {
         match &mut self.extract {
             Extract::No => {}
-            Extract::Yes => extraction.events.push(Event::Data(data.to_vec())),
+            Extract::Yes => extraction.events.push(Handed::Data(data.to_vec())),
             Extract::Head(head) => {
-                let take = (ZSTD.len() - head.len()).min(data.len());
-                head.extend_from_slice(&data[..take]);
-                if !ZSTD.starts_with(head) {
-                    self.extract = Extract::No;
-                } else if head.len() == ZSTD.len() {
-                    if extraction.open {
-                        self.watch.zstd_scanned = false;
-                        self.extract = Extract::No;
-                        return;
+                // Byte by byte until it tells, so that the rest of `data`
+                // follows what it was told by.
+                let mut take = 0;
+                let told = loop {
+                    match to_hand_out(head) {
+                        None if take < data.len() => {
+                            head.push(data[take]);
+                            take += 1;
+                        }
+                        told => break told,
                     }
-                    extraction.open = true;
-                    extraction.events.push(Event::Start);
-                    extraction.events.push(Event::Data(std::mem::take(head)));
-                    extraction.events.push(Event::Data(data[take..].to_vec()));
-                    self.extract = Extract::Yes;
+                };
+                match told {
+                    None => {}
+                    Some(false) => self.extract = Extract::No,
+                    Some(true) if extraction.open => self.extract = Extract::No,
+                    Some(true) => {
+                        extraction.open = true;
+                        extraction.events.push(Handed::Start);
+                        extraction.events.push(Handed::Data(std::mem::take(head)));
+                        extraction.events.push(Handed::Data(data[take..].to_vec()));
+                        // What is scanned on its own is not reported.
+                        self.watch.zstd_scanned = true;
+                        self.watch.ar = None;
+                        self.extract = Extract::Yes;
+                    }
                 }
             }
         }
@@ -548,10 +582,24 @@ impl Entry {
     /// Ends what was handed out of its bytes.
     fn close(&mut self, extraction: &mut Extraction) {
         if matches!(self.extract, Extract::Yes) {
-            extraction.events.push(Event::End);
+            extraction.events.push(Handed::End { whole: self.ended });
             extraction.open = false;
         }
         self.extract = Extract::No;
+    }
+}
+
+/// Whether a file beginning with `head` is handed out to be scanned on its
+/// own (a zstd file, an ar archive, an rpm package); `None` while it may
+/// still be one.
+fn to_hand_out(head: &[u8]) -> Option<bool> {
+    let magics: [&[u8]; 3] = [&ZSTD, &rpm::MAGIC, ar::MAGIC];
+    if magics.iter().any(|m| head.starts_with(m)) {
+        Some(true)
+    } else if magics.iter().any(|m| m.starts_with(head)) {
+        None
+    } else {
+        Some(false)
     }
 }
 
@@ -759,7 +807,7 @@ impl Extents {
 impl ZipWatch {
     /// Looks at the next bytes of the body.
     pub fn observe(&mut self, data: &[u8]) {
-        let mut budget = self.budget;
+        let mut budget = std::mem::take(&mut self.budget);
         self.observe_within(data, &mut budget);
         self.budget = budget;
     }
@@ -965,9 +1013,7 @@ impl ZipWatch {
             return;
         }
         budget.open += 1;
-        let extract = self.extracts && !deflated;
-        let mut watch = Box::new(ZipWatch::at_depth(self.depth + 1));
-        watch.zstd_scanned = extract;
+        let watch = Box::new(ZipWatch::at_depth(self.depth + 1));
         self.entries.push(Entry {
             inflate: deflated.then(|| InflateState::new_boxed(DataFormat::Raw)),
             start: at,
@@ -976,7 +1022,7 @@ impl ZipWatch {
             ended: false,
             local,
             watch,
-            extract: match extract {
+            extract: match budget.extraction.on {
                 true => Extract::Head(Vec::new()),
                 false => Extract::No,
             },
@@ -995,7 +1041,6 @@ impl ZipWatch {
         let piece = &mut self.piece;
         let found = &mut self.found;
         let locals = &mut self.layout.locals;
-        let extraction = &mut self.extraction;
         self.entries.retain_mut(|entry| {
             if raw && entry.inflate.is_some() {
                 return true;
@@ -1006,10 +1051,10 @@ impl ZipWatch {
                 found.is_none() && entry.end != Some(entry.next)
             } else {
                 let bytes = &data[(from - start) as usize..(to - start) as usize];
-                entry.feed(bytes, piece, budget, extraction)
+                entry.feed(bytes, piece, budget)
             };
             if !open {
-                entry.close(extraction);
+                entry.close(&mut budget.extraction);
                 // What its watch found; and, once its data is whole, what
                 // that makes.
                 let what = match entry.ended {
@@ -1029,11 +1074,16 @@ impl ZipWatch {
         });
     }
 
-    /// The zstd files handed out since the last call, as their bytes
-    /// passed: each starts, has its data, and ends (when its entry is
-    /// whole, or the watch stops).
-    pub(super) fn take_extracted(&mut self) -> Vec<Event> {
-        std::mem::take(&mut self.extraction.events)
+    /// Whether this watch hands out files ([`TakenApart::extract`]).
+    pub(super) fn extracts(&self) -> bool {
+        self.budget.extraction.on
+    }
+
+    /// The files handed out since the last call, as their bytes passed:
+    /// each starts, has its data, and ends (when its entry is whole, or cut
+    /// short, or the watch stops with it).
+    pub(super) fn take_extracted(&mut self) -> Vec<Handed> {
+        std::mem::take(&mut self.budget.extraction.events)
     }
 
     /// Whether offset `at` lies in the data of a stored entry or a tar
@@ -1509,19 +1559,50 @@ mod tests {
         assert_eq!(watch(&late, 7), None);
     }
 
-    #[test]
-    fn zstd_files_among_the_entries_are_handed_out() {
-        let zst = zstd::bulk::compress(&[b'x'; 5000], 3).unwrap();
-        let other = zstd::bulk::compress(&[b'y'; 3000], 3).unwrap();
-        let extract = TakenApart {
+    /// What a watch that hands files out hands out of `body`, fed in
+    /// pieces of `piece` bytes: each file, and whether it came whole.
+    fn handed_out(body: &[u8], piece: usize) -> (Vec<(Vec<u8>, bool)>, Option<Unopened>) {
+        let mut w = ZipWatch::of_scan(TakenApart {
             ar: true,
             zstd: true,
             extract: true,
-        };
+        });
+        let mut files: Vec<(Vec<u8>, bool)> = Vec::new();
+        let mut open = false;
+        for p in body.chunks(piece) {
+            w.observe(p);
+            for event in w.take_extracted() {
+                match event {
+                    Handed::Start => {
+                        assert!(!open, "one at a time");
+                        open = true;
+                        files.push((Vec::new(), false));
+                    }
+                    Handed::Data(d) => files.last_mut().unwrap().0.extend_from_slice(&d),
+                    Handed::End { whole } => {
+                        open = false;
+                        files.last_mut().unwrap().1 = whole;
+                    }
+                }
+            }
+        }
+        (files, w.found())
+    }
+
+    #[test]
+    fn files_clamd_does_not_open_are_handed_out() {
+        let noise: Vec<u8> = (0..3000u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
+            .collect();
+        let zst = zstd::bulk::compress(&noise, 3).unwrap();
+        let deb = ar(&[b"2.0\n", &gzip(b"data")]);
+        let mut rpm = rpm::MAGIC.to_vec();
+        rpm.resize(300, 7);
         let tar = [
             tar_member(b"a.zst", &zst),
             tar_member(b"b.txt", b"text"),
-            tar_member(b"c.zst", &other),
+            tar_member(b"c.deb", &deb),
+            tar_member(b"d.rpm", &rpm),
         ]
         .concat();
         let zip = archive(
@@ -1529,38 +1610,32 @@ mod tests {
             &[
                 (b"{}", None, false, true),
                 (&zst, None, false, true),
-                (&other, None, false, true),
+                (&deb, Some(6), false, true),
+                (&rpm, Some(0), false, true),
             ],
         );
-        for body in [&tar, &zip] {
+        let files = vec![
+            (zst.clone(), true),
+            (deb.clone(), true),
+            (rpm.clone(), true),
+        ];
+        for body in [&tar, &zip, &gzip(&tar)] {
             for piece in [1, 5, 700, body.len()] {
-                let mut w = ZipWatch::of_scan(extract);
-                let mut files: Vec<Vec<u8>> = Vec::new();
-                let mut open = false;
-                for p in body.chunks(piece) {
-                    w.observe(p);
-                    for event in w.take_extracted() {
-                        match event {
-                            Event::Start => {
-                                assert!(!open);
-                                open = true;
-                                files.push(Vec::new());
-                            }
-                            Event::Data(d) => files.last_mut().unwrap().extend_from_slice(&d),
-                            Event::End => open = false,
-                            Event::Rest(_) => unreachable!(),
-                        }
-                    }
-                }
-                assert!(!open, "pieces of {piece}");
-                assert_eq!(files, vec![zst.clone(), other.clone()], "pieces of {piece}");
-                assert_eq!(w.found(), None, "pieces of {piece}");
+                assert_eq!(
+                    handed_out(body, piece),
+                    (files.clone(), None),
+                    "pieces of {piece}"
+                );
             }
             // A watch that does not hand them out reports them.
             assert_eq!(watch(body, 100), Some(Unopened::Zstd));
         }
-        // Deeper (in a .tar.gz), they are reported.
-        assert_eq!(watch_apart(extract, &gzip(&tar), 100), Some(Unopened::Zstd));
+        // One cut short is handed out as such.
+        let cut = &tar[..512 + 100];
+        assert_eq!(
+            handed_out(cut, 50),
+            (vec![(zst[..100].to_vec(), false)], None)
+        );
     }
 
     #[test]
