@@ -1397,6 +1397,16 @@ mod tests {
         }
     }
 
+    /// Numbers below the one asked, from `seed` (xorshift).
+    fn numbers(mut seed: u64) -> impl FnMut(usize) -> usize {
+        move |n| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed % n as u64) as usize
+        }
+    }
+
     #[test]
     fn pieces_never_change_whether_something_is_found() {
         // Bodies made of the fragments that matter, cut at random places:
@@ -1426,13 +1436,7 @@ mod tests {
             CENTRAL.to_vec(),
             vec![1, 0],
         ];
-        let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
-        let mut next = move |n: usize| {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            (seed % n as u64) as usize
-        };
+        let mut next = numbers(0x9e37_79b9_7f4a_7c15);
         let mut found = 0;
         for _ in 0..2000 {
             let body: Vec<u8> = (0..next(40))
@@ -1636,6 +1640,46 @@ mod tests {
             handed_out(cut, 50),
             (vec![(zst[..100].to_vec(), false)], None)
         );
+    }
+
+    #[test]
+    fn pieces_never_change_what_is_handed_out() {
+        // Bodies made of tar members and zip entries holding files to hand
+        // out, their magics alone, and damage, in any order.
+        let zst = zstd::bulk::compress(&[7u8; 300], 1).unwrap();
+        let deb = ar(&[b"2.0\n", &gzip(b"data")]);
+        let mut rpm = rpm::MAGIC.to_vec();
+        rpm.resize(100, 1);
+        let fragments: Vec<Vec<u8>> = vec![
+            tar_member(b"a.zst", &zst),
+            tar_member(b"b.deb", &deb),
+            tar_member(b"c.rpm", &rpm),
+            tar_member(b"d.txt", &zst[..10]),
+            archive(
+                b"",
+                &[(&zst, None, false, true), (&deb, Some(6), false, true)],
+            ),
+            gzip(&tar_member(b"e.deb", &deb)),
+            ZSTD.to_vec(),
+            ar::MAGIC.to_vec(),
+            rpm::MAGIC.to_vec(),
+            LOCAL.to_vec(),
+            vec![0; 512],
+            vec![0xff; 3],
+        ];
+        let mut next = numbers(0x2545_f491_4f6c_dd1d);
+        let mut handed = 0;
+        for _ in 0..300 {
+            let body: Vec<u8> = (0..1 + next(6))
+                .flat_map(|_| fragments[next(fragments.len())].clone())
+                .collect();
+            let whole = handed_out(&body, body.len());
+            for piece in [1, 7, 100] {
+                assert_eq!(handed_out(&body, piece), whole, "pieces of {piece}");
+            }
+            handed += whole.0.len();
+        }
+        assert!(handed > 100, "{handed} files handed out");
     }
 
     #[test]
