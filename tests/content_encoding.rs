@@ -746,7 +746,8 @@ async fn an_rpm_package_s_payload_is_scanned() {
 /// zip's entry, as clamd would see it (a conda package, `.conda`, stores
 /// its `.tar.zst` files in a zip), and a `.deb` there. A zstd file that
 /// does not unpack is undecodable, one that unpacks past the limit too
-/// large. A zstd file in a `.tar.zst`, and a `.deb.gz`, are undecodable.
+/// large. A zstd file in a `.tar.zst` in a tar (one file handed out of
+/// another is not handed out again), and a `.deb.gz`, are undecodable.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_zstd_file_s_content_is_scanned() {
     let clamd = ClamdProcess::start();
@@ -766,6 +767,7 @@ async fn a_zstd_file_s_content_is_scanned() {
     let in_tar = packed_by_python(&dir, "e.zst", &zst, true);
     let in_zip = packed_by_python(&dir, "e.zst", &zst, false);
     let in_tgz = gzip(&in_tar);
+    let in_tar_zst = zstd(&in_tar);
     let info = zstd_hiding(&packed_by_python(&dir, "index.json", b"{}", true));
     let conda = conda_by_python(&dir, &info, &tar_zst);
     let plain_deb = fixture("eicar.deb");
@@ -776,6 +778,7 @@ async fn a_zstd_file_s_content_is_scanned() {
         ("eicar.tar.zst", &tar_zst),
         ("eicar-zst.deb", &deb),
         ("a .zst in a .tar.gz", &in_tgz),
+        ("a .zst in a .tar.zst", &in_tar_zst),
         ("a .deb in a tar", &deb_in_tar),
         ("a .deb in a zip", &deb_in_zip),
         ("a .zst in a tar", &in_tar),
@@ -786,7 +789,10 @@ async fn a_zstd_file_s_content_is_scanned() {
     let clean_conda = conda_by_python(&dir, &info, &info);
     let cut = zst[..zst.len() - 8].to_vec();
     let nested = [
-        ("a .zst in a .tar.zst", zstd(&in_tar)),
+        (
+            "a .zst in a .tar.zst in a tar",
+            packed_by_python(&dir, "x.tar.zst", &in_tar_zst, true),
+        ),
         ("a .deb.gz", gzip(&plain_deb)),
     ];
     for (name, body) in infected

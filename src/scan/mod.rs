@@ -613,12 +613,17 @@ impl Sink {
         }
     }
 
-    /// A sink for a zstd file's content, which is not taken apart again
-    /// (a zstd file among its tar members is reported by the watch).
-    fn unpacked(clamd: &Clamd, limit: u64) -> Sink {
+    /// A sink for a zstd file's content, which is not taken apart again;
+    /// files in it are handed out as the file's own scan has them
+    /// (`extract`).
+    fn unpacked(clamd: &Clamd, limit: u64, extract: bool) -> Sink {
         Sink {
             ar: None,
-            unopened: Box::default(),
+            unopened: Box::new(zip_watch::ZipWatch::of_scan(zip_watch::TakenApart {
+                ar: false,
+                zstd: false,
+                extract,
+            })),
             zstd: Unzstd::No,
             ..Sink::new(clamd, limit)
         }
@@ -711,7 +716,7 @@ impl Sink {
             return;
         }
         let mut u = Box::new(Unpacking::start(
-            Sink::unpacked(&self.clamd, self.limit),
+            Sink::unpacked(&self.clamd, self.limit, self.unopened.extracts()),
             self.limit,
         ));
         u.feed(&ZSTD_MAGIC).await;
@@ -976,7 +981,8 @@ impl Unpacking {
                 self.stopped = Some(not_unpacked(e));
             }
         }
-        let verdict = self.sink.finish_whole().await;
+        // With what was handed out of it.
+        let verdict = Box::pin(self.sink.finish_unsplit()).await;
         match self.stopped {
             Some(stopped) => worse(verdict, stopped),
             None => verdict,
