@@ -640,6 +640,11 @@ impl Spool {
         Ok(())
     }
 
+    /// Bytes of this body written.
+    pub fn written(&self) -> u64 {
+        self.len
+    }
+
     /// Reads body bytes from `offset`; 0 at the end of the body.
     pub fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
         let left = self.len.saturating_sub(offset);

@@ -311,20 +311,22 @@ struct Sink {
 /// members and zip entries (a conda package stores its `.tar.zst` files in
 /// a zip; a `.deb` in a zip), which clamd unpacks from the body but does
 /// not open ([`zip_watch::ZipWatch::take_extracted`]): each is kept in a
-/// memory file as it passes, and scanned on its own as a body would be
-/// once the body's own scan is done, so that a body holds one clamd slot
-/// at a time.
-#[derive(Default)]
+/// memory file as it passes (one for all of them), and scanned on its own
+/// as a body would be once the body's own scan is done, so that a body
+/// holds one clamd slot at a time.
 struct Extracted {
-    current: Option<Kept>,
-    done: Vec<Kept>,
-    /// Their bytes so far, all of which the scan limit bounds.
-    kept: u64,
+    spool: Result<Spool, ScanError>,
+    /// The files in it, the last one perhaps still coming.
+    files: Vec<Kept>,
+    /// Whether the last one is still coming.
+    open: bool,
 }
 
 /// A file handed out by the watch, kept to be scanned.
 struct Kept {
-    spool: Result<Spool, ScanError>,
+    /// Where its bytes are in the memory file.
+    at: u64,
+    len: u64,
     /// Whether it came whole, and within the scan limit.
     whole: bool,
     too_large: bool,
@@ -802,33 +804,46 @@ impl Sink {
 
     /// Keeps the files the watch handed out.
     fn extract(&mut self, events: Vec<zip_watch::Handed>) {
-        let x = self.extracted.get_or_insert_with(Box::default);
+        let clamd = &self.clamd;
+        let x = self.extracted.get_or_insert_with(|| {
+            Box::new(Extracted {
+                spool: clamd.spool(),
+                files: Vec::new(),
+                open: false,
+            })
+        });
         for event in events {
+            let kept = match &x.spool {
+                Ok(spool) => spool.written(),
+                Err(_) => 0,
+            };
             match event {
                 zip_watch::Handed::Start => {
-                    x.current = Some(Kept {
-                        spool: self.clamd.spool(),
+                    x.open = true;
+                    x.files.push(Kept {
+                        at: kept,
+                        len: 0,
                         whole: false,
                         too_large: false,
-                    })
+                    });
                 }
                 zip_watch::Handed::Data(bytes) => {
-                    let Some(kept) = x.current.as_mut() else {
+                    let Some(file) = x.files.last_mut().filter(|_| x.open) else {
                         continue;
                     };
-                    x.kept += bytes.len() as u64;
-                    kept.too_large |= x.kept > self.limit;
-                    if let (Ok(spool), false) = (&mut kept.spool, kept.too_large) {
-                        if let Err(e) = spool.write(&bytes) {
-                            kept.spool = Err(e.into());
+                    file.too_large |= kept + bytes.len() as u64 > self.limit;
+                    if let (Ok(spool), false) = (&mut x.spool, file.too_large) {
+                        match spool.write(&bytes) {
+                            Ok(()) => file.len += bytes.len() as u64,
+                            Err(e) => x.spool = Err(e.into()),
                         }
                     }
                 }
                 zip_watch::Handed::End { whole } => {
-                    if let Some(mut kept) = x.current.take() {
-                        kept.whole = whole;
-                        x.done.push(kept);
+                    if let Some(file) = x.files.last_mut().filter(|_| x.open) {
+                        file.whole = whole;
                     }
+                    x.open = false;
                 }
             }
         }
@@ -889,11 +904,16 @@ impl Sink {
         let (Some(x), Some((clamd, limit))) = (extracted, rescan) else {
             return own;
         };
+        let spool = match x.spool {
+            Ok(spool) => spool,
+            Err(e) => return worse(own, error_verdict(e)),
+        };
         let mut verdict = own;
-        for kept in x.done.into_iter().chain(x.current) {
-            let scan = Box::pin(kept.scan(&clamd, limit));
+        for file in x.files {
+            let scan = Box::pin(file.scan(&clamd, limit, &spool));
             verdict = worse(verdict, scan.await);
         }
+        clamd.keep(spool);
         verdict
     }
 
@@ -993,19 +1013,17 @@ impl Unpacking {
 impl Kept {
     /// Scans the file as a body would be, its bytes read back from the
     /// memory file.
-    async fn scan(self, clamd: &Clamd, limit: u64) -> Verdict {
+    async fn scan(self, clamd: &Clamd, limit: u64, spool: &Spool) -> Verdict {
         if self.too_large {
             return Verdict::TooLarge { limit };
         }
-        let spool = match self.spool {
-            Ok(spool) => spool,
-            Err(e) => return error_verdict(e),
-        };
         let mut sink = Sink::rescan(clamd, limit);
         let mut buf = vec![0u8; 256 * 1024];
-        let mut at = 0;
-        loop {
-            match spool.read_at(&mut buf, at) {
+        let mut at = self.at;
+        let end = self.at + self.len;
+        while at < end {
+            let want = buf.len().min((end - at) as usize);
+            match spool.read_at(&mut buf[..want], at) {
                 Ok(0) => break,
                 Ok(n) => {
                     at += n as u64;
@@ -1014,7 +1032,6 @@ impl Kept {
                 Err(e) => return error_verdict(e.into()),
             }
         }
-        clamd.keep(spool);
         match (sink.finish().await, self.whole) {
             (Verdict::Clean, false) => Verdict::Undecodable {
                 reason: "a file inside an archive that clamd does not open, cut short".into(),

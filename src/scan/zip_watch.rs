@@ -341,7 +341,14 @@ struct Extraction {
     events: Vec<Handed>,
     /// Whether one is being handed out.
     open: bool,
+    /// How many were.
+    handed: usize,
 }
+
+/// The most files handed out for one body: each costs a scan of its own
+/// (a clamd round trip or more), and a tar of thousands of tiny ones
+/// should not cost seconds. The ones past it are reported.
+const HANDED_MAX: usize = 1_000;
 
 /// Whether an entry's bytes are handed out.
 #[derive(Debug)]
@@ -563,9 +570,12 @@ impl Entry {
                 match told {
                     None => {}
                     Some(false) => self.extract = Extract::No,
-                    Some(true) if extraction.open => self.extract = Extract::No,
+                    Some(true) if extraction.open || extraction.handed == HANDED_MAX => {
+                        self.extract = Extract::No
+                    }
                     Some(true) => {
                         extraction.open = true;
+                        extraction.handed += 1;
                         extraction.events.push(Handed::Start);
                         extraction.events.push(Handed::Data(std::mem::take(head)));
                         extraction.events.push(Handed::Data(data[take..].to_vec()));
@@ -1634,6 +1644,12 @@ mod tests {
             // A watch that does not hand them out reports them.
             assert_eq!(watch(body, 100), Some(Unopened::Zstd));
         }
+        // Past the most handed out, they are reported.
+        let many: Vec<u8> = (0..=HANDED_MAX)
+            .flat_map(|_| tar_member(b"a.zst", &zst))
+            .collect();
+        let (files, found) = handed_out(&many, 64 * 1024);
+        assert_eq!((files.len(), found), (HANDED_MAX, Some(Unopened::Zstd)));
         // One cut short is handed out as such.
         let cut = &tar[..512 + 100];
         assert_eq!(
