@@ -14,7 +14,7 @@
 //!
 //! What clamd would not see is taken care of on the way: a Content-Encoding
 //! is undone ([`decode`]), a form upload is scanned part by part ([`form`]),
-//! so are a `.deb`'s members and an rpm's payload ([`ar`], [`rpm`]) and a
+//! so are a `.deb`'s members and an rpm's payload (`ar`, `rpm`) and a
 //! zstd file's content, and a zip that clamd answers OK for without opening
 //! it is not called clean ([`zip_watch`]).
 

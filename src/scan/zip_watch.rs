@@ -27,12 +27,14 @@
 //! - A tar archive clamd stops reading early ([`super::tar_watch`]).
 //! - A bzip2 file of more than one stream, of which clamd unpacks the
 //!   first only ([`super::bzip2_watch`]).
-//! - A zstd file inside another: clamd 1.4 does not unpack zstd. (One
-//!   that is the body, or an ar member the scan takes apart, is unpacked
-//!   into a scan of its own, and is not reported.)
+//! - A zstd file inside another: clamd 1.4 does not unpack zstd.
 //! - An ar archive or an rpm package inside another, whose members clamd
-//!   does not see into ([`super::ar::ArWalk`]). (The body's own is taken
-//!   apart by the scan.)
+//!   does not see into ([`super::ar::ArWalk`]).
+//!
+//! The last two are reported only where the scan does not take them
+//! apart itself: as the body (or an ar member), or as a tar member or a
+//! zip entry that the watch hands out ([`ZipWatch::take_extracted`]) to
+//! be scanned on its own.
 //!
 //! A body with such a record is reported, and the scan cannot call it
 //! clean. Encrypted entries are left to clamd's `AlertEncryptedArchive`.
@@ -43,8 +45,8 @@
 //!
 //! The body's own bytes are watched, and what clamd unpacks from them in
 //! the ways most archives are packed: a gzip file (`.gz`, `.tar.gz`; a
-//! tar keeps its files' bytes as they are) and a
-//! zip's deflated entries; and a zip's stored entries, from their start.
+//! tar keeps its files' bytes as they are) and a zip's deflated entries;
+//! and a zip's stored entries and a tar's members, from their start.
 //! Each is unpacked here, as it passes, into a watch of its own, down to
 //! [`DEPTH`] levels (a zip in a zip in a `.tar.gz`), and up to [`WATCHED`]
 //! unpacked bytes in all. An archive inside another that is packed any
