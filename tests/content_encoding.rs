@@ -426,12 +426,8 @@ async fn archives_clamd_does_not_open_are_not_called_clean() {
             (".gz.gz", gzip(&gz)),
             (".zst", zstd(&zip)),
         ] {
-            let clamd_says = clamd.verdict(&file).await;
-            assert_eq!(clamd_says, Verdict::Clean, "clamd on {name}{suffix}");
-            let answer = icap_respmod_with(server.port(), url, &file, "", "")
-                .await
-                .unwrap();
-            assert!(answer.is_undecodable(), "{name}{suffix}: {answer:?}");
+            let what = format!("{name}{suffix}");
+            unopened_by_both(&clamd, server.port(), &file, &what).await;
         }
     }
     // Each stored in a zip, or in a tar, as it is or gzipped, which clamd
@@ -447,12 +443,8 @@ async fn archives_clamd_does_not_open_are_not_called_clean() {
                 packed_by_python(&dir, &gz, &gzip(&file), true),
             ),
         ] {
-            let clamd_says = clamd.verdict(&archive).await;
-            assert_eq!(clamd_says, Verdict::Clean, "clamd on {name} in {how}");
-            let answer = icap_respmod_with(server.port(), url, &archive, "", "")
-                .await
-                .unwrap();
-            assert!(answer.is_undecodable(), "{name} in {how}: {answer:?}");
+            let what = format!("{name} in {how}");
+            unopened_by_both(&clamd, server.port(), &archive, &what).await;
         }
     }
     // A gzip file of EICAR whose header sets a reserved flag: clamd does
@@ -516,6 +508,16 @@ async fn archives_clamd_does_not_open_are_not_called_clean() {
         assert!(page.contains("could not be checked"), "{name}: {page}");
     }
     squid.assert_no_icap_errors();
+}
+
+/// Checks that clamd answers OK for `body`, and this server (on `port`)
+/// undecodable.
+async fn unopened_by_both(clamd: &ClamdProcess, port: u16, body: &[u8], what: &str) {
+    assert_eq!(clamd.verdict(body).await, Verdict::Clean, "clamd on {what}");
+    let answer = icap_respmod_with(port, "http://origin.test/f.zip", body, "", "")
+        .await
+        .unwrap();
+    assert!(answer.is_undecodable(), "{what}: {answer:?}");
 }
 
 /// An archive holding `data` as `name`, after a small text file: a zip

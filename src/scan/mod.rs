@@ -360,6 +360,13 @@ struct Unpacking {
     stopped: Option<Verdict>,
 }
 
+/// What a body's scan takes apart itself.
+const BODY: zip_watch::TakenApart = zip_watch::TakenApart {
+    ar: true,
+    zstd: true,
+    extract: true,
+};
+
 /// How a zstd frame begins.
 const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
 
@@ -564,9 +571,17 @@ fn worse(a: Verdict, b: Verdict) -> Verdict {
 }
 
 impl Sink {
-    /// A sink for a body, or a form's part: an ar archive's members are
-    /// scanned each, and a zstd file's content.
+    /// A sink for a body, or a form's part: an ar archive's members and an
+    /// rpm's payload are scanned each, a zstd file's content too, and the
+    /// files the watch finds in a tar or a zip are handed out.
     fn new(clamd: &Clamd, limit: u64) -> Sink {
+        Sink::taking_apart(clamd, limit, BODY)
+    }
+
+    /// A sink that takes `apart` what its bytes begin with, and has its
+    /// watch hand out files or not: the watch reports what the sink does
+    /// not take apart.
+    fn taking_apart(clamd: &Clamd, limit: u64, apart: zip_watch::TakenApart) -> Sink {
         Sink {
             clamd: clamd.clone(),
             spool: None,
@@ -574,60 +589,16 @@ impl Sink {
             stream: None,
             received: 0,
             failed: None,
-            unopened: Box::new(zip_watch::ZipWatch::of_scan(zip_watch::TakenApart {
-                ar: true,
-                zstd: true,
-                extract: true,
-            })),
-            ar: Some(ar::Splitter::default()),
+            unopened: Box::new(zip_watch::ZipWatch::of_scan(apart)),
+            ar: apart.ar.then(ar::Splitter::default),
             members: None,
-            zstd: Unzstd::Head(Vec::new()),
+            zstd: match apart.zstd {
+                true => Unzstd::Head(Vec::new()),
+                false => Unzstd::No,
+            },
             spool_all: false,
             limit,
             extracted: None,
-        }
-    }
-
-    /// A sink for an ar member: members are not split again, and files in
-    /// it are handed out as the archive's own scan has them (`extract`).
-    fn member(clamd: &Clamd, limit: u64, extract: bool) -> Sink {
-        Sink {
-            ar: None,
-            unopened: Box::new(zip_watch::ZipWatch::of_scan(zip_watch::TakenApart {
-                ar: false,
-                zstd: true,
-                extract,
-            })),
-            ..Sink::new(clamd, limit)
-        }
-    }
-
-    /// A sink for a file handed out by a body's watch: taken apart as a
-    /// body is, but what its own watch finds is reported, not handed out.
-    fn rescan(clamd: &Clamd, limit: u64) -> Sink {
-        Sink {
-            unopened: Box::new(zip_watch::ZipWatch::of_scan(zip_watch::TakenApart {
-                ar: true,
-                zstd: true,
-                extract: false,
-            })),
-            ..Sink::new(clamd, limit)
-        }
-    }
-
-    /// A sink for a zstd file's content, which is not taken apart again;
-    /// files in it are handed out as the file's own scan has them
-    /// (`extract`).
-    fn unpacked(clamd: &Clamd, limit: u64, extract: bool) -> Sink {
-        Sink {
-            ar: None,
-            unopened: Box::new(zip_watch::ZipWatch::of_scan(zip_watch::TakenApart {
-                ar: false,
-                zstd: false,
-                extract,
-            })),
-            zstd: Unzstd::No,
-            ..Sink::new(clamd, limit)
         }
     }
 
@@ -679,7 +650,15 @@ impl Sink {
             });
             match event {
                 ar::Event::Rest(_) => {}
-                ar::Event::Start => members.part = Some(Sink::member(&clamd, limit, extract)),
+                ar::Event::Start => {
+                    // Members are not split again.
+                    let apart = zip_watch::TakenApart {
+                        ar: false,
+                        extract,
+                        ..BODY
+                    };
+                    members.part = Some(Sink::taking_apart(&clamd, limit, apart));
+                }
                 ar::Event::Data(bytes) => {
                     if let Some(part) = members.part.as_mut() {
                         part.unzstd(&bytes).await;
@@ -717,10 +696,14 @@ impl Sink {
         if head.len() < ZSTD_MAGIC.len() {
             return;
         }
-        let mut u = Box::new(Unpacking::start(
-            Sink::unpacked(&self.clamd, self.limit, self.unopened.extracts()),
-            self.limit,
-        ));
+        // What it unpacks to is not taken apart again; files in it are
+        // handed out as they are here.
+        let apart = zip_watch::TakenApart {
+            extract: self.unopened.extracts(),
+            ..Default::default()
+        };
+        let sink = Sink::taking_apart(&self.clamd, self.limit, apart);
+        let mut u = Box::new(Unpacking::start(sink, self.limit));
         u.feed(&ZSTD_MAGIC).await;
         u.feed(&data[take..]).await;
         self.zstd = Unzstd::Unpacking(u);
@@ -1017,7 +1000,13 @@ impl Kept {
         if self.too_large {
             return Verdict::TooLarge { limit };
         }
-        let mut sink = Sink::rescan(clamd, limit);
+        // Taken apart as a body, but what its watch finds is reported, not
+        // handed out again.
+        let apart = zip_watch::TakenApart {
+            extract: false,
+            ..BODY
+        };
+        let mut sink = Sink::taking_apart(clamd, limit, apart);
         let mut buf = vec![0u8; 256 * 1024];
         let mut at = self.at;
         let end = self.at + self.len;

@@ -516,24 +516,26 @@ impl Entry {
     /// there is nothing more to watch (the entry's data ended or is
     /// damaged, or the budget is spent).
     fn feed(&mut self, mut data: &[u8], piece: &mut [u8], budget: &mut Budget) -> bool {
-        if self.inflate.is_none() {
+        let Some(inflate) = self.inflate.as_mut() else {
             // Bytes that are in the body as they are: watched again, not
             // unpacked, so not counted against the budget.
-            self.hand_out(data, &mut budget.extraction);
+            self.extract
+                .hand_out(data, &mut budget.extraction, &mut self.watch);
             self.next += data.len() as u64;
             self.watch.observe_within(data, budget);
             self.ended = self.end == Some(self.next);
             return self.watch.found.is_none() && !self.ended;
-        }
+        };
         loop {
-            let inflate = self.inflate.as_mut().expect("a deflated entry");
             let Ok((step, ended)) = decode::inflate_step(inflate, data, piece) else {
                 return false;
             };
             data = &data[step.consumed..];
             self.next += step.consumed as u64;
-            self.hand_out(&piece[..step.produced], &mut budget.extraction);
-            if !self.watch.take_unpacked(&piece[..step.produced], budget) {
+            let unpacked = &piece[..step.produced];
+            self.extract
+                .hand_out(unpacked, &mut budget.extraction, &mut self.watch);
+            if !self.watch.take_unpacked(unpacked, budget) {
                 return false;
             }
             if ended {
@@ -548,12 +550,13 @@ impl Entry {
     }
 }
 
-impl Entry {
-    /// Hands out the entry's next bytes (as they are, or unpacked) once
-    /// they begin a file to hand out, one at a time: another one's watch
-    /// reports what it finds in it instead.
-    fn hand_out(&mut self, data: &[u8], extraction: &mut Extraction) {
-        match &mut self.extract {
+impl Extract {
+    /// Hands out an entry's next bytes (as they are, or unpacked) once
+    /// they begin a file to hand out, one at a time; the entry's `watch`
+    /// then reports nothing of what the file's own scan takes apart.
+    /// Another one's watch reports what it finds in it instead.
+    fn hand_out(&mut self, data: &[u8], extraction: &mut Extraction, watch: &mut ZipWatch) {
+        match self {
             Extract::No => {}
             Extract::Yes => extraction.events.push(Handed::Data(data.to_vec())),
             Extract::Head(head) => {
@@ -571,9 +574,9 @@ impl Entry {
                 };
                 match told {
                     None => {}
-                    Some(false) => self.extract = Extract::No,
+                    Some(false) => *self = Extract::No,
                     Some(true) if extraction.open || extraction.handed == HANDED_MAX => {
-                        self.extract = Extract::No
+                        *self = Extract::No
                     }
                     Some(true) => {
                         extraction.open = true;
@@ -582,15 +585,17 @@ impl Entry {
                         extraction.events.push(Handed::Data(std::mem::take(head)));
                         extraction.events.push(Handed::Data(data[take..].to_vec()));
                         // What is scanned on its own is not reported.
-                        self.watch.zstd_scanned = true;
-                        self.watch.ar = None;
-                        self.extract = Extract::Yes;
+                        watch.zstd_scanned = true;
+                        watch.ar = None;
+                        *self = Extract::Yes;
                     }
                 }
             }
         }
     }
+}
 
+impl Entry {
     /// Ends what was handed out of its bytes.
     fn close(&mut self, extraction: &mut Extraction) {
         if matches!(self.extract, Extract::Yes) {
