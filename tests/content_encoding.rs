@@ -748,8 +748,9 @@ async fn an_rpm_package_s_payload_is_scanned() {
 /// zip's entry, as clamd would see it (a conda package, `.conda`, stores
 /// its `.tar.zst` files in a zip), and a `.deb` there. A zstd file that
 /// does not unpack is undecodable, one that unpacks past the limit too
-/// large. A zstd file in a `.tar.zst` in a tar (one file handed out of
-/// another is not handed out again), and a `.deb.gz`, are undecodable.
+/// large. So is a `.deb.gz`'s package, which clamd sees as an ar archive.
+/// A zstd file in a `.tar.zst` in a tar (one file handed out of another
+/// is not handed out again) is undecodable.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_zstd_file_s_content_is_scanned() {
     let clamd = ClamdProcess::start();
@@ -775,6 +776,8 @@ async fn a_zstd_file_s_content_is_scanned() {
     let plain_deb = fixture("eicar.deb");
     let deb_in_tar = packed_by_python(&dir, "e.deb", &plain_deb, true);
     let deb_in_zip = packed_by_python(&dir, "e.deb", &plain_deb, false);
+    let deb_gz = gzip(&plain_deb);
+    let deb_gz_in_tar = packed_by_python(&dir, "e.deb.gz", &deb_gz, true);
     let infected = [
         ("eicar.zst", &zst),
         ("eicar.tar.zst", &tar_zst),
@@ -786,17 +789,17 @@ async fn a_zstd_file_s_content_is_scanned() {
         ("a .zst in a tar", &in_tar),
         ("a .zst in a zip", &in_zip),
         ("eicar.conda", &conda),
+        ("a .deb.gz", &deb_gz),
+        ("a .deb.gz in a tar", &deb_gz_in_tar),
     ];
     let clean = zstd(&b"Nothing to see here.\n".repeat(5000));
     let clean_conda = conda_by_python(&dir, &info, &info);
+    let clean_deb_gz = gzip(&ar(&[("debian-binary", b"2.0\n"), ("data.tar.zst", &info)]));
     let cut = zst[..zst.len() - 8].to_vec();
-    let nested = [
-        (
-            "a .zst in a .tar.zst in a tar",
-            packed_by_python(&dir, "x.tar.zst", &in_tar_zst, true),
-        ),
-        ("a .deb.gz", gzip(&plain_deb)),
-    ];
+    let nested = [(
+        "a .zst in a .tar.zst in a tar",
+        packed_by_python(&dir, "x.tar.zst", &in_tar_zst, true),
+    )];
     for (name, body) in infected
         .iter()
         .copied()
@@ -814,7 +817,7 @@ async fn a_zstd_file_s_content_is_scanned() {
             let answer = icap_respmod_with(port, url, body, "", "").await.unwrap();
             assert!(answer.is_infected(), "{name}: {answer:?}");
         }
-        for body in [&clean, &clean_conda] {
+        for body in [&clean, &clean_conda, &clean_deb_gz] {
             let answer = icap_respmod_with(port, url, body, "", "").await.unwrap();
             assert!(answer.is_clean(), "{answer:?}");
         }

@@ -873,6 +873,12 @@ impl Sink {
     /// content (scanned first), and on the zstd files among its tar
     /// members or zip entries (scanned last): the worst.
     async fn finish_unsplit(mut self) -> Verdict {
+        // A gzip file's content ends with the body.
+        self.unopened.end();
+        let events = self.unopened.take_extracted();
+        if !events.is_empty() && self.failed.is_none() {
+            self.extract(events);
+        }
         let extracted = self.extracted.take();
         let rescan = extracted
             .is_some()

@@ -32,8 +32,9 @@
 //!   does not see into ([`super::ar::ArWalk`]).
 //!
 //! The last two are reported only where the scan does not take them
-//! apart itself: as the body (or an ar member), or as a tar member or a
-//! zip entry that the watch hands out ([`ZipWatch::take_extracted`]) to
+//! apart itself: as the body (or an ar member), or as a tar member, a zip
+//! entry or a gzip file's content that the watch hands out
+//! ([`ZipWatch::take_extracted`]) to
 //! be scanned on its own.
 //!
 //! A body with such a record is reported, and the scan cannot call it
@@ -316,10 +317,10 @@ pub(super) struct TakenApart {
     pub ar: bool,
     /// A zstd file: what it unpacks to is scanned too.
     pub zstd: bool,
-    /// A zstd file, an ar archive or an rpm package that is a tar member
-    /// or a zip entry, at any level (a conda package's `.tar.zst`, a
-    /// `.deb` in a zip): handed out by [`ZipWatch::take_extracted`], to be
-    /// scanned on its own.
+    /// A zstd file, an ar archive or an rpm package that is a tar member,
+    /// a zip entry or a gzip file's content, at any level (a conda
+    /// package's `.tar.zst`, a `.deb` in a zip, a `.deb.gz`): handed out by
+    /// [`ZipWatch::take_extracted`], to be scanned on its own.
     pub extract: bool,
 }
 
@@ -449,6 +450,8 @@ struct Inside {
     piece: Vec<u8>,
     /// A watch of the unpacked bytes.
     watch: Box<ZipWatch>,
+    /// Whether what it unpacks to is handed out (a `.deb.gz`).
+    extract: Extract,
 }
 
 impl fmt::Debug for Inside {
@@ -458,7 +461,7 @@ impl fmt::Debug for Inside {
 }
 
 impl Inside {
-    fn start(depth: u8, coding: &str) -> Option<Box<Inside>> {
+    fn start(depth: u8, coding: &str, extraction: &Extraction) -> Option<Box<Inside>> {
         let decode::Plan::Decode(decoder) = decode::plan(coding) else {
             return None;
         };
@@ -466,6 +469,7 @@ impl Inside {
             decoder,
             piece: Vec::new(),
             watch: Box::new(ZipWatch::at_depth(depth + 1)),
+            extract: Extract::new(extraction),
         }))
     }
 
@@ -475,6 +479,8 @@ impl Inside {
         loop {
             match self.decoder.decode(&mut data, &mut self.piece) {
                 Ok(true) => {
+                    self.extract
+                        .hand_out(&self.piece, &mut budget.extraction, &mut self.watch);
                     if !self.watch.take_unpacked(&self.piece, budget) {
                         return false;
                     }
@@ -483,6 +489,14 @@ impl Inside {
                 Err(_) => return false,
             }
         }
+    }
+
+    /// Ends what its watch hands out, and what was handed out of its own
+    /// content: whole if the gzip stream came to its end.
+    fn close(&mut self, extraction: &mut Extraction) {
+        self.watch.end_within(extraction);
+        let whole = self.decoder.finish().is_ok();
+        self.extract.close(whole, extraction);
     }
 }
 
@@ -551,6 +565,23 @@ impl Entry {
 }
 
 impl Extract {
+    /// Whether bytes that begin a file are looked at to hand it out.
+    fn new(extraction: &Extraction) -> Extract {
+        match extraction.on {
+            true => Extract::Head(Vec::new()),
+            false => Extract::No,
+        }
+    }
+
+    /// Ends the file handed out, if any: `whole` unless cut short.
+    fn close(&mut self, whole: bool, extraction: &mut Extraction) {
+        if matches!(self, Extract::Yes) {
+            extraction.events.push(Handed::End { whole });
+            extraction.open = false;
+        }
+        *self = Extract::No;
+    }
+
     /// Hands out an entry's next bytes (as they are, or unpacked) once
     /// they begin a file to hand out, one at a time; the entry's `watch`
     /// then reports nothing of what the file's own scan takes apart.
@@ -596,13 +627,11 @@ impl Extract {
 }
 
 impl Entry {
-    /// Ends what was handed out of its bytes.
+    /// Ends what its watch hands out, and what was handed out of its own
+    /// bytes.
     fn close(&mut self, extraction: &mut Extraction) {
-        if matches!(self.extract, Extract::Yes) {
-            extraction.events.push(Handed::End { whole: self.ended });
-            extraction.open = false;
-        }
-        self.extract = Extract::No;
+        self.watch.end_within(extraction);
+        self.extract.close(self.ended, extraction);
     }
 }
 
@@ -1039,10 +1068,7 @@ impl ZipWatch {
             ended: false,
             local,
             watch,
-            extract: match budget.extraction.on {
-                true => Extract::Head(Vec::new()),
-                false => Extract::No,
-            },
+            extract: Extract::new(&budget.extraction),
         });
     }
 
@@ -1089,6 +1115,25 @@ impl ZipWatch {
             }
             open
         });
+    }
+
+    /// At the end of the body: ends what is being handed out (a gzip
+    /// file's content, which may have more members until then; or a file
+    /// whose entry was cut short).
+    pub(super) fn end(&mut self) {
+        let mut budget = std::mem::take(&mut self.budget);
+        self.end_within(&mut budget.extraction);
+        self.budget = budget;
+    }
+
+    /// Ends what this watch and the ones below hand out.
+    fn end_within(&mut self, extraction: &mut Extraction) {
+        if let Packed::Inside(inside) = &mut self.packed {
+            inside.close(extraction);
+        }
+        for entry in &mut self.entries {
+            entry.close(extraction);
+        }
     }
 
     /// Whether this watch hands out files ([`TakenApart::extract`]).
@@ -1155,11 +1200,12 @@ impl ZipWatch {
                 } else if self.depth >= DEPTH {
                     Packed::No
                 } else {
-                    match Inside::start(self.depth, "gzip") {
+                    match Inside::start(self.depth, "gzip", &budget.extraction) {
                         Some(mut inside) => {
                             if inside.feed(&head, budget) && inside.feed(&data[take..], budget) {
                                 Packed::Inside(inside)
                             } else {
+                                inside.close(&mut budget.extraction);
                                 budget.open -= inside.watch.open_entries();
                                 self.found = inside.watch.found;
                                 Packed::No
@@ -1171,6 +1217,7 @@ impl ZipWatch {
             }
             Packed::Inside(inside) => {
                 if !inside.feed(data, budget) {
+                    inside.close(&mut budget.extraction);
                     budget.open -= inside.watch.open_entries();
                     self.found = inside.watch.found;
                     self.packed = Packed::No;
@@ -1590,8 +1637,12 @@ mod tests {
         });
         let mut files: Vec<(Vec<u8>, bool)> = Vec::new();
         let mut open = false;
-        for p in body.chunks(piece) {
-            w.observe(p);
+        // The body's pieces, then its end, which ends what is still open.
+        for p in body.chunks(piece).map(Some).chain([None]) {
+            match p {
+                Some(p) => w.observe(p),
+                None => w.end(),
+            }
             for event in w.take_extracted() {
                 match event {
                     Handed::Start => {
@@ -1601,12 +1652,14 @@ mod tests {
                     }
                     Handed::Data(d) => files.last_mut().unwrap().0.extend_from_slice(&d),
                     Handed::End { whole } => {
+                        assert!(open, "ends what started");
                         open = false;
                         files.last_mut().unwrap().1 = whole;
                     }
                 }
             }
         }
+        assert!(!open, "all ended with the body");
         (files, w.found())
     }
 
@@ -1663,6 +1716,36 @@ mod tests {
             handed_out(cut, 50),
             (vec![(zst[..100].to_vec(), false)], None)
         );
+        // A gzip file's content (a `.deb.gz`), as the body or a tar's
+        // member; of two gzip members, both.
+        let deb_gz = gzip(&deb);
+        let two = [gzip(&deb[..20]), gzip(&deb[20..])].concat();
+        for body in [
+            deb_gz.clone(),
+            tar_member(b"a.deb.gz", &deb_gz),
+            two.clone(),
+            gzip(&rpm),
+            gzip(&zst),
+        ] {
+            let (files, found) = handed_out(&body, 3);
+            assert_eq!(found, None);
+            assert_eq!(files.len(), 1);
+            assert!(files[0].1, "whole");
+            assert_eq!(handed_out(&body, body.len()), (files, None));
+        }
+        assert_eq!(handed_out(&two, 9).0, vec![(deb.clone(), true)]);
+        // Cut short, or damaged after the file: not whole.
+        let mut damaged = deb_gz.clone();
+        damaged.extend_from_slice(b"\x1f\x8b\x08 not deflate");
+        for body in [&deb_gz[..deb_gz.len() - 4], &damaged] {
+            assert_eq!(handed_out(body, 11), (vec![(deb.clone(), false)], None));
+        }
+        let big = ar(&[b"2.0\n", &noise]);
+        let big_gz = gzip(&big);
+        let (files, _) = handed_out(&big_gz[..big_gz.len() / 2], 11);
+        assert!(files.len() == 1 && !files[0].1 && big.starts_with(&files[0].0));
+        // A watch that does not hand it out reports it.
+        assert_eq!(watch(&deb_gz, 100), Some(Unopened::ArPacked));
     }
 
     #[test]
@@ -1683,6 +1766,7 @@ mod tests {
                 &[(&zst, None, false, true), (&deb, Some(6), false, true)],
             ),
             gzip(&tar_member(b"e.deb", &deb)),
+            gzip(&deb),
             ZSTD.to_vec(),
             ar::MAGIC.to_vec(),
             rpm::MAGIC.to_vec(),
