@@ -23,7 +23,9 @@ need_packages \
   openssl openssl \
   curl curl \
   ip iproute2 \
-  nft nftables
+  nft nftables \
+  xz xz-utils \
+  bzip2 bzip2
 
 # The independent ext_proc client (tests/extproc_python.rs): Python grpcio
 # and envoy-data-plane, in a virtual environment of the project's own.

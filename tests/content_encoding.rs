@@ -35,6 +35,26 @@ fn zstd(data: &[u8]) -> Vec<u8> {
     zstd::encode_all(data, 19).unwrap()
 }
 
+/// `data` packed by a program that reads it from standard input: `xz`
+/// (with its default preset, 6) or `bzip2`.
+fn packed_by(program: &str, data: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(program)
+        .arg("-c")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{program}: {e} (scripts/test.sh installs it)"));
+    let mut stdin = child.stdin.take().unwrap();
+    let data = data.to_vec();
+    let writer = std::thread::spawn(move || stdin.write_all(&data));
+    let out = child.wait_with_output().unwrap();
+    writer.join().unwrap().unwrap();
+    assert!(out.status.success(), "{program}");
+    out.stdout
+}
+
 /// EICAR amid random letters, as zstd: the letters make zstd code its
 /// literals (EICAR's among them) with Huffman, so the encoded bytes do not
 /// hold it. (zstd stores a body as short as EICAR alone as it is, where
@@ -748,7 +768,8 @@ async fn an_rpm_package_s_payload_is_scanned() {
 /// zip's entry, as clamd would see it (a conda package, `.conda`, stores
 /// its `.tar.zst` files in a zip), and a `.deb` there. A zstd file that
 /// does not unpack is undecodable, one that unpacks past the limit too
-/// large. So is a `.deb.gz`'s package, which clamd sees as an ar archive.
+/// large. So is a `.deb.gz`'s package, which clamd sees as an ar archive,
+/// and one in a `.tar.xz` or a `.tar.bz2`, or a `.deb.xz`.
 /// A zstd file in a `.tar.zst` in a tar (one file handed out of another
 /// is not handed out again) is undecodable.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -791,6 +812,9 @@ async fn a_zstd_file_s_content_is_scanned() {
         ("eicar.conda", &conda),
         ("a .deb.gz", &deb_gz),
         ("a .deb.gz in a tar", &deb_gz_in_tar),
+        ("a .deb in a .tar.xz", &packed_by("xz", &deb_in_tar)),
+        ("a .deb in a .tar.bz2", &packed_by("bzip2", &deb_in_tar)),
+        ("a .deb.xz", &packed_by("xz", &plain_deb)),
     ];
     let clean = zstd(&b"Nothing to see here.\n".repeat(5000));
     let clean_conda = conda_by_python(&dir, &info, &info);

@@ -119,6 +119,31 @@ pub fn plan(content_encoding: &str) -> Plan {
     })
 }
 
+/// A packed file that clamd unpacks itself, unpacked for the zip watch,
+/// which looks at what clamd then sees as it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Packing {
+    Gzip,
+    Xz,
+    Bzip2,
+}
+
+/// A decoder of one packed file: its first stream (its members, for gzip).
+pub(super) fn unpacking(packing: Packing) -> Option<Decoder> {
+    let layer = match packing {
+        Packing::Gzip => Layer::Gzip(Gzip::default()),
+        Packing::Xz => Layer::Xz(Unpack::new(
+            xz2::stream::Stream::new_stream_decoder(XZ_MEMORY_MAX, 0).ok()?,
+        )),
+        Packing::Bzip2 => Layer::Bzip2(Unpack::new(bzip2::Decompress::new(false))),
+    };
+    Some(Decoder {
+        layers: vec![layer],
+        between: Vec::new(),
+        started: false,
+    })
+}
+
 /// What one step of a layer did.
 pub(super) struct Step {
     pub(super) consumed: usize,
@@ -131,6 +156,8 @@ enum Layer {
     Deflate(Deflate),
     Brotli(Brotli),
     Zstd(Zstd),
+    Xz(Xz),
+    Bzip2(Bzip2),
 }
 
 impl Layer {
@@ -140,6 +167,8 @@ impl Layer {
             Layer::Deflate(d) => d.step(input, output),
             Layer::Brotli(b) => b.step(input, output),
             Layer::Zstd(z) => z.step(input, output),
+            Layer::Xz(x) => x.step(input, output),
+            Layer::Bzip2(b) => b.step(input, output),
         }
     }
 
@@ -152,6 +181,8 @@ impl Layer {
             Layer::Deflate(d) => d.ended,
             Layer::Brotli(b) => BrotliDecoderIsFinished(&b.state),
             Layer::Zstd(z) => z.frames > 0 && z.between_frames,
+            Layer::Xz(x) => x.ended,
+            Layer::Bzip2(b) => b.ended,
         }
     }
 
@@ -161,6 +192,8 @@ impl Layer {
             Layer::Deflate(_) => "deflate",
             Layer::Brotli(_) => "br",
             Layer::Zstd(_) => "zstd",
+            Layer::Xz(_) => "xz",
+            Layer::Bzip2(_) => "bzip2",
         }
     }
 }
@@ -516,6 +549,75 @@ impl Zstd {
         Ok(Step {
             consumed: status.bytes_read,
             produced: status.bytes_written,
+        })
+    }
+}
+
+/// The most memory an xz file's decoder may take: enough for a dictionary
+/// of 8 MiB, which `xz` uses up to its default preset (`-6`). A file packed
+/// with a larger one (`xz -7` and up) does not unpack here; this bounds
+/// what one body's decoder holds, as the zstd window does.
+const XZ_MEMORY_MAX: u64 = 16 << 20;
+
+/// A packed file's first stream, by a library that counts the bytes it
+/// took and gave: liblzma for `.xz`, libbz2-rs for `.bz2` (clamd unpacks no
+/// more of a `.bz2`; the zip watch reports a file of several).
+struct Unpack<L> {
+    library: L,
+    ended: bool,
+}
+
+/// What [`Unpack`] asks of its library.
+trait Library {
+    /// Bytes taken and given so far.
+    fn totals(&self) -> (u64, u64);
+    /// Unpacks what it can; true at the stream's end.
+    fn run(&mut self, input: &[u8], output: &mut [u8]) -> Result<bool, String>;
+}
+
+type Xz = Unpack<xz2::stream::Stream>;
+type Bzip2 = Unpack<bzip2::Decompress>;
+
+impl Library for xz2::stream::Stream {
+    fn totals(&self) -> (u64, u64) {
+        (self.total_in(), self.total_out())
+    }
+
+    fn run(&mut self, input: &[u8], output: &mut [u8]) -> Result<bool, String> {
+        let status = self.process(input, output, xz2::stream::Action::Run);
+        let status = status.map_err(|e| e.to_string())?;
+        Ok(matches!(status, xz2::stream::Status::StreamEnd))
+    }
+}
+
+impl Library for bzip2::Decompress {
+    fn totals(&self) -> (u64, u64) {
+        (self.total_in(), self.total_out())
+    }
+
+    fn run(&mut self, input: &[u8], output: &mut [u8]) -> Result<bool, String> {
+        let status = self.decompress(input, output).map_err(|e| e.to_string())?;
+        Ok(matches!(status, bzip2::Status::StreamEnd))
+    }
+}
+
+impl<L: Library> Unpack<L> {
+    fn new(library: L) -> Unpack<L> {
+        Unpack {
+            library,
+            ended: false,
+        }
+    }
+
+    fn step(&mut self, input: &[u8], output: &mut [u8]) -> Result<Step, String> {
+        let was = self.library.totals();
+        if !self.ended {
+            self.ended = self.library.run(input, output)?;
+        }
+        let now = self.library.totals();
+        Ok(Step {
+            consumed: (now.0 - was.0) as usize,
+            produced: (now.1 - was.1) as usize,
         })
     }
 }

@@ -33,9 +33,8 @@
 //!
 //! The last two are reported only where the scan does not take them
 //! apart itself: as the body (or an ar member), or as a tar member, a zip
-//! entry or a gzip file's content that the watch hands out
-//! ([`ZipWatch::take_extracted`]) to
-//! be scanned on its own.
+//! entry or a gzip, xz or bzip2 file's content that the watch hands out
+//! ([`ZipWatch::take_extracted`]) to be scanned on its own.
 //!
 //! A body with such a record is reported, and the scan cannot call it
 //! clean. Encrypted entries are left to clamd's `AlertEncryptedArchive`.
@@ -45,14 +44,16 @@
 //! most likely a program's code that looks for the signature.
 //!
 //! The body's own bytes are watched, and what clamd unpacks from them in
-//! the ways most archives are packed: a gzip file (`.gz`, `.tar.gz`; a
-//! tar keeps its files' bytes as they are) and a zip's deflated entries;
-//! and a zip's stored entries and a tar's members, from their start.
-//! Each is unpacked here, as it passes, into a watch of its own, down to
-//! [`DEPTH`] levels (a zip in a zip in a `.tar.gz`), and up to [`WATCHED`]
-//! unpacked bytes in all. An archive inside another that is packed any
-//! other way (a zip's bzip2 or deflate64 entry, a `.bz2`, `.xz`, 7z or rar
-//! file) is out of sight here, as the zips in it are out of clamd's.
+//! the ways most archives are packed: a gzip, xz or bzip2 file (`.gz`,
+//! `.tar.gz`, `.tar.xz`, `.tar.bz2`; a tar keeps its files' bytes as they
+//! are; the first stream of an xz or bzip2 file, and an xz file only if
+//! its dictionary is at most 8 MiB) and a zip's deflated entries; and a
+//! zip's stored entries and a tar's members, from their start. Each is
+//! unpacked here, as it passes, into a watch of its own, down to [`DEPTH`]
+//! levels (a zip in a zip in a `.tar.gz`), and up to [`WATCHED`] unpacked
+//! bytes in all. An archive inside another that is packed any other way (a
+//! zip's bzip2 or deflate64 entry, a 7z or rar file) is out of sight here,
+//! as the zips in it are out of clamd's.
 
 use std::fmt;
 
@@ -105,8 +106,13 @@ const GZIP_RESERVED: u8 = 0xe0;
 /// How a zstd file begins: a frame's magic (clamd 1.4 does not unpack
 /// zstd).
 const ZSTD: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
-/// The first bytes that tell either: gzip's magic and flags, zstd's magic.
-const PACKED_HEAD: usize = 4;
+/// How an xz file begins.
+const XZ: [u8; 6] = [0xfd, b'7', b'z', b'X', b'Z', 0];
+/// How a bzip2 file begins; then its block size, '1' to '9'.
+const BZIP2_MAGIC: &[u8; 3] = b"BZh";
+/// The first bytes that tell any of them: gzip's magic and flags, zstd's
+/// magic, xz's, bzip2's and its block size.
+const PACKED_HEAD: usize = 6;
 /// How far from the end of the bytes an end record may begin and still be
 /// found by unzip and Python's zipfile, which look for it backwards over
 /// its 22 bytes and the longest comment it may have.
@@ -278,7 +284,7 @@ pub struct ZipWatch {
     /// in the carried bytes is found again with the next piece).
     last_record: Option<u64>,
     found: Option<Unopened>,
-    /// Whether the bytes are a gzip file, and what it unpacks to.
+    /// Whether the bytes are a packed file, and what it unpacks to.
     packed: Packed,
     /// Deflated entries being unpacked.
     entries: Vec<Entry>,
@@ -318,9 +324,9 @@ pub(super) struct TakenApart {
     /// A zstd file: what it unpacks to is scanned too.
     pub zstd: bool,
     /// A zstd file, an ar archive or an rpm package that is a tar member,
-    /// a zip entry or a gzip file's content, at any level (a conda
-    /// package's `.tar.zst`, a `.deb` in a zip, a `.deb.gz`): handed out by
-    /// [`ZipWatch::take_extracted`], to be scanned on its own.
+    /// a zip entry or a gzip, xz or bzip2 file's content, at any level (a
+    /// conda package's `.tar.zst`, a `.deb` in a zip, a `.deb.gz`): handed
+    /// out by [`ZipWatch::take_extracted`], to be scanned on its own.
     pub extract: bool,
 }
 
@@ -429,8 +435,8 @@ impl ZipWatch {
     }
 }
 
-/// A body's first bytes, as far as they tell whether it is a gzip or a
-/// zstd file, and the gzip file's content.
+/// A body's first bytes, as far as they tell whether it is a gzip, xz,
+/// bzip2 or zstd file, and the content of one of the first three.
 #[derive(Debug, Default)]
 enum Packed {
     /// Nothing seen yet.
@@ -443,14 +449,14 @@ enum Packed {
     No,
 }
 
-/// A gzip file being unpacked for the watch (clamd gets the body as it
-/// came, and unpacks it itself).
+/// A gzip, xz or bzip2 file being unpacked for the watch (clamd gets the
+/// body as it came, and unpacks it itself).
 struct Inside {
     decoder: decode::Decoder,
     piece: Vec<u8>,
     /// A watch of the unpacked bytes.
     watch: Box<ZipWatch>,
-    /// Whether what it unpacks to is handed out (a `.deb.gz`).
+    /// Whether what it unpacks to is handed out (a `.deb.gz`, `.deb.xz`).
     extract: Extract,
 }
 
@@ -461,10 +467,8 @@ impl fmt::Debug for Inside {
 }
 
 impl Inside {
-    fn start(depth: u8, coding: &str, extraction: &Extraction) -> Option<Box<Inside>> {
-        let decode::Plan::Decode(decoder) = decode::plan(coding) else {
-            return None;
-        };
+    fn start(depth: u8, packing: decode::Packing, extraction: &Extraction) -> Option<Box<Inside>> {
+        let decoder = decode::unpacking(packing)?;
         Some(Box::new(Inside {
             decoder,
             piece: Vec::new(),
@@ -1169,8 +1173,8 @@ impl ZipWatch {
             + below
     }
 
-    /// Unpacks a gzip file into an inner watch; reports a zstd file that
-    /// the scan does not unpack itself.
+    /// Unpacks a gzip, xz or bzip2 file into an inner watch; reports a
+    /// zstd file that the scan does not unpack itself.
     fn look_inside(&mut self, data: &[u8], budget: &mut Budget) {
         match &mut self.packed {
             Packed::No => {}
@@ -1181,9 +1185,23 @@ impl ZipWatch {
                 };
                 let take = (PACKED_HEAD - head.len()).min(data.len());
                 head.extend_from_slice(&data[..take]);
-                let gzip = head.starts_with(&GZIP[..head.len().min(GZIP.len())]);
-                let zstd = ZSTD.starts_with(&head);
-                self.packed = if !gzip && !zstd {
+                let may_be = |magic: &[u8]| {
+                    let n = head.len().min(magic.len());
+                    head[..n] == magic[..n]
+                };
+                let (gzip, zstd, xz) = (may_be(&GZIP), may_be(&ZSTD), may_be(&XZ));
+                let bzip2 = may_be(BZIP2_MAGIC)
+                    && head
+                        .get(BZIP2_MAGIC.len())
+                        .is_none_or(|n| (b'1'..=b'9').contains(n));
+                let packing = if gzip {
+                    decode::Packing::Gzip
+                } else if xz {
+                    decode::Packing::Xz
+                } else {
+                    decode::Packing::Bzip2
+                };
+                self.packed = if !gzip && !zstd && !xz && !bzip2 {
                     Packed::No
                 } else if head.len() < PACKED_HEAD {
                     Packed::Head(head)
@@ -1194,13 +1212,13 @@ impl ZipWatch {
                         self.found = Some(Unopened::Zstd);
                     }
                     Packed::No
-                } else if head[GZIP.len()] & GZIP_RESERVED != 0 {
+                } else if gzip && head[GZIP.len()] & GZIP_RESERVED != 0 {
                     self.found = Some(Unopened::GzipFlags(head[GZIP.len()]));
                     Packed::No
                 } else if self.depth >= DEPTH {
                     Packed::No
                 } else {
-                    match Inside::start(self.depth, "gzip", &budget.extraction) {
+                    match Inside::start(self.depth, packing, &budget.extraction) {
                         Some(mut inside) => {
                             if inside.feed(&head, budget) && inside.feed(&data[take..], budget) {
                                 Packed::Inside(inside)
@@ -1598,6 +1616,70 @@ mod tests {
         }
     }
 
+    /// `data` as an xz file, packed with `preset` (6 is xz's default).
+    fn xz(data: &[u8], preset: u32) -> Vec<u8> {
+        use std::io::Write;
+        let mut e = xz2::write::XzEncoder::new(Vec::new(), preset);
+        e.write_all(data).unwrap();
+        e.finish().unwrap()
+    }
+
+    /// `data` as a bzip2 file.
+    fn bz2(data: &[u8]) -> Vec<u8> {
+        use std::io::Write;
+        let mut e = bzip2::write::BzEncoder::new(Vec::new(), bzip2::Compression::best());
+        e.write_all(data).unwrap();
+        e.finish().unwrap()
+    }
+
+    #[test]
+    fn xz_and_bzip2_files_are_watched_unpacked() {
+        // clamd unpacks them, and sees a tar's files as they are.
+        let tar = tar_member(b"a.zip", &body(&[local(IN_ZIP64, IN_ZIP64)]));
+        let deb = ar(&[b"2.0\n", &gzip(b"data")]);
+        for packed in [xz(&tar, 6), bz2(&tar), xz(&tar, 0)] {
+            assert_eq!(find(&packed, packed.len()), None);
+            for piece in [1, 5, 100, packed.len()] {
+                assert_eq!(
+                    watch(&packed, piece),
+                    Some(Unopened::Zip64Local),
+                    "pieces of {piece}"
+                );
+            }
+        }
+        for packed in [xz(&deb, 6), bz2(&deb), xz(&tar_member(b"a.deb", &deb), 6)] {
+            assert_eq!(watch(&packed, 9), Some(Unopened::ArPacked));
+            for piece in [1, 7, packed.len()] {
+                assert_eq!(
+                    handed_out(&packed, piece),
+                    (vec![(deb.clone(), true)], None)
+                );
+            }
+        }
+        // Cut short before its stream's end.
+        for packed in [xz(&deb, 6), bz2(&deb)] {
+            let cut = &packed[..packed.len() - 5];
+            assert!(!handed_out(cut, 100).0[0].1, "not whole");
+        }
+        // A dictionary over 8 MiB (xz -7 and up) is out of sight here, as
+        // are damaged streams and bytes that only begin like one.
+        let mut damaged = xz(&tar, 6);
+        damaged[20] ^= 0xff;
+        for other in [
+            xz(&tar, 9),
+            damaged,
+            b"BZh0".to_vec(),
+            b"BZh9 no bzip2".to_vec(),
+        ] {
+            assert_eq!(watch(&other, 3), None);
+        }
+        // Inside a tar, as clamd unpacks them too.
+        assert_eq!(
+            watch(&tar_member(b"t.tar.xz", &xz(&tar, 6)), 100),
+            Some(Unopened::Zip64Local)
+        );
+    }
+
     #[test]
     fn a_zstd_file_is_found_where_the_scan_does_not_unpack_it() {
         let zst = zstd::bulk::compress(&[b'x'; 5000], 3).unwrap();
@@ -1767,6 +1849,8 @@ mod tests {
             ),
             gzip(&tar_member(b"e.deb", &deb)),
             gzip(&deb),
+            xz(&deb, 1),
+            bz2(&tar_member(b"f.deb", &deb)),
             ZSTD.to_vec(),
             ar::MAGIC.to_vec(),
             rpm::MAGIC.to_vec(),
