@@ -128,7 +128,8 @@ pub(super) enum Packing {
     Bzip2,
 }
 
-/// A decoder of one packed file: its first stream (its members, for gzip).
+/// A decoder of one packed file: a gzip file's members, an xz file's
+/// streams, a bzip2 file's first stream.
 pub(super) fn unpacking(packing: Packing) -> Option<Decoder> {
     let layer = match packing {
         Packing::Gzip => Layer::Gzip(Gzip::default()),
@@ -553,26 +554,39 @@ impl Zstd {
     }
 }
 
+/// How an xz stream begins (its magic's first byte).
+const XZ_MAGIC_FIRST: u8 = 0xfd;
+
 /// The most memory an xz file's decoder may take: enough for a dictionary
 /// of 8 MiB, which `xz` uses up to its default preset (`-6`). A file packed
 /// with a larger one (`xz -7` and up) does not unpack here; this bounds
 /// what one body's decoder holds, as the zstd window does.
 const XZ_MEMORY_MAX: u64 = 16 << 20;
 
-/// A packed file's first stream, by a library that counts the bytes it
-/// took and gave: liblzma for `.xz`, libbz2-rs for `.bz2` (clamd unpacks no
-/// more of a `.bz2`; the zip watch reports a file of several).
+/// A packed file's streams, by a library that counts the bytes it took
+/// and gave: liblzma for `.xz`, libbz2-rs for `.bz2` (its first stream
+/// only: clamd unpacks no more of it, and the zip watch reports a file of
+/// several).
 struct Unpack<L> {
     library: L,
     ended: bool,
+    /// Whether bytes that begin no stream came after the last one's end:
+    /// they and all that follows are not unpacked.
+    trailing: bool,
 }
 
 /// What [`Unpack`] asks of its library.
-trait Library {
+trait Library: Sized {
     /// Bytes taken and given so far.
     fn totals(&self) -> (u64, u64);
     /// Unpacks what it can; true at the stream's end.
     fn run(&mut self, input: &[u8], output: &mut [u8]) -> Result<bool, String>;
+    /// Whether streams may follow one another, with zero bytes between
+    /// them (xz's: clamd and `xz -d` unpack `cat a.xz b.xz`).
+    const STREAMS: bool;
+    /// A decoder for the stream that begins with `first`, if it may be
+    /// one.
+    fn next_stream(first: u8) -> Option<Self>;
 }
 
 type Xz = Unpack<xz2::stream::Stream>;
@@ -588,6 +602,13 @@ impl Library for xz2::stream::Stream {
         let status = status.map_err(|e| e.to_string())?;
         Ok(matches!(status, xz2::stream::Status::StreamEnd))
     }
+
+    const STREAMS: bool = true;
+
+    fn next_stream(first: u8) -> Option<Self> {
+        let begins = first == XZ_MAGIC_FIRST;
+        begins.then(|| xz2::stream::Stream::new_stream_decoder(XZ_MEMORY_MAX, 0).ok())?
+    }
 }
 
 impl Library for bzip2::Decompress {
@@ -599,6 +620,12 @@ impl Library for bzip2::Decompress {
         let status = self.decompress(input, output).map_err(|e| e.to_string())?;
         Ok(matches!(status, bzip2::Status::StreamEnd))
     }
+
+    const STREAMS: bool = false;
+
+    fn next_stream(_: u8) -> Option<Self> {
+        None
+    }
 }
 
 impl<L: Library> Unpack<L> {
@@ -606,10 +633,31 @@ impl<L: Library> Unpack<L> {
         Unpack {
             library,
             ended: false,
+            trailing: false,
         }
     }
 
     fn step(&mut self, input: &[u8], output: &mut [u8]) -> Result<Step, String> {
+        if L::STREAMS && self.ended && !input.is_empty() {
+            // The padding after a stream, then the next one, if any;
+            // whatever else follows is not unpacked.
+            let zeros = input.iter().take_while(|&&b| b == 0).count();
+            if !self.trailing && zeros == 0 {
+                match L::next_stream(input[0]) {
+                    Some(next) => {
+                        self.library = next;
+                        self.ended = false;
+                    }
+                    None => self.trailing = true,
+                }
+            }
+            if self.ended {
+                return Ok(Step {
+                    consumed: if self.trailing { input.len() } else { zeros },
+                    produced: 0,
+                });
+            }
+        }
         let was = self.library.totals();
         if !self.ended {
             self.ended = self.library.run(input, output)?;

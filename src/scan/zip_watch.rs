@@ -46,8 +46,8 @@
 //! The body's own bytes are watched, and what clamd unpacks from them in
 //! the ways most archives are packed: a gzip, xz or bzip2 file (`.gz`,
 //! `.tar.gz`, `.tar.xz`, `.tar.bz2`; a tar keeps its files' bytes as they
-//! are; the first stream of an xz or bzip2 file, and an xz file only if
-//! its dictionary is at most 8 MiB) and a zip's deflated entries; and a
+//! are; a bzip2 file's first stream, and an xz file only if its
+//! dictionary is at most 8 MiB) and a zip's deflated entries; and a
 //! zip's stored entries and a tar's members, from their start. Each is
 //! unpacked here, as it passes, into a watch of its own, down to [`DEPTH`]
 //! levels (a zip in a zip in a `.tar.gz`), and up to [`WATCHED`] unpacked
@@ -1656,6 +1656,24 @@ mod tests {
                 );
             }
         }
+        // An xz file's streams one after the other, with padding between
+        // them: all of it is unpacked, as clamd and `xz -d` do.
+        let plain = tar_member(b"a.txt", b"text");
+        let streams = [xz(&plain, 6), vec![0; 8], xz(&tar, 6)].concat();
+        assert_eq!(watch(&streams, 7), Some(Unopened::Zip64Local));
+        let two = [xz(&deb[..20], 6), vec![0; 4], xz(&deb[20..], 6)].concat();
+        for piece in [1, 9, two.len()] {
+            assert_eq!(handed_out(&two, piece), (vec![(deb.clone(), true)], None));
+        }
+        assert!(!handed_out(&two[..two.len() - 3], 9).0[0].1, "not whole");
+        // Bytes that begin no stream end it all, whatever follows them.
+        let trailed = [xz(&deb, 6), b"x\0".to_vec(), xz(&deb, 6)].concat();
+        for piece in [1, 2, trailed.len()] {
+            assert_eq!(
+                handed_out(&trailed, piece),
+                (vec![(deb.clone(), true)], None)
+            );
+        }
         // Cut short before its stream's end.
         for packed in [xz(&deb, 6), bz2(&deb)] {
             let cut = &packed[..packed.len() - 5];
@@ -1861,12 +1879,15 @@ mod tests {
         let mut next = numbers(0x2545_f491_4f6c_dd1d);
         let mut handed = 0;
         for _ in 0..300 {
-            let body: Vec<u8> = (0..1 + next(6))
-                .flat_map(|_| fragments[next(fragments.len())].clone())
-                .collect();
+            let picks: Vec<usize> = (0..1 + next(6)).map(|_| next(fragments.len())).collect();
+            let body: Vec<u8> = picks.iter().flat_map(|&i| fragments[i].clone()).collect();
             let whole = handed_out(&body, body.len());
             for piece in [1, 7, 100] {
-                assert_eq!(handed_out(&body, piece), whole, "pieces of {piece}");
+                assert_eq!(
+                    handed_out(&body, piece),
+                    whole,
+                    "pieces of {piece}: {picks:?}"
+                );
             }
             handed += whole.0.len();
         }
