@@ -873,7 +873,8 @@ impl Sink {
     /// content (scanned first), and on the zstd files among its tar
     /// members or zip entries (scanned last): the worst.
     async fn finish_unsplit(mut self) -> Verdict {
-        // A gzip file's content ends with the body.
+        // A packed file's content ends with the body: a gzip file's
+        // members, an xz file's streams may come until then.
         self.unopened.end();
         let events = self.unopened.take_extracted();
         if !events.is_empty() && self.failed.is_none() {

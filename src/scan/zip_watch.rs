@@ -496,7 +496,7 @@ impl Inside {
     }
 
     /// Ends what its watch hands out, and what was handed out of its own
-    /// content: whole if the gzip stream came to its end.
+    /// content: whole if its stream came to its end.
     fn close(&mut self, extraction: &mut Extraction) {
         self.watch.end_within(extraction);
         let whole = self.decoder.finish().is_ok();
