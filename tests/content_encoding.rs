@@ -571,6 +571,27 @@ fn packed_by_python(dir: &support::TempDir, name: &str, data: &[u8], tar: bool) 
     std::fs::read(path).unwrap()
 }
 
+/// A tar of `n` copies of `data`, named `0-name`, `1-name` and so on
+/// (Python's tarfile).
+fn copies_in_tar(dir: &support::TempDir, name: &str, data: &[u8], n: usize) -> Vec<u8> {
+    let input = support::write_file(dir, name, data);
+    let path = dir.path().join(format!("{n}-{name}.tar"));
+    let script = "import sys, tarfile\n\
+         with tarfile.open(sys.argv[1], 'w') as t:\n\
+         \x20   for i in range(int(sys.argv[4])):\n\
+         \x20       t.add(sys.argv[2], f'{i}-{sys.argv[3]}')\n";
+    let out = std::process::Command::new("python3")
+        .args(["-c", script])
+        .arg(&path)
+        .arg(&input)
+        .arg(name)
+        .arg(n.to_string())
+        .output()
+        .expect("python3");
+    assert!(out.status.success(), "{}", support::output_text(&out));
+    std::fs::read(path).unwrap()
+}
+
 /// A conda package as conda writes one: a zip that stores its metadata,
 /// then `info` and `pkg` as `.tar.zst` files (Python's zipfile).
 fn conda_by_python(dir: &support::TempDir, info: &[u8], pkg: &[u8]) -> Vec<u8> {
@@ -769,9 +790,10 @@ async fn an_rpm_package_s_payload_is_scanned() {
 /// its `.tar.zst` files in a zip), and a `.deb` there. A zstd file that
 /// does not unpack is undecodable, one that unpacks past the limit too
 /// large. So is a `.deb.gz`'s package, which clamd sees as an ar archive,
-/// and one in a `.tar.xz` or a `.tar.bz2`, or a `.deb.xz`.
-/// A zstd file in a `.tar.zst` in a tar (one file handed out of another
-/// is not handed out again) is undecodable.
+/// and one in a `.tar.xz` or a `.tar.bz2`, or a `.deb.xz`. A zstd file in
+/// a `.tar.zst` in a tar is scanned too (the files handed out of a file
+/// handed out); one a level further (in a `.tar.zst` in a `.tar.zst` in a
+/// tar) is undecodable.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_zstd_file_s_content_is_scanned() {
     let clamd = ClamdProcess::start();
@@ -799,6 +821,7 @@ async fn a_zstd_file_s_content_is_scanned() {
     let deb_in_zip = packed_by_python(&dir, "e.deb", &plain_deb, false);
     let deb_gz = gzip(&plain_deb);
     let deb_gz_in_tar = packed_by_python(&dir, "e.deb.gz", &deb_gz, true);
+    let two_levels = packed_by_python(&dir, "x.tar.zst", &in_tar_zst, true);
     let infected = [
         ("eicar.zst", &zst),
         ("eicar.tar.zst", &tar_zst),
@@ -815,14 +838,15 @@ async fn a_zstd_file_s_content_is_scanned() {
         ("a .deb in a .tar.xz", &packed_by("xz", &deb_in_tar)),
         ("a .deb in a .tar.bz2", &packed_by("bzip2", &deb_in_tar)),
         ("a .deb.xz", &packed_by("xz", &plain_deb)),
+        ("a .zst in a .tar.zst in a tar", &two_levels),
     ];
     let clean = zstd(&b"Nothing to see here.\n".repeat(5000));
     let clean_conda = conda_by_python(&dir, &info, &info);
     let clean_deb_gz = gzip(&ar(&[("debian-binary", b"2.0\n"), ("data.tar.zst", &info)]));
     let cut = zst[..zst.len() - 8].to_vec();
     let nested = [(
-        "a .zst in a .tar.zst in a tar",
-        packed_by_python(&dir, "x.tar.zst", &in_tar_zst, true),
+        "a .zst in a .tar.zst in a .tar.zst in a tar",
+        packed_by_python(&dir, "y.tar.zst", &zstd(&two_levels), true),
     )];
     for (name, body) in infected
         .iter()
@@ -854,6 +878,24 @@ async fn a_zstd_file_s_content_is_scanned() {
         let answer = upload_form(port, &form(&[("a.txt", b"hi"), ("e.zst", &zst)])).await;
         assert!(answer.is_infected(), "in a form: {answer:?}");
     }
+
+    // At most 1,000 files are handed out per body, at all levels together:
+    // two .tar.zst files of 600 .zst files each, in a tar, pass clamd as
+    // OK and this server as undecodable (the ones past the 1,000th are
+    // reported); one of them alone is clean.
+    let tiny = zstd(b"tiny");
+    let six_hundred = zstd(&copies_in_tar(&dir, "t.zst", &tiny, 600));
+    let one = packed_by_python(&dir, "a.tar.zst", &six_hundred, true);
+    let two = copies_in_tar(&dir, "a.tar.zst", &six_hundred, 2);
+    assert_eq!(clamd.verdict(&two).await, Verdict::Clean, "clamd");
+    let answer = icap_respmod_with(tcp.port(), url, &one, "", "")
+        .await
+        .unwrap();
+    assert!(answer.is_clean(), "{answer:?}");
+    let answer = icap_respmod_with(tcp.port(), url, &two, "", "")
+        .await
+        .unwrap();
+    assert!(answer.is_undecodable(), "{answer:?}");
 
     // Content past the scan limit: too large (TOO_LARGE=block), not clean.
     let small =

@@ -364,8 +364,14 @@ struct Unpacking {
 const BODY: zip_watch::TakenApart = zip_watch::TakenApart {
     ar: true,
     zstd: true,
-    extract: true,
+    extract: HAND_OUT_LEVELS,
 };
+
+/// Levels of files handed out of a body ([`zip_watch::TakenApart::extract`]):
+/// the packages and zstd files in its tars and zips, and those in them (a
+/// `.deb` in a `.tar.zst` in a tar). The ones below are reported. Together
+/// they are at most 1,000 per body.
+const HAND_OUT_LEVELS: u8 = 2;
 
 /// How a zstd frame begins.
 const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
@@ -575,13 +581,18 @@ impl Sink {
     /// rpm's payload are scanned each, a zstd file's content too, and the
     /// files the watch finds in a tar or a zip are handed out.
     fn new(clamd: &Clamd, limit: u64) -> Sink {
-        Sink::taking_apart(clamd, limit, BODY)
+        Sink::taking_apart(clamd, limit, BODY, Default::default())
     }
 
     /// A sink that takes `apart` what its bytes begin with, and has its
-    /// watch hand out files or not: the watch reports what the sink does
-    /// not take apart.
-    fn taking_apart(clamd: &Clamd, limit: u64, apart: zip_watch::TakenApart) -> Sink {
+    /// watch hand out files or not (counted in `handed`, the body's count):
+    /// the watch reports what the sink does not take apart.
+    fn taking_apart(
+        clamd: &Clamd,
+        limit: u64,
+        apart: zip_watch::TakenApart,
+        handed: zip_watch::HandedCount,
+    ) -> Sink {
         Sink {
             clamd: clamd.clone(),
             spool: None,
@@ -589,7 +600,7 @@ impl Sink {
             stream: None,
             received: 0,
             failed: None,
-            unopened: Box::new(zip_watch::ZipWatch::of_scan(apart)),
+            unopened: Box::new(zip_watch::ZipWatch::of_scan(apart, handed)),
             ar: apart.ar.then(ar::Splitter::default),
             members: None,
             zstd: match apart.zstd {
@@ -642,6 +653,7 @@ impl Sink {
             }
             let (clamd, limit) = (self.clamd.clone(), self.limit);
             let extract = self.unopened.extracts();
+            let handed = self.unopened.handed_count();
             let members = self.members.get_or_insert_with(|| {
                 Box::new(Members {
                     part: None,
@@ -657,7 +669,7 @@ impl Sink {
                         extract,
                         ..BODY
                     };
-                    members.part = Some(Sink::taking_apart(&clamd, limit, apart));
+                    members.part = Some(Sink::taking_apart(&clamd, limit, apart, handed));
                 }
                 ar::Event::Data(bytes) => {
                     if let Some(part) = members.part.as_mut() {
@@ -702,7 +714,8 @@ impl Sink {
             extract: self.unopened.extracts(),
             ..Default::default()
         };
-        let sink = Sink::taking_apart(&self.clamd, self.limit, apart);
+        let handed = self.unopened.handed_count();
+        let sink = Sink::taking_apart(&self.clamd, self.limit, apart, handed);
         let mut u = Box::new(Unpacking::start(sink, self.limit));
         u.feed(&ZSTD_MAGIC).await;
         u.feed(&data[take..]).await;
@@ -881,9 +894,13 @@ impl Sink {
             self.extract(events);
         }
         let extracted = self.extracted.take();
-        let rescan = extracted
-            .is_some()
-            .then(|| (self.clamd.clone(), self.limit));
+        // What is handed out of the files hands out one level less.
+        let rescan = extracted.is_some().then(|| Rescan {
+            clamd: self.clamd.clone(),
+            limit: self.limit,
+            levels: self.unopened.extracts().saturating_sub(1),
+            handed: self.unopened.handed_count(),
+        });
         let own = match std::mem::replace(&mut self.zstd, Unzstd::No) {
             Unzstd::Unpacking(u) => {
                 let content = u.finish().await;
@@ -891,7 +908,7 @@ impl Sink {
             }
             _ => self.finish_whole().await,
         };
-        let (Some(x), Some((clamd, limit))) = (extracted, rescan) else {
+        let (Some(x), Some(rescan)) = (extracted, rescan) else {
             return own;
         };
         let spool = match x.spool {
@@ -900,10 +917,10 @@ impl Sink {
         };
         let mut verdict = own;
         for file in x.files {
-            let scan = Box::pin(file.scan(&clamd, limit, &spool));
+            let scan = Box::pin(file.scan(&rescan, &spool));
             verdict = worse(verdict, scan.await);
         }
-        clamd.keep(spool);
+        rescan.clamd.keep(spool);
         verdict
     }
 
@@ -1000,20 +1017,32 @@ impl Unpacking {
     }
 }
 
+/// How the files handed out of a body are scanned.
+struct Rescan {
+    clamd: Clamd,
+    limit: u64,
+    /// The levels of files they hand out in turn.
+    levels: u8,
+    handed: zip_watch::HandedCount,
+}
+
 impl Kept {
     /// Scans the file as a body would be, its bytes read back from the
     /// memory file.
-    async fn scan(self, clamd: &Clamd, limit: u64, spool: &Spool) -> Verdict {
+    async fn scan(self, rescan: &Rescan, spool: &Spool) -> Verdict {
         if self.too_large {
-            return Verdict::TooLarge { limit };
+            return Verdict::TooLarge {
+                limit: rescan.limit,
+            };
         }
-        // Taken apart as a body, but what its watch finds is reported, not
-        // handed out again.
+        // Taken apart as a body; what its watch finds is handed out one
+        // level less, and reported at the last.
         let apart = zip_watch::TakenApart {
-            extract: false,
+            extract: rescan.levels,
             ..BODY
         };
-        let mut sink = Sink::taking_apart(clamd, limit, apart);
+        let handed = rescan.handed.clone();
+        let mut sink = Sink::taking_apart(&rescan.clamd, rescan.limit, apart, handed);
         let mut buf = vec![0u8; 256 * 1024];
         let mut at = self.at;
         let end = self.at + self.len;

@@ -56,6 +56,8 @@
 //! as the zips in it are out of clamd's.
 
 use std::fmt;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 
 use memchr::memmem;
 use miniz_oxide::inflate::stream::InflateState;
@@ -326,9 +328,14 @@ pub(super) struct TakenApart {
     /// A zstd file, an ar archive or an rpm package that is a tar member,
     /// a zip entry or a gzip, xz or bzip2 file's content, at any level (a
     /// conda package's `.tar.zst`, a `.deb` in a zip, a `.deb.gz`): handed
-    /// out by [`ZipWatch::take_extracted`], to be scanned on its own.
-    pub extract: bool,
+    /// out by [`ZipWatch::take_extracted`], to be scanned on its own. The
+    /// levels of such files handed out: none at 0; at 1 the ones in these
+    /// bytes, which hand out none; at 2 those in them too.
+    pub extract: u8,
 }
+
+/// The files handed out for one body, at all levels of its scan.
+pub(super) type HandedCount = Arc<AtomicUsize>;
 
 /// What the watch hands out of a file it found in the body, in order.
 #[derive(Debug, PartialEq, Eq)]
@@ -345,13 +352,19 @@ pub(super) enum Handed {
 /// The files handed out, one at a time, for the body at all levels.
 #[derive(Debug, Default)]
 struct Extraction {
-    /// Whether files are handed out at all.
-    on: bool,
+    /// The levels of files handed out ([`TakenApart::extract`]): none at 0.
+    levels: u8,
     events: Vec<Handed>,
     /// Whether one is being handed out.
     open: bool,
-    /// How many were.
-    handed: usize,
+    /// How many were, for the body and the files handed out of it.
+    handed: HandedCount,
+}
+
+impl Extraction {
+    fn on(&self) -> bool {
+        self.levels > 0
+    }
 }
 
 /// The most files handed out for one body: each costs a scan of its own
@@ -418,14 +431,16 @@ impl ZipWatch {
         }
     }
 
-    /// The watch of a scan that takes `apart` what the body begins with.
-    pub(super) fn of_scan(apart: TakenApart) -> ZipWatch {
+    /// The watch of a scan that takes `apart` what the body begins with,
+    /// counting what it hands out in `handed`.
+    pub(super) fn of_scan(apart: TakenApart, handed: HandedCount) -> ZipWatch {
         ZipWatch {
             ar: (!apart.ar).then(ArWalk::default),
             zstd_scanned: apart.zstd,
             budget: Budget {
                 extraction: Extraction {
-                    on: apart.extract,
+                    levels: apart.extract,
+                    handed,
                     ..Extraction::default()
                 },
                 ..Budget::default()
@@ -571,7 +586,7 @@ impl Entry {
 impl Extract {
     /// Whether bytes that begin a file are looked at to hand it out.
     fn new(extraction: &Extraction) -> Extract {
-        match extraction.on {
+        match extraction.on() {
             true => Extract::Head(Vec::new()),
             false => Extract::No,
         }
@@ -610,12 +625,15 @@ impl Extract {
                 match told {
                     None => {}
                     Some(false) => *self = Extract::No,
-                    Some(true) if extraction.open || extraction.handed == HANDED_MAX => {
+                    Some(true)
+                        if extraction.open
+                            || extraction.handed.load(Ordering::Relaxed) >= HANDED_MAX =>
+                    {
                         *self = Extract::No
                     }
                     Some(true) => {
                         extraction.open = true;
-                        extraction.handed += 1;
+                        extraction.handed.fetch_add(1, Ordering::Relaxed);
                         extraction.events.push(Handed::Start);
                         extraction.events.push(Handed::Data(std::mem::take(head)));
                         extraction.events.push(Handed::Data(data[take..].to_vec()));
@@ -1140,9 +1158,15 @@ impl ZipWatch {
         }
     }
 
-    /// Whether this watch hands out files ([`TakenApart::extract`]).
-    pub(super) fn extracts(&self) -> bool {
-        self.budget.extraction.on
+    /// The levels of files this watch hands out ([`TakenApart::extract`]).
+    pub(super) fn extracts(&self) -> u8 {
+        self.budget.extraction.levels
+    }
+
+    /// The count of files handed out for the body, which the scans of
+    /// its parts and of the files handed out share.
+    pub(super) fn handed_count(&self) -> HandedCount {
+        self.budget.extraction.handed.clone()
     }
 
     /// The files handed out since the last call, as their bytes passed:
@@ -1381,7 +1405,7 @@ mod tests {
 
     /// What the watch of a scan that takes `apart` finds.
     fn watch_apart(apart: TakenApart, body: &[u8], piece: usize) -> Option<Unopened> {
-        let mut w = ZipWatch::of_scan(apart);
+        let mut w = ZipWatch::of_scan(apart, HandedCount::default());
         for p in body.chunks(piece) {
             observe_counted(&mut w, p);
         }
@@ -1704,7 +1728,7 @@ mod tests {
         let unpacked = TakenApart {
             ar: false,
             zstd: true,
-            extract: false,
+            extract: 0,
         };
         for piece in [1, 2, 3, 5, 100, zst.len()] {
             assert_eq!(
@@ -1730,11 +1754,12 @@ mod tests {
     /// What a watch that hands files out hands out of `body`, fed in
     /// pieces of `piece` bytes: each file, and whether it came whole.
     fn handed_out(body: &[u8], piece: usize) -> (Vec<(Vec<u8>, bool)>, Option<Unopened>) {
-        let mut w = ZipWatch::of_scan(TakenApart {
+        let apart = TakenApart {
             ar: true,
             zstd: true,
-            extract: true,
-        });
+            extract: 1,
+        };
+        let mut w = ZipWatch::of_scan(apart, HandedCount::default());
         let mut files: Vec<(Vec<u8>, bool)> = Vec::new();
         let mut open = false;
         // The body's pieces, then its end, which ends what is still open.
@@ -1902,7 +1927,7 @@ mod tests {
         let split = TakenApart {
             ar: true,
             zstd: true,
-            extract: false,
+            extract: 0,
         };
         for packed in [
             gzip(b"data"),
