@@ -581,17 +581,18 @@ impl Sink {
     /// rpm's payload are scanned each, a zstd file's content too, and the
     /// files the watch finds in a tar or a zip are handed out.
     fn new(clamd: &Clamd, limit: u64) -> Sink {
-        Sink::taking_apart(clamd, limit, BODY, Default::default())
+        Sink::taking_apart(clamd, limit, BODY, None)
     }
 
     /// A sink that takes `apart` what its bytes begin with, and has its
-    /// watch hand out files or not (counted in `handed`, the body's count):
-    /// the watch reports what the sink does not take apart.
+    /// watch hand out files or not (counted in `handed`, the body's count,
+    /// for a part of it): the watch reports what the sink does not take
+    /// apart.
     fn taking_apart(
         clamd: &Clamd,
         limit: u64,
         apart: zip_watch::TakenApart,
-        handed: zip_watch::HandedCount,
+        handed: Option<zip_watch::HandedCount>,
     ) -> Sink {
         Sink {
             clamd: clamd.clone(),
@@ -652,8 +653,6 @@ impl Sink {
                 continue;
             }
             let (clamd, limit) = (self.clamd.clone(), self.limit);
-            let extract = self.unopened.extracts();
-            let handed = self.unopened.handed_count();
             let members = self.members.get_or_insert_with(|| {
                 Box::new(Members {
                     part: None,
@@ -666,9 +665,10 @@ impl Sink {
                     // Members are not split again.
                     let apart = zip_watch::TakenApart {
                         ar: false,
-                        extract,
+                        extract: self.unopened.extracts(),
                         ..BODY
                     };
+                    let handed = Some(self.unopened.handed_count());
                     members.part = Some(Sink::taking_apart(&clamd, limit, apart, handed));
                 }
                 ar::Event::Data(bytes) => {
@@ -714,7 +714,7 @@ impl Sink {
             extract: self.unopened.extracts(),
             ..Default::default()
         };
-        let handed = self.unopened.handed_count();
+        let handed = Some(self.unopened.handed_count());
         let sink = Sink::taking_apart(&self.clamd, self.limit, apart, handed);
         let mut u = Box::new(Unpacking::start(sink, self.limit));
         u.feed(&ZSTD_MAGIC).await;
@@ -791,15 +791,16 @@ impl Sink {
             return false;
         }
         self.unopened.observe(data);
-        let events = self.unopened.take_extracted();
-        if !events.is_empty() {
-            self.extract(events);
-        }
+        self.extract();
         true
     }
 
-    /// Keeps the files the watch handed out.
-    fn extract(&mut self, events: Vec<zip_watch::Handed>) {
+    /// Keeps the files the watch handed out since the last call.
+    fn extract(&mut self) {
+        let events = self.unopened.take_extracted();
+        if events.is_empty() || self.failed.is_some() {
+            return;
+        }
         let clamd = &self.clamd;
         let x = self.extracted.get_or_insert_with(|| {
             Box::new(Extracted {
@@ -889,10 +890,7 @@ impl Sink {
         // A packed file's content ends with the body: a gzip file's
         // members, an xz file's streams may come until then.
         self.unopened.end();
-        let events = self.unopened.take_extracted();
-        if !events.is_empty() && self.failed.is_none() {
-            self.extract(events);
-        }
+        self.extract();
         let extracted = self.extracted.take();
         // What is handed out of the files hands out one level less.
         let rescan = extracted.is_some().then(|| Rescan {
@@ -1041,7 +1039,7 @@ impl Kept {
             extract: rescan.levels,
             ..BODY
         };
-        let handed = rescan.handed.clone();
+        let handed = Some(rescan.handed.clone());
         let mut sink = Sink::taking_apart(&rescan.clamd, rescan.limit, apart, handed);
         let mut buf = vec![0u8; 256 * 1024];
         let mut at = self.at;

@@ -357,8 +357,9 @@ struct Extraction {
     events: Vec<Handed>,
     /// Whether one is being handed out.
     open: bool,
-    /// How many were, for the body and the files handed out of it.
-    handed: HandedCount,
+    /// How many were, for the body and the files handed out of it: made
+    /// when the first is, or when a part's scan is to share it.
+    handed: Option<HandedCount>,
 }
 
 impl Extraction {
@@ -432,8 +433,9 @@ impl ZipWatch {
     }
 
     /// The watch of a scan that takes `apart` what the body begins with,
-    /// counting what it hands out in `handed`.
-    pub(super) fn of_scan(apart: TakenApart, handed: HandedCount) -> ZipWatch {
+    /// counting what it hands out in `handed` (the body's count, if this
+    /// is the scan of a part of it).
+    pub(super) fn of_scan(apart: TakenApart, handed: Option<HandedCount>) -> ZipWatch {
         ZipWatch {
             ar: (!apart.ar).then(ArWalk::default),
             zstd_scanned: apart.zstd,
@@ -627,13 +629,17 @@ impl Extract {
                     Some(false) => *self = Extract::No,
                     Some(true)
                         if extraction.open
-                            || extraction.handed.load(Ordering::Relaxed) >= HANDED_MAX =>
+                            || extraction
+                                .handed
+                                .as_ref()
+                                .is_some_and(|n| n.load(Ordering::Relaxed) >= HANDED_MAX) =>
                     {
                         *self = Extract::No
                     }
                     Some(true) => {
                         extraction.open = true;
-                        extraction.handed.fetch_add(1, Ordering::Relaxed);
+                        let handed = extraction.handed.get_or_insert_with(Default::default);
+                        handed.fetch_add(1, Ordering::Relaxed);
                         extraction.events.push(Handed::Start);
                         extraction.events.push(Handed::Data(std::mem::take(head)));
                         extraction.events.push(Handed::Data(data[take..].to_vec()));
@@ -1165,8 +1171,9 @@ impl ZipWatch {
 
     /// The count of files handed out for the body, which the scans of
     /// its parts and of the files handed out share.
-    pub(super) fn handed_count(&self) -> HandedCount {
-        self.budget.extraction.handed.clone()
+    pub(super) fn handed_count(&mut self) -> HandedCount {
+        let handed = &mut self.budget.extraction.handed;
+        handed.get_or_insert_with(Default::default).clone()
     }
 
     /// The files handed out since the last call, as their bytes passed:
@@ -1405,7 +1412,7 @@ mod tests {
 
     /// What the watch of a scan that takes `apart` finds.
     fn watch_apart(apart: TakenApart, body: &[u8], piece: usize) -> Option<Unopened> {
-        let mut w = ZipWatch::of_scan(apart, HandedCount::default());
+        let mut w = ZipWatch::of_scan(apart, None);
         for p in body.chunks(piece) {
             observe_counted(&mut w, p);
         }
@@ -1759,7 +1766,7 @@ mod tests {
             zstd: true,
             extract: 1,
         };
-        let mut w = ZipWatch::of_scan(apart, HandedCount::default());
+        let mut w = ZipWatch::of_scan(apart, None);
         let mut files: Vec<(Vec<u8>, bool)> = Vec::new();
         let mut open = false;
         // The body's pieces, then its end, which ends what is still open.
