@@ -133,9 +133,7 @@ pub(super) enum Packing {
 pub(super) fn unpacking(packing: Packing) -> Option<Decoder> {
     let layer = match packing {
         Packing::Gzip => Layer::Gzip(Gzip::default()),
-        Packing::Xz => Layer::Xz(Unpack::new(
-            xz2::stream::Stream::new_stream_decoder(XZ_MEMORY_MAX, 0).ok()?,
-        )),
+        Packing::Xz => Layer::Xz(Unpack::new(xz_decoder()?)),
         Packing::Bzip2 => Layer::Bzip2(Unpack::new(bzip2::Decompress::new(false))),
     };
     Some(Decoder {
@@ -554,6 +552,11 @@ impl Zstd {
     }
 }
 
+/// A decoder of one xz stream, within [`XZ_MEMORY_MAX`].
+fn xz_decoder() -> Option<xz2::stream::Stream> {
+    xz2::stream::Stream::new_stream_decoder(XZ_MEMORY_MAX, 0).ok()
+}
+
 /// How an xz stream begins (its magic's first byte).
 const XZ_MAGIC_FIRST: u8 = 0xfd;
 
@@ -606,8 +609,7 @@ impl Library for xz2::stream::Stream {
     const STREAMS: bool = true;
 
     fn next_stream(first: u8) -> Option<Self> {
-        let begins = first == XZ_MAGIC_FIRST;
-        begins.then(|| xz2::stream::Stream::new_stream_decoder(XZ_MEMORY_MAX, 0).ok())?
+        (first == XZ_MAGIC_FIRST).then(xz_decoder)?
     }
 }
 
