@@ -1105,9 +1105,70 @@ fn error_verdict(e: ScanError) -> Verdict {
     }
 }
 
+/// Runs `work`, which may take long, with the runtime's other tasks
+/// moved to another thread meanwhile: the runtime has a thread per core,
+/// and 208 bytes of bzip2 unpack for the watch to its whole budget in
+/// about 0.6 s, so two such bodies at once held every other request up
+/// for that long. In place where that cannot be done (on a runtime of one
+/// thread, as in tests) or need not be (off the runtime).
+fn off_the_runtime<R>(work: impl FnOnce() -> R) -> R {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    match Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(RuntimeFlavor::MultiThread) => {
+            #[cfg(test)]
+            tests::MOVED.with(|moved| moved.set(moved.get() + 1));
+            tokio::task::block_in_place(work)
+        }
+        _ => work(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    thread_local! {
+        /// Calls of [`off_the_runtime`] on this thread that moved the
+        /// runtime's other tasks away.
+        pub(super) static MOVED: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+    }
+
+    /// What `work` did, and how many times it moved the runtime's other
+    /// tasks away.
+    pub(super) fn counting_moves<R>(work: impl FnOnce() -> R) -> (R, usize) {
+        let before = MOVED.with(|m| m.get());
+        let r = work();
+        (r, MOVED.with(|m| m.get()) - before)
+    }
+
+    #[test]
+    fn long_work_lets_the_runtime_s_other_tasks_run() {
+        // One worker thread: without moving them away, the task below
+        // could not run before the work ends, and the work waits for it.
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let got = rt.block_on(async {
+            let (tx, rx) = std::sync::mpsc::channel();
+            let work = tokio::spawn(async move {
+                off_the_runtime(|| rx.recv_timeout(Duration::from_secs(60)))
+            });
+            tokio::spawn(async move { tx.send("ran meanwhile") });
+            work.await.unwrap()
+        });
+        assert_eq!(got, Ok("ran meanwhile"));
+        // Outside a runtime, and on a runtime of one thread, in place.
+        assert_eq!(counting_moves(|| off_the_runtime(|| 7)), (7, 0));
+        let one = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        assert_eq!(
+            one.block_on(async { counting_moves(|| off_the_runtime(|| 7)) }),
+            (7, 0)
+        );
+    }
 
     fn infected(names: &[&str]) -> Verdict {
         Verdict::Infected {

@@ -134,6 +134,11 @@ const DEPTH: u8 = 3;
 const OPEN_MAX: usize = 16;
 /// Unpacked bytes handed on at a time.
 const PIECE: usize = 32 * 1024;
+/// The most deflated bytes unpacked on the runtime's own thread: deflate
+/// makes at most 1,032 bytes of one, so these make up to 16 MiB, some
+/// milliseconds of work. More, and xz or bzip2 data of any length, are
+/// unpacked with the runtime's other tasks moved to another thread.
+const UNPACKED_IN_PLACE: usize = 16 * 1024;
 /// Local headers and central directory entries kept by one watch to find
 /// unlisted entries (32 to 40 bytes each); an archive with more is not
 /// checked for them.
@@ -470,6 +475,7 @@ enum Packed {
 /// body as it came, and unpacks it itself).
 struct Inside {
     decoder: decode::Decoder,
+    packing: decode::Packing,
     piece: Vec<u8>,
     /// A watch of the unpacked bytes.
     watch: Box<ZipWatch>,
@@ -488,6 +494,7 @@ impl Inside {
         let decoder = decode::unpacking(packing)?;
         Some(Box::new(Inside {
             decoder,
+            packing,
             piece: Vec::new(),
             watch: Box::new(ZipWatch::at_depth(depth + 1)),
             extract: Extract::new(extraction),
@@ -496,7 +503,20 @@ impl Inside {
 
     /// Unpacks `data` into the watch; false once there is nothing more to
     /// watch (the stream is damaged, or the budget spent).
-    fn feed(&mut self, mut data: &[u8], budget: &mut Budget) -> bool {
+    fn feed(&mut self, data: &[u8], budget: &mut Budget) -> bool {
+        match self.packing {
+            // A few hundred bytes of either may unpack to the whole budget.
+            decode::Packing::Xz | decode::Packing::Bzip2 => {
+                super::off_the_runtime(|| self.unpack(data, budget))
+            }
+            decode::Packing::Gzip if data.len() >= UNPACKED_IN_PLACE => {
+                super::off_the_runtime(|| self.unpack(data, budget))
+            }
+            decode::Packing::Gzip => self.unpack(data, budget),
+        }
+    }
+
+    fn unpack(&mut self, mut data: &[u8], budget: &mut Budget) -> bool {
         loop {
             match self.decoder.decode(&mut data, &mut self.piece) {
                 Ok(true) => {
@@ -550,7 +570,14 @@ impl Entry {
     /// Unpacks `data`, the entry's next bytes, into the watch; false once
     /// there is nothing more to watch (the entry's data ended or is
     /// damaged, or the budget is spent).
-    fn feed(&mut self, mut data: &[u8], piece: &mut [u8], budget: &mut Budget) -> bool {
+    fn feed(&mut self, data: &[u8], piece: &mut [u8], budget: &mut Budget) -> bool {
+        if self.inflate.is_some() && data.len() >= UNPACKED_IN_PLACE {
+            return super::off_the_runtime(|| self.inflate(data, piece, budget));
+        }
+        self.inflate(data, piece, budget)
+    }
+
+    fn inflate(&mut self, mut data: &[u8], piece: &mut [u8], budget: &mut Budget) -> bool {
         let Some(inflate) = self.inflate.as_mut() else {
             // Bytes that are in the body as they are: watched again, not
             // unpacked, so not counted against the budget.
@@ -1661,6 +1688,36 @@ mod tests {
         let mut e = bzip2::write::BzEncoder::new(Vec::new(), bzip2::Compression::best());
         e.write_all(data).unwrap();
         e.finish().unwrap()
+    }
+
+    #[test]
+    fn unpacking_that_may_take_long_is_done_off_the_runtime() {
+        use crate::scan::tests::counting_moves;
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .build()
+            .unwrap();
+        // How many times watching `body` in pieces of `piece` moved the
+        // runtime's other tasks away.
+        let moves = |body: &[u8], piece: usize| {
+            rt.block_on(async { counting_moves(|| watch(body, piece)).1 })
+        };
+        let tar = tar_member(b"a.txt", &[7; 40_000]);
+        for packed in [xz(&tar, 0), bz2(&tar)] {
+            // Each piece (the first in two: the head, then the rest).
+            assert_eq!(moves(&packed, 100), packed.len().div_ceil(100) + 1);
+        }
+        // Deflated data in small pieces makes a few MiB at most.
+        let mut next = numbers(7);
+        let noise: Vec<u8> = (0..40_000).map(|_| next(256) as u8).collect();
+        let tar = tar_member(b"a.bin", &noise);
+        let (gz, zip) = (gzip(&tar), zip_of(&tar, 1, false));
+        assert_eq!(moves(&gz, UNPACKED_IN_PLACE - 1), 0);
+        assert_eq!(moves(&zip, UNPACKED_IN_PLACE - 1), 0);
+        assert!(moves(&gz, UNPACKED_IN_PLACE) > 0);
+        assert!(moves(&zip, UNPACKED_IN_PLACE) > 0);
+        // Nothing unpacked, nothing moved.
+        assert_eq!(moves(&tar, tar.len()), 0);
     }
 
     #[test]
