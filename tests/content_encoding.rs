@@ -822,6 +822,10 @@ async fn a_zstd_file_s_content_is_scanned() {
     let deb_gz = gzip(&plain_deb);
     let deb_gz_in_tar = packed_by_python(&dir, "e.deb.gz", &deb_gz, true);
     let two_levels = packed_by_python(&dir, "x.tar.zst", &in_tar_zst, true);
+    // Made by genisoimage (-J -R): pool/main/eicar.deb, and
+    // Packages/clean.rpm.
+    let iso = fixture("eicar-deb.iso");
+    let clean_iso = fixture("clean-rpm.iso");
     let infected = [
         ("eicar.zst", &zst),
         ("eicar.tar.zst", &tar_zst),
@@ -839,6 +843,8 @@ async fn a_zstd_file_s_content_is_scanned() {
         ("a .deb in a .tar.bz2", &packed_by("bzip2", &deb_in_tar)),
         ("a .deb.xz", &packed_by("xz", &plain_deb)),
         ("a .zst in a .tar.zst in a tar", &two_levels),
+        ("a .deb on an ISO image", &iso),
+        ("a .deb on an ISO image in a .xz", &packed_by("xz", &iso)),
     ];
     let clean = zstd(&b"Nothing to see here.\n".repeat(5000));
     let clean_conda = conda_by_python(&dir, &info, &info);
@@ -865,7 +871,7 @@ async fn a_zstd_file_s_content_is_scanned() {
             let answer = icap_respmod_with(port, url, body, "", "").await.unwrap();
             assert!(answer.is_infected(), "{name}: {answer:?}");
         }
-        for body in [&clean, &clean_conda, &clean_deb_gz] {
+        for body in [&clean, &clean_conda, &clean_deb_gz, &clean_iso] {
             let answer = icap_respmod_with(port, url, body, "", "").await.unwrap();
             assert!(answer.is_clean(), "{answer:?}");
         }

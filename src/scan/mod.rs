@@ -23,6 +23,7 @@ mod bzip2_watch;
 pub mod clamd;
 pub mod decode;
 pub mod form;
+mod iso_walk;
 mod rpm;
 mod tar_watch;
 pub mod zip_watch;

@@ -32,8 +32,9 @@
 //!   does not see into ([`super::ar::ArWalk`]).
 //!
 //! The last two are reported only where the scan does not take them
-//! apart itself: as the body (or an ar member), or as a tar member, a zip
-//! entry or a gzip, xz or bzip2 file's content that the watch hands out
+//! apart itself: as the body (or an ar member), or as a tar member, a
+//! file on an ISO 9660 image ([`super::iso_walk`]), a zip entry or a
+//! gzip, xz or bzip2 file's content that the watch hands out
 //! ([`ZipWatch::take_extracted`]) to be scanned on its own.
 //!
 //! A body with such a record is reported, and the scan cannot call it
@@ -48,7 +49,8 @@
 //! `.tar.gz`, `.tar.xz`, `.tar.bz2`; a tar keeps its files' bytes as they
 //! are; a bzip2 file's first stream, and an xz file only if its
 //! dictionary is at most 8 MiB) and a zip's deflated entries; and a
-//! zip's stored entries and a tar's members, from their start. Each is
+//! zip's stored entries, a tar's members and an ISO image's files, from
+//! their start. Each is
 //! unpacked here, as it passes, into a watch of its own, down to [`DEPTH`]
 //! levels (a zip in a zip in a `.tar.gz`), and up to [`WATCHED`] unpacked
 //! bytes in all. An archive inside another that is packed any other way (a
@@ -66,6 +68,7 @@ use miniz_oxide::DataFormat;
 use super::ar::{self, ArWalk};
 use super::bzip2_watch::Bzip2Watch;
 use super::decode;
+use super::iso_walk::IsoWalk;
 use super::rpm;
 use super::tar_watch::TarWalk;
 
@@ -305,6 +308,8 @@ pub struct ZipWatch {
     budget: Budget,
     /// The headers of the tar archive the bytes may be.
     tar: TarWalk,
+    /// The directories of the ISO 9660 image the bytes may be.
+    iso: IsoWalk,
     /// Bzip2 streams in the bytes.
     bzip2: Bzip2Watch,
     /// The ar archive the bytes may be, unless the scan takes it apart.
@@ -428,6 +433,7 @@ impl ZipWatch {
             depth,
             budget: Budget::default(),
             tar: TarWalk::default(),
+            iso: IsoWalk::default(),
             bzip2: Bzip2Watch::default(),
             ar: Some(ArWalk::default()),
             zstd_scanned: false,
@@ -951,8 +957,11 @@ impl ZipWatch {
             self.found = Some(what);
             return;
         }
-        // Each tar member is watched from its start, as clamd unpacks it;
-        // the one before has had its bytes (and is closed) by then.
+        self.iso.feed(data, &mut members);
+        members.sort_unstable();
+        // Each tar member, or file of an ISO image, is watched from its
+        // start, as clamd unpacks it; the one before has had its bytes
+        // (and is closed) by then.
         for (at, len) in members {
             self.unpack(data, start, at, true, budget);
             self.open(at, Some(len), None, false, budget);
@@ -1850,6 +1859,30 @@ mod tests {
         }
         assert!(!open, "all ended with the body");
         (files, w.found())
+    }
+
+    #[test]
+    fn packages_on_an_iso_image_are_handed_out() {
+        // clamd opens the image, not the .deb on it.
+        let image = crate::scan::iso_walk::tests::IMAGE;
+        let deb = include_bytes!("../../tests/fixtures/eicar.deb").to_vec();
+        let tar = tar_member(b"disc.iso", image);
+        for body in [image.to_vec(), xz(image, 6), gzip(image), tar] {
+            assert_eq!(find(&body, body.len()), None);
+            for piece in [1, 9, 2048, body.len()] {
+                assert_eq!(
+                    handed_out(&body, piece),
+                    (vec![(deb.clone(), true)], None),
+                    "pieces of {piece}"
+                );
+            }
+        }
+        // A file on it cut short with the body is not whole.
+        let cut = &image[..36 * 2048 + 100];
+        assert_eq!(
+            handed_out(cut, 500),
+            (vec![(deb[..100].to_vec(), false)], None)
+        );
     }
 
     #[test]
