@@ -114,7 +114,8 @@ pub fn plan(content_encoding: &str) -> Plan {
     let between = layers.len() - 1;
     Plan::Decode(Decoder {
         layers,
-        between: vec![(Vec::new(), 0); between],
+        between: vec![Held::default(); between],
+        out: Vec::new(),
         started: false,
     })
 }
@@ -139,6 +140,7 @@ pub(super) fn unpacking(packing: Packing) -> Option<Decoder> {
     Some(Decoder {
         layers: vec![layer],
         between: Vec::new(),
+        out: Vec::new(),
         started: false,
     })
 }
@@ -676,11 +678,21 @@ impl<L: Library> Unpack<L> {
 pub struct Decoder {
     /// Outermost first.
     layers: Vec<Layer>,
-    /// What layer `i` decoded and layer `i + 1` has not taken yet, and how
-    /// far it has taken it.
-    between: Vec<(Vec<u8>, usize)>,
+    /// What layer `i` decoded and layer `i + 1` has not taken yet.
+    between: Vec<Held>,
+    /// Where the last layer decodes to.
+    out: Vec<u8>,
     /// Whether any encoded byte arrived.
     started: bool,
+}
+
+/// Bytes one layer decoded for the next, in a buffer of [`PIECE`] bytes
+/// (zeroed once, when first used): `data[at..end]` are still to be taken.
+#[derive(Debug, Clone, Default)]
+struct Held {
+    data: Vec<u8>,
+    at: usize,
+    end: usize,
 }
 
 impl std::fmt::Debug for Decoder {
@@ -691,16 +703,17 @@ impl std::fmt::Debug for Decoder {
 }
 
 impl Decoder {
-    /// Decodes what it can of `input` (advanced past what was used) into
-    /// `out`, at most [`PIECE`] bytes; false when nothing more comes out
-    /// without more input.
-    pub fn decode(&mut self, input: &mut &[u8], out: &mut Vec<u8>) -> Result<bool, String> {
+    /// Decodes what it can of `input` (advanced past what was used): at
+    /// most [`PIECE`] bytes, none when nothing more comes out without more
+    /// input.
+    pub fn decode(&mut self, input: &mut &[u8]) -> Result<&[u8], String> {
         self.started |= !input.is_empty();
+        let mut out = std::mem::take(&mut self.out);
         out.resize(PIECE, 0);
         let last = self.layers.len() - 1;
-        let n = self.pull(last, input, out);
-        out.truncate(*n.as_ref().unwrap_or(&0));
-        Ok(n? > 0)
+        let n = self.pull(last, input, &mut out);
+        self.out = out;
+        Ok(&self.out[..n?])
     }
 
     /// At the end of the body: every layer must have reached its end, or
@@ -727,12 +740,11 @@ impl Decoder {
                 *input = &input[step.consumed..];
                 (step, input.len())
             } else {
-                let (data, at) = &mut self.between[i - 1];
-                let step = self.layers[i].step(&data[*at..], buf);
+                let held = &mut self.between[i - 1];
+                let step = self.layers[i].step(&held.data[held.at..held.end], buf);
                 let step = step.map_err(|e| format!("cannot decode {name}: {e}"))?;
-                *at += step.consumed;
-                let left = data.len() - *at;
-                (step, left)
+                held.at += step.consumed;
+                (step, held.end - held.at)
             };
             if step.produced > 0 {
                 return Ok(step.produced);
@@ -749,8 +761,8 @@ impl Decoder {
                 if i == 0 {
                     *input = &[];
                 } else {
-                    let (data, at) = &mut self.between[i - 1];
-                    *at = data.len();
+                    let held = &mut self.between[i - 1];
+                    held.at = held.end;
                 }
                 return Ok(0);
             }
@@ -758,11 +770,12 @@ impl Decoder {
                 return Ok(0);
             }
             // Its input is used up: more from the layer before.
-            let (mut data, _) = std::mem::take(&mut self.between[i - 1]);
-            data.resize(PIECE, 0);
-            let n = self.pull(i - 1, input, &mut data);
-            data.truncate(*n.as_ref().unwrap_or(&0));
-            self.between[i - 1] = (data, 0);
+            let mut held = std::mem::take(&mut self.between[i - 1]);
+            held.data.resize(PIECE, 0);
+            let n = self.pull(i - 1, input, &mut held.data);
+            held.at = 0;
+            held.end = *n.as_ref().unwrap_or(&0);
+            self.between[i - 1] = held;
             if n? == 0 {
                 return Ok(0);
             }
@@ -783,11 +796,14 @@ mod tests {
             panic!("{content_encoding} needs decoding");
         };
         let mut out = Vec::new();
-        let mut piece_out = Vec::new();
         for chunk in encoded.chunks(piece.max(1)) {
             let mut rest = chunk;
-            while d.decode(&mut rest, &mut piece_out)? {
-                out.extend_from_slice(&piece_out);
+            loop {
+                let piece = d.decode(&mut rest)?;
+                if piece.is_empty() {
+                    break;
+                }
+                out.extend_from_slice(piece);
             }
             assert!(rest.is_empty(), "all input taken");
         }
@@ -1007,14 +1023,13 @@ mod tests {
                 panic!()
             };
             let piece = 1 + (next() as usize) % 50;
-            let mut out = Vec::new();
             let mut failed = false;
             for chunk in data.chunks(piece) {
                 let mut rest = chunk;
                 loop {
-                    match d.decode(&mut rest, &mut out) {
-                        Ok(true) => assert!(out.len() <= PIECE),
-                        Ok(false) => break,
+                    match d.decode(&mut rest) {
+                        Ok(out) if !out.is_empty() => assert!(out.len() <= PIECE),
+                        Ok(_) => break,
                         Err(_) => {
                             failed = true;
                             break;
@@ -1039,8 +1054,12 @@ mod tests {
             let Plan::Decode(mut d) = plan(coding) else {
                 panic!()
             };
-            let (mut rest, mut out, mut total) = (&bomb[..], Vec::new(), 0);
-            while d.decode(&mut rest, &mut out).unwrap() {
+            let (mut rest, mut total) = (&bomb[..], 0);
+            loop {
+                let out = d.decode(&mut rest).unwrap();
+                if out.is_empty() {
+                    break;
+                }
                 assert!(out.len() <= PIECE);
                 total += out.len();
             }

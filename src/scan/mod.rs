@@ -103,13 +103,11 @@ impl Scanner {
             decode::Plan::AsIs => None,
             decode::Plan::Decode(decoder) => Some(Box::new(Decoding {
                 decoder: Some(decoder),
-                piece: Vec::new(),
                 encoded: 0,
                 error: None,
             })),
             decode::Plan::Cannot(why) => Some(Box::new(Decoding {
                 decoder: None,
-                piece: Vec::new(),
                 encoded: 0,
                 error: Some(why),
             })),
@@ -350,7 +348,6 @@ enum Unzstd {
 struct Unpacking {
     /// `None` when no decoder could start.
     decoder: Option<decode::Decoder>,
-    piece: Vec<u8>,
     /// The scan of the content, whose own limit is what is left of the
     /// scan limit.
     sink: Sink,
@@ -389,8 +386,6 @@ struct Members {
 struct Decoding {
     /// `None` when the coding cannot be undone here (`error` says why).
     decoder: Option<decode::Decoder>,
-    /// The latest decoded piece.
-    piece: Vec<u8>,
     /// Encoded bytes received.
     encoded: u64,
     /// Why decoding stopped. What was decoded until then is still scanned:
@@ -447,9 +442,9 @@ impl ScanSession {
             return;
         };
         while d.error.is_none() && !self.has_failed() && !self.is_too_large() {
-            match decoder.decode(&mut data, &mut d.piece) {
-                Ok(true) => self.write_decoded(&d.piece).await,
-                Ok(false) => break,
+            match decoder.decode(&mut data) {
+                Ok([]) => break,
+                Ok(piece) => self.write_decoded(piece).await,
                 Err(e) => d.error = Some(e),
             }
         }
@@ -960,7 +955,6 @@ impl Unpacking {
         };
         Unpacking {
             decoder,
-            piece: Vec::new(),
             sink,
             limit,
             stopped,
@@ -971,29 +965,22 @@ impl Unpacking {
     /// scan, until they are used up, the content does not unpack, or is
     /// over the limit.
     async fn feed(&mut self, mut data: &[u8]) {
-        while self.next_piece(&mut data) {
-            self.sink.write_whole(&self.piece).await;
-        }
-    }
-
-    /// Unpacks the next piece of content out of `data` (advanced past what
-    /// it used); false once there is none without more bytes, or
-    /// unpacking stopped.
-    fn next_piece(&mut self, data: &mut &[u8]) -> bool {
-        let Some(decoder) = self.decoder.as_mut().filter(|_| self.stopped.is_none()) else {
-            return false;
-        };
-        match decoder.decode(data, &mut self.piece) {
-            Ok(true) if self.sink.received + self.piece.len() as u64 > self.sink.limit => {
-                self.sink.drop_body();
-                self.stopped = Some(Verdict::TooLarge { limit: self.limit });
-                false
-            }
-            Ok(true) => true,
-            Ok(false) => false,
-            Err(e) => {
-                self.stopped = Some(not_unpacked(e));
-                false
+        loop {
+            let Some(decoder) = self.decoder.as_mut().filter(|_| self.stopped.is_none()) else {
+                return;
+            };
+            match decoder.decode(&mut data) {
+                Ok([]) => return,
+                Ok(piece) if self.sink.received + piece.len() as u64 > self.sink.limit => {
+                    self.sink.drop_body();
+                    self.stopped = Some(Verdict::TooLarge { limit: self.limit });
+                    return;
+                }
+                Ok(piece) => self.sink.write_whole(piece).await,
+                Err(e) => {
+                    self.stopped = Some(not_unpacked(e));
+                    return;
+                }
             }
         }
     }

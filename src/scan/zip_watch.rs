@@ -482,7 +482,6 @@ enum Packed {
 struct Inside {
     decoder: decode::Decoder,
     packing: decode::Packing,
-    piece: Vec<u8>,
     /// A watch of the unpacked bytes.
     watch: Box<ZipWatch>,
     /// Whether what it unpacks to is handed out (a `.deb.gz`, `.deb.xz`).
@@ -501,7 +500,6 @@ impl Inside {
         Some(Box::new(Inside {
             decoder,
             packing,
-            piece: Vec::new(),
             watch: Box::new(ZipWatch::at_depth(depth + 1)),
             extract: Extract::new(extraction),
         }))
@@ -524,15 +522,15 @@ impl Inside {
 
     fn unpack(&mut self, mut data: &[u8], budget: &mut Budget) -> bool {
         loop {
-            match self.decoder.decode(&mut data, &mut self.piece) {
-                Ok(true) => {
+            match self.decoder.decode(&mut data) {
+                Ok([]) => return true,
+                Ok(piece) => {
                     self.extract
-                        .hand_out(&self.piece, &mut budget.extraction, &mut self.watch);
-                    if !self.watch.take_unpacked(&self.piece, budget) {
+                        .hand_out(piece, &mut budget.extraction, &mut self.watch);
+                    if !self.watch.take_unpacked(piece, budget) {
                         return false;
                     }
                 }
-                Ok(false) => return true,
                 Err(_) => return false,
             }
         }
