@@ -1376,8 +1376,10 @@ async fn raw_call(
         .body(())
         .unwrap();
     let (response, mut send) = client.send_request(request, false).unwrap();
-    send.send_data(bytes::Bytes::copy_from_slice(frames), true)
-        .unwrap();
+    // A server may refuse the call at its headers and end the stream
+    // before the body is sent (seen once in CI as InactiveStreamId): the
+    // answer below is what counts.
+    let _ = send.send_data(bytes::Bytes::copy_from_slice(frames), true);
     let response = tokio::time::timeout(Duration::from_secs(10), response)
         .await
         .expect("an answer in time")
