@@ -826,6 +826,9 @@ async fn a_zstd_file_s_content_is_scanned() {
     // Packages/clean.rpm.
     let iso = fixture("eicar-deb.iso");
     let clean_iso = fixture("clean-rpm.iso");
+    // Made by GNU cpio: eicar.deb, -H newc and -H odc.
+    let cpio = fixture("eicar-deb.cpio");
+    let odc = fixture("eicar-deb-odc.cpio");
     let infected = [
         ("eicar.zst", &zst),
         ("eicar.tar.zst", &tar_zst),
@@ -845,6 +848,8 @@ async fn a_zstd_file_s_content_is_scanned() {
         ("a .zst in a .tar.zst in a tar", &two_levels),
         ("a .deb on an ISO image", &iso),
         ("a .deb on an ISO image in a .xz", &packed_by("xz", &iso)),
+        ("a .deb in a cpio archive", &cpio),
+        ("a .deb in a cpio archive (odc) in a .gz", &gzip(&odc)),
     ];
     let clean = zstd(&b"Nothing to see here.\n".repeat(5000));
     let clean_conda = conda_by_python(&dir, &info, &info);

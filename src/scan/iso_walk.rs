@@ -210,21 +210,7 @@ pub(super) mod tests {
 
     fn members(image: &[u8], piece: usize) -> Vec<(u64, u64)> {
         let mut walk = IsoWalk::default();
-        let mut members = Vec::new();
-        let mut at = 0;
-        for p in image.chunks(piece) {
-            let before = members.len();
-            walk.feed(p, &mut members);
-            // Each is handed on within the piece that reaches it.
-            for &(begins, _) in &members[before..] {
-                assert!(
-                    (at..=at + p.len() as u64).contains(&begins),
-                    "{begins} in piece at {at}"
-                );
-            }
-            at += p.len() as u64;
-        }
-        members
+        crate::scan::tests::members_walked(|p, m| walk.feed(p, m), image, piece)
     }
 
     #[test]

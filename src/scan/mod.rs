@@ -21,6 +21,7 @@
 mod ar;
 mod bzip2_watch;
 pub mod clamd;
+mod cpio_walk;
 pub mod decode;
 pub mod form;
 mod iso_walk;
@@ -1119,6 +1120,30 @@ mod tests {
         /// Calls of [`off_the_runtime`] on this thread that moved the
         /// runtime's other tasks away.
         pub(super) static MOVED: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+    }
+
+    /// The members a walk of an archive's headers hands on when `body`
+    /// is fed to `feed` `piece` bytes at a time; each must be handed on
+    /// within the piece that reaches it.
+    pub(super) fn members_walked(
+        mut feed: impl FnMut(&[u8], &mut Vec<(u64, u64)>),
+        body: &[u8],
+        piece: usize,
+    ) -> Vec<(u64, u64)> {
+        let mut members = Vec::new();
+        let mut at = 0;
+        for p in body.chunks(piece) {
+            let before = members.len();
+            feed(p, &mut members);
+            for &(begins, _) in &members[before..] {
+                assert!(
+                    (at..=at + p.len() as u64).contains(&begins),
+                    "{begins} in piece at {at}"
+                );
+            }
+            at += p.len() as u64;
+        }
+        members
     }
 
     /// What `work` did, and how many times it moved the runtime's other

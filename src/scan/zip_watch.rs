@@ -33,7 +33,8 @@
 //!
 //! The last two are reported only where the scan does not take them
 //! apart itself: as the body (or an ar member), or as a tar member, a
-//! file on an ISO 9660 image ([`super::iso_walk`]), a zip entry or a
+//! cpio member ([`super::cpio_walk`]), a file on an ISO 9660 image
+//! ([`super::iso_walk`]), a zip entry or a
 //! gzip, xz or bzip2 file's content that the watch hands out
 //! ([`ZipWatch::take_extracted`]) to be scanned on its own.
 //!
@@ -49,8 +50,8 @@
 //! `.tar.gz`, `.tar.xz`, `.tar.bz2`; a tar keeps its files' bytes as they
 //! are; a bzip2 file's first stream, and an xz file only if its
 //! dictionary is at most 8 MiB) and a zip's deflated entries; and a
-//! zip's stored entries, a tar's members and an ISO image's files, from
-//! their start. Each is
+//! zip's stored entries, a tar's or a cpio archive's members and an ISO
+//! image's files, from their start. Each is
 //! unpacked here, as it passes, into a watch of its own, down to [`DEPTH`]
 //! levels (a zip in a zip in a `.tar.gz`), and up to [`WATCHED`] unpacked
 //! bytes in all. An archive inside another that is packed any other way (a
@@ -67,6 +68,7 @@ use miniz_oxide::DataFormat;
 
 use super::ar::{self, ArWalk};
 use super::bzip2_watch::Bzip2Watch;
+use super::cpio_walk::CpioWalk;
 use super::decode;
 use super::iso_walk::IsoWalk;
 use super::rpm;
@@ -310,6 +312,8 @@ pub struct ZipWatch {
     tar: TarWalk,
     /// The directories of the ISO 9660 image the bytes may be.
     iso: IsoWalk,
+    /// The headers of the cpio archive the bytes may be.
+    cpio: CpioWalk,
     /// Bzip2 streams in the bytes.
     bzip2: Bzip2Watch,
     /// The ar archive the bytes may be, unless the scan takes it apart.
@@ -434,6 +438,7 @@ impl ZipWatch {
             budget: Budget::default(),
             tar: TarWalk::default(),
             iso: IsoWalk::default(),
+            cpio: CpioWalk::default(),
             bzip2: Bzip2Watch::default(),
             ar: Some(ArWalk::default()),
             zstd_scanned: false,
@@ -956,10 +961,11 @@ impl ZipWatch {
             return;
         }
         self.iso.feed(data, &mut members);
+        self.cpio.feed(data, &mut members);
         members.sort_unstable();
-        // Each tar member, or file of an ISO image, is watched from its
-        // start, as clamd unpacks it; the one before has had its bytes
-        // (and is closed) by then.
+        // Each member of a tar or a cpio archive, or file of an ISO image,
+        // is watched from its start, as clamd unpacks it; the one before
+        // has had its bytes (and is closed) by then.
         for (at, len) in members {
             self.unpack(data, start, at, true, budget);
             self.open(at, Some(len), None, false, budget);
@@ -1881,6 +1887,24 @@ mod tests {
             handed_out(cut, 500),
             (vec![(deb[..100].to_vec(), false)], None)
         );
+    }
+
+    #[test]
+    fn packages_in_a_cpio_archive_are_handed_out() {
+        // clamd unpacks cpio, not the .deb in it.
+        let deb = include_bytes!("../../tests/fixtures/eicar.deb").to_vec();
+        let newc = include_bytes!("../../tests/fixtures/eicar-deb.cpio");
+        let odc = include_bytes!("../../tests/fixtures/eicar-deb-odc.cpio");
+        for body in [newc.to_vec(), odc.to_vec(), gzip(newc), xz(odc, 6)] {
+            assert_eq!(find(&body, body.len()), None);
+            for piece in [1, 9, body.len()] {
+                assert_eq!(
+                    handed_out(&body, piece),
+                    (vec![(deb.clone(), true)], None),
+                    "pieces of {piece}"
+                );
+            }
+        }
     }
 
     #[test]
