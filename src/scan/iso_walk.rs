@@ -148,10 +148,16 @@ impl IsoWalk {
         if !d.starts_with(PRIMARY) || block_size != Some(&(SECTOR as u16).to_le_bytes()[..]) {
             return;
         }
-        if let Some((at, extent)) = record(&d[ROOT..]) {
-            if extent.directory {
-                self.ahead.insert(at, extent);
-            }
+        if let Some((at, extent)) = record(&d[ROOT..]).filter(|(_, e)| e.directory) {
+            self.expect(at, extent);
+        }
+    }
+
+    /// Keeps an extent to take when the bytes reach it: one behind them,
+    /// or empty, is passed over; so is one past the most kept at once.
+    fn expect(&mut self, at: u64, extent: Extent) {
+        if at >= self.at && extent.len > 0 && self.ahead.len() < AHEAD_MAX {
+            self.ahead.entry(at).or_insert(extent);
         }
     }
 
@@ -170,11 +176,8 @@ impl IsoWalk {
                 let (r, after) = rest.split_at(len);
                 rest = after;
                 let itself_or_parent = r[NAME_LEN] == 1 && r[NAME] <= 1;
-                let Some((at, extent)) = record(r).filter(|_| !itself_or_parent) else {
-                    continue;
-                };
-                if at >= self.at && extent.len > 0 && self.ahead.len() < AHEAD_MAX {
-                    self.ahead.entry(at).or_insert(extent);
+                if let Some((at, extent)) = record(r).filter(|_| !itself_or_parent) {
+                    self.expect(at, extent);
                 }
             }
         }
@@ -231,6 +234,16 @@ pub(super) mod tests {
         let mut small = IMAGE.to_vec();
         small[DESCRIPTOR_AT as usize + BLOCK_SIZE + 1] = 2;
         assert!(members(&small, 4096).is_empty(), "512-byte blocks");
+        // A root directory at or behind the descriptor, or empty.
+        for (lba, len) in [(0u32, 2048u32), (16, 2048), (17, 0)] {
+            let mut image = IMAGE.to_vec();
+            let root = DESCRIPTOR_AT as usize + ROOT;
+            image[root + EXTENT..][..4].copy_from_slice(&lba.to_le_bytes());
+            image[root + LENGTH..][..4].copy_from_slice(&len.to_le_bytes());
+            for piece in [1, 2048, IMAGE.len()] {
+                assert!(members(&image, piece).is_empty(), "root at {lba}");
+            }
+        }
     }
 
     #[test]
@@ -246,6 +259,24 @@ pub(super) mod tests {
                 let found = members(&image, 3000);
                 assert!(found.len() <= 2, "byte {i} = {value}: {found:?}");
             }
+        }
+        // Bytes damaged anywhere, in pieces of any size: never a panic,
+        // never a file beyond the image's end.
+        let mut next = crate::scan::tests::numbers(0x5eed_1509);
+        for _ in 0..300 {
+            let mut image = IMAGE.to_vec();
+            for _ in 0..1 + next(20) {
+                let at = match next(2) {
+                    0 => DESCRIPTOR_AT as usize + next(SECTOR as usize),
+                    _ => next(image.len()),
+                };
+                image[at] = next(256) as u8;
+            }
+            let found = members(&image, 1 + next(5000));
+            assert!(
+                found.iter().all(|&(at, _)| at <= image.len() as u64),
+                "{found:?}"
+            );
         }
         // A file the root lists behind the bytes passed is not seen.
         let mut behind = IMAGE.to_vec();

@@ -1146,6 +1146,16 @@ mod tests {
         members
     }
 
+    /// Numbers below the one asked, from `seed` (xorshift).
+    pub(super) fn numbers(mut seed: u64) -> impl FnMut(usize) -> usize {
+        move |n| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed % n as u64) as usize
+        }
+    }
+
     /// What `work` did, and how many times it moved the runtime's other
     /// tasks away.
     pub(super) fn counting_moves<R>(work: impl FnOnce() -> R) -> (R, usize) {

@@ -1404,6 +1404,7 @@ mod tests {
     use super::*;
     use crate::scan::ar::tests::archive as ar;
     use crate::scan::tar_watch::tests::member as tar_member;
+    use crate::scan::tests::numbers;
 
     /// A local file header with these flags, method and sizes.
     fn local_with(flags: u16, method: u16, compressed: u32, size: u32) -> Vec<u8> {
@@ -1547,16 +1548,6 @@ mod tests {
         b.extend_from_slice(&end(46, IN_ZIP64));
         for piece in 1..=b.len() {
             assert!(watch(&b, piece).is_some(), "pieces of {piece}");
-        }
-    }
-
-    /// Numbers below the one asked, from `seed` (xorshift).
-    fn numbers(mut seed: u64) -> impl FnMut(usize) -> usize {
-        move |n| {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            (seed % n as u64) as usize
         }
     }
 
