@@ -730,7 +730,8 @@ async fn an_ar_archive_s_members_are_scanned_each() {
 /// RHEL's) are OK to it. The payload is scanned as a file of its own: over
 /// ICAP, gzip-encoded, as a body file on clamd's unix socket and with one
 /// clamd slot over TCP. `clean.rpm` (gzip) passes; an rpm in a tar, which
-/// clamd sees as it is, is scanned on its own too.
+/// clamd sees as it is, is scanned on its own too. So is a `.deb` in a
+/// payload (a cpio archive, which clamd unpacks, but not the `.deb`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_rpm_package_s_payload_is_scanned() {
     let clamd = ClamdProcess::start();
@@ -738,7 +739,8 @@ async fn an_rpm_package_s_payload_is_scanned() {
     let clean = fixture("clean.rpm");
     let dir = support::TempDir::new("rpm");
     let in_tar = packed_by_python(&dir, "eicar-xz.rpm", &infected[1], true);
-    for body in infected.iter().chain([&in_tar]) {
+    let deb_in_payload = with_payload(&clean, &gzip(&fixture("eicar-deb.cpio")));
+    for body in infected.iter().chain([&in_tar, &deb_in_payload]) {
         assert_eq!(clamd.verdict(body).await, Verdict::Clean, "clamd");
     }
     let server = TestServer::start(&["--clamd-url", &clamd.tcp_url()]).await;
@@ -754,6 +756,8 @@ async fn an_rpm_package_s_payload_is_scanned() {
     assert!(answer.unwrap().is_clean());
     let answer = icap_respmod_with(server.port(), url, &in_tar, "", "").await;
     assert!(answer.unwrap().is_infected());
+    let answer = icap_respmod_with(server.port(), url, &deb_in_payload, "", "").await;
+    assert!(answer.unwrap().is_infected(), "a .deb in the payload");
 
     let scanner = file_scanner(&clamd);
     let one_slot = one_slot_scanner(&clamd);
@@ -778,6 +782,17 @@ async fn an_rpm_package_s_payload_is_scanned() {
             }
         }
     }
+}
+
+/// `rpm` with its payload replaced by `payload`: after the lead (96
+/// bytes), the signature header (padded to 8 bytes) and the header.
+fn with_payload(rpm: &[u8], payload: &[u8]) -> Vec<u8> {
+    let number = |at: usize| u32::from_be_bytes(rpm[at..at + 4].try_into().unwrap()) as usize;
+    // A header: its magic and 4 reserved bytes, its index's entries (16
+    // bytes each) and its data's length, then both.
+    let end = |at: usize| at + 16 + number(at + 8) * 16 + number(at + 12);
+    let at = end(end(96).next_multiple_of(8));
+    [&rpm[..at], payload].concat()
 }
 
 /// clamd 1.4 does not unpack zstd: EICAR in a `.zst` file, in a
