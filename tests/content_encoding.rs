@@ -844,6 +844,9 @@ async fn a_zstd_file_s_content_is_scanned() {
     // Made by GNU cpio: eicar.deb, -H newc and -H odc.
     let cpio = fixture("eicar-deb.cpio");
     let odc = fixture("eicar-deb-odc.cpio");
+    // Made by Python's zipfile writing to a pipe: eicar.deb stored, its
+    // sizes in a descriptor after its data.
+    let streamed = fixture("eicar-deb-streamed.zip");
     let infected = [
         ("eicar.zst", &zst),
         ("eicar.tar.zst", &tar_zst),
@@ -865,6 +868,7 @@ async fn a_zstd_file_s_content_is_scanned() {
         ("a .deb on an ISO image in a .xz", &packed_by("xz", &iso)),
         ("a .deb in a cpio archive", &cpio),
         ("a .deb in a cpio archive (odc) in a .gz", &gzip(&odc)),
+        ("a .deb stored in a zip written to a pipe", &streamed),
     ];
     let clean = zstd(&b"Nothing to see here.\n".repeat(5000));
     let clean_conda = conda_by_python(&dir, &info, &info);

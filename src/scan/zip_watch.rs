@@ -90,6 +90,11 @@ const END_LEN: usize = 20;
 /// A ZIP64 end record's locator, which unzippers read right before the
 /// end record.
 const LOCATOR: &[u8; 4] = b"PK\x06\x07";
+/// A data descriptor, after an entry's data when its local header leaves
+/// the sizes out: the signature, the CRC, and the packed and unpacked
+/// lengths (32 bits each; ZIP64's 64-bit ones are not read).
+const DESCRIPTOR: &[u8; 4] = b"PK\x07\x08";
+const DESCRIPTOR_LEN: usize = 16;
 const LOCATOR_LEN: u64 = 20;
 /// What a record may need of the bytes after its signature's start.
 const LONGEST: usize = CENTRAL_LEN;
@@ -567,6 +572,9 @@ struct Entry {
     local: Option<usize>,
     watch: Box<ZipWatch>,
     extract: Extract,
+    /// A stored entry of no known length keeps its last bytes back, where
+    /// its descriptor may have begun, until more come.
+    held: Vec<u8>,
 }
 
 impl fmt::Debug for Entry {
@@ -588,12 +596,16 @@ impl Entry {
 
     fn inflate(&mut self, mut data: &[u8], piece: &mut [u8], budget: &mut Budget) -> bool {
         let Some(inflate) = self.inflate.as_mut() else {
-            // Bytes that are in the body as they are: watched again, not
-            // unpacked, so not counted against the budget.
-            self.extract
-                .hand_out(data, &mut budget.extraction, &mut self.watch);
             self.next += data.len() as u64;
-            self.watch.observe_within(data, budget);
+            if self.end.is_some() {
+                self.watch_stored(data, budget);
+            } else {
+                self.held.extend_from_slice(data);
+                let ready = self.held.len().saturating_sub(DESCRIPTOR_LEN - 1);
+                let held = std::mem::take(&mut self.held);
+                self.watch_stored(&held[..ready], budget);
+                self.held = held[ready..].to_vec();
+            }
             self.ended = self.end == Some(self.next);
             return self.watch.found.is_none() && !self.ended;
         };
@@ -691,6 +703,24 @@ impl Extract {
 }
 
 impl Entry {
+    /// Bytes that are in the body as they are: watched again, not
+    /// unpacked, so not counted against the budget.
+    fn watch_stored(&mut self, data: &[u8], budget: &mut Budget) {
+        self.extract
+            .hand_out(data, &mut budget.extraction, &mut self.watch);
+        self.watch.observe_within(data, budget);
+    }
+
+    /// A stored entry of no known length that its descriptor at `at` ends:
+    /// the bytes held back up to there are its last.
+    fn end_at(&mut self, at: u64, budget: &mut Budget) {
+        let held = std::mem::take(&mut self.held);
+        let held_from = self.next - held.len() as u64;
+        let last = at.saturating_sub(held_from).min(held.len() as u64) as usize;
+        self.watch_stored(&held[..last], budget);
+        (self.end, self.next, self.ended) = (Some(at), at, true);
+    }
+
     /// Ends what its watch hands out, and what was handed out of its own
     /// bytes.
     fn close(&mut self, extraction: &mut Extraction) {
@@ -738,6 +768,10 @@ enum Record {
     },
     /// A ZIP64 end record's locator.
     Locator,
+    /// A data descriptor giving its entry's packed length.
+    Descriptor {
+        len: u64,
+    },
 }
 
 /// How an entry is packed, as a local header or directory entry says.
@@ -1036,6 +1070,25 @@ impl ZipWatch {
                     self.unanchored = self.unanchored.or(Some(what));
                 }
                 Record::Locator => self.last_locator = Some(at),
+                Record::Descriptor { len } => {
+                    // The open-ended stored entry ends here, if this is
+                    // its descriptor: the bytes since its start are as
+                    // many as it says.
+                    let ending = self.entries.iter_mut().find(|e| {
+                        let held_from = e.next - e.held.len() as u64;
+                        e.inflate.is_none()
+                            && e.end.is_none()
+                            && (held_from..=e.next).contains(&at)
+                            && at - e.start == len
+                    });
+                    if let Some(entry) = ending {
+                        entry.end_at(at, budget);
+                        self.unpack(data, start, at, false, budget);
+                        if self.found.is_some() {
+                            return;
+                        }
+                    }
+                }
                 Record::Unopened(what) => {
                     self.found = Some(what);
                     return;
@@ -1065,6 +1118,12 @@ impl ZipWatch {
                         self.open(at + data_from, len, local, true, budget);
                     } else if how.method == STORED && !how.encrypted && len.is_some() {
                         self.open(at + data_from, len, None, false, budget);
+                    } else if how.method == STORED && !how.encrypted && !self.open_ended() {
+                        // Its sizes come after its data (Python's zipfile
+                        // writes so to a pipe): watched
+                        // until a descriptor gives its length, one at a
+                        // time, or to the end of the body.
+                        self.open(at + data_from, None, None, false, budget);
                     }
                 }
                 Record::Listed { local, len, how } => {
@@ -1137,6 +1196,7 @@ impl ZipWatch {
             local,
             watch,
             extract: Extract::new(&budget.extraction),
+            held: Vec::new(),
         });
     }
 
@@ -1225,6 +1285,14 @@ impl ZipWatch {
 
     /// Whether offset `at` lies in the data of a stored entry or a tar
     /// member being watched on its own.
+    /// Whether a stored entry whose sizes come after its data is being
+    /// watched.
+    fn open_ended(&self) -> bool {
+        self.entries
+            .iter()
+            .any(|e| e.inflate.is_none() && e.end.is_none())
+    }
+
     fn in_stored_entry(&self, at: u64) -> bool {
         self.entries
             .iter()
@@ -1382,6 +1450,10 @@ fn records(bytes: &[u8], starts: usize) -> impl Iterator<Item = (usize, Record)>
                 }
             } else if rest.starts_with(LOCATOR) {
                 Record::Locator
+            } else if rest.starts_with(DESCRIPTOR) && rest.len() >= DESCRIPTOR_LEN {
+                Record::Descriptor {
+                    len: u64::from(u32_at(at + 8)),
+                }
             } else {
                 return None;
             };
@@ -1881,6 +1953,48 @@ mod tests {
     }
 
     #[test]
+    fn a_stored_entry_whose_sizes_come_after_it_is_watched() {
+        // As Python's zipfile writes to a pipe: a .deb there was out of
+        // sight (clamd unpacks the zip by its
+        // directory, then sees the .deb as it is).
+        let deb = include_bytes!("../../tests/fixtures/eicar.deb").to_vec();
+        let text: &[u8] = b"some text";
+        let zip = archive(b"", &[(text, None, true, true), (&deb, None, true, true)]);
+        for piece in [1, 7, 100, zip.len()] {
+            assert_eq!(
+                handed_out(&zip, piece),
+                (vec![(deb.clone(), true)], None),
+                "pieces of {piece}"
+            );
+        }
+        // Without its descriptor it is watched to the body's end: what it
+        // handed out is not whole.
+        let at = memmem::find(&zip, DESCRIPTOR).unwrap();
+        let second = at + DESCRIPTOR_LEN;
+        let cut = [&zip[..second], &zip[second..second + 40 + deb.len()]].concat();
+        let (files, found) = handed_out(&cut, 50);
+        assert_eq!((files.len(), files[0].1, found), (1, false, None));
+        // A descriptor that gives another length does not end it.
+        let mut wrong = zip.clone();
+        let last = memmem::rfind(&wrong, DESCRIPTOR).unwrap();
+        wrong[last + 8] ^= 1;
+        assert!(!handed_out(&wrong, 64).0[0].1, "not whole");
+        // Entries of all kinds after one another: whatever the pieces,
+        // the same is found.
+        let many = archive(
+            b"",
+            &[
+                (text, None, true, true),
+                (&body(&[local(IN_ZIP64, IN_ZIP64)]), None, true, true),
+                (text, Some(6), true, true),
+            ],
+        );
+        for piece in [1, 5, many.len()] {
+            assert_eq!(watch(&many, piece), Some(Unopened::Zip64Local));
+        }
+    }
+
+    #[test]
     fn packages_in_a_cpio_archive_are_handed_out() {
         // clamd unpacks cpio, not the .deb in it.
         let deb = include_bytes!("../../tests/fixtures/eicar.deb").to_vec();
@@ -2149,9 +2263,12 @@ mod tests {
             for piece in [1, 3, 100, zip.len()] {
                 assert_eq!(watch(&zip, piece), Some(what), "pieces of {piece}");
             }
-            // A stored entry whose sizes come after its data is not.
+            // So is one whose sizes come after its data, up to its
+            // descriptor.
             let zip = archive(b"", &[(inner, None, true, true)]);
-            assert_eq!(watch(&zip, 100), None);
+            for piece in [1, 3, 100, zip.len()] {
+                assert_eq!(watch(&zip, piece), Some(what), "pieces of {piece}");
+            }
         }
     }
 
