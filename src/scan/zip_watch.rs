@@ -518,15 +518,15 @@ impl Inside {
     /// Unpacks `data` into the watch; false once there is nothing more to
     /// watch (the stream is damaged, or the budget spent).
     fn feed(&mut self, data: &[u8], budget: &mut Budget) -> bool {
-        match self.packing {
-            // A few hundred bytes of either may unpack to the whole budget.
-            decode::Packing::Xz | decode::Packing::Bzip2 => {
-                super::off_the_runtime(|| self.unpack(data, budget))
-            }
-            decode::Packing::Gzip if data.len() >= UNPACKED_IN_PLACE => {
-                super::off_the_runtime(|| self.unpack(data, budget))
-            }
-            decode::Packing::Gzip => self.unpack(data, budget),
+        // A few hundred bytes of xz or bzip2 may unpack to the whole
+        // budget; gzip is deflate.
+        let long = match self.packing {
+            decode::Packing::Xz | decode::Packing::Bzip2 => true,
+            decode::Packing::Gzip => data.len() >= UNPACKED_IN_PLACE,
+        };
+        match long {
+            true => super::off_the_runtime(|| self.unpack(data, budget)),
+            false => self.unpack(data, budget),
         }
     }
 
@@ -600,11 +600,13 @@ impl Entry {
             if self.end.is_some() {
                 self.watch_stored(data, budget);
             } else {
-                self.held.extend_from_slice(data);
-                let ready = self.held.len().saturating_sub(DESCRIPTOR_LEN - 1);
+                // All but the last bytes of what was held and `data`.
+                let ready = (self.held.len() + data.len()).saturating_sub(DESCRIPTOR_LEN - 1);
+                let from_held = ready.min(self.held.len());
                 let held = std::mem::take(&mut self.held);
-                self.watch_stored(&held[..ready], budget);
-                self.held = held[ready..].to_vec();
+                self.watch_stored(&held[..from_held], budget);
+                self.watch_stored(&data[..ready - from_held], budget);
+                self.held = [&held[from_held..], &data[ready - from_held..]].concat();
             }
             self.ended = self.end == Some(self.next);
             return self.watch.found.is_none() && !self.ended;
@@ -706,6 +708,9 @@ impl Entry {
     /// Bytes that are in the body as they are: watched again, not
     /// unpacked, so not counted against the budget.
     fn watch_stored(&mut self, data: &[u8], budget: &mut Budget) {
+        if data.is_empty() {
+            return;
+        }
         self.extract
             .hand_out(data, &mut budget.extraction, &mut self.watch);
         self.watch.observe_within(data, budget);
