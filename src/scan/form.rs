@@ -173,7 +173,15 @@ impl FormParser {
                         self.at = At::Rest;
                         0
                     } else {
+                        // A line that does not end within MAX_HEADERS is
+                        // too long however its bytes came: found whole in
+                        // one piece as when it comes a byte at a time.
                         match memmem::find(buf, b"\r\n") {
+                            Some(i) if i + 2 > MAX_HEADERS => {
+                                self.ambiguous.get_or_insert(LONG);
+                                self.at = At::Rest;
+                                0
+                            }
                             Some(i) => {
                                 if !buf[..i].iter().all(|&b| b == b' ' || b == b'\t') {
                                     self.ambiguous.get_or_insert(TRAILED);
@@ -182,7 +190,7 @@ impl FormParser {
                                 self.at = At::Headers(0);
                                 i + 2
                             }
-                            None if buf.len() > MAX_HEADERS => {
+                            None if buf.len() >= MAX_HEADERS => {
                                 self.ambiguous.get_or_insert(LONG);
                                 self.at = At::Rest;
                                 0
@@ -382,6 +390,26 @@ mod tests {
         let (parts, rest) = parse(&endless, 100);
         assert!(parts.is_empty());
         assert!(rest.ends_with(b"not a part"));
+    }
+
+    #[test]
+    fn a_delimiter_line_too_long_is_rest_however_it_comes() {
+        // Bytes after a delimiter, its line ending only past MAX_HEADERS,
+        // then what looks like a part. Found by the fuzzer: whole, the line
+        // was taken and the part scanned alone; in pieces, it was too long.
+        for len in [MAX_HEADERS - 3, MAX_HEADERS - 2, MAX_HEADERS + 10] {
+            let mut body = format!("--{BOUNDARY}").into_bytes();
+            body.extend(std::iter::repeat_n(b'x', len));
+            body.extend_from_slice(b"\r\n\r\ncontent\r\n--");
+            body.extend_from_slice(BOUNDARY.as_bytes());
+            body.extend_from_slice(b"--\r\n");
+            let whole = parse(&body, body.len());
+            for piece in [1, 7, 4096] {
+                assert_eq!(parse(&body, piece), whole, "{len} in pieces of {piece}");
+            }
+            // The line ends at MAX_HEADERS at most: a part.
+            assert_eq!(whole.0.len(), usize::from(len + 2 <= MAX_HEADERS), "{len}");
+        }
     }
 
     /// Why the parser finds `body`, fed `piece` bytes at a time, ambiguous.
