@@ -96,6 +96,14 @@ const LOCATOR: &[u8; 4] = b"PK\x06\x07";
 const DESCRIPTOR: &[u8; 4] = b"PK\x07\x08";
 const DESCRIPTOR_LEN: usize = 16;
 const LOCATOR_LEN: u64 = 20;
+/// Each record's signature and the bytes it needs whole to be judged.
+const SIGNATURES: [(&[u8; 4], usize); 5] = [
+    (LOCAL, LOCAL_LEN),
+    (CENTRAL, CENTRAL_LEN),
+    (END, END_LEN),
+    (LOCATOR, 4),
+    (DESCRIPTOR, DESCRIPTOR_LEN),
+];
 /// What a record may need of the bytes after its signature's start.
 const LONGEST: usize = CENTRAL_LEN;
 /// ZIP64's "see the extra field" value.
@@ -334,6 +342,9 @@ pub struct ZipWatch {
     last_end: Option<u64>,
     /// The offset of the last ZIP64 end record locator seen.
     last_locator: Option<u64>,
+    /// Whether records in the carried bytes wait behind one whose fields
+    /// are still to come.
+    held_up: bool,
 }
 
 /// What a scan takes apart itself when the body (or an ar member) begins
@@ -450,6 +461,7 @@ impl ZipWatch {
             unanchored: None,
             last_end: None,
             last_locator: None,
+            held_up: false,
         }
     }
 
@@ -573,7 +585,8 @@ struct Entry {
     watch: Box<ZipWatch>,
     extract: Extract,
     /// A stored entry of no known length keeps its last bytes back, where
-    /// its descriptor may have begun, until more come.
+    /// its descriptor may have begun, until more come: as many as a record
+    /// that holds up the descriptor's judging may have begun in.
     held: Vec<u8>,
 }
 
@@ -601,7 +614,7 @@ impl Entry {
                 self.watch_stored(data, budget);
             } else {
                 // All but the last bytes of what was held and `data`.
-                let ready = (self.held.len() + data.len()).saturating_sub(DESCRIPTOR_LEN - 1);
+                let ready = (self.held.len() + data.len()).saturating_sub(LONGEST - 1);
                 let from_held = ready.min(self.held.len());
                 let held = std::mem::take(&mut self.held);
                 self.watch_stored(&held[..from_held], budget);
@@ -1025,24 +1038,82 @@ impl ZipWatch {
             return;
         }
         self.at += data.len() as u64;
+        // Records are judged in their order, as when the bytes come in one
+        // piece: one whose fields are still to come holds up those after
+        // it (a shorter one may begin inside it), all of them in the last
+        // LONGEST - 1 bytes, which are kept.
         let mut seen = Vec::new();
+        let mut cut = false;
+        // Records held up last time may open entries whose data began in
+        // the carried bytes: those go to them too.
+        let mut carried = Vec::new();
         if !self.carry.is_empty() {
             // Records that began in the carried bytes, read on into `data`.
             let mut joined = std::mem::take(&mut self.carry);
             let starts = joined.len();
             joined.extend_from_slice(&data[..data.len().min(LONGEST - 1)]);
             let joined_at = start - starts as u64;
-            seen.extend(records(&joined, starts).map(|(at, r)| (joined_at + at as u64, r)));
+            cut = whole_records(records(&joined, starts), joined_at, &mut seen);
+            joined.truncate(starts);
+            if self.held_up {
+                carried.clone_from(&joined);
+            }
             self.carry = joined;
-            self.carry.truncate(starts);
         }
-        seen.extend(records(data, data.len()).map(|(at, r)| (start + at as u64, r)));
+        if !cut {
+            cut = whole_records(records(data, data.len()), start, &mut seen);
+        }
+        self.held_up = cut;
         // Keep what a record still to be judged may have begun in.
         self.carry
             .extend_from_slice(&data[data.len().saturating_sub(LONGEST - 1)..]);
         let extra = self.carry.len().saturating_sub(LONGEST - 1);
         self.carry.drain(..extra);
+        if carried.is_empty() {
+            self.judge(data, start, seen, budget);
+        } else {
+            let from = start - carried.len() as u64;
+            carried.extend_from_slice(data);
+            self.judge(&carried, from, seen, budget);
+        }
+    }
 
+    /// At the end of the bytes: the records held up behind one whose
+    /// fields never came are judged without it, here and in the content
+    /// of a packed file.
+    fn settle(&mut self, budget: &mut Budget) {
+        if let Packed::Inside(inside) = &mut self.packed {
+            inside.watch.settle(budget);
+        }
+        if self.found.is_some() || !self.held_up {
+            return;
+        }
+        self.held_up = false;
+        let carry = std::mem::take(&mut self.carry);
+        let carry_at = self.at - carry.len() as u64;
+        let seen = records(&carry, carry.len())
+            .filter_map(|(at, record)| Some((carry_at + at as u64, record?)))
+            .collect();
+        self.judge(&carry, carry_at, seen, budget);
+    }
+
+    /// Acts on the records `seen`, in order, in the bytes `data` that
+    /// begin at offset `start` and end where the watch is; then gives the
+    /// entries open their part of `data`.
+    fn judge(&mut self, data: &[u8], start: u64, seen: Vec<(u64, Record)>, budget: &mut Budget) {
+        self.judge_records(data, start, seen, budget);
+        if self.found.is_none() {
+            self.unpack(data, start, self.at, false, budget);
+        }
+    }
+
+    fn judge_records(
+        &mut self,
+        data: &[u8],
+        start: u64,
+        seen: Vec<(u64, Record)>,
+        budget: &mut Budget,
+    ) {
         for (at, record) in seen {
             if self.last_record.is_some_and(|last| at <= last) {
                 continue;
@@ -1170,7 +1241,6 @@ impl ZipWatch {
                 }
             }
         }
-        self.unpack(data, start, self.at, false, budget);
     }
 
     /// Starts unpacking a deflated entry whose data begins at `at`, or
@@ -1230,6 +1300,9 @@ impl ZipWatch {
                 entry.feed(bytes, piece, budget)
             };
             if !open {
+                if entry.ended {
+                    entry.watch.settle(budget);
+                }
                 entry.close(&mut budget.extraction);
                 // What its watch found; and, once its data is whole, what
                 // that makes.
@@ -1255,6 +1328,7 @@ impl ZipWatch {
     /// whose entry was cut short).
     pub(super) fn end(&mut self) {
         let mut budget = std::mem::take(&mut self.budget);
+        self.settle(&mut budget);
         self.end_within(&mut budget.extraction);
         self.budget = budget;
     }
@@ -1403,18 +1477,26 @@ pub fn watch_file(file: &std::fs::File) -> std::io::Result<Option<Unopened>> {
         watch.observe(&buf[..n]);
         at += n as u64;
     }
+    watch.end();
     Ok(watch.found())
 }
 
-/// The records in `bytes` that matter, with their offsets: those whose
-/// signature starts before `starts` and whose fields `bytes` holds whole.
-fn records(bytes: &[u8], starts: usize) -> impl Iterator<Item = (usize, Record)> + '_ {
+/// The records in `bytes` that matter, with their offsets, in order: those
+/// whose signature starts before `starts`; `None` for one whose fields
+/// `bytes` does not hold whole.
+fn records(bytes: &[u8], starts: usize) -> impl Iterator<Item = (usize, Option<Record>)> + '_ {
     let u16_at = |at: usize| u16::from_le_bytes(bytes[at..at + 2].try_into().unwrap());
     let u32_at = |at: usize| u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap());
     memmem::find_iter(bytes, b"PK")
         .take_while(move |&at| at < starts)
         .filter_map(move |at| {
             let rest = &bytes[at..];
+            let signed = SIGNATURES
+                .iter()
+                .find(|(signature, _)| rest.starts_with(*signature));
+            if signed.is_some_and(|&(_, len)| rest.len() < len) {
+                return Some((at, None));
+            }
             let record = if rest.starts_with(LOCAL) && rest.len() >= LOCAL_LEN {
                 let (flags, method) = (u16_at(at + 6), u16_at(at + 8));
                 let compressed = u32_at(at + 18);
@@ -1462,8 +1544,26 @@ fn records(bytes: &[u8], starts: usize) -> impl Iterator<Item = (usize, Record)>
             } else {
                 return None;
             };
-            Some((at, record))
+            Some((at, Some(record)))
         })
+}
+
+/// Pushes the `records` found in bytes beginning at offset `from` onto
+/// `seen`, in order, up to the first whose fields are still to come:
+/// judged in their order once it is whole, or without it at the end.
+/// Returns whether one was.
+fn whole_records(
+    records: impl Iterator<Item = (usize, Option<Record>)>,
+    from: u64,
+    seen: &mut Vec<(u64, Record)>,
+) -> bool {
+    for (at, record) in records {
+        match record {
+            Some(record) => seen.push((from + at as u64, record)),
+            None => return true,
+        }
+    }
+    false
 }
 
 /// The first record in `bytes` that keeps clamd out, as [`records`] finds
@@ -1471,7 +1571,7 @@ fn records(bytes: &[u8], starts: usize) -> impl Iterator<Item = (usize, Record)>
 #[cfg(test)]
 fn find(bytes: &[u8], starts: usize) -> Option<Unopened> {
     records(bytes, starts).find_map(|(_, r)| match r {
-        Record::Unopened(what) => Some(what),
+        Some(Record::Unopened(what)) => Some(what),
         _ => None,
     })
 }
@@ -1534,6 +1634,7 @@ mod tests {
         for p in body.chunks(piece) {
             observe_counted(&mut w, p);
         }
+        w.end();
         w.found()
     }
 
@@ -1628,6 +1729,62 @@ mod tests {
         }
     }
 
+    /// Whether the watch finds something in `body` cut in two at each
+    /// place, after the end of the body.
+    fn found_at_each_cut(body: &[u8]) -> Vec<usize> {
+        (1..body.len())
+            .filter(|&n| {
+                let mut w = ZipWatch::default();
+                w.observe(&body[..n]);
+                w.observe(&body[n..]);
+                w.end();
+                w.found().is_none()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_record_inside_another_waits_for_it() {
+        // Found by the fuzzer. A ZIP64 local header at the start, with a
+        // locator's signature in its checksum field: cut before its sizes,
+        // the locator was judged first, and the header, whole with the next
+        // piece, was then taken for one already judged.
+        let mut zip64 = local(IN_ZIP64, IN_ZIP64);
+        zip64[14..18].copy_from_slice(LOCATOR);
+        assert_eq!(watch(&zip64, zip64.len()), Some(Unopened::Zip64Local));
+        assert_eq!(
+            found_at_each_cut(&zip64),
+            Vec::<usize>::new(),
+            "clean when cut there"
+        );
+
+        // A central directory signature right before a deflated entry that
+        // holds a ZIP64 zip: judged behind it, the entry's data, begun
+        // before the cut, still reaches its watch from its first byte.
+        let inner = body(&[local(IN_ZIP64, IN_ZIP64)]);
+        let mut b = local_with(0, 0, 0, 0);
+        b.extend_from_slice(CENTRAL);
+        b.extend_from_slice(&zip_of(&inner, 6, false));
+        assert_eq!(watch(&b, b.len()), Some(Unopened::Zip64Local));
+        assert_eq!(
+            found_at_each_cut(&b),
+            Vec::<usize>::new(),
+            "clean when cut there"
+        );
+
+        // An end record behind a central directory signature whose fields
+        // never come is judged at the end of the body.
+        let mut b = body(&[local(10, 20)]);
+        b.extend_from_slice(CENTRAL);
+        b.extend_from_slice(&end(46, IN_ZIP64));
+        assert_eq!(watch(&b, b.len()), Some(Unopened::Zip64End));
+        assert_eq!(
+            found_at_each_cut(&b),
+            Vec::<usize>::new(),
+            "clean when cut there"
+        );
+    }
+
     #[test]
     fn pieces_never_change_whether_something_is_found() {
         // Bodies made of the fragments that matter, cut at random places:
@@ -1671,8 +1828,9 @@ mod tests {
                 observe_counted(&mut w, &rest[..n]);
                 rest = &rest[n..];
             }
-            // Which record is named may differ: one whose fields are
-            // still to come is judged after a later one.
+            w.end();
+            // Which record is named may differ: an entry's own watch sees
+            // its data in other pieces than the records around it.
             assert_eq!(w.found().is_some(), whole.is_some(), "{body:?}");
             found += usize::from(whole.is_some());
         }
