@@ -1,14 +1,17 @@
 #!/usr/bin/env python3
-"""Seeds fuzz/corpus/ from the captured fixtures in icap/tests/fixtures.
+"""Seeds fuzz/corpus/ from the captured fixtures in icap/tests/fixtures, and
+the `content` target from the scan fixtures in tests/fixtures.
 
 Each captured connection is cut into its messages. `head` and `round_trip`
 get one file per message (for `head`, behind a 0 byte that selects the
 default limits); `chunked` gets each message's bytes after its head, behind
 three bytes (default limits, two split points).
 """
+import gzip
 import hashlib
 import os
 import re
+import zlib
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 FIXTURES = os.path.join(HERE, "..", "icap", "tests", "fixtures")
@@ -40,3 +43,22 @@ for name in sorted(os.listdir(FIXTURES)):
             body = msg[head_end + 4 + int(m.group(1)):]
             if body:
                 write("chunked", b"\x00\x10\x40" + body[:65536])
+
+# `content`: the body parsers of a scan (virus-scanner's src/scan/fuzzing.rs).
+# The first byte picks the parser (0 the zip watch, 1 the ar splitter, 2 the
+# form parser, 3 decoding), eight more seed the piece sizes; the form parser
+# and decoding take a first line (a boundary, a Content-Encoding).
+SCAN_FIXTURES = os.path.join(HERE, "..", "tests", "fixtures")
+SEED = b"\x2a" * 8
+for name in sorted(os.listdir(SCAN_FIXTURES)):
+    body = open(os.path.join(SCAN_FIXTURES, name), "rb").read()
+    write("content", b"\x00" + SEED + body)
+    if name.endswith((".deb", ".rpm")):
+        write("content", b"\x01" + SEED + body)
+FORM = (b"--b\r\nContent-Disposition: form-data; name=\"f\"; filename=\"a.zip\"\r\n"
+        b"Content-Type: application/zip\r\n\r\nPK\x03\x04data\r\n--b\r\n"
+        b"Content-Disposition: form-data; name=\"t\"\r\n\r\ntext\r\n--b--\r\n")
+write("content", b"\x02" + SEED + b"b\n" + FORM)
+for coding, data in [(b"gzip", gzip.compress(FORM, mtime=0)), (b"deflate", zlib.compress(FORM)),
+                     (b"gzip, deflate", zlib.compress(gzip.compress(FORM, mtime=0)))]:
+    write("content", b"\x03" + SEED + coding + b"\n" + data)

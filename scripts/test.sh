@@ -67,7 +67,7 @@ if [ "$FUZZ_SECONDS" != 0 ]; then
   (
     cd fuzz
     cargo fuzz build
-    for target in head chunked round_trip; do
+    for target in head chunked round_trip content; do
       work=$(mktemp -d)
       status=0
       cargo fuzz run "$target" "$work" "corpus/$target" -- \

@@ -21,7 +21,7 @@ use miniz_oxide::inflate::stream::{inflate, InflateState};
 use miniz_oxide::{DataFormat, MZError, MZFlush, MZStatus};
 
 /// Decoded bytes handed on at a time, and the most held between layers.
-const PIECE: usize = 64 * 1024;
+pub(super) const PIECE: usize = 64 * 1024;
 
 /// One content coding, as named in the header.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -24,6 +24,9 @@ pub mod clamd;
 mod cpio_walk;
 pub mod decode;
 pub mod form;
+// The fuzz targets' entry points; the unit tests replay what they found.
+#[cfg(any(fuzzing, test))]
+pub mod fuzzing;
 mod iso_walk;
 mod rpm;
 mod tar_watch;

@@ -1,0 +1,294 @@
+//! Entry points for the fuzz targets in `fuzz/` (feature `fuzzing`): the
+//! parsers a scan runs over a body's bytes, driven as a scan drives them,
+//! without clamd.
+//!
+//! Each takes the fuzzer's bytes as a body, cut into pieces whose sizes
+//! come from its first eight bytes, and checks what must hold whatever the
+//! bytes: nothing panics, what is handed out is well formed, and the
+//! pieces never change whether something is found.
+
+use super::{ar, decode, form, zip_watch};
+
+/// Splits `input` into a seed for the piece sizes and the body.
+fn seeded(input: &[u8]) -> (u64, &[u8]) {
+    let (seed, body) = input.split_at(input.len().min(8));
+    let mut bytes = [0; 8];
+    bytes[..seed.len()].copy_from_slice(seed);
+    // xorshift never leaves zero.
+    (u64::from_le_bytes(bytes) | 1, body)
+}
+
+/// The body in pieces of 1 to 4,096 bytes, their sizes drawn from `seed`.
+fn pieces(mut seed: u64, body: &[u8]) -> Vec<&[u8]> {
+    let mut out = Vec::new();
+    let mut rest = body;
+    while !rest.is_empty() {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        // Mostly small pieces, where records are cut, sometimes large ones.
+        let most = if seed & 0x100 == 0 { 16 } else { 4096 };
+        let n = (((seed >> 16) % most) as usize + 1).min(rest.len());
+        out.push(&rest[..n]);
+        rest = &rest[n..];
+    }
+    out
+}
+
+/// The files the watch handed out, checked to be well formed: each starts,
+/// has its data, and ends, one at a time.
+fn files(
+    events: Vec<zip_watch::Handed>,
+    open: &mut Option<Vec<u8>>,
+    out: &mut Vec<(Vec<u8>, bool)>,
+) {
+    for event in events {
+        match event {
+            zip_watch::Handed::Start => {
+                assert!(open.is_none(), "a file starts inside another");
+                *open = Some(Vec::new());
+            }
+            zip_watch::Handed::Data(data) => {
+                assert!(!data.is_empty(), "empty data handed out");
+                open.as_mut().expect("data outside a file").extend(data);
+            }
+            zip_watch::Handed::End { whole } => {
+                out.push((open.take().expect("an end outside a file"), whole));
+            }
+        }
+    }
+}
+
+/// What the body's watch finds and hands out, fed in `pieces`.
+fn watched(pieces: &[&[u8]]) -> (Option<zip_watch::Unopened>, Vec<(Vec<u8>, bool)>) {
+    let mut watch = zip_watch::ZipWatch::of_scan(super::BODY, None);
+    let mut open = None;
+    let mut handed = Vec::new();
+    for piece in pieces {
+        watch.observe(piece);
+        files(watch.take_extracted(), &mut open, &mut handed);
+    }
+    watch.end();
+    files(watch.take_extracted(), &mut open, &mut handed);
+    assert!(open.is_none(), "a file handed out never ends");
+    (watch.found(), handed)
+}
+
+/// The zip watch, with everything it walks (zip, tar, cpio, ISO 9660, ar,
+/// gzip, xz, bzip2, zstd): whether it finds something, and while it does
+/// not, what it hands out, are the same in random pieces as whole.
+pub fn watch(input: &[u8]) {
+    let (seed, body) = seeded(input);
+    let whole = watched(&[body]);
+    let cut = watched(&pieces(seed, body));
+    // Whatever is found, the verdict is the same (not clean); which of two
+    // things is found first may depend on where the pieces fall.
+    assert_eq!(
+        whole.0.is_some(),
+        cut.0.is_some(),
+        "the pieces changed whether something was found: {whole:?} against {cut:?}",
+        whole = whole.0,
+        cut = cut.0
+    );
+    // Once something is found, the body is not called clean whatever the
+    // files handed out come to; the watch stops where it found it, which
+    // may be before or after a file began, as the pieces fall.
+    if whole.0.is_none() {
+        assert_eq!(whole.1, cut.1, "the pieces changed what was handed out");
+    }
+}
+
+/// A splitter's or a parser's events with adjacent bytes of one kind
+/// together, as the scans they go to see them.
+#[derive(PartialEq, Eq)]
+enum Split {
+    Rest(Vec<u8>),
+    Start,
+    Data(Vec<u8>),
+    End,
+}
+
+impl std::fmt::Debug for Split {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Split::Rest(b) => write!(f, "Rest({} bytes)", b.len()),
+            Split::Start => write!(f, "Start"),
+            Split::Data(b) => write!(f, "Data({} bytes)", b.len()),
+            Split::End => write!(f, "End"),
+        }
+    }
+}
+
+fn merged(events: impl IntoIterator<Item = Split>) -> Vec<Split> {
+    let mut out: Vec<Split> = Vec::new();
+    for event in events {
+        match (out.last_mut(), event) {
+            (_, Split::Rest(b) | Split::Data(b)) if b.is_empty() => {}
+            (Some(Split::Rest(a)), Split::Rest(b)) | (Some(Split::Data(a)), Split::Data(b)) => {
+                a.extend(b)
+            }
+            (_, event) => out.push(event),
+        }
+    }
+    out
+}
+
+/// Checks split events: members (parts) one at a time, data only inside
+/// one, and every byte of the body in them, in order, but for the `untaken`
+/// ones at its end (the caller's, scanned with the rest).
+fn check_split(events: &[Split], body: &[u8], untaken: usize) {
+    let mut open = false;
+    let mut bytes = Vec::new();
+    for event in events {
+        match event {
+            Split::Start => {
+                assert!(!open, "a member starts inside another");
+                open = true;
+            }
+            Split::Data(data) => {
+                assert!(open, "data outside a member");
+                bytes.extend_from_slice(data);
+            }
+            Split::End => {
+                assert!(open, "an end outside a member");
+                open = false;
+            }
+            Split::Rest(data) => bytes.extend_from_slice(data),
+        }
+    }
+    assert!(!open, "a member never ends");
+    assert!(
+        bytes == body[..body.len() - untaken],
+        "the split lost, added or moved bytes"
+    );
+}
+
+/// The ar splitter's events and how many bytes it left to the caller.
+fn ar_split(pieces: &[&[u8]]) -> (Vec<Split>, usize) {
+    let mut splitter = ar::Splitter::default();
+    let mut events = Vec::new();
+    let mut untaken = 0;
+    for piece in pieces {
+        let taken = splitter.feed(piece, &mut events);
+        assert!(taken <= piece.len());
+        assert!(
+            untaken == 0 || taken == 0,
+            "the splitter took bytes after leaving some"
+        );
+        untaken += piece.len() - taken;
+    }
+    splitter.finish(&mut events);
+    let events = events.into_iter().map(|e| match e {
+        ar::Event::Rest(b) => Split::Rest(b),
+        ar::Event::Start => Split::Start,
+        ar::Event::Data(b) => Split::Data(b),
+        ar::Event::End => Split::End,
+    });
+    (merged(events), untaken)
+}
+
+/// The ar splitter, rpm packages included: every byte goes to a member or
+/// to the rest, members come one at a time, and the pieces change nothing.
+pub fn ar(input: &[u8]) {
+    let (seed, body) = seeded(input);
+    let whole = ar_split(&[body]);
+    check_split(&whole.0, body, whole.1);
+    let cut = ar_split(&pieces(seed, body));
+    check_split(&cut.0, body, cut.1);
+    assert_eq!(whole, cut, "the pieces changed the split");
+}
+
+/// The form parser's events.
+fn form_split(boundary: &str, pieces: &[&[u8]]) -> Vec<Split> {
+    let mut parser = form::FormParser::new(boundary);
+    let mut events = Vec::new();
+    for piece in pieces {
+        parser.feed(piece, &mut events);
+    }
+    parser.finish(&mut events);
+    let _ = parser.ambiguous();
+    merged(events.into_iter().map(|e| match e {
+        form::Event::Rest(b) => Split::Rest(b),
+        form::Event::Start => Split::Start,
+        form::Event::Data(b) => Split::Data(b),
+        form::Event::End => Split::End,
+    }))
+}
+
+/// The form parser, with a boundary from the body's first line: every
+/// byte goes to a part or to the rest, and the pieces change nothing.
+pub fn form(input: &[u8]) {
+    let (seed, body) = seeded(input);
+    let line = body.iter().position(|&b| b == b'\n').unwrap_or(body.len());
+    let boundary = String::from_utf8_lossy(&body[..line]);
+    let body = body.get(line + 1..).unwrap_or_default();
+    let whole = form_split(&boundary, &[body]);
+    check_split(&whole, body, 0);
+    let cut = form_split(&boundary, &pieces(seed, body));
+    assert_eq!(whole, cut, "the pieces changed the split");
+}
+
+/// Content-Encoding decoding, with the codings named on the body's first
+/// line: every call returns, within its piece size.
+pub fn decode(input: &[u8]) {
+    let (seed, body) = seeded(input);
+    let line = body.iter().position(|&b| b == b'\n').unwrap_or(body.len());
+    let coding = String::from_utf8_lossy(&body[..line]);
+    let body = body.get(line + 1..).unwrap_or_default();
+    let decode::Plan::Decode(mut decoder) = decode::plan(&coding) else {
+        return;
+    };
+    // A bomb stops the fuzzer no sooner than the scan limit would.
+    let mut left: u64 = 64 << 20;
+    for mut piece in pieces(seed, body) {
+        loop {
+            match decoder.decode(&mut piece) {
+                Ok([]) => break,
+                Ok(out) => {
+                    assert!(out.len() <= decode::PIECE);
+                    left = left.saturating_sub(out.len() as u64);
+                    if left == 0 {
+                        return;
+                    }
+                }
+                Err(_) => return,
+            }
+        }
+    }
+    let _ = decoder.finish();
+}
+
+/// One of the above, picked by the first byte.
+pub fn content(input: &[u8]) {
+    let Some((&pick, rest)) = input.split_first() else {
+        return;
+    };
+    match pick % 4 {
+        0 => watch(rest),
+        1 => ar(rest),
+        2 => form(rest),
+        _ => decode(rest),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// What the fuzzer found, kept in `fuzz/regressions/content/`, holds
+    /// now.
+    #[test]
+    fn what_the_fuzzer_found_holds() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/fuzz/regressions/content");
+        let mut n = 0;
+        let extra = std::env::var("FUZZ_REPLAY").unwrap_or_default();
+        let dirs = [dir]
+            .into_iter()
+            .chain(extra.split(':').filter(|d| !d.is_empty()));
+        for entry in dirs.flat_map(|d| std::fs::read_dir(d).unwrap()) {
+            let path = entry.unwrap().path();
+            eprintln!("{}", path.display());
+            super::content(&std::fs::read(&path).unwrap());
+            n += 1;
+        }
+        assert!(n > 0, "no inputs in {dir}");
+    }
+}
