@@ -213,6 +213,9 @@ pub(super) fn inflate_step(
     match r.status {
         Ok(MZStatus::StreamEnd) => Ok((step, true)),
         Ok(_) | Err(MZError::Buf) => Ok((step, false)),
+        // What came out before the data went bad is handed on first: the
+        // state keeps the error, and the next call gives it with nothing.
+        Err(_) if step.produced > 0 => Ok((step, false)),
         Err(e) => Err(format!("{e:?}")),
     }
 }
@@ -813,6 +816,47 @@ mod tests {
 
     fn zlib(data: &[u8]) -> Vec<u8> {
         miniz_oxide::deflate::compress_to_vec_zlib(data, 6)
+    }
+
+    /// What inflate gives of raw deflate data `packed`, fed `piece` bytes
+    /// at a time, before it meets bad data.
+    fn inflated_until_error(packed: &[u8], piece: usize) -> Vec<u8> {
+        let mut state = InflateState::new_boxed(DataFormat::Raw);
+        let mut out = Vec::new();
+        let mut buf = vec![0; PIECE];
+        for mut chunk in packed.chunks(piece) {
+            loop {
+                let Ok((step, _)) = inflate_step(&mut state, chunk, &mut buf) else {
+                    return out;
+                };
+                out.extend_from_slice(&buf[..step.produced]);
+                chunk = &chunk[step.consumed..];
+                if step.consumed == 0 && step.produced == 0 {
+                    break;
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn what_comes_out_before_bad_data_is_handed_on() {
+        // Found by the fuzzer in a zip entry (a ZIP64 zip deflated, its
+        // stream going bad after the local header): the output of the call
+        // that met the bad data was dropped, so that the data whole gave
+        // nothing and in pieces the header.
+        const PACKED: [u8; 52] = [
+            0x0b, 0xf0, 0x66, 0x66, 0xd1, 0x65, 0x60, 0x60, 0xe0, 0x00, 0x62, 0xc5, 0x98, 0xc5,
+            0x0b, 0x16, 0x5b, 0xfc, 0x87, 0x02, 0x06, 0x11, 0x86, 0xa2, 0xd4, 0xc4, 0x94, 0xdc,
+            0x54, 0xbd, 0x92, 0x8a, 0x12, 0x46, 0x20, 0xc8, 0x85, 0x50, 0x64, 0xb8, 0x86, 0x6f,
+            0xe8, 0x09, 0x0f, 0x5d, 0xaf, 0xab, 0x8f, 0x3f, 0x49, 0x8b,
+        ];
+        let whole = inflated_until_error(&PACKED, PACKED.len());
+        assert!(whole.starts_with(b"PK\x03\x04"), "{whole:?}");
+        for piece in [1, 7, 24, 40] {
+            let cut = inflated_until_error(&PACKED, piece);
+            assert_eq!(cut, whole, "pieces of {piece}");
+        }
     }
 
     fn raw_deflate(data: &[u8]) -> Vec<u8> {
