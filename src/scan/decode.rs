@@ -989,7 +989,8 @@ mod tests {
         let mut encoder = bzip2::write::BzEncoder::new(&mut bz2, bzip2::Compression::best());
         std::io::Write::write_all(&mut encoder, &text).unwrap();
         encoder.finish().unwrap();
-        let cases: [(&str, Vec<u8>, fn() -> Decoder); 3] = [
+        type Case = (&'static str, Vec<u8>, fn() -> Decoder);
+        let cases: [Case; 3] = [
             ("br", BROTLI_TEXT_8.to_vec(), || match plan("br") {
                 Plan::Decode(d) => d,
                 _ => unreachable!(),
