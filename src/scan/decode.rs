@@ -535,6 +535,8 @@ struct Zstd {
     frames: u64,
     /// Whether the last frame has ended and no byte of another has come.
     between_frames: bool,
+    /// The error of a call that gave bytes, which went on first.
+    failed: Option<String>,
 }
 
 impl Zstd {
@@ -547,25 +549,38 @@ impl Zstd {
             decoder,
             frames: 0,
             between_frames: true,
+            failed: None,
         })
     }
 
     fn step(&mut self, input: &[u8], output: &mut [u8]) -> Result<Step, String> {
-        use zstd::stream::raw::Operation;
-        let status = self
-            .decoder
-            .run_on_buffers(input, output)
-            .map_err(|e| e.to_string())?;
-        if status.bytes_read > 0 || status.bytes_written > 0 {
+        use zstd::stream::raw::{InBuffer, Operation, OutBuffer};
+        if let Some(e) = &self.failed {
+            return Err(e.clone());
+        }
+        let mut src = InBuffer::around(input);
+        let mut dst = OutBuffer::around(output);
+        let run = self.decoder.run(&mut src, &mut dst);
+        let step = Step {
+            consumed: src.pos(),
+            produced: dst.pos(),
+        };
+        let remaining = match run {
+            Ok(remaining) => remaining,
+            // What came out before the bad data goes on first.
+            Err(e) if step.produced > 0 => {
+                self.failed = Some(e.to_string());
+                return Ok(step);
+            }
+            Err(e) => return Err(e.to_string()),
+        };
+        if step.consumed > 0 || step.produced > 0 {
             // 0 left to read: a frame has ended and all of it is out. The
             // library stops at each frame's end, so this is once a frame.
-            self.between_frames = status.remaining == 0;
+            self.between_frames = remaining == 0;
             self.frames += u64::from(self.between_frames);
         }
-        Ok(Step {
-            consumed: status.bytes_read,
-            produced: status.bytes_written,
-        })
+        Ok(step)
     }
 }
 
@@ -978,8 +993,9 @@ mod tests {
     fn what_comes_out_before_bad_data_goes_on_first() {
         // As for deflate (above): xz gave nothing of the call that met bad
         // data, so that an xz file whole showed none of its content before
-        // the bad bytes (in pieces, all). Brotli and bzip2 hand theirs on
-        // the same way; with these bytes they gave the same either way.
+        // the bad bytes (in pieces, all). Brotli, bzip2 and zstd hand
+        // theirs on the same way; with these bytes they gave the same
+        // either way.
         let text = TEXT.repeat(2000);
         let mut xz = Vec::new();
         let mut encoder = xz2::write::XzEncoder::new(&mut xz, 6);
@@ -990,13 +1006,17 @@ mod tests {
         std::io::Write::write_all(&mut encoder, &text).unwrap();
         encoder.finish().unwrap();
         type Case = (&'static str, Vec<u8>, fn() -> Decoder);
-        let cases: [Case; 3] = [
+        let cases: [Case; 4] = [
             ("br", BROTLI_TEXT_8.to_vec(), || match plan("br") {
                 Plan::Decode(d) => d,
                 _ => unreachable!(),
             }),
             ("xz", xz, || unpacking(Packing::Xz).unwrap()),
             ("bzip2", bz2, || unpacking(Packing::Bzip2).unwrap()),
+            ("zstd", zstd(&text, 3), || match plan("zstd") {
+                Plan::Decode(d) => d,
+                _ => unreachable!(),
+            }),
         ];
         for (name, mut packed, decoder) in cases {
             let n = packed.len();
