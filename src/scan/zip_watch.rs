@@ -673,6 +673,7 @@ impl Extract {
     fn hand_out(&mut self, data: &[u8], extraction: &mut Extraction, watch: &mut ZipWatch) {
         match self {
             Extract::No => {}
+            Extract::Yes if data.is_empty() => {}
             Extract::Yes => extraction.events.push(Handed::Data(data.to_vec())),
             Extract::Head(head) => {
                 // Byte by byte until it tells, so that the rest of `data`
@@ -705,7 +706,9 @@ impl Extract {
                         handed.fetch_add(1, Ordering::Relaxed);
                         extraction.events.push(Handed::Start);
                         extraction.events.push(Handed::Data(std::mem::take(head)));
-                        extraction.events.push(Handed::Data(data[take..].to_vec()));
+                        if take < data.len() {
+                            extraction.events.push(Handed::Data(data[take..].to_vec()));
+                        }
                         // What is scanned on its own is not reported.
                         watch.zstd_scanned = true;
                         watch.ar = None;
