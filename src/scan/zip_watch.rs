@@ -1110,6 +1110,8 @@ impl ZipWatch {
         }
     }
 
+    /// The records' part of [`ZipWatch::judge`]: each acted on once, in
+    /// order, until something is found.
     fn judge_records(
         &mut self,
         data: &[u8],
