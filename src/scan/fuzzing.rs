@@ -228,34 +228,59 @@ pub fn form(input: &[u8]) {
     assert_eq!(whole, cut, "the pieces changed the split");
 }
 
+/// What a decoder gives of `pieces` before an error or the cap, and
+/// whether an error came (`None` when the cap was reached first).
+fn decoded(coding: &str, pieces: &[&[u8]]) -> Option<(Vec<u8>, bool)> {
+    let decode::Plan::Decode(mut decoder) = decode::plan(coding) else {
+        return Some((Vec::new(), false));
+    };
+    // A bomb stops the fuzzer no sooner than the scan limit would.
+    const CAP: usize = 16 << 20;
+    let mut out = Vec::new();
+    for piece in pieces {
+        let mut piece = *piece;
+        loop {
+            match decoder.decode(&mut piece) {
+                Ok([]) => break,
+                Ok(bytes) => {
+                    assert!(bytes.len() <= decode::PIECE);
+                    out.extend_from_slice(bytes);
+                    if out.len() > CAP {
+                        return None;
+                    }
+                }
+                Err(_) => return Some((out, true)),
+            }
+        }
+    }
+    let failed = decoder.finish().is_err();
+    Some((out, failed))
+}
+
 /// Content-Encoding decoding, with the codings named on the body's first
-/// line: every call returns, within its piece size.
+/// line: every call returns within its piece size, and the pieces change
+/// neither what comes out nor whether the body decodes.
 pub fn decode(input: &[u8]) {
     let (seed, body) = seeded(input);
     let line = body.iter().position(|&b| b == b'\n').unwrap_or(body.len());
     let coding = String::from_utf8_lossy(&body[..line]);
     let body = body.get(line + 1..).unwrap_or_default();
-    let decode::Plan::Decode(mut decoder) = decode::plan(&coding) else {
+    let (Some(whole), Some(cut)) = (
+        decoded(&coding, &[body]),
+        decoded(&coding, &pieces(seed, body)),
+    ) else {
         return;
     };
-    // A bomb stops the fuzzer no sooner than the scan limit would.
-    let mut left: u64 = 64 << 20;
-    for mut piece in pieces(seed, body) {
-        loop {
-            match decoder.decode(&mut piece) {
-                Ok([]) => break,
-                Ok(out) => {
-                    assert!(out.len() <= decode::PIECE);
-                    left = left.saturating_sub(out.len() as u64);
-                    if left == 0 {
-                        return;
-                    }
-                }
-                Err(_) => return,
-            }
-        }
-    }
-    let _ = decoder.finish();
+    assert_eq!(
+        whole.1, cut.1,
+        "the pieces changed whether {coding} decodes"
+    );
+    assert!(
+        whole.0 == cut.0,
+        "the pieces changed what {coding} decodes to: {} against {} bytes",
+        whole.0.len(),
+        cut.0.len()
+    );
 }
 
 /// One of the above, picked by the first byte.
