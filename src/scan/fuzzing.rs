@@ -82,7 +82,14 @@ pub fn watch(input: &[u8]) {
     let whole = watched(&[body]);
     let cut = watched(&pieces(seed, body));
     // Whatever is found, the verdict is the same (not clean); which of two
-    // things is found first may depend on where the pieces fall.
+    // things is found first may depend on where the pieces fall. So may
+    // reaching the limit of entries open at once, whose count at a moment
+    // counts those inside entries, unpacked as far as the pieces let the
+    // inflater go: on one side, the limit; on the other, the whole watched.
+    let limit = |f: Option<zip_watch::Unopened>| f == Some(zip_watch::Unopened::Overlapping);
+    if limit(whole.0) || limit(cut.0) {
+        return;
+    }
     assert_eq!(
         whole.0.is_some(),
         cut.0.is_some(),

@@ -1046,7 +1046,7 @@ impl ZipWatch {
         // it (a shorter one may begin inside it), all of them in the last
         // LONGEST - 1 bytes, which are kept.
         let mut seen = Vec::new();
-        let mut cut = false;
+        let mut cut = None;
         // Records held up last time may open entries whose data began in
         // the carried bytes: those go to them too.
         let mut carried = Vec::new();
@@ -1063,21 +1063,25 @@ impl ZipWatch {
             }
             self.carry = joined;
         }
-        if !cut {
+        if cut.is_none() {
             cut = whole_records(records(data, data.len()), start, &mut seen);
         }
-        self.held_up = cut;
+        self.held_up = cut.is_some();
         // Keep what a record still to be judged may have begun in.
         self.carry
             .extend_from_slice(&data[data.len().saturating_sub(LONGEST - 1)..]);
         let extra = self.carry.len().saturating_sub(LONGEST - 1);
         self.carry.drain(..extra);
+        // The entries open take their data up to the first record held
+        // up, as they do up to each record judged: one that ends before it
+        // is closed first, whatever the pieces.
+        let until = cut.unwrap_or(self.at);
         if carried.is_empty() {
-            self.judge(data, start, seen, budget);
+            self.judge(data, start, seen, until, budget);
         } else {
             let from = start - carried.len() as u64;
             carried.extend_from_slice(data);
-            self.judge(&carried, from, seen, budget);
+            self.judge(&carried, from, seen, until, budget);
         }
     }
 
@@ -1097,16 +1101,23 @@ impl ZipWatch {
         let seen = records(&carry, carry.len())
             .filter_map(|(at, record)| Some((carry_at + at as u64, record?)))
             .collect();
-        self.judge(&carry, carry_at, seen, budget);
+        self.judge(&carry, carry_at, seen, self.at, budget);
     }
 
     /// Acts on the records `seen`, in order, in the bytes `data` that
     /// begin at offset `start` and end where the watch is; then gives the
-    /// entries open their part of `data`.
-    fn judge(&mut self, data: &[u8], start: u64, seen: Vec<(u64, Record)>, budget: &mut Budget) {
+    /// entries open their part of `data` up to offset `until`.
+    fn judge(
+        &mut self,
+        data: &[u8],
+        start: u64,
+        seen: Vec<(u64, Record)>,
+        until: u64,
+        budget: &mut Budget,
+    ) {
         self.judge_records(data, start, seen, budget);
         if self.found.is_none() {
-            self.unpack(data, start, self.at, false, budget);
+            self.unpack(data, start, until, false, budget);
         }
     }
 
@@ -1556,19 +1567,19 @@ fn records(bytes: &[u8], starts: usize) -> impl Iterator<Item = (usize, Option<R
 /// Pushes the `records` found in bytes beginning at offset `from` onto
 /// `seen`, in order, up to the first whose fields are still to come:
 /// judged in their order once it is whole, or without it at the end.
-/// Returns whether one was.
+/// Returns where that one begins, if one does.
 fn whole_records(
     records: impl Iterator<Item = (usize, Option<Record>)>,
     from: u64,
     seen: &mut Vec<(u64, Record)>,
-) -> bool {
+) -> Option<u64> {
     for (at, record) in records {
         match record {
             Some(record) => seen.push((from + at as u64, record)),
-            None => return true,
+            None => return Some(from + at as u64),
         }
     }
-    false
+    None
 }
 
 /// The first record in `bytes` that keeps clamd out, as [`records`] finds
