@@ -101,7 +101,18 @@ pub fn watch(input: &[u8]) {
     // files handed out come to; the watch stops where it found it, which
     // may be before or after a file began, as the pieces fall.
     if whole.0.is_none() {
-        assert_eq!(whole.1, cut.1, "the pieces changed what was handed out");
+        let sizes = |files: &[(Vec<u8>, bool)]| -> Vec<(usize, bool)> {
+            files
+                .iter()
+                .map(|(bytes, whole)| (bytes.len(), *whole))
+                .collect()
+        };
+        assert!(
+            whole.1 == cut.1,
+            "the pieces changed what was handed out: {:?} against {:?}",
+            sizes(&whole.1),
+            sizes(&cut.1)
+        );
     }
 }
 

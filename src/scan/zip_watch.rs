@@ -1086,22 +1086,29 @@ impl ZipWatch {
     }
 
     /// At the end of the bytes: the records held up behind one whose
-    /// fields never came are judged without it, here and in the content
-    /// of a packed file.
+    /// fields never came are judged without it, here, in the content of a
+    /// packed file, and in the entries still open (cut short: what their
+    /// watches find counts, as when they close).
     fn settle(&mut self, budget: &mut Budget) {
         if let Packed::Inside(inside) = &mut self.packed {
             inside.watch.settle(budget);
         }
-        if self.found.is_some() || !self.held_up {
-            return;
+        if self.found.is_none() && self.held_up {
+            self.held_up = false;
+            let carry = std::mem::take(&mut self.carry);
+            let carry_at = self.at - carry.len() as u64;
+            let seen = records(&carry, carry.len())
+                .filter_map(|(at, record)| Some((carry_at + at as u64, record?)))
+                .collect();
+            self.judge(&carry, carry_at, seen, self.at, budget);
         }
-        self.held_up = false;
-        let carry = std::mem::take(&mut self.carry);
-        let carry_at = self.at - carry.len() as u64;
-        let seen = records(&carry, carry.len())
-            .filter_map(|(at, record)| Some((carry_at + at as u64, record?)))
-            .collect();
-        self.judge(&carry, carry_at, seen, self.at, budget);
+        for entry in &mut self.entries {
+            if self.found.is_some() {
+                break;
+            }
+            entry.watch.settle(budget);
+            self.found = entry.watch.found;
+        }
     }
 
     /// Acts on the records `seen`, in order, in the bytes `data` that
