@@ -530,6 +530,31 @@ async fn archives_clamd_does_not_open_are_not_called_clean() {
     squid.assert_no_icap_errors();
 }
 
+/// A zip record whose fields a piece cuts, with a shorter record's
+/// signature inside them, through the scan pipeline with real clamd: the
+/// watch took the header for one already judged, and the body passed
+/// clean (found by the fuzzer, `fuzz/README.md`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_zip_record_cut_between_pieces_is_still_judged() {
+    let clamd = ClamdProcess::start();
+    // EICAR deflated behind a ZIP64 local header, whose checksum field
+    // holds a ZIP64 locator's signature.
+    let mut zip = fixture("eicar-zip64-local.zip");
+    zip[14..18].copy_from_slice(b"PK\x06\x07");
+    assert_eq!(clamd.verdict(&zip).await, Verdict::Clean, "clamd");
+    let scanner = scanner(&clamd.tcp_url(), 2, 1 << 20);
+    for cut in [0, 20, 29, zip.len()] {
+        let mut session = scanner.session();
+        session.write(&zip[..cut]).await;
+        session.write(&zip[cut..]).await;
+        let verdict = session.finish().await;
+        assert!(
+            matches!(&verdict, Verdict::Undecodable { reason } if reason.contains("ZIP64")),
+            "cut at {cut}: {verdict:?}"
+        );
+    }
+}
+
 /// Checks that clamd answers OK for `body`, and this server (on `port`)
 /// undecodable.
 async fn unopened_by_both(clamd: &ClamdProcess, port: u16, body: &[u8], what: &str) {
