@@ -1046,7 +1046,7 @@ impl ZipWatch {
         // it (a shorter one may begin inside it), all of them in the last
         // LONGEST - 1 bytes, which are kept.
         let mut seen = Vec::new();
-        let mut cut = None;
+        let mut cut = false;
         // Records held up last time may open entries whose data began in
         // the carried bytes: those go to them too.
         let mut carried = Vec::new();
@@ -1063,25 +1063,21 @@ impl ZipWatch {
             }
             self.carry = joined;
         }
-        if cut.is_none() {
+        if !cut {
             cut = whole_records(records(data, data.len()), start, &mut seen);
         }
-        self.held_up = cut.is_some();
+        self.held_up = cut;
         // Keep what a record still to be judged may have begun in.
         self.carry
             .extend_from_slice(&data[data.len().saturating_sub(LONGEST - 1)..]);
         let extra = self.carry.len().saturating_sub(LONGEST - 1);
         self.carry.drain(..extra);
-        // The entries open take their data up to the first record held
-        // up, as they do up to each record judged: one that ends before it
-        // is closed first, whatever the pieces.
-        let until = cut.unwrap_or(self.at);
         if carried.is_empty() {
-            self.judge(data, start, seen, until, budget);
+            self.judge(data, start, seen, budget);
         } else {
             let from = start - carried.len() as u64;
             carried.extend_from_slice(data);
-            self.judge(&carried, from, seen, until, budget);
+            self.judge(&carried, from, seen, budget);
         }
     }
 
@@ -1100,12 +1096,16 @@ impl ZipWatch {
             let seen = records(&carry, carry.len())
                 .filter_map(|(at, record)| Some((carry_at + at as u64, record?)))
                 .collect();
-            self.judge(&carry, carry_at, seen, self.at, budget);
+            self.judge(&carry, carry_at, seen, budget);
         }
         for entry in &mut self.entries {
             if self.found.is_some() {
                 break;
             }
+            // A stored entry that no descriptor ended runs to the end of
+            // the bytes: what it held back for one is its own.
+            let held = std::mem::take(&mut entry.held);
+            entry.watch_stored(&held, budget);
             entry.watch.settle(budget);
             self.found = entry.watch.found;
         }
@@ -1113,18 +1113,15 @@ impl ZipWatch {
 
     /// Acts on the records `seen`, in order, in the bytes `data` that
     /// begin at offset `start` and end where the watch is; then gives the
-    /// entries open their part of `data` up to offset `until`.
-    fn judge(
-        &mut self,
-        data: &[u8],
-        start: u64,
-        seen: Vec<(u64, Record)>,
-        until: u64,
-        budget: &mut Budget,
-    ) {
+    /// entries open their part of `data`. (Entries open when a record is
+    /// held up take their data past it before it is judged: an entry that
+    /// ends in between may then be closed when it is, which changes only
+    /// the count of entries open at once. Holding their data back instead
+    /// would have every path that feeds them start from the carried bytes.)
+    fn judge(&mut self, data: &[u8], start: u64, seen: Vec<(u64, Record)>, budget: &mut Budget) {
         self.judge_records(data, start, seen, budget);
         if self.found.is_none() {
-            self.unpack(data, start, until, false, budget);
+            self.unpack(data, start, self.at, false, budget);
         }
     }
 
@@ -1574,19 +1571,19 @@ fn records(bytes: &[u8], starts: usize) -> impl Iterator<Item = (usize, Option<R
 /// Pushes the `records` found in bytes beginning at offset `from` onto
 /// `seen`, in order, up to the first whose fields are still to come:
 /// judged in their order once it is whole, or without it at the end.
-/// Returns where that one begins, if one does.
+/// Returns whether one does.
 fn whole_records(
     records: impl Iterator<Item = (usize, Option<Record>)>,
     from: u64,
     seen: &mut Vec<(u64, Record)>,
-) -> Option<u64> {
+) -> bool {
     for (at, record) in records {
         match record {
             Some(record) => seen.push((from + at as u64, record)),
-            None => return Some(from + at as u64),
+            None => return true,
         }
     }
-    None
+    false
 }
 
 /// The first record in `bytes` that keeps clamd out, as [`records`] finds
