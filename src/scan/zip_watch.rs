@@ -1517,7 +1517,8 @@ fn records(bytes: &[u8], starts: usize) -> impl Iterator<Item = (usize, Option<R
             if signed.is_some_and(|&(_, len)| rest.len() < len) {
                 return Some((at, None));
             }
-            let record = if rest.starts_with(LOCAL) && rest.len() >= LOCAL_LEN {
+            // From here on, a record's fields are whole.
+            let record = if rest.starts_with(LOCAL) {
                 let (flags, method) = (u16_at(at + 6), u16_at(at + 8));
                 let compressed = u32_at(at + 18);
                 if compressed == IN_ZIP64 || u32_at(at + 22) == IN_ZIP64 {
@@ -1535,7 +1536,7 @@ fn records(bytes: &[u8], starts: usize) -> impl Iterator<Item = (usize, Option<R
                         },
                     }
                 }
-            } else if rest.starts_with(CENTRAL) && rest.len() >= CENTRAL_LEN {
+            } else if rest.starts_with(CENTRAL) {
                 Record::Listed {
                     local: u64::from(u32_at(at + 42)),
                     len: u64::from(u32_at(at + 20)),
@@ -1544,7 +1545,7 @@ fn records(bytes: &[u8], starts: usize) -> impl Iterator<Item = (usize, Option<R
                         encrypted: u16_at(at + 8) & ENCRYPTED != 0,
                     },
                 }
-            } else if rest.starts_with(END) && rest.len() >= END_LEN {
+            } else if rest.starts_with(END) {
                 let (size, offset) = (u32_at(at + 12), u32_at(at + 16));
                 if size == IN_ZIP64 || offset == IN_ZIP64 {
                     Record::Unopened(Unopened::Zip64End)
@@ -1557,7 +1558,7 @@ fn records(bytes: &[u8], starts: usize) -> impl Iterator<Item = (usize, Option<R
                 }
             } else if rest.starts_with(LOCATOR) {
                 Record::Locator
-            } else if rest.starts_with(DESCRIPTOR) && rest.len() >= DESCRIPTOR_LEN {
+            } else if rest.starts_with(DESCRIPTOR) {
                 Record::Descriptor {
                     len: u64::from(u32_at(at + 8)),
                 }
