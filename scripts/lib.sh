@@ -36,7 +36,8 @@ need_packages() {
 
 # For the benchmarks, which start servers of their own: `dir`, a temporary
 # directory, and `pids`, the servers started; at exit the servers are
-# stopped and the directory removed.
+# stopped, the last started first (handlers before the Redis they read),
+# and the directory removed.
 start_scratch() {
   dir=$(mktemp -d)
   pids=()
@@ -44,7 +45,11 @@ start_scratch() {
 }
 stop_scratch() {
   set +e
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null; done
+  local i
+  for ((i = ${#pids[@]} - 1; i >= 0; i--)); do
+    kill "${pids[i]}" 2>/dev/null
+    wait "${pids[i]}" 2>/dev/null
+  done
   wait 2>/dev/null
   rm -rf "$dir"
 }
