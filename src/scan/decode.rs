@@ -588,7 +588,7 @@ impl Zstd {
         let remaining = match run {
             Ok(remaining) => remaining,
             // What came out before the bad data would go on first, were
-            // the library to report it (1.5 does not; see above).
+            // the library to report it (1.6 does not; see above).
             Err(e) if step.produced > 0 => {
                 self.failed = Some(e.to_string());
                 return Ok(step);
