@@ -541,8 +541,6 @@ struct Zstd {
     /// The bytes the library asked for next (the hint its last call
     /// returned), 0 at a frame's start.
     asked: usize,
-    /// The error of a call that gave bytes, which went on first.
-    failed: Option<String>,
 }
 
 /// The size of a zstd block's header, which the library's hint includes
@@ -560,17 +558,14 @@ impl Zstd {
             frames: 0,
             between_frames: true,
             asked: 0,
-            failed: None,
         })
     }
 
     fn step(&mut self, input: &[u8], output: &mut [u8]) -> Result<Step, String> {
         use zstd::stream::raw::{InBuffer, Operation, OutBuffer};
-        if let Some(e) = &self.failed {
-            return Err(e.clone());
-        }
-        // A call that fails reports nothing of what it took and gave, so
-        // what it had written out before the bad data would be lost. Each
+        // A call that fails reports nothing of what it took and gave (the
+        // library, 1.6, writes no positions back then), so what it had
+        // written out before the bad data would be lost. Each
         // call is given input up to the end of what the library asked for,
         // short of the next block's header that its hint adds (and one
         // byte where it asks for that header alone): a call decodes at most
@@ -585,16 +580,7 @@ impl Zstd {
             consumed: src.pos(),
             produced: dst.pos(),
         };
-        let remaining = match run {
-            Ok(remaining) => remaining,
-            // What came out before the bad data would go on first, were
-            // the library to report it (1.6 does not; see above).
-            Err(e) if step.produced > 0 => {
-                self.failed = Some(e.to_string());
-                return Ok(step);
-            }
-            Err(e) => return Err(e.to_string()),
-        };
+        let remaining = run.map_err(|e| e.to_string())?;
         self.asked = remaining;
         if step.consumed > 0 || step.produced > 0 {
             // 0 left to read: a frame has ended and all of it is out. The
