@@ -17,8 +17,10 @@ WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY icap/Cargo.toml icap/Cargo.toml
 COPY grpc/Cargo.toml grpc/Cargo.toml
+COPY content/Cargo.toml content/Cargo.toml
 COPY icap icap
 COPY grpc grpc
+COPY content content
 COPY src src
 COPY benches benches
 RUN --mount=type=cache,target=/usr/local/cargo/registry \

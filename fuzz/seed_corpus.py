@@ -44,7 +44,7 @@ for name in sorted(os.listdir(FIXTURES)):
             if body:
                 write("chunked", b"\x00\x10\x40" + body[:65536])
 
-# `content`: the body parsers of a scan (virus-scanner's src/scan/fuzzing.rs).
+# `content`: the body parsers of a scan (content/src/fuzzing.rs).
 # The first byte picks the parser (0 the zip watch, 1 the ar splitter, 2 the
 # form parser, 3 decoding), eight more seed the piece sizes; the form parser
 # and decoding take a first line (a boundary, a Content-Encoding).

@@ -1,2 +1,2 @@
 #![no_main]
-libfuzzer_sys::fuzz_target!(|data: &[u8]| virus_scanner::scan::fuzzing::content(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| virus_scanner_content::fuzzing::content(data));

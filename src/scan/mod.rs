@@ -18,19 +18,11 @@
 //! zstd file's content, and a zip that clamd answers OK for without opening
 //! it is not called clean ([`zip_watch`]).
 
-mod ar;
-mod bzip2_watch;
 pub mod clamd;
-mod cpio_walk;
-pub mod decode;
-pub mod form;
-// The fuzz targets' entry points; the unit tests replay what they found.
-#[cfg(any(fuzzing, test))]
-pub mod fuzzing;
-mod iso_walk;
-mod rpm;
-mod tar_watch;
-pub mod zip_watch;
+
+// What is inside a body, taken apart without I/O in a crate of its own
+// (fuzzed in fuzz/ without the rest of the service).
+pub use virus_scanner_content::{ar, decode, form, rpm, zip_watch};
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -362,19 +354,6 @@ struct Unpacking {
     stopped: Option<Verdict>,
 }
 
-/// What a body's scan takes apart itself.
-const BODY: zip_watch::TakenApart = zip_watch::TakenApart {
-    ar: true,
-    zstd: true,
-    extract: HAND_OUT_LEVELS,
-};
-
-/// Levels of files handed out of a body ([`zip_watch::TakenApart::extract`]):
-/// the packages and zstd files in its tars and zips, and those in them (a
-/// `.deb` in a `.tar.zst` in a tar). The ones below are reported. Together
-/// they are at most 1,000 per body.
-const HAND_OUT_LEVELS: u8 = 2;
-
 /// How a zstd frame begins.
 const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
 
@@ -581,7 +560,7 @@ impl Sink {
     /// rpm's payload are scanned each, a zstd file's content too, and the
     /// files the watch finds in a tar or a zip are handed out.
     fn new(clamd: &Clamd, limit: u64) -> Sink {
-        Sink::taking_apart(clamd, limit, BODY, None)
+        Sink::taking_apart(clamd, limit, zip_watch::TakenApart::BODY, None)
     }
 
     /// A sink that takes `apart` what its bytes begin with, and has its
@@ -666,7 +645,7 @@ impl Sink {
                     let apart = zip_watch::TakenApart {
                         ar: false,
                         extract: self.unopened.extracts(),
-                        ..BODY
+                        ..zip_watch::TakenApart::BODY
                     };
                     let handed = Some(self.unopened.handed_count());
                     members.part = Some(Sink::taking_apart(&clamd, limit, apart, handed));
@@ -1029,7 +1008,7 @@ impl Kept {
         // level less, and reported at the last.
         let apart = zip_watch::TakenApart {
             extract: rescan.levels,
-            ..BODY
+            ..zip_watch::TakenApart::BODY
         };
         let handed = Some(rescan.handed.clone());
         let mut sink = Sink::taking_apart(&rescan.clamd, rescan.limit, apart, handed);
@@ -1097,104 +1076,9 @@ fn error_verdict(e: ScanError) -> Verdict {
     }
 }
 
-/// Runs `work`, which may take long, with the runtime's other tasks
-/// moved to another thread meanwhile: the runtime has a thread per core,
-/// and 208 bytes of bzip2 unpack for the watch to its whole budget in
-/// about 0.6 s, so two such bodies at once held every other request up
-/// for that long. In place where that cannot be done (on a runtime of one
-/// thread, as in tests) or need not be (off the runtime).
-fn off_the_runtime<R>(work: impl FnOnce() -> R) -> R {
-    use tokio::runtime::{Handle, RuntimeFlavor};
-    match Handle::try_current().map(|h| h.runtime_flavor()) {
-        Ok(RuntimeFlavor::MultiThread) => {
-            #[cfg(test)]
-            tests::MOVED.with(|moved| moved.set(moved.get() + 1));
-            tokio::task::block_in_place(work)
-        }
-        _ => work(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    thread_local! {
-        /// Calls of [`off_the_runtime`] on this thread that moved the
-        /// runtime's other tasks away.
-        pub(super) static MOVED: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
-    }
-
-    /// The members a walk of an archive's headers hands on when `body`
-    /// is fed to `feed` `piece` bytes at a time; each must be handed on
-    /// within the piece that reaches it.
-    pub(super) fn members_walked(
-        mut feed: impl FnMut(&[u8], &mut Vec<(u64, u64)>),
-        body: &[u8],
-        piece: usize,
-    ) -> Vec<(u64, u64)> {
-        let mut members = Vec::new();
-        let mut at = 0;
-        for p in body.chunks(piece) {
-            let before = members.len();
-            feed(p, &mut members);
-            for &(begins, _) in &members[before..] {
-                assert!(
-                    (at..=at + p.len() as u64).contains(&begins),
-                    "{begins} in piece at {at}"
-                );
-            }
-            at += p.len() as u64;
-        }
-        members
-    }
-
-    /// Numbers below the one asked, from `seed` (xorshift).
-    pub(super) fn numbers(mut seed: u64) -> impl FnMut(usize) -> usize {
-        move |n| {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            (seed % n as u64) as usize
-        }
-    }
-
-    /// What `work` did, and how many times it moved the runtime's other
-    /// tasks away.
-    pub(super) fn counting_moves<R>(work: impl FnOnce() -> R) -> (R, usize) {
-        let before = MOVED.with(|m| m.get());
-        let r = work();
-        (r, MOVED.with(|m| m.get()) - before)
-    }
-
-    #[test]
-    fn long_work_lets_the_runtime_s_other_tasks_run() {
-        // One worker thread: without moving them away, the task below
-        // could not run before the work ends, and the work waits for it.
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .unwrap();
-        let got = rt.block_on(async {
-            let (tx, rx) = std::sync::mpsc::channel();
-            let work = tokio::spawn(async move {
-                off_the_runtime(|| rx.recv_timeout(Duration::from_secs(60)))
-            });
-            tokio::spawn(async move { tx.send("ran meanwhile") });
-            work.await.unwrap()
-        });
-        assert_eq!(got, Ok("ran meanwhile"));
-        // Outside a runtime, and on a runtime of one thread, in place.
-        assert_eq!(counting_moves(|| off_the_runtime(|| 7)), (7, 0));
-        let one = tokio::runtime::Builder::new_current_thread()
-            .build()
-            .unwrap();
-        assert_eq!(
-            one.block_on(async { counting_moves(|| off_the_runtime(|| 7)) }),
-            (7, 0)
-        );
-    }
 
     fn infected(names: &[&str]) -> Verdict {
         Verdict::Infected {

@@ -20,14 +20,14 @@
 use super::rpm;
 
 /// What an ar archive begins with.
-pub(super) const MAGIC: &[u8; 8] = b"!<arch>\n";
+pub const MAGIC: &[u8; 8] = b"!<arch>\n";
 const HEADER: usize = 60;
 const SIZE: std::ops::Range<usize> = 48..58;
 const END: &[u8; 2] = b"`\n";
 
 /// What the splitter found, in body order.
 #[derive(Debug, PartialEq, Eq)]
-pub(super) enum Event {
+pub enum Event {
     /// Bytes outside any member's data.
     Rest(Vec<u8>),
     /// A member's data begins.
@@ -55,7 +55,7 @@ enum State {
 
 /// Splits an ar archive into its members, in pieces of any size.
 #[derive(Debug)]
-pub(super) struct Splitter {
+pub struct Splitter {
     state: State,
     buf: Vec<u8>,
 }
@@ -72,7 +72,7 @@ impl Default for Splitter {
 impl Splitter {
     /// Whether the bytes so far may still be an ar archive or an rpm
     /// package.
-    pub(super) fn is_archive(&self) -> bool {
+    pub fn is_archive(&self) -> bool {
         match &self.state {
             State::Magic => self.magic().starts_with(&self.buf),
             State::Done => false,
@@ -81,7 +81,7 @@ impl Splitter {
     }
 
     /// Whether the bytes are an ar archive or an rpm package, being split.
-    pub(super) fn has_begun(&self) -> bool {
+    pub fn has_begun(&self) -> bool {
         !matches!(self.state, State::Magic | State::Done)
     }
 
@@ -93,7 +93,7 @@ impl Splitter {
     /// Splits the next bytes; what they hold goes to `events`. Returns how
     /// many of them it took: once it is done (not an archive, or a header
     /// that is not one), the rest of `data` is the caller's, as it is.
-    pub(super) fn feed(&mut self, data: &[u8], events: &mut Vec<Event>) -> usize {
+    pub fn feed(&mut self, data: &[u8], events: &mut Vec<Event>) -> usize {
         let mut rest = data;
         while !rest.is_empty() {
             let data = rest;
@@ -172,7 +172,7 @@ impl Splitter {
 
     /// Ends the body: a member cut short ends where the bytes did, and
     /// bytes held back go on.
-    pub(super) fn finish(&mut self, events: &mut Vec<Event>) {
+    pub fn finish(&mut self, events: &mut Vec<Event>) {
         match &mut self.state {
             State::Data { .. } => events.push(Event::End),
             State::Rpm(walk) => walk.finish(events),
@@ -191,7 +191,7 @@ impl Splitter {
 /// static library's members (object files) show as they are, and are left
 /// to clamd.
 #[derive(Debug, Default)]
-pub(super) struct ArWalk {
+pub struct ArWalk {
     splitter: Splitter,
     events: Vec<Event>,
     /// The first bytes of the member being read, until judged.
@@ -209,7 +209,7 @@ const PACKED: [&[u8]; 4] = [b"\x1f\x8b", b"BZh", b"\xfd7zXZ\0", b"\x28\xb5\x2f\x
 impl ArWalk {
     /// Reads on; true once a member was found whose content clamd does not
     /// see.
-    pub(super) fn feed(&mut self, data: &[u8]) -> bool {
+    pub fn feed(&mut self, data: &[u8]) -> bool {
         if self.found || !self.splitter.is_archive() {
             return self.found;
         }
@@ -261,11 +261,11 @@ fn member_size(h: &[u8]) -> Option<u64> {
 }
 
 #[cfg(test)]
-pub(super) mod tests {
+pub mod tests {
     use super::*;
 
     /// An archive of members named `m` holding `contents`.
-    pub(in crate::scan) fn archive(contents: &[&[u8]]) -> Vec<u8> {
+    pub(crate) fn archive(contents: &[&[u8]]) -> Vec<u8> {
         let members = contents.iter().map(|data| member("m", data));
         [MAGIC.to_vec()]
             .into_iter()

@@ -350,7 +350,7 @@ pub struct ZipWatch {
 /// What a scan takes apart itself when the body (or an ar member) begins
 /// with it, before the bytes reach clamd and the watch.
 #[derive(Debug, Clone, Copy, Default)]
-pub(super) struct TakenApart {
+pub struct TakenApart {
     /// An ar archive: each member is scanned as a file of its own.
     pub ar: bool,
     /// A zstd file: what it unpacks to is scanned too.
@@ -364,12 +364,27 @@ pub(super) struct TakenApart {
     pub extract: u8,
 }
 
+impl TakenApart {
+    /// What a body's scan takes apart itself.
+    pub const BODY: TakenApart = TakenApart {
+        ar: true,
+        zstd: true,
+        extract: HAND_OUT_LEVELS,
+    };
+}
+
+/// Levels of files handed out of a body ([`TakenApart::extract`]):
+/// the packages and zstd files in its tars and zips, and those in them (a
+/// `.deb` in a `.tar.zst` in a tar). The ones below are reported. Together
+/// they are at most 1,000 per body.
+const HAND_OUT_LEVELS: u8 = 2;
+
 /// The files handed out for one body, at all levels of its scan.
-pub(super) type HandedCount = Arc<AtomicUsize>;
+pub type HandedCount = Arc<AtomicUsize>;
 
 /// What the watch hands out of a file it found in the body, in order.
 #[derive(Debug, PartialEq, Eq)]
-pub(super) enum Handed {
+pub enum Handed {
     Start,
     Data(Vec<u8>),
     /// The file ends: `whole` unless its entry was cut short, or the watch
@@ -468,7 +483,7 @@ impl ZipWatch {
     /// The watch of a scan that takes `apart` what the body begins with,
     /// counting what it hands out in `handed` (the body's count, if this
     /// is the scan of a part of it).
-    pub(super) fn of_scan(apart: TakenApart, handed: Option<HandedCount>) -> ZipWatch {
+    pub fn of_scan(apart: TakenApart, handed: Option<HandedCount>) -> ZipWatch {
         ZipWatch {
             ar: (!apart.ar).then(ArWalk::default),
             zstd_scanned: apart.zstd,
@@ -537,7 +552,7 @@ impl Inside {
             decode::Packing::Gzip => data.len() >= UNPACKED_IN_PLACE,
         };
         match long {
-            true => super::off_the_runtime(|| self.unpack(data, budget)),
+            true => crate::off_the_runtime(|| self.unpack(data, budget)),
             false => self.unpack(data, budget),
         }
     }
@@ -602,7 +617,7 @@ impl Entry {
     /// damaged, or the budget is spent).
     fn feed(&mut self, data: &[u8], piece: &mut [u8], budget: &mut Budget) -> bool {
         if self.inflate.is_some() && data.len() >= UNPACKED_IN_PLACE {
-            return super::off_the_runtime(|| self.inflate(data, piece, budget));
+            return crate::off_the_runtime(|| self.inflate(data, piece, budget));
         }
         self.inflate(data, piece, budget)
     }
@@ -1346,7 +1361,7 @@ impl ZipWatch {
     /// At the end of the body: ends what is being handed out (a gzip
     /// file's content, which may have more members until then; or a file
     /// whose entry was cut short).
-    pub(super) fn end(&mut self) {
+    pub fn end(&mut self) {
         let mut budget = std::mem::take(&mut self.budget);
         self.settle(&mut budget);
         self.end_within(&mut budget.extraction);
@@ -1364,13 +1379,13 @@ impl ZipWatch {
     }
 
     /// The levels of files this watch hands out ([`TakenApart::extract`]).
-    pub(super) fn extracts(&self) -> u8 {
+    pub fn extracts(&self) -> u8 {
         self.budget.extraction.levels
     }
 
     /// The count of files handed out for the body, which the scans of
     /// its parts and of the files handed out share.
-    pub(super) fn handed_count(&mut self) -> HandedCount {
+    pub fn handed_count(&mut self) -> HandedCount {
         let handed = &mut self.budget.extraction.handed;
         handed.get_or_insert_with(Default::default).clone()
     }
@@ -1378,7 +1393,7 @@ impl ZipWatch {
     /// The files handed out since the last call, as their bytes passed:
     /// each starts, has its data, and ends (when its entry is whole, or cut
     /// short, or the watch stops with it).
-    pub(super) fn take_extracted(&mut self) -> Vec<Handed> {
+    pub fn take_extracted(&mut self) -> Vec<Handed> {
         std::mem::take(&mut self.budget.extraction.events)
     }
 
@@ -1600,9 +1615,9 @@ fn find(bytes: &[u8], starts: usize) -> Option<Unopened> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::scan::ar::tests::archive as ar;
-    use crate::scan::tar_watch::tests::member as tar_member;
-    use crate::scan::tests::numbers;
+    use crate::ar::tests::archive as ar;
+    use crate::tar_watch::tests::member as tar_member;
+    use crate::tests::numbers;
 
     /// A local file header with these flags, method and sizes.
     fn local_with(flags: u16, method: u16, compressed: u32, size: u32) -> Vec<u8> {
@@ -1952,7 +1967,7 @@ mod tests {
 
     #[test]
     fn unpacking_that_may_take_long_is_done_off_the_runtime() {
-        use crate::scan::tests::counting_moves;
+        use crate::tests::counting_moves;
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .build()
@@ -2115,7 +2130,7 @@ mod tests {
     #[test]
     fn packages_on_an_iso_image_are_handed_out() {
         // clamd opens the image, not the .deb on it.
-        let image = crate::scan::iso_walk::tests::IMAGE;
+        let image = crate::iso_walk::tests::IMAGE;
         let deb = include_bytes!("../../tests/fixtures/eicar.deb").to_vec();
         let tar = tar_member(b"disc.iso", image);
         for body in [image.to_vec(), xz(image, 6), gzip(image), tar] {
@@ -2560,7 +2575,7 @@ mod tests {
         // (65,535 bytes), deflated into another zip at level 0: its records
         // show in the outer data, shifted by the blocks' headers.
         // Incompressible bytes.
-        let noise = crate::bench::base_body(40_000);
+        let noise = crate::tests::noise(40_000);
         let inner = archive(
             b"",
             &[
@@ -2608,7 +2623,7 @@ mod tests {
     fn a_body_file_is_judged_as_a_whole() {
         // Two stored zips in a zip, then more data: read 256 KiB at a time,
         // the two inner zips are seen before the outer one's directory.
-        let noise = crate::bench::base_body;
+        let noise = crate::tests::noise;
         let (a, b, c) = (noise(200_000), noise(200_001), noise(200_002));
         let inner_a = archive(b"", &[(&a, None, false, true)]);
         let inner_b = archive(b"", &[(&b, None, false, true)]);

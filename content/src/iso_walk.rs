@@ -207,13 +207,13 @@ pub(super) mod tests {
 
     /// An image genisoimage made (`-J -R`, without padding) of
     /// `pool/main/eicar.deb` (580 bytes) and `README.txt` (6 bytes).
-    pub(in crate::scan) const IMAGE: &[u8] = include_bytes!("../../tests/fixtures/eicar-deb.iso");
+    pub(crate) const IMAGE: &[u8] = include_bytes!("../../tests/fixtures/eicar-deb.iso");
     /// Its files: where each begins, and its length.
     const FILES: [(u64, u64); 2] = [(35 * SECTOR, 6), (36 * SECTOR, 580)];
 
     fn members(image: &[u8], piece: usize) -> Vec<(u64, u64)> {
         let mut walk = IsoWalk::default();
-        crate::scan::tests::members_walked(|p, m| walk.feed(p, m), image, piece)
+        crate::tests::members_walked(|p, m| walk.feed(p, m), image, piece)
     }
 
     #[test]
@@ -262,7 +262,7 @@ pub(super) mod tests {
         }
         // Bytes damaged anywhere, in pieces of any size: never a panic,
         // never a file beyond the image's end.
-        let mut next = crate::scan::tests::numbers(0x5eed_1509);
+        let mut next = crate::tests::numbers(0x5eed_1509);
         for _ in 0..300 {
             let mut image = IMAGE.to_vec();
             for _ in 0..1 + next(20) {

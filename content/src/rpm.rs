@@ -18,7 +18,7 @@
 use super::ar::Event;
 
 /// What a package begins with: the lead's magic.
-pub(super) const MAGIC: [u8; 4] = [0xed, 0xab, 0xee, 0xdb];
+pub const MAGIC: [u8; 4] = [0xed, 0xab, 0xee, 0xdb];
 const LEAD: u64 = 96;
 const HEADER_MAGIC: [u8; 4] = [0x8e, 0xad, 0xe8, 0x01];
 const INTRO: usize = 16;

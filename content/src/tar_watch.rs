@@ -316,7 +316,7 @@ pub(super) mod tests {
     }
 
     /// A ustar member holding `data`, padded to whole blocks.
-    pub(in crate::scan) fn member(name: &[u8], data: &[u8]) -> Vec<u8> {
+    pub(crate) fn member(name: &[u8], data: &[u8]) -> Vec<u8> {
         let mut m = header(name, data.len() as u64, b'0', true);
         m.extend_from_slice(data);
         m.resize(m.len().div_ceil(BLOCK) * BLOCK, 0);
@@ -490,7 +490,7 @@ pub(super) mod tests {
 
     #[test]
     fn each_member_is_watched_from_its_start() {
-        use crate::scan::zip_watch::ZipWatch;
+        use crate::zip_watch::ZipWatch;
         // Many members in one piece: each closes before the next opens.
         let many: Vec<Vec<u8>> = (0..40)
             .map(|i| member(format!("f{i}").as_bytes(), &[b'x'; 100]))

@@ -7,7 +7,7 @@
 //! bytes: nothing panics, what is handed out is well formed, and the
 //! pieces never change whether something is found.
 
-use super::{ar, decode, form, zip_watch};
+use crate::{ar, decode, form, zip_watch};
 
 /// Splits `input` into a seed for the piece sizes and the body.
 fn seeded(input: &[u8]) -> (u64, &[u8]) {
@@ -61,7 +61,7 @@ fn files(
 
 /// What the body's watch finds and hands out, fed in `pieces`.
 fn watched(pieces: &[&[u8]]) -> (Option<zip_watch::Unopened>, Vec<(Vec<u8>, bool)>) {
-    let mut watch = zip_watch::ZipWatch::of_scan(super::BODY, None);
+    let mut watch = zip_watch::ZipWatch::of_scan(zip_watch::TakenApart::BODY, None);
     let mut open = None;
     let mut handed = Vec::new();
     for piece in pieces {
@@ -337,7 +337,7 @@ mod tests {
     /// now.
     #[test]
     fn what_the_fuzzer_found_holds() {
-        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/fuzz/regressions/content");
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../fuzz/regressions/content");
         let mut n = 0;
         let extra = std::env::var("FUZZ_REPLAY").unwrap_or_default();
         let dirs = [dir]

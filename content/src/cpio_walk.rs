@@ -218,7 +218,7 @@ mod tests {
 
     fn members(archive: &[u8], piece: usize) -> Vec<(u64, u64)> {
         let mut walk = CpioWalk::default();
-        crate::scan::tests::members_walked(|p, m| walk.feed(p, m), archive, piece)
+        crate::tests::members_walked(|p, m| walk.feed(p, m), archive, piece)
     }
 
     /// A `newc` member.
