@@ -191,7 +191,7 @@ impl Splitter {
 /// static library's members (object files) show as they are, and are left
 /// to clamd.
 #[derive(Debug, Default)]
-pub struct ArWalk {
+pub(crate) struct ArWalk {
     splitter: Splitter,
     events: Vec<Event>,
     /// The first bytes of the member being read, until judged.
@@ -209,7 +209,7 @@ const PACKED: [&[u8]; 4] = [b"\x1f\x8b", b"BZh", b"\xfd7zXZ\0", b"\x28\xb5\x2f\x
 impl ArWalk {
     /// Reads on; true once a member was found whose content clamd does not
     /// see.
-    pub fn feed(&mut self, data: &[u8]) -> bool {
+    pub(crate) fn feed(&mut self, data: &[u8]) -> bool {
         if self.found || !self.splitter.is_archive() {
             return self.found;
         }
@@ -261,7 +261,7 @@ fn member_size(h: &[u8]) -> Option<u64> {
 }
 
 #[cfg(test)]
-pub mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// An archive of members named `m` holding `contents`.

@@ -21,7 +21,7 @@ use miniz_oxide::inflate::stream::{inflate, InflateState};
 use miniz_oxide::{DataFormat, MZError, MZFlush, MZStatus};
 
 /// Decoded bytes handed on at a time, and the most held between layers.
-pub const PIECE: usize = 64 * 1024;
+pub(crate) const PIECE: usize = 64 * 1024;
 
 /// One content coding, as named in the header.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -123,7 +123,7 @@ pub fn plan(content_encoding: &str) -> Plan {
 /// A packed file that clamd unpacks itself, unpacked for the zip watch,
 /// which looks at what clamd then sees as it is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Packing {
+pub(crate) enum Packing {
     Gzip,
     Xz,
     Bzip2,
@@ -131,7 +131,7 @@ pub enum Packing {
 
 /// A decoder of one packed file: a gzip file's members, an xz file's
 /// streams, a bzip2 file's first stream.
-pub fn unpacking(packing: Packing) -> Option<Decoder> {
+pub(crate) fn unpacking(packing: Packing) -> Option<Decoder> {
     let layer = match packing {
         Packing::Gzip => Layer::Gzip(Gzip::default()),
         Packing::Xz => Layer::Xz(Unpack::new(xz_decoder()?)),
@@ -146,9 +146,9 @@ pub fn unpacking(packing: Packing) -> Option<Decoder> {
 }
 
 /// What one step of a layer did.
-pub struct Step {
-    pub consumed: usize,
-    pub produced: usize,
+pub(crate) struct Step {
+    pub(crate) consumed: usize,
+    pub(crate) produced: usize,
 }
 
 /// One coding being undone.
@@ -200,7 +200,7 @@ impl Layer {
 }
 
 /// Runs miniz_oxide's inflate over `input`.
-pub fn inflate_step(
+pub(crate) fn inflate_step(
     state: &mut InflateState,
     input: &[u8],
     output: &mut [u8],
