@@ -8,7 +8,11 @@
 #   scripts/bench-queue.sh
 #   DURATION=10s ROUNDS=3 CONNECTIONS=8,64 SIZES=4K,1M DISK_SIZES=1M scripts/bench-queue.sh
 #
-# A second section runs split mode with the disk provider (a SCAN_MOUNT
+# A breakdown follows: what each of split mode's processes spent per scan,
+# and the commands Redis ran per scan (BREAKDOWN, 4K by default; empty
+# skips it).
+#
+# A further section runs split mode with the disk provider (a SCAN_MOUNT
 # shared by producer and handlers, clamd on its unix socket) at DISK_SIZES,
 # against raw clamd by INSTREAM and by FILDES; DISK_SIZES= skips it.
 #
@@ -37,7 +41,7 @@ start_clamd "StreamMaxLength 100M"
 
 redis_port=$(free_port)
 redis-server --bind 127.0.0.1 --port "$redis_port" --save "" --appendonly no \
-  --dir "$dir" --logfile redis.log & pids+=($!)
+  --dir "$dir" --logfile redis.log & redis=$!; pids+=($redis)
 wait_port "$redis_port"
 
 export CLAMD_URL="tcp://127.0.0.1:$clamd_port" REDIS_HOST=127.0.0.1 REDIS_PORT=$redis_port \
@@ -51,8 +55,9 @@ split_port=$(free_port)
 ICAP_PORT=$split_port PRODUCER_PORT=$(free_port) METRICS_PORT=0 $bin/virus-scanner-producer & producer=$!; pids+=($producer)
 wait_port "$split_port"
 # Two handlers sharing clamd's 10 threads.
+handlers=()
 for _ in 1 2; do
-  METRICS_PORT=0 HANDLER_CONCURRENCY=5 CLAMD_MAX_CONCURRENCY=5 $bin/virus-scanner-handler & pids+=($!)
+  METRICS_PORT=0 HANDLER_CONCURRENCY=5 CLAMD_MAX_CONCURRENCY=5 $bin/virus-scanner-handler & handlers+=($!); pids+=($!)
 done
 # The same again with the handlers on clamd's unix socket, as in a pod
 # where clamd runs beside the handler: small bodies then go to clamd by
@@ -113,6 +118,45 @@ if [ "$(nproc)" -ge 2 ] && command -v taskset >/dev/null; then
     --target "split-unix=icap://127.0.0.1:$unix_port/avscan" \
     --target "clamd-fildes=fildes+unix://$dir/clamd.sock"
   for p in "${pids[@]}"; do taskset -a -p "$every" "$p" >/dev/null; done
+  echo
+fi
+
+# Where the CPU goes: split mode's processes one by one, and the commands
+# Redis ran per scan (from its INFO commandstats), beside raw clamd by
+# INSTREAM in a session. On two shared cores whatever the queue's own
+# processes spend is taken from clamd. BREAKDOWN= skips it.
+BREAKDOWN=${BREAKDOWN-4K}
+if [ -n "$BREAKDOWN" ]; then
+  conns=${CONNECTIONS%%,*}
+  echo "## Where split mode's CPU goes ($BREAKDOWN bodies, $conns connections, $DURATION)"
+  echo
+  ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+  # per_scan PID... : the CPU those processes spent since `mark`, in us per scan.
+  per_scan() {
+    local total=0 p
+    for p in "$@"; do total=$((total + $(ticks "$p") - ${start[$p]})); done
+    awk -v t="$total" -v hz="$(getconf CLK_TCK)" -v n="$scans" 'BEGIN {printf "%.0f", t / hz * 1e6 / n}'
+  }
+  mark() { declare -gA start; local p; for p in "$clamd" "$redis" "$producer" "${handlers[@]}"; do start[$p]=$(ticks "$p"); done; }
+  # run TARGET: one run of the load generator; sets scans and prints its row.
+  run() {
+    local row
+    row=$($bin/virus-scanner bench --duration "$DURATION" --connections "$conns" --sizes "$BREAKDOWN" --target "$1" | grep '^| [0-9]' | tail -1)
+    echo "$row"
+    scans=$(echo "$row" | awk -F'|' -v d="${DURATION%s}" '{printf "%.0f", $5 * d}')
+  }
+  echo '```'
+  mark
+  run "clamd-instream-session=instream-session+tcp://127.0.0.1:$clamd_port"
+  echo "raw clamd: clamd $(per_scan "$clamd") us per scan"
+  redis-cli -p "$redis_port" config resetstat >/dev/null
+  mark
+  run "split=icap://127.0.0.1:$split_port/avscan"
+  echo "split: clamd $(per_scan "$clamd"), redis-server $(per_scan "$redis"), producer $(per_scan "$producer"), handlers $(per_scan "${handlers[@]}") us per scan"
+  echo "Redis commands per scan (calls, and Redis's own us per call):"
+  redis-cli -p "$redis_port" info commandstats | awk -F'[:,=]' -v n="$scans" \
+    '/^cmdstat_/ && $3 > n / 100 {sub("cmdstat_", "", $1); printf "  %-10s %5.2f  %5.2f us\n", $1, $3 / n, $7}'
+  echo '```'
   echo
 fi
 
