@@ -749,6 +749,72 @@ async fn an_ar_archive_s_members_are_scanned_each() {
     }
 }
 
+/// An ar archive stored in an ar archive (a `.deb` in a static library's
+/// archive, or in another package) is taken apart too, up to three levels:
+/// EICAR in a gzip member two levels down is found, and a clean one with a
+/// packed member passes instead of being undecodable. A fourth level is
+/// scanned as it is, so that its packed member, unseen by clamd, leaves the
+/// body undecodable rather than clean.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ar_archives_in_ar_archives_are_taken_apart() {
+    let clamd = ClamdProcess::start();
+    let deb = |payload: &[u8]| ar(&[("debian-binary", b"2.0\n"), ("data.tar.gz", &gzip(payload))]);
+    // eicar.deb's data.tar.gz holds EICAR in a tar, which clamd finds
+    // only once it is given that member on its own.
+    let infected = ar(&[
+        ("README", b"bundled\n"),
+        ("eicar.deb", &fixture("eicar.deb")),
+    ]);
+    let clean = ar(&[
+        ("README", b"bundled\n"),
+        ("inner.deb", &deb(&b"nothing to see here\n".repeat(40))),
+    ]);
+    let three = ar(&[("middle.a", &infected)]);
+    let four = ar(&[("outer.a", &ar(&[("middle.a", &clean)]))]);
+    assert_eq!(
+        clamd.verdict(&infected).await,
+        Verdict::Clean,
+        "clamd alone"
+    );
+    let server = TestServer::start(&["--clamd-url", &clamd.tcp_url()]).await;
+    let url = "http://origin.test/bundle.a";
+    for (what, body) in [("two levels", &infected), ("three levels", &three)] {
+        let answer = icap_respmod_with(server.port(), url, body, "", "")
+            .await
+            .unwrap();
+        assert!(answer.is_infected(), "{what}: {answer:?}");
+    }
+    let answer = icap_respmod_with(server.port(), url, &clean, "", "")
+        .await
+        .unwrap();
+    assert!(answer.is_clean(), "{answer:?}");
+    let answer = icap_respmod_with(server.port(), url, &four, "", "")
+        .await
+        .unwrap();
+    assert!(answer.is_undecodable(), "four levels: {answer:?}");
+
+    // The same as body files: on clamd's unix socket, and over TCP with
+    // one scan slot, which the levels' scans take in turn.
+    let dir = support::TempDir::new("ar-in-ar");
+    for scanner in [file_scanner(&clamd), one_slot_scanner(&clamd)] {
+        for (name, body, found) in [("infected.a", &three, true), ("clean.a", &clean, false)] {
+            let path = support::write_file(&dir, name, body);
+            let file = std::fs::File::open(path).unwrap();
+            let scan = scanner.scan_file(file, body.len() as u64, None, None);
+            let (verdict, _) = tokio::time::timeout(Duration::from_secs(60), scan)
+                .await
+                .expect("nested archives take one clamd slot at a time");
+            match found {
+                true => assert!(
+                    matches!(verdict, Verdict::Infected { .. }),
+                    "{name}: {verdict:?}"
+                ),
+                false => assert_eq!(verdict, Verdict::Clean, "{name}"),
+            }
+        }
+    }
+}
+
 /// clamd 1.4.6 does not open rpm packages: `eicar.rpm` (built by
 /// rpmbuild, its payload packed by zstd as Fedora's are, EICAR among 1,500
 /// files, so that its header is over 200 KB) and `eicar-xz.rpm` (xz, as

@@ -292,6 +292,11 @@ struct Sink {
     /// kept to the end.
     ar: Option<ar::Splitter>,
     members: Option<Box<Members>>,
+    /// How many levels of ar archives this scan takes apart: its own bytes
+    /// and, one level fewer, its members' (a `.deb` stored in an ar
+    /// archive). Past the last level a member is scanned as it is, and
+    /// the watch reports one with packed members of its own.
+    ar_levels: u8,
     /// For a body's or an ar member's scan, while it may be a zstd file.
     zstd: Unzstd,
     /// Whether all the bytes are kept in the memory file, to be scanned at
@@ -356,6 +361,11 @@ struct Unpacking {
 
 /// How a zstd frame begins.
 const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
+
+/// How many levels of ar archives nested in one another a scan takes
+/// apart (a `.deb` in an ar archive is two): each level holds a scan of its
+/// own bytes while its members are scanned.
+const AR_LEVELS: u8 = 3;
 
 /// The members of an ar archive (an rpm's payload), each scanned as a
 /// file of its own.
@@ -583,6 +593,7 @@ impl Sink {
             unopened: Box::new(zip_watch::ZipWatch::of_scan(apart, handed)),
             ar: apart.ar.then(ar::Splitter::default),
             members: None,
+            ar_levels: if apart.ar { AR_LEVELS } else { 0 },
             zstd: match apart.zstd {
                 true => Unzstd::Head(Vec::new()),
                 false => Unzstd::No,
@@ -631,7 +642,7 @@ impl Sink {
                 self.write_whole(bytes).await;
                 continue;
             }
-            let (clamd, limit) = (self.clamd.clone(), self.limit);
+            let (clamd, limit, levels) = (self.clamd.clone(), self.limit, self.ar_levels);
             let members = self.members.get_or_insert_with(|| {
                 Box::new(Members {
                     part: None,
@@ -641,24 +652,26 @@ impl Sink {
             match event {
                 ar::Event::Rest(_) => {}
                 ar::Event::Start => {
-                    // Members are not split again.
+                    // A member that is an ar archive itself is split again,
+                    // up to AR_LEVELS deep.
                     let apart = zip_watch::TakenApart {
-                        ar: false,
+                        ar: levels > 1,
                         extract: self.unopened.extracts(),
                         ..zip_watch::TakenApart::BODY
                     };
                     let handed = Some(self.unopened.handed_count());
-                    members.part = Some(Sink::taking_apart(&clamd, limit, apart, handed));
+                    let mut part = Sink::taking_apart(&clamd, limit, apart, handed);
+                    part.ar_levels = levels.saturating_sub(1);
+                    members.part = Some(part);
                 }
                 ar::Event::Data(bytes) => {
                     if let Some(part) = members.part.as_mut() {
-                        part.unzstd(&bytes).await;
-                        part.write_whole(&bytes).await;
+                        Box::pin(part.write(&bytes)).await;
                     }
                 }
                 ar::Event::End => {
                     if let Some(part) = members.part.take() {
-                        let verdict = part.finish_unsplit().await;
+                        let verdict = Box::pin(part.finish()).await;
                         members.verdict = worse(
                             std::mem::replace(&mut members.verdict, Verdict::Clean),
                             verdict,
