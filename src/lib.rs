@@ -31,7 +31,7 @@
 //! - [`telemetry`]: logging, one audit line per verdict.
 //! - [`metrics`]: Prometheus counters, `/metrics`, `/healthz`, `/readyz`.
 //! - [`tls`]: the ICAPS certificate, reloaded on SIGHUP.
-//! - [`bench`]: the load generator behind `virus-scanner bench`.
+//! - [`mod@bench`]: the load generator behind `virus-scanner bench`.
 //! - `src/bin/`: the command line: `virus-scanner` (`all`, `producer`,
 //!   `handler`, `queue-status`, `bench`), and `virus-scanner-producer` and
 //!   `virus-scanner-handler`, the same commands under the original's names.

@@ -756,7 +756,7 @@ impl std::fmt::Debug for Decoder {
 
 impl Decoder {
     /// Decodes what it can of `input` (advanced past what was used): at
-    /// most [`PIECE`] bytes, none when nothing more comes out without more
+    /// most `PIECE` bytes, none when nothing more comes out without more
     /// input.
     pub fn decode(&mut self, input: &mut &[u8]) -> Result<&[u8], String> {
         self.started |= !input.is_empty();

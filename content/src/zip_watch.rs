@@ -24,17 +24,17 @@
 //! - A gzip file whose header sets a reserved flag: clamd does not unpack
 //!   it, Python's gzip module does (gunzip and libarchive refuse it).
 //!
-//! - A tar archive clamd stops reading early ([`super::tar_watch`]).
+//! - A tar archive clamd stops reading early (`tar_watch`).
 //! - A bzip2 file of more than one stream, of which clamd unpacks the
-//!   first only ([`super::bzip2_watch`]).
+//!   first only (`bzip2_watch`).
 //! - A zstd file inside another: clamd 1.4 does not unpack zstd.
 //! - An ar archive or an rpm package inside another, whose members clamd
-//!   does not see into ([`super::ar::ArWalk`]).
+//!   does not see into (`ar::ArWalk`).
 //!
 //! The last two are reported only where the scan does not take them
 //! apart itself: as the body (or an ar member), or as a tar member, a
-//! cpio member ([`super::cpio_walk`]), a file on an ISO 9660 image
-//! ([`super::iso_walk`]), a zip entry or a
+//! cpio member (`cpio_walk`), a file on an ISO 9660 image
+//! (`iso_walk`), a zip entry or a
 //! gzip, xz or bzip2 file's content that the watch hands out
 //! ([`ZipWatch::take_extracted`]) to be scanned on its own.
 //!
@@ -52,8 +52,8 @@
 //! dictionary is at most 8 MiB) and a zip's deflated entries; and a
 //! zip's stored entries, a tar's or a cpio archive's members and an ISO
 //! image's files, from their start. Each is
-//! unpacked here, as it passes, into a watch of its own, down to [`DEPTH`]
-//! levels (a zip in a zip in a `.tar.gz`), and up to [`WATCHED`] unpacked
+//! unpacked here, as it passes, into a watch of its own, down to `DEPTH`
+//! levels (a zip in a zip in a `.tar.gz`), and up to `WATCHED` unpacked
 //! bytes in all. An archive inside another that is packed any other way (a
 //! zip's bzip2 or deflate64 entry, a 7z or rar file) is out of sight here,
 //! as the zips in it are out of clamd's.
@@ -174,7 +174,7 @@ pub enum Unopened {
     Zip64End,
     /// An entry packed with this method (APPNOTE 4.4.5).
     Method(u16),
-    /// More than [`OPEN_MAX`] deflated entries open at once, overlapping
+    /// More than `OPEN_MAX` deflated entries open at once, overlapping
     /// one another.
     Overlapping,
     /// A zip file followed or preceded by another whole archive that is not
@@ -188,7 +188,7 @@ pub enum Unopened {
     /// An entry whose local header and directory entry name another
     /// method or length, or only one of them encryption.
     Disagreeing,
-    /// A tar header whose name begins with a NUL byte ([`super::tar_watch`]).
+    /// A tar header whose name begins with a NUL byte (`tar_watch`).
     TarEmptyName,
     /// A tar member whose pax header gives another size than its own
     /// header, or a pax header too long to read.
@@ -197,12 +197,12 @@ pub enum Unopened {
     TarMagic,
     /// A tar volume header with data.
     TarVolumeData,
-    /// A bzip2 stream right after another ([`super::bzip2_watch`]).
+    /// A bzip2 stream right after another (`bzip2_watch`).
     Bzip2Streams,
     /// A zstd file inside another.
     Zstd,
     /// An ar archive or an rpm package inside another, with a packed or
-    /// tar member ([`super::ar::ArWalk`]).
+    /// tar member (`ar::ArWalk`).
     ArPacked,
 }
 

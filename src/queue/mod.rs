@@ -94,7 +94,8 @@ pub struct RedisConfig {
     #[arg(long, env = "REDIS_PORT", default_value_t = 6379)]
     pub redis_port: u16,
 
-    /// The whole address instead: redis://[:password@]host:port[/db], or
+    /// The whole address instead: redis://host:port, with a password and a
+    /// database number if needed (redis://:password@host:port/db), or
     /// rediss:// for TLS (checked against the system's CA certificates).
     #[arg(long, env = "REDIS_URL")]
     pub redis_url: Option<String>,

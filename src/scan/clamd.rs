@@ -617,7 +617,7 @@ impl Clamd {
 
 /// A body on its way to clamd by FILDES, in an anonymous memory file that
 /// may have held an earlier body. Writes go to explicit offsets and the
-/// file's offset stays 0, where clamd starts reading; [`Spool::trim`] cuts
+/// file's offset stays 0, where clamd starts reading; `Spool::trim` cuts
 /// off what an earlier, longer body left behind. A reused file is much
 /// cheaper than a new one, whose pages must all be allocated and zeroed
 /// (measured here, per body: 16 us new against 3 us reused for 1 KiB, 67
