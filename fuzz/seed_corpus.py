@@ -7,10 +7,13 @@ get one file per message (for `head`, behind a 0 byte that selects the
 default limits); `chunked` gets each message's bytes after its head, behind
 three bytes (default limits, two split points).
 """
+import bz2
 import gzip
 import hashlib
+import io
 import os
 import re
+import tarfile
 import zlib
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -62,3 +65,22 @@ write("content", b"\x02" + SEED + b"b\n" + FORM)
 for coding, data in [(b"gzip", gzip.compress(FORM, mtime=0)), (b"deflate", zlib.compress(FORM)),
                      (b"gzip, deflate", zlib.compress(gzip.compress(FORM, mtime=0)))]:
     write("content", b"\x03" + SEED + coding + b"\n" + data)
+
+# A tar in bzip2 streams, as pbzip2 writes them, its cut falling inside a
+# member: one of text, one with a .deb that a stream ends in.
+def tar_of(files):
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w", format=tarfile.USTAR_FORMAT) as t:
+        for name, data in files:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            info.mtime = 0
+            t.addfile(info, io.BytesIO(data))
+    return out.getvalue()
+
+
+deb = open(os.path.join(SCAN_FIXTURES, "eicar.deb"), "rb").read()
+for tar in [tar_of([("a.txt", b"a" * 3000), ("b.txt", b"in the second stream")]),
+            tar_of([("a.txt", b"text"), ("b.deb", deb)])]:
+    cut = len(tar) // 2
+    write("content", b"\x00" + SEED + bz2.compress(tar[:cut]) + bz2.compress(tar[cut:]))

@@ -25,7 +25,8 @@ need_packages \
   ip iproute2 \
   nft nftables \
   xz xz-utils \
-  bzip2 bzip2
+  bzip2 bzip2 \
+  pbzip2 pbzip2
 
 # The independent ext_proc client (tests/extproc_python.rs): Python grpcio
 # and envoy-data-plane, in a virtual environment of the project's own.

@@ -383,9 +383,7 @@ async fn dictionary_compression_is_kept_out() {
 /// 4096, before a gzip file of EICAR; a header without the ustar magic,
 /// the gzip file's, after one with it; a volume header whose data holds
 /// a header that, read as clamd reads it, covers the gzip file (tar and
-/// Python's tarfile skip the data and extract it). And a bzip2 file of
-/// two streams (Python's bz2 module), a harmless text then EICAR: bzip2
-/// and Python's bz2 module unpack both, clamd the first.
+/// Python's tarfile skip the data and extract it).
 fn unopened_eicar() -> Vec<(&'static str, Vec<u8>)> {
     [
         "eicar-zip64.zip",
@@ -406,8 +404,6 @@ fn unopened_eicar() -> Vec<(&'static str, Vec<u8>)> {
         "eicar-tar-pax-size.tar",
         "eicar-tar-magic.tar",
         "eicar-tar-volume-data.tar",
-        // A bzip2 file of two streams, EICAR in the second.
-        "eicar-bzip2-streams.bz2",
     ]
     .into_iter()
     .map(|name| (name, fixture(name)))
@@ -749,6 +745,105 @@ async fn an_ar_archive_s_members_are_scanned_each() {
     }
 }
 
+/// A bzip2 file of several streams: pbzip2 writes one per 900 kB of input,
+/// Python's bz2 module one per call when asked (`eicar-bzip2-streams.bz2`:
+/// a harmless text, then EICAR). bzip2 and Python unpack them all, clamd
+/// 1.4.6 the first only, and answered OK for EICAR in a later one. Its
+/// content, all its streams, is scanned as a file of its own: EICAR is
+/// found in the last of pbzip2's three streams over ICAP, as the body, as
+/// a `.gz` or a `.zst`, gzip-encoded, in a tar (gzipped too) or a zip; a
+/// clean one passes, where it used to be undecodable. A first stream over
+/// a MiB before another is still undecodable: its content is not kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bzip2_files_of_several_streams_are_scanned_whole() {
+    let clamd = ClamdProcess::start();
+    let noise = support::Rng(11).bytes(2_000_000);
+    let infected = packed_by("pbzip2", &[&noise[..], &eicar()].concat());
+    let clean = packed_by("pbzip2", &noise);
+    let python = fixture("eicar-bzip2-streams.bz2");
+    for (what, body) in [("pbzip2", &infected), ("Python", &python)] {
+        assert_eq!(clamd.verdict(body).await, Verdict::Clean, "clamd on {what}");
+    }
+    let server = TestServer::start(&["--clamd-url", &clamd.tcp_url()]).await;
+    let dir = support::TempDir::new("bzip2-streams");
+    let url = "http://origin.test/f.bz2";
+    let wrapped = |body: &[u8]| {
+        [
+            ("as it is", body.to_vec()),
+            ("as a .gz", gzip(body)),
+            ("as a .zst", zstd(body)),
+            ("in a tar", packed_by_python(&dir, "f.bz2", body, true)),
+            ("in a zip", packed_by_python(&dir, "f.bz2", body, false)),
+            (
+                "in a tar, gzipped",
+                gzip(&packed_by_python(&dir, "f.bz2", body, true)),
+            ),
+        ]
+    };
+    for (what, body) in [("pbzip2", &infected), ("Python", &python)] {
+        for (how, body) in wrapped(body) {
+            let answer = icap_respmod_with(server.port(), url, &body, "", "")
+                .await
+                .unwrap();
+            assert!(answer.is_infected(), "{what} {how}: {answer:?}");
+        }
+        let answer = respmod(server.port(), "gzip", &gzip(body)).await;
+        assert!(answer.is_infected(), "{what} gzip-encoded: {answer:?}");
+    }
+    for (how, body) in wrapped(&clean) {
+        let answer = icap_respmod_with(server.port(), url, &body, "", "")
+            .await
+            .unwrap();
+        assert!(answer.is_clean(), "clean {how}: {answer:?}");
+    }
+    let long_first = [
+        packed_by("bzip2", &support::Rng(12).bytes(1_200_000)),
+        packed_by("bzip2", &eicar()),
+    ]
+    .concat();
+    assert_eq!(clamd.verdict(&long_first).await, Verdict::Clean);
+    let answer = icap_respmod_with(server.port(), url, &long_first, "", "")
+        .await
+        .unwrap();
+    assert!(answer.is_undecodable(), "{answer:?}");
+
+    // The same as body files: on clamd's unix socket, and over TCP with
+    // one scan slot, which the content's scan takes after the file's own.
+    let on_unix = scanner(&clamd.unix_url(), 2, 1 << 30);
+    for scanner in [on_unix, one_slot_scanner(&clamd)] {
+        let files = [
+            ("infected.bz2", &infected, true),
+            ("clean.bz2", &clean, false),
+        ];
+        body_files_found(&scanner, &dir, &files).await;
+    }
+}
+
+/// Scans each of `files` (a name, its bytes, whether it is infected) as a
+/// body file, within a minute: parts of a body that clamd scans in turn
+/// never wait for one another's slot.
+async fn body_files_found(
+    scanner: &virus_scanner::scan::Scanner,
+    dir: &support::TempDir,
+    files: &[(&str, &Vec<u8>, bool)],
+) {
+    for &(name, body, found) in files {
+        let path = support::write_file(dir, name, body);
+        let file = std::fs::File::open(path).unwrap();
+        let scan = scanner.scan_file(file, body.len() as u64, None, None);
+        let (verdict, _) = tokio::time::timeout(Duration::from_secs(60), scan)
+            .await
+            .expect("a body's parts take one clamd slot at a time");
+        match found {
+            true => assert!(
+                matches!(verdict, Verdict::Infected { .. }),
+                "{name}: {verdict:?}"
+            ),
+            false => assert_eq!(verdict, Verdict::Clean, "{name}"),
+        }
+    }
+}
+
 /// An ar archive stored in an ar archive (a `.deb` in a static library's
 /// archive, or in another package) is taken apart too, up to three levels:
 /// EICAR in a gzip member two levels down is found, and a clean one with a
@@ -797,21 +892,8 @@ async fn ar_archives_in_ar_archives_are_taken_apart() {
     // one scan slot, which the levels' scans take in turn.
     let dir = support::TempDir::new("ar-in-ar");
     for scanner in [file_scanner(&clamd), one_slot_scanner(&clamd)] {
-        for (name, body, found) in [("infected.a", &three, true), ("clean.a", &clean, false)] {
-            let path = support::write_file(&dir, name, body);
-            let file = std::fs::File::open(path).unwrap();
-            let scan = scanner.scan_file(file, body.len() as u64, None, None);
-            let (verdict, _) = tokio::time::timeout(Duration::from_secs(60), scan)
-                .await
-                .expect("nested archives take one clamd slot at a time");
-            match found {
-                true => assert!(
-                    matches!(verdict, Verdict::Infected { .. }),
-                    "{name}: {verdict:?}"
-                ),
-                false => assert_eq!(verdict, Verdict::Clean, "{name}"),
-            }
-        }
+        let files = [("infected.a", &three, true), ("clean.a", &clean, false)];
+        body_files_found(&scanner, &dir, &files).await;
     }
 }
 

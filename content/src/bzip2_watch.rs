@@ -1,8 +1,8 @@
 //! Finds a bzip2 stream that follows another in the same file. bzip2,
 //! Python's bz2 module and libarchive unpack every stream of a `.bz2`
-//! file one after the other (pbzip2 and lbzip2 write one per chunk of
-//! input), while clamd 1.4.6 unpacks the first only: EICAR in a second
-//! stream, even after an empty first one, was OK.
+//! file one after the other (pbzip2 writes one per 900 kB of input;
+//! lbzip2 writes one stream), while clamd 1.4.6 unpacks the first only:
+//! EICAR in a second stream, even after an empty first one, was OK.
 //!
 //! A stream begins, on a byte boundary, with `BZh`, the block size digit,
 //! and a block's 48-bit magic; it ends with the 48-bit end-of-stream
@@ -17,10 +17,10 @@ const BLOCK_MAGIC: [u8; 6] = [0x31, 0x41, 0x59, 0x26, 0x53, 0x59];
 /// The end-of-stream magic, 48 bits.
 const END_MAGIC: u64 = 0x1772_4538_5090;
 /// A stream's beginning: `BZh`, the size digit, the block magic.
-const HEAD: usize = 10;
+pub(super) const HEAD: usize = 10;
 /// The bytes before a stream's beginning that hold the end of the one
 /// before: 80 bits and up to 7 of padding.
-const BEFORE: usize = 11;
+pub(super) const BEFORE: usize = 11;
 /// What is kept of the bytes seen, for a beginning that a piece's edge
 /// cuts.
 const KEEP: usize = BEFORE + HEAD;
@@ -33,11 +33,14 @@ pub(super) struct Bzip2Watch {
     /// since every body's every piece passes here.
     tail: [u8; KEEP],
     kept: usize,
+    /// Bytes seen so far.
+    seen: u64,
 }
 
 impl Bzip2Watch {
-    /// Looks at the next bytes; true once a second stream is found.
-    pub(super) fn feed(&mut self, data: &[u8]) -> bool {
+    /// Looks at the next bytes: the offsets, among all the bytes seen, of
+    /// the streams found in them that begin right after another.
+    pub(super) fn feed(&mut self, data: &[u8]) -> Vec<u64> {
         // Beginnings that end in `data` but start within its first BEFORE
         // bytes: judged on the kept bytes joined to data's first ones.
         let kept = self.kept;
@@ -46,14 +49,20 @@ impl Bzip2Watch {
         seam[..kept].copy_from_slice(&self.tail[..kept]);
         seam[kept..joined].copy_from_slice(&data[..joined - kept]);
         let seam = &seam[..joined];
-        let found = (0..joined.saturating_sub(HEAD - 1))
+        let seam_at = self.seen - kept as u64;
+        let mut found: Vec<u64> = (0..joined.saturating_sub(HEAD - 1))
             .filter(|&at| at + HEAD > kept && at < kept + BEFORE)
-            .any(|at| follows_a_stream(seam, at));
+            .filter(|&at| follows_a_stream(seam, at))
+            .map(|at| seam_at + at as u64)
+            .collect();
         // The rest, within `data` alone.
-        let found = found
-            || memchr::memmem::find_iter(data, b"BZh")
+        found.extend(
+            memchr::memmem::find_iter(data, b"BZh")
                 .filter(|&at| at >= BEFORE)
-                .any(|at| follows_a_stream(data, at));
+                .filter(|&at| follows_a_stream(data, at))
+                .map(|at| self.seen + at as u64),
+        );
+        self.seen += data.len() as u64;
         // The last KEEP bytes of the kept ones and `data` together.
         let last = if data.len() >= KEEP { data } else { seam };
         let last = &last[last.len().saturating_sub(KEEP)..];
@@ -97,13 +106,15 @@ mod tests {
         0x42, 0x5a, 0x68, 0x39, 0x17, 0x72, 0x45, 0x38, 0x50, 0x90, 0x00, 0x00, 0x00, 0x00,
     ];
 
-    fn watch(bytes: &[u8]) -> bool {
+    /// Where streams that follow another begin in `bytes`, the same in
+    /// pieces of any size.
+    fn watch(bytes: &[u8]) -> Vec<u64> {
         let mut seen = None;
         for piece in [1, 2, 5, 10, 11, 21, 22, 64, bytes.len().max(1)] {
             let mut w = Bzip2Watch::default();
-            let found = bytes.chunks(piece).any(|p| w.feed(p));
-            if let Some(seen) = seen {
-                assert_eq!(found, seen, "pieces of {piece}");
+            let found: Vec<u64> = bytes.chunks(piece).flat_map(|p| w.feed(p)).collect();
+            if let Some(seen) = &seen {
+                assert_eq!(&found, seen, "pieces of {piece}");
             }
             seen = Some(found);
         }
@@ -112,21 +123,28 @@ mod tests {
 
     #[test]
     fn a_stream_after_another_is_found() {
-        assert!(watch(&[README, README].concat()));
-        assert!(watch(&[EMPTY, README].concat()));
-        assert!(watch(
-            &[b"prefix".as_slice(), README, EMPTY, README].concat()
-        ));
+        let (r, e) = (README.len() as u64, EMPTY.len() as u64);
+        assert_eq!(watch(&[README, README].concat()), [r]);
+        assert_eq!(watch(&[EMPTY, README].concat()), [e]);
+        assert_eq!(
+            watch(&[b"prefix".as_slice(), README, EMPTY, README].concat()),
+            [6 + r + e]
+        );
+        assert_eq!(watch(&[README, README, README].concat()), [r, 2 * r]);
     }
 
     #[test]
     fn one_stream_or_separate_files_are_not() {
-        assert!(!watch(README));
-        assert!(!watch(&[README, EMPTY].concat()));
+        let none: [u64; 0] = [];
+        assert_eq!(watch(README), none);
+        assert_eq!(watch(&[README, EMPTY].concat()), none);
         // Two files with anything between them, as in a tar or a zip.
-        assert!(!watch(&[README, b"\0".as_slice(), README].concat()));
-        assert!(!watch(&[README, &[0u8; 512], README].concat()));
-        assert!(!watch(b"BZh91AY&SY"));
-        assert!(!watch(&[b"BZh91AY&SY".repeat(3), b"x".repeat(30)].concat()));
+        assert_eq!(watch(&[README, b"\0".as_slice(), README].concat()), none);
+        assert_eq!(watch(&[README, &[0u8; 512], README].concat()), none);
+        assert_eq!(watch(b"BZh91AY&SY"), none);
+        assert_eq!(
+            watch(&[b"BZh91AY&SY".repeat(3), b"x".repeat(30)].concat()),
+            none
+        );
     }
 }

@@ -130,7 +130,7 @@ pub(crate) enum Packing {
 }
 
 /// A decoder of one packed file: a gzip file's members, an xz file's
-/// streams, a bzip2 file's first stream.
+/// streams, a bzip2 file's streams.
 pub(crate) fn unpacking(packing: Packing) -> Option<Decoder> {
     let layer = match packing {
         Packing::Gzip => Layer::Gzip(Gzip::default()),
@@ -182,8 +182,8 @@ impl Layer {
             Layer::Deflate(d) => d.ended,
             Layer::Brotli(b) => BrotliDecoderIsFinished(&b.state),
             Layer::Zstd(z) => z.frames > 0 && z.between_frames,
-            Layer::Xz(x) => x.ended,
-            Layer::Bzip2(b) => b.ended,
+            Layer::Xz(x) => x.is_finished(),
+            Layer::Bzip2(b) => b.is_finished(),
         }
     }
 
@@ -607,17 +607,23 @@ const XZ_MAGIC_FIRST: u8 = 0xfd;
 const XZ_MEMORY_MAX: u64 = 16 << 20;
 
 /// A packed file's streams, by a library that counts the bytes it took
-/// and gave: liblzma for `.xz`, libbz2-rs for `.bz2` (its first stream
-/// only: clamd unpacks no more of it, and the zip watch reports a file of
-/// several).
+/// and gave: liblzma for `.xz`, libbz2-rs for `.bz2` (clamd unpacks a
+/// bzip2 file's first stream only; the zip watch hands out the content of
+/// a file of several, or reports it).
 struct Unpack<L> {
     library: L,
     ended: bool,
+    /// Whether the stream being unpacked follows another.
+    later: bool,
+    /// Packed bytes taken so far, and where the stream being unpacked
+    /// began among them.
+    taken: u64,
+    stream_at: u64,
     /// The error of a call that gave bytes, which went on first.
     failed: Option<String>,
-    /// Whether bytes that begin no stream came after the last one's end:
+    /// Where bytes that begin no stream came after the last one's end:
     /// they and all that follows are not unpacked.
-    trailing: bool,
+    trailing: Option<u64>,
 }
 
 /// What [`Unpack`] asks of its library.
@@ -632,6 +638,14 @@ trait Library: Sized {
     /// A decoder for the stream that begins with `first`, if it may be
     /// one.
     fn next_stream(first: u8) -> Option<Self>;
+    /// Whether a stream after the first that fails before it gives a byte
+    /// is taken for trailing bytes, which end the file (`bzip2 -d` warns
+    /// of them, Python's bz2 module ignores them), rather than for damage.
+    const TRAILING_AFTER_A_STREAM: bool;
+    /// How many bytes begin a stream (its magic): a stream after the first
+    /// that ends with the file before it took as many is taken for
+    /// trailing bytes too; one that did is cut short.
+    const HEAD: u64;
 }
 
 type Xz = Unpack<xz2::stream::Stream>;
@@ -653,6 +667,9 @@ impl Library for xz2::stream::Stream {
     fn next_stream(first: u8) -> Option<Self> {
         (first == XZ_MAGIC_FIRST).then(xz_decoder)?
     }
+
+    const TRAILING_AFTER_A_STREAM: bool = false;
+    const HEAD: u64 = 12;
 }
 
 impl Library for bzip2::Decompress {
@@ -665,40 +682,71 @@ impl Library for bzip2::Decompress {
         Ok(matches!(status, bzip2::Status::StreamEnd))
     }
 
-    const STREAMS: bool = false;
+    // pbzip2 writes a stream per 900 kB of input, and `cat a.bz2 b.bz2`
+    // unpacks as one file.
+    const STREAMS: bool = true;
 
-    fn next_stream(_: u8) -> Option<Self> {
-        None
+    fn next_stream(first: u8) -> Option<Self> {
+        (first == BZIP2_MAGIC_FIRST).then(|| bzip2::Decompress::new(false))
     }
+
+    const TRAILING_AFTER_A_STREAM: bool = true;
+    // `BZh`, the block size, and a block's or the end's 48-bit magic.
+    const HEAD: u64 = 10;
 }
+
+/// How a bzip2 stream begins (`BZh`'s first byte).
+const BZIP2_MAGIC_FIRST: u8 = b'B';
 
 impl<L: Library> Unpack<L> {
     fn new(library: L) -> Unpack<L> {
         Unpack {
             library,
             ended: false,
+            later: false,
+            taken: 0,
+            stream_at: 0,
             failed: None,
-            trailing: false,
+            trailing: None,
         }
     }
 
+    /// Whether the file may end here: after a stream's end, or after
+    /// bytes that only began like one more, taken for trailing bytes.
+    fn is_finished(&self) -> bool {
+        let (taken, given) = self.library.totals();
+        self.ended || (L::TRAILING_AFTER_A_STREAM && self.later && given == 0 && taken < L::HEAD)
+    }
+
     fn step(&mut self, input: &[u8], output: &mut [u8]) -> Result<Step, String> {
+        let step = self.unpack(input, output)?;
+        self.taken += step.consumed as u64;
+        Ok(step)
+    }
+
+    fn unpack(&mut self, input: &[u8], output: &mut [u8]) -> Result<Step, String> {
         if L::STREAMS && self.ended && !input.is_empty() {
             // The padding after a stream, then the next one, if any;
             // whatever else follows is not unpacked.
             let zeros = input.iter().take_while(|&&b| b == 0).count();
-            if !self.trailing && zeros == 0 {
+            if self.trailing.is_none() && zeros == 0 {
                 match L::next_stream(input[0]) {
                     Some(next) => {
                         self.library = next;
                         self.ended = false;
+                        self.later = true;
+                        self.stream_at = self.taken;
                     }
-                    None => self.trailing = true,
+                    None => self.trailing = Some(self.taken),
                 }
             }
             if self.ended {
                 return Ok(Step {
-                    consumed: if self.trailing { input.len() } else { zeros },
+                    consumed: if self.trailing.is_some() {
+                        input.len()
+                    } else {
+                        zeros
+                    },
                     produced: 0,
                 });
             }
@@ -720,6 +768,16 @@ impl<L: Library> Unpack<L> {
             Ok(ended) => self.ended = ended,
             // What came out before the bad data goes on first.
             Err(e) if step.produced > 0 => self.failed = Some(e),
+            // Bytes after the last stream that only begin like one: the
+            // file ended with that stream, and they are not unpacked.
+            Err(_) if L::TRAILING_AFTER_A_STREAM && self.later && now.1 == 0 => {
+                self.ended = true;
+                self.trailing = Some(self.stream_at);
+                return Ok(Step {
+                    consumed: input.len(),
+                    produced: 0,
+                });
+            }
             Err(e) => return Err(e),
         }
         Ok(step)
@@ -766,6 +824,29 @@ impl Decoder {
         let n = self.pull(last, input, &mut out);
         self.out = out;
         Ok(&self.out[..n?])
+    }
+
+    /// Where, among a packed file's bytes ([`unpacking`]), bytes that
+    /// begin no stream came after its last stream, ending it: what follows
+    /// is not unpacked.
+    pub(crate) fn trailing_from(&self) -> Option<u64> {
+        match self.layers.first() {
+            Some(Layer::Xz(x)) => x.trailing,
+            Some(Layer::Bzip2(b)) => b.trailing,
+            _ => None,
+        }
+    }
+
+    /// Unpacks a packed file ([`unpacking`]) as [`Decoder::decode`] does,
+    /// and tells whether a stream after its first has begun.
+    pub(crate) fn unpack(&mut self, input: &mut &[u8]) -> Result<(&[u8], bool), String> {
+        let n = self.decode(input)?.len();
+        let later = match self.layers.first() {
+            Some(Layer::Xz(x)) => x.later,
+            Some(Layer::Bzip2(b)) => b.later,
+            _ => false,
+        };
+        Ok((&self.out[..n], later))
     }
 
     /// At the end of the body: every layer must have reached its end, or
@@ -844,14 +925,18 @@ mod tests {
 
     /// Decodes `encoded` fed `piece` bytes at a time, as it would arrive.
     fn decode_all(content_encoding: &str, encoded: &[u8], piece: usize) -> Result<Vec<u8>, String> {
-        let Plan::Decode(mut d) = plan(content_encoding) else {
+        let Plan::Decode(d) = plan(content_encoding) else {
             panic!("{content_encoding} needs decoding");
         };
+        unpack_all(d, encoded, piece.max(1))
+    }
+
+    /// What `decoder` unpacks of `packed` fed `piece` bytes at a time.
+    fn unpack_all(mut decoder: Decoder, packed: &[u8], piece: usize) -> Result<Vec<u8>, String> {
         let mut out = Vec::new();
-        for chunk in encoded.chunks(piece.max(1)) {
-            let mut rest = chunk;
+        for mut rest in packed.chunks(piece) {
             loop {
-                let piece = d.decode(&mut rest)?;
+                let piece = decoder.decode(&mut rest)?;
                 if piece.is_empty() {
                     break;
                 }
@@ -859,8 +944,53 @@ mod tests {
             }
             assert!(rest.is_empty(), "all input taken");
         }
-        d.finish()?;
+        decoder.finish()?;
         Ok(out)
+    }
+
+    fn bzip2(data: &[u8]) -> Vec<u8> {
+        let mut bz2 = Vec::new();
+        let mut encoder = bzip2::write::BzEncoder::new(&mut bz2, bzip2::Compression::fast());
+        std::io::Write::write_all(&mut encoder, data).unwrap();
+        encoder.finish().unwrap();
+        bz2
+    }
+
+    #[test]
+    fn bzip2_streams_unpack_one_after_another() {
+        // As pbzip2 writes them (a stream per 900 kB of input), or as
+        // `cat a.bz2 b.bz2` makes them: `bzip2 -d` and Python's bz2
+        // module unpack them all, an empty one too.
+        let file = [bzip2(b"first, "), bzip2(b""), bzip2(TEXT)].concat();
+        let content = [b"first, ".as_slice(), TEXT].concat();
+        let bz2 = || unpacking(Packing::Bzip2).unwrap();
+        for piece in [1, 3, 10, 1000] {
+            assert_eq!(unpack_all(bz2(), &file, piece).unwrap(), content);
+            // Bytes after the last stream end the file, those that begin
+            // like one too: `bzip2 -d` warns of trailing garbage.
+            for trailing in [&b"B"[..], b"BZ", b"Bogus", b"BZh9 not a block", b"junk"] {
+                let with = [&file[..], trailing].concat();
+                assert_eq!(
+                    unpack_all(bz2(), &with, piece).unwrap(),
+                    content,
+                    "{trailing:?} in pieces of {piece}"
+                );
+            }
+            // A later stream cut short, or damaged after it gave bytes,
+            // is not.
+            let cut = &file[..file.len() - 4];
+            assert!(unpack_all(bz2(), cut, piece).is_err(), "pieces of {piece}");
+            let last = bzip2(TEXT).len();
+            let cut = &file[..file.len() - last + 12];
+            assert!(unpack_all(bz2(), cut, piece).is_err(), "pieces of {piece}");
+            let mut damaged = [file.clone(), bzip2(&TEXT.repeat(50))].concat();
+            let n = damaged.len();
+            damaged[n - 8..n - 4].fill(0);
+            assert!(
+                unpack_all(bz2(), &damaged, piece).is_err(),
+                "pieces of {piece}"
+            );
+        }
     }
 
     fn zlib(data: &[u8]) -> Vec<u8> {

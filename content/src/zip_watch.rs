@@ -26,7 +26,9 @@
 //!
 //! - A tar archive clamd stops reading early (`tar_watch`).
 //! - A bzip2 file of more than one stream, of which clamd unpacks the
-//!   first only (`bzip2_watch`).
+//!   first only (`bzip2_watch`), unless its content is handed out: the
+//!   file these bytes begin with, once its second stream shows, if its
+//!   first one's content was kept ([`FIRST_STREAM_KEPT`]).
 //! - A zstd file inside another: clamd 1.4 does not unpack zstd.
 //! - An ar archive or an rpm package inside another, whose members clamd
 //!   does not see into (`ar::ArWalk`).
@@ -48,7 +50,7 @@
 //! The body's own bytes are watched, and what clamd unpacks from them in
 //! the ways most archives are packed: a gzip, xz or bzip2 file (`.gz`,
 //! `.tar.gz`, `.tar.xz`, `.tar.bz2`; a tar keeps its files' bytes as they
-//! are; a bzip2 file's first stream, and an xz file only if its
+//! are; all of a bzip2 file's streams, and an xz file only if its
 //! dictionary is at most 8 MiB) and a zip's deflated entries; and a
 //! zip's stored entries, a tar's or a cpio archive's members and an ISO
 //! image's files, from their start. Each is
@@ -67,7 +69,7 @@ use miniz_oxide::inflate::stream::InflateState;
 use miniz_oxide::DataFormat;
 
 use super::ar::{self, ArWalk};
-use super::bzip2_watch::Bzip2Watch;
+use super::bzip2_watch::{self, Bzip2Watch};
 use super::cpio_walk::CpioWalk;
 use super::decode;
 use super::iso_walk::IsoWalk;
@@ -329,6 +331,9 @@ pub struct ZipWatch {
     cpio: CpioWalk,
     /// Bzip2 streams in the bytes.
     bzip2: Bzip2Watch,
+    /// Where the entries closed while the last bytes were looked at had
+    /// their data, their watches having seen it.
+    closed: Vec<(u64, u64)>,
     /// The ar archive the bytes may be, unless the scan takes it apart.
     ar: Option<ArWalk>,
     /// Whether a zstd file here is unpacked into a scan of its own.
@@ -411,6 +416,22 @@ impl Extraction {
     fn on(&self) -> bool {
         self.levels > 0
     }
+
+    /// Whether as many files were handed out for the body as may be.
+    fn is_full(&self) -> bool {
+        self.handed
+            .as_ref()
+            .is_some_and(|n| n.load(Ordering::Relaxed) >= HANDED_MAX)
+    }
+
+    /// Hands out a file that begins with `head`.
+    fn start(&mut self, head: Vec<u8>) {
+        self.open = true;
+        let handed = self.handed.get_or_insert_with(Default::default);
+        handed.fetch_add(1, Ordering::Relaxed);
+        self.events.push(Handed::Start);
+        self.events.push(Handed::Data(head));
+    }
 }
 
 /// The most files handed out for one body: each costs a scan of its own
@@ -471,6 +492,7 @@ impl ZipWatch {
             iso: IsoWalk::default(),
             cpio: CpioWalk::default(),
             bzip2: Bzip2Watch::default(),
+            closed: Vec::new(),
             ar: Some(ArWalk::default()),
             zstd_scanned: false,
             unanchored: None,
@@ -510,6 +532,9 @@ enum Packed {
     /// The first bytes so far, which may begin one.
     Head(Vec<u8>),
     Inside(Box<Inside>),
+    /// A zstd file whose content the scan unpacks into a scan of its own,
+    /// which watches it.
+    Zstd,
     /// Neither, or no longer watched inside.
     No,
 }
@@ -519,11 +544,23 @@ enum Packed {
 struct Inside {
     decoder: decode::Decoder,
     packing: decode::Packing,
-    /// A watch of the unpacked bytes.
+    /// A watch of the unpacked bytes, until they are handed out to be
+    /// scanned on their own.
     watch: Box<ZipWatch>,
     /// Whether what it unpacks to is handed out (a `.deb.gz`, `.deb.xz`).
     extract: Extract,
+    /// What a bzip2 file's first stream unpacks to, while it is not handed
+    /// out, up to [`FIRST_STREAM_KEPT`] bytes: handed out with the rest if
+    /// another stream follows, which clamd does not unpack.
+    kept: Option<Vec<u8>>,
+    /// Whether `watch` watches the unpacked bytes.
+    watched: bool,
 }
+
+/// The most bytes kept of what a bzip2 file's first stream unpacks to, in
+/// case another follows: pbzip2 writes a stream per 900 kB of input. A
+/// longer first stream with another after it is reported.
+const FIRST_STREAM_KEPT: usize = 1 << 20;
 
 impl fmt::Debug for Inside {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -534,11 +571,14 @@ impl fmt::Debug for Inside {
 impl Inside {
     fn start(depth: u8, packing: decode::Packing, extraction: &Extraction) -> Option<Box<Inside>> {
         let decoder = decode::unpacking(packing)?;
+        let bzip2 = packing == decode::Packing::Bzip2;
         Some(Box::new(Inside {
             decoder,
             packing,
             watch: Box::new(ZipWatch::at_depth(depth + 1)),
             extract: Extract::new(extraction),
+            kept: (bzip2 && extraction.on()).then(Vec::new),
+            watched: true,
         }))
     }
 
@@ -558,19 +598,59 @@ impl Inside {
     }
 
     fn unpack(&mut self, mut data: &[u8], budget: &mut Budget) -> bool {
+        let Inside {
+            decoder,
+            watch,
+            extract,
+            kept,
+            watched,
+            ..
+        } = self;
         loop {
-            match self.decoder.decode(&mut data) {
-                Ok([]) => return true,
-                Ok(piece) => {
-                    self.extract
-                        .hand_out(piece, &mut budget.extraction, &mut self.watch);
-                    if !self.watch.take_unpacked(piece, budget) {
-                        return false;
-                    }
-                }
+            let (piece, later) = match decoder.unpack(&mut data) {
+                Ok(next) => next,
                 Err(_) => return false,
+            };
+            // Once a bzip2 file's second stream begins, which clamd does
+            // not unpack, its content is handed out to be scanned on its
+            // own, from what its first stream unpacked to.
+            let first = kept.take_if(|_| later);
+            if let Some(first) = first {
+                if extract.hand_out_all(first, &mut budget.extraction) {
+                    budget.open -= watch.open_entries();
+                    **watch = ZipWatch::default();
+                    *watched = false;
+                }
+            }
+            if piece.is_empty() {
+                return true;
+            }
+            extract.hand_out(piece, &mut budget.extraction, watch);
+            match (&*extract, &mut *kept) {
+                (Extract::Yes, kept) => *kept = None,
+                (_, Some(kept)) if kept.len() + piece.len() <= FIRST_STREAM_KEPT => {
+                    kept.extend_from_slice(piece)
+                }
+                (_, kept) => *kept = None,
+            }
+            if !*watched {
+                // Still within the budget, for the work.
+                budget.bytes = budget.bytes.saturating_sub(piece.len() as u64);
+                if budget.bytes == 0 {
+                    return false;
+                }
+            } else if !watch.take_unpacked(piece, budget) {
+                return false;
             }
         }
+    }
+
+    /// Whether the stream of a bzip2 file that begins at `at` is handed
+    /// out with its content: when all of it is (a `.deb.bz2`, or since its
+    /// second stream began), unless bytes that ended the file came first.
+    fn hands_out_stream(&self, at: u64) -> bool {
+        let after_the_file = self.decoder.trailing_from().is_some_and(|end| end <= at);
+        matches!(self.extract, Extract::Yes) && !after_the_file
     }
 
     /// Ends what its watch hands out, and what was handed out of its own
@@ -664,6 +744,20 @@ impl Entry {
 }
 
 impl Extract {
+    /// Hands out a file whose bytes so far are `head`, unless it already
+    /// is, or another is: true if it now is. The content's own scan then
+    /// watches what the watch of these bytes did: that watch is to stop,
+    /// and report nothing of what it has not found yet (a `.deb` in a
+    /// `.tar.bz2`, which the content's scan hands out in turn).
+    fn hand_out_all(&mut self, head: Vec<u8>, extraction: &mut Extraction) -> bool {
+        if matches!(self, Extract::Yes) || extraction.open || extraction.is_full() {
+            return false;
+        }
+        extraction.start(head);
+        *self = Extract::Yes;
+        true
+    }
+
     /// Whether bytes that begin a file are looked at to hand it out.
     fn new(extraction: &Extraction) -> Extract {
         match extraction.on() {
@@ -706,21 +800,9 @@ impl Extract {
                 match told {
                     None => {}
                     Some(false) => *self = Extract::No,
-                    Some(true)
-                        if extraction.open
-                            || extraction
-                                .handed
-                                .as_ref()
-                                .is_some_and(|n| n.load(Ordering::Relaxed) >= HANDED_MAX) =>
-                    {
-                        *self = Extract::No
-                    }
+                    Some(true) if extraction.open || extraction.is_full() => *self = Extract::No,
                     Some(true) => {
-                        extraction.open = true;
-                        let handed = extraction.handed.get_or_insert_with(Default::default);
-                        handed.fetch_add(1, Ordering::Relaxed);
-                        extraction.events.push(Handed::Start);
-                        extraction.events.push(Handed::Data(std::mem::take(head)));
+                        extraction.start(std::mem::take(head));
                         if take < data.len() {
                             extraction.events.push(Handed::Data(data[take..].to_vec()));
                         }
@@ -1024,6 +1106,7 @@ impl ZipWatch {
         if self.found.is_some() || data.is_empty() {
             return;
         }
+        self.closed.clear();
         let start = self.at;
         let mut members = Vec::new();
         if let Some(what) = self.tar.feed(data, &mut members) {
@@ -1043,10 +1126,7 @@ impl ZipWatch {
         if self.found.is_some() {
             return;
         }
-        if self.bzip2.feed(data) {
-            self.found = Some(Unopened::Bzip2Streams);
-            return;
-        }
+        let streams = self.bzip2.feed(data);
         if self.ar.as_mut().is_some_and(|ar| ar.feed(data)) {
             self.found = Some(Unopened::ArPacked);
             return;
@@ -1093,6 +1173,44 @@ impl ZipWatch {
             let from = start - carried.len() as u64;
             carried.extend_from_slice(data);
             self.judge(&carried, from, seen, budget);
+        }
+        self.judge_streams(streams);
+    }
+
+    /// Reports a bzip2 stream found right after another, at each offset of
+    /// `streams`, unless it is one of the streams of the bzip2 file these
+    /// bytes begin with, now handed out, or lies in the packed data of the
+    /// gzip, xz or zstd file they begin with or in an entry's data, whose
+    /// own watch judges it (the entries open, or closed meanwhile, have
+    /// had the bytes these offsets are in).
+    fn judge_streams(&mut self, streams: Vec<u64>) {
+        let (before, head) = (bzip2_watch::BEFORE as u64, bzip2_watch::HEAD as u64);
+        for at in streams {
+            if self.found.is_some() {
+                return;
+            }
+            // The streams of the bzip2 file; or bytes in a gzip, xz or
+            // zstd file's packed data (stored blocks keep them as they
+            // are), which its content's watch sees unpacked.
+            let own = match &mut self.packed {
+                Packed::Inside(inside) => {
+                    inside.packing != decode::Packing::Bzip2 || inside.hands_out_stream(at)
+                }
+                Packed::Zstd => true,
+                _ => false,
+            };
+            if own {
+                continue;
+            }
+            let in_data = |start: u64, end: u64| start + before <= at && at + head <= end;
+            let entries = self.entries.iter().map(|e| (e.start, e.next));
+            if entries
+                .chain(self.closed.iter().copied())
+                .any(|(s, e)| in_data(s, e))
+            {
+                continue;
+            }
+            self.found = Some(Unopened::Bzip2Streams);
         }
     }
 
@@ -1322,6 +1440,7 @@ impl ZipWatch {
         let piece = &mut self.piece;
         let found = &mut self.found;
         let locals = &mut self.layout.locals;
+        let closed = &mut self.closed;
         self.entries.retain_mut(|entry| {
             if raw && entry.inflate.is_some() {
                 return true;
@@ -1346,6 +1465,7 @@ impl ZipWatch {
                     false => entry.watch.found,
                 };
                 *found = found.or(what);
+                closed.push((entry.start, entry.next));
                 budget.open -= 1 + entry.watch.open_entries();
                 if let Some(local) = entry.local.filter(|_| entry.ended) {
                     let seen = entry.next - entry.start;
@@ -1430,7 +1550,7 @@ impl ZipWatch {
     /// zstd file that the scan does not unpack itself.
     fn look_inside(&mut self, data: &[u8], budget: &mut Budget) {
         match &mut self.packed {
-            Packed::No => {}
+            Packed::No | Packed::Zstd => {}
             Packed::Undecided | Packed::Head(_) => {
                 let mut head = match std::mem::take(&mut self.packed) {
                     Packed::Head(head) => head,
@@ -1463,8 +1583,10 @@ impl ZipWatch {
                     // clamd's sight.
                     if !self.zstd_scanned {
                         self.found = Some(Unopened::Zstd);
+                        Packed::No
+                    } else {
+                        Packed::Zstd
                     }
-                    Packed::No
                 } else if gzip && head[GZIP.len()] & GZIP_RESERVED != 0 {
                     self.found = Some(Unopened::GzipFlags(head[GZIP.len()]));
                     Packed::No
@@ -2835,5 +2957,97 @@ mod tests {
         assert!(Unopened::ArPacked
             .to_string()
             .contains("clamd unpacks neither"));
+    }
+
+    #[test]
+    fn a_bzip2_file_of_several_streams_is_handed_out_whole() {
+        // As pbzip2 writes one: a stream per piece of a tar, the second
+        // holding what clamd does not see, and an empty one between.
+        let tar = [
+            tar_member(b"a.txt", &[b'a'; 3000]),
+            tar_member(b"b.txt", b"in the second stream"),
+        ]
+        .concat();
+        let (first, second) = tar.split_at(2000);
+        let streams = [bz2(first), bz2(b""), bz2(second)].concat();
+        let stored = tar_member(b"f.tar.bz2", &streams);
+        let zip = archive(
+            b"",
+            &[(b"{}", None, false, true), (&streams, None, false, true)],
+        );
+        // Compared by what was handed out, without printing it all.
+        let handed = |body: &[u8], piece: usize| {
+            let (files, found) = handed_out(body, piece);
+            let files: Vec<(usize, bool)> = files
+                .iter()
+                .map(|(data, whole)| match data == &tar {
+                    true => (tar.len(), *whole),
+                    false => (usize::MAX - data.len(), *whole),
+                })
+                .collect();
+            (files, found)
+        };
+        for (what, body) in [
+            ("the body", streams.clone()),
+            ("a .tar.bz2.gz", gzip(&streams)),
+            ("a tar member", stored.clone()),
+            ("a tar member, gzipped", gzip(&stored)),
+            ("a zip's stored entry", zip),
+            ("bytes after it", [&streams[..], b"trailing bytes"].concat()),
+        ] {
+            for piece in [1, 7, 100, 4096, body.len()] {
+                assert_eq!(
+                    handed(&body, piece),
+                    (vec![(tar.len(), true)], None),
+                    "{what} in pieces of {piece}"
+                );
+            }
+            // Without a scan to hand it to, it is reported.
+            assert_eq!(watch(&body, 7), Some(Unopened::Bzip2Streams), "{what}");
+        }
+        // One stream is left to clamd.
+        assert_eq!(handed_out(&bz2(&tar), 7), (vec![], None));
+        // A .deb.bz2 of several streams is handed out as it is: whole.
+        let deb = ar(&[b"2.0\n", &gzip(b"data")]);
+        let (first, second) = deb.split_at(30);
+        let streams = [bz2(first), bz2(second)].concat();
+        assert_eq!(handed_out(&streams, 7), (vec![(deb, true)], None));
+        // A first stream longer than is kept, or cut short after another
+        // began.
+        let long = vec![b'x'; FIRST_STREAM_KEPT + 1];
+        let body = [bz2(&long), bz2(b"more")].concat();
+        for piece in [4096, body.len()] {
+            assert_eq!(
+                handed_out(&body, piece),
+                (vec![], Some(Unopened::Bzip2Streams))
+            );
+        }
+        // What the streams after it unpack to is not kept: in any pieces.
+        let body = [bz2(&long[1..]), bz2(&long)].concat();
+        for piece in [4096, body.len()] {
+            let (files, found) = handed_out(&body, piece);
+            let sizes: Vec<(usize, bool)> = files.iter().map(|(f, w)| (f.len(), *w)).collect();
+            assert_eq!((sizes, found), (vec![(2 * long.len() - 1, true)], None));
+        }
+        let body = [bz2(b"first"), bz2(&tar)].concat();
+        let cut = &body[..body.len() - 20];
+        let content = [b"first".as_slice(), &tar].concat();
+        let (files, found) = handed_out(cut, 7);
+        assert_eq!((files.len(), found), (1, None));
+        assert!(
+            !files[0].1 && content.starts_with(&files[0].0),
+            "{} of {}, whole: {}",
+            files[0].0.len(),
+            content.len(),
+            files[0].1
+        );
+        // Streams that follow other bytes than a stream's end, or that
+        // follow bytes that end the file, are reported.
+        for body in [
+            [b"x".as_slice(), &bz2(b"a"), &bz2(b"b")].concat(),
+            [&bz2(b"a")[..], b"junk", &bz2(b"b"), &bz2(b"c")].concat(),
+        ] {
+            assert_eq!(handed_out(&body, 7), (vec![], Some(Unopened::Bzip2Streams)));
+        }
     }
 }

@@ -148,10 +148,14 @@ impl Scanner {
             };
             match unopened {
                 // A zstd file or a package among its tar members or zip
-                // entries, which a session scans on its own: the file
-                // streams through one.
-                Ok(Some(zip_watch::Unopened::Zstd | zip_watch::Unopened::ArPacked))
-                    if verdict == Verdict::Clean => {}
+                // entries, or a bzip2 file's streams after the first,
+                // which a session scans on its own: the file streams
+                // through one.
+                Ok(Some(
+                    zip_watch::Unopened::Zstd
+                    | zip_watch::Unopened::ArPacked
+                    | zip_watch::Unopened::Bzip2Streams,
+                )) if verdict == Verdict::Clean => {}
                 Ok(found) => return (unless_unopened(verdict, found), len),
                 Err(e) => return (body_error(e), len),
             }
