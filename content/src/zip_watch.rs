@@ -28,7 +28,7 @@
 //! - A bzip2 file of more than one stream, of which clamd unpacks the
 //!   first only (`bzip2_watch`), unless its content is handed out: the
 //!   file these bytes begin with, once its second stream shows, if its
-//!   first one's content was kept ([`FIRST_STREAM_KEPT`]).
+//!   first one's content was kept (up to `FIRST_STREAM_KEPT`).
 //! - A zstd file inside another: clamd 1.4 does not unpack zstd.
 //! - An ar archive or an rpm package inside another, whose members clamd
 //!   does not see into (`ar::ArWalk`).
