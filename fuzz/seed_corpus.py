@@ -14,6 +14,7 @@ import io
 import os
 import re
 import tarfile
+import zipfile
 import zlib
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -84,3 +85,13 @@ for tar in [tar_of([("a.txt", b"a" * 3000), ("b.txt", b"in the second stream")])
             tar_of([("a.txt", b"text"), ("b.deb", deb)])]:
     cut = len(tar) // 2
     write("content", b"\x00" + SEED + bz2.compress(tar[:cut]) + bz2.compress(tar[cut:]))
+
+# A zip whose entries are packed by bzip2 (`zip -Z bzip2`), one holding a
+# ZIP64 zip, one a .deb.
+out = io.BytesIO()
+with zipfile.ZipFile(out, "w") as z:
+    for name, data in [("readme.txt", b"nothing to see here"),
+                       ("inner.zip", open(os.path.join(SCAN_FIXTURES, "eicar-zip64.zip"), "rb").read()),
+                       ("e.deb", deb)]:
+        z.writestr(zipfile.ZipInfo(name, (1980, 1, 1, 0, 0, 0)), data, zipfile.ZIP_BZIP2)
+write("content", b"\x00" + SEED + out.getvalue())

@@ -446,13 +446,18 @@ async fn archives_clamd_does_not_open_are_not_called_clean() {
             unopened_by_both(&clamd, server.port(), &file, &what).await;
         }
     }
-    // Each stored in a zip, or in a tar, as it is or gzipped, which clamd
-    // unpacks and judges the file in from its start, as the watch does.
+    // Each stored in a zip, or packed in one by bzip2 (`zip -Z bzip2`), or
+    // in a tar, as it is or gzipped, which clamd unpacks and judges the
+    // file in from its start, as the watch does.
     let dir = support::TempDir::new("stored");
     for (name, file) in unopened_eicar() {
         let gz = format!("{name}.gz");
         for (how, archive) in [
             ("a zip", packed_by_python(&dir, name, &file, false)),
+            (
+                "a zip, by bzip2",
+                archived_by_python(&dir, name, &file, "ZIP_BZIP2"),
+            ),
             ("a tar", packed_by_python(&dir, name, &file, true)),
             (
                 "a tar, gzipped",
@@ -564,10 +569,18 @@ async fn unopened_by_both(clamd: &ClamdProcess, port: u16, body: &[u8], what: &s
 /// An archive holding `data` as `name`, after a small text file: a zip
 /// that stores it (Python's zipfile), or a tar (Python's tarfile).
 fn packed_by_python(dir: &support::TempDir, name: &str, data: &[u8], tar: bool) -> Vec<u8> {
+    match tar {
+        true => archived_by_python(dir, name, data, "tar"),
+        false => archived_by_python(dir, name, data, "ZIP_STORED"),
+    }
+}
+
+/// The same archive: a tar (`how` "tar"), or a zip whose entries are
+/// packed by one of Python's zipfile methods (`ZIP_STORED`, `ZIP_BZIP2`).
+fn archived_by_python(dir: &support::TempDir, name: &str, data: &[u8], how: &str) -> Vec<u8> {
     let input = support::write_file(dir, name, data);
-    let path = dir
-        .path()
-        .join(format!("{name}.{}", if tar { "tar" } else { "zip" }));
+    let tar = how == "tar";
+    let path = dir.path().join(format!("{name}.{how}"));
     let script = if tar {
         "import io, sys, tarfile\n\
          with tarfile.open(sys.argv[1], 'w') as t:\n\
@@ -577,7 +590,7 @@ fn packed_by_python(dir: &support::TempDir, name: &str, data: &[u8], tar: bool) 
          \x20   t.add(sys.argv[2], sys.argv[3])\n"
     } else {
         "import sys, zipfile\n\
-         with zipfile.ZipFile(sys.argv[1], 'w', zipfile.ZIP_STORED) as z:\n\
+         with zipfile.ZipFile(sys.argv[1], 'w', getattr(zipfile, sys.argv[4])) as z:\n\
          \x20   z.writestr('readme.txt', 'nothing to see here')\n\
          \x20   z.write(sys.argv[2], sys.argv[3])\n"
     };
@@ -586,6 +599,7 @@ fn packed_by_python(dir: &support::TempDir, name: &str, data: &[u8], tar: bool) 
         .arg(&path)
         .arg(&input)
         .arg(name)
+        .arg(how)
         .output()
         .expect("python3");
     assert!(out.status.success(), "{}", support::output_text(&out));
@@ -975,7 +989,8 @@ fn with_payload(rpm: &[u8], payload: &[u8]) -> Vec<u8> {
 /// clamd on TCP or its unix socket, with one clamd slot, in a form, as a
 /// body file, and through Squid. So has one that is a tar's member or a
 /// zip's entry, as clamd would see it (a conda package, `.conda`, stores
-/// its `.tar.zst` files in a zip), and a `.deb` there. A zstd file that
+/// its `.tar.zst` files in a zip), and a `.deb` there (in a zip stored,
+/// or packed by bzip2, which clamd unpacks too). A zstd file that
 /// does not unpack is undecodable, one that unpacks past the limit too
 /// large. So is a `.deb.gz`'s package, which clamd sees as an ar archive,
 /// and one in a `.tar.xz` or a `.tar.bz2`, or a `.deb.xz`. A zstd file in
@@ -1007,6 +1022,7 @@ async fn a_zstd_file_s_content_is_scanned() {
     let plain_deb = fixture("eicar.deb");
     let deb_in_tar = packed_by_python(&dir, "e.deb", &plain_deb, true);
     let deb_in_zip = packed_by_python(&dir, "e.deb", &plain_deb, false);
+    let deb_bzipped = archived_by_python(&dir, "e.deb", &plain_deb, "ZIP_BZIP2");
     let deb_gz = gzip(&plain_deb);
     let deb_gz_in_tar = packed_by_python(&dir, "e.deb.gz", &deb_gz, true);
     let two_levels = packed_by_python(&dir, "x.tar.zst", &in_tar_zst, true);
@@ -1028,6 +1044,7 @@ async fn a_zstd_file_s_content_is_scanned() {
         ("a .zst in a .tar.zst", &in_tar_zst),
         ("a .deb in a tar", &deb_in_tar),
         ("a .deb in a zip", &deb_in_zip),
+        ("a .deb packed by bzip2 in a zip", &deb_bzipped),
         ("a .zst in a tar", &in_tar),
         ("a .zst in a zip", &in_zip),
         ("eicar.conda", &conda),

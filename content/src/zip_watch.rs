@@ -51,13 +51,13 @@
 //! the ways most archives are packed: a gzip, xz or bzip2 file (`.gz`,
 //! `.tar.gz`, `.tar.xz`, `.tar.bz2`; a tar keeps its files' bytes as they
 //! are; all of a bzip2 file's streams, and an xz file only if its
-//! dictionary is at most 8 MiB) and a zip's deflated entries; and a
+//! dictionary is at most 8 MiB) and a zip's deflated and bzip2 entries; and a
 //! zip's stored entries, a tar's or a cpio archive's members and an ISO
 //! image's files, from their start. Each is
 //! unpacked here, as it passes, into a watch of its own, down to `DEPTH`
 //! levels (a zip in a zip in a `.tar.gz`), and up to `WATCHED` unpacked
 //! bytes in all. An archive inside another that is packed any other way (a
-//! zip's bzip2 or deflate64 entry, a 7z or rar file) is out of sight here,
+//! zip's deflate64 or implode entry, a 7z or rar file) is out of sight here,
 //! as the zips in it are out of clamd's.
 
 use std::fmt;
@@ -176,8 +176,8 @@ pub enum Unopened {
     Zip64End,
     /// An entry packed with this method (APPNOTE 4.4.5).
     Method(u16),
-    /// More than `OPEN_MAX` deflated entries open at once, overlapping
-    /// one another.
+    /// More than `OPEN_MAX` entries open at once, or `BUNZIP_MAX`
+    /// packed with bzip2, overlapping one another.
     Overlapping,
     /// A zip file followed or preceded by another whole archive that is not
     /// inside one of its entries.
@@ -271,7 +271,7 @@ impl fmt::Display for Unopened {
             ),
             Unopened::Overlapping => write!(
                 f,
-                "more than {OPEN_MAX} zip entries open at once, inside one another's data, which no archiver writes"
+                "more than {OPEN_MAX} zip entries open at once ({BUNZIP_MAX} packed with bzip2), inside one another's data, which no archiver writes"
             ),
         }
     }
@@ -456,6 +456,8 @@ struct Budget {
     bytes: u64,
     /// Deflated entries being unpacked.
     open: usize,
+    /// bzip2 entries being unpacked, counted by their slots.
+    bunzips: Arc<AtomicUsize>,
     extraction: Extraction,
 }
 
@@ -464,6 +466,7 @@ impl Default for Budget {
         Budget {
             bytes: WATCHED,
             open: 0,
+            bunzips: Arc::default(),
             extraction: Extraction::default(),
         }
     }
@@ -666,8 +669,8 @@ impl Inside {
 /// member's, as it is, into a watch of its own (clamd unpacks each
 /// itself).
 struct Entry {
-    /// `None` for a stored entry, whose bytes are watched as they are.
-    inflate: Option<Box<InflateState>>,
+    /// How its data reaches the watch.
+    unpacker: Unpacker,
     /// The offset of its data's first byte, and of the next one.
     start: u64,
     next: u64,
@@ -691,19 +694,71 @@ impl fmt::Debug for Entry {
     }
 }
 
+/// How an entry's data reaches its watch.
+enum Unpacker {
+    /// As it is: a stored entry's, a tar member's.
+    Stored,
+    Inflate(Box<InflateState>),
+    /// Packed with bzip2 (method 12), holding one of the body's
+    /// [`BUNZIP_MAX`] slots while it is.
+    Bunzip {
+        bunzip: Box<decode::Bunzip>,
+        _slot: BunzipSlot,
+    },
+}
+
+/// A zip entry's bzip2 data being unpacked, counted for the body: each
+/// decoder holds up to 3.7 MB (a block of 900 kB and its index).
+#[derive(Debug)]
+struct BunzipSlot(Arc<AtomicUsize>);
+
+impl BunzipSlot {
+    /// One of the body's slots, counted in `open`, if one is free.
+    fn take(open: &Arc<AtomicUsize>) -> Option<BunzipSlot> {
+        let taken = open.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+            (n < BUNZIP_MAX).then_some(n + 1)
+        });
+        taken.ok().map(|_| BunzipSlot(open.clone()))
+    }
+}
+
+impl Drop for BunzipSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// The most bzip2 entries unpacked at once for one body. A zip stored in
+/// zips stored in a zip shows its bzip2 entry's header to the watches of
+/// the stored entries at each level: four unpack it three levels down
+/// (those of entries around it leave it to them). Twice that is more than
+/// such archives need, and bounds what one body's decoders hold to 30 MB.
+const BUNZIP_MAX: usize = 8;
+
 impl Entry {
     /// Unpacks `data`, the entry's next bytes, into the watch; false once
     /// there is nothing more to watch (the entry's data ended or is
     /// damaged, or the budget is spent).
     fn feed(&mut self, data: &[u8], piece: &mut [u8], budget: &mut Budget) -> bool {
-        if self.inflate.is_some() && data.len() >= UNPACKED_IN_PLACE {
-            return crate::off_the_runtime(|| self.inflate(data, piece, budget));
+        // A few hundred bytes of bzip2 may unpack to the whole budget.
+        let long = match self.unpacker {
+            Unpacker::Stored => false,
+            Unpacker::Inflate(_) => data.len() >= UNPACKED_IN_PLACE,
+            Unpacker::Bunzip { .. } => true,
+        };
+        match long {
+            true => crate::off_the_runtime(|| self.unpack(data, piece, budget)),
+            false => self.unpack(data, piece, budget),
         }
-        self.inflate(data, piece, budget)
     }
 
-    fn inflate(&mut self, mut data: &[u8], piece: &mut [u8], budget: &mut Budget) -> bool {
-        let Some(inflate) = self.inflate.as_mut() else {
+    /// Whether its data is watched as it is.
+    fn is_stored(&self) -> bool {
+        matches!(self.unpacker, Unpacker::Stored)
+    }
+
+    fn unpack(&mut self, mut data: &[u8], piece: &mut [u8], budget: &mut Budget) -> bool {
+        if self.is_stored() {
             self.next += data.len() as u64;
             if self.end.is_some() {
                 self.watch_stored(data, budget);
@@ -718,9 +773,14 @@ impl Entry {
             }
             self.ended = self.end == Some(self.next);
             return self.watch.found.is_none() && !self.ended;
-        };
+        }
         loop {
-            let Ok((step, ended)) = decode::inflate_step(inflate, data, piece) else {
+            let step = match &mut self.unpacker {
+                Unpacker::Inflate(inflate) => decode::inflate_step(inflate, data, piece),
+                Unpacker::Bunzip { bunzip, .. } => bunzip.step(data, piece),
+                Unpacker::Stored => return false,
+            };
+            let Ok((step, ended)) = step else {
                 return false;
             };
             data = &data[step.consumed..];
@@ -944,7 +1004,7 @@ struct Local {
     /// The data's length as the header says it (clamd goes by this too;
     /// Python's zipfile by the directory's).
     declared: Option<u64>,
-    /// Whether its data was seen to be a whole deflate stream.
+    /// Whether its data was seen to be a whole deflate (or bzip2) stream.
     inflated: bool,
     /// The data's length as the header says it, or as the deflate stream
     /// was seen to end, whichever is shorter. A streaming unzipper goes by
@@ -1121,7 +1181,7 @@ impl ZipWatch {
         // has had its bytes (and is closed) by then.
         for (at, len) in members {
             self.unpack(data, start, at, true, budget);
-            self.open(at, Some(len), None, false, budget);
+            self.open(at, Some(len), None, STORED, budget);
         }
         if self.found.is_some() {
             return;
@@ -1305,7 +1365,7 @@ impl ZipWatch {
                     // many as it says.
                     let ending = self.entries.iter_mut().find(|e| {
                         let held_from = e.next - e.held.len() as u64;
-                        e.inflate.is_none()
+                        e.is_stored()
                             && e.end.is_none()
                             && (held_from..=e.next).contains(&at)
                             && at - e.start == len
@@ -1343,16 +1403,25 @@ impl ZipWatch {
                     // not from their start, as clamd sees them unpacked: a
                     // gzip file or a tar there is judged from its start in
                     // a watch of its own.
-                    if how.method == DEFLATED && !how.encrypted {
-                        self.open(at + data_from, len, local, true, budget);
+                    // A bzip2 entry's header in another entry's data is
+                    // unpacked by that entry's watch, from the entry's
+                    // start, rather than here too: each holds megabytes.
+                    let below = how.method == BZIP2
+                        && self.depth + 1 < DEPTH
+                        && self
+                            .entries
+                            .iter()
+                            .any(|e| e.start <= at && e.end.is_none_or(|end| at < end));
+                    if matches!(how.method, DEFLATED | BZIP2) && !how.encrypted && !below {
+                        self.open(at + data_from, len, local, how.method, budget);
                     } else if how.method == STORED && !how.encrypted && len.is_some() {
-                        self.open(at + data_from, len, None, false, budget);
+                        self.open(at + data_from, len, None, STORED, budget);
                     } else if how.method == STORED && !how.encrypted && !self.open_ended() {
                         // Its sizes come after its data (Python's zipfile
                         // writes so to a pipe): watched
                         // until a descriptor gives its length, one at a
                         // time, or to the end of the body.
-                        self.open(at + data_from, None, None, false, budget);
+                        self.open(at + data_from, None, None, STORED, budget);
                     }
                 }
                 Record::Listed { local, len, how } => {
@@ -1372,10 +1441,7 @@ impl ZipWatch {
                 // watch sees it whole. (In a stored entry's data it is seen
                 // as it is, and judged here too.)
                 Record::End { .. }
-                    if self
-                        .entries
-                        .iter()
-                        .any(|e| e.inflate.is_some() && e.start < at) => {}
+                    if self.entries.iter().any(|e| !e.is_stored() && e.start < at) => {}
                 Record::End {
                     entries,
                     size,
@@ -1396,14 +1462,15 @@ impl ZipWatch {
         }
     }
 
-    /// Starts unpacking a deflated entry whose data begins at `at`, or
-    /// watching a stored one or a tar member (`deflated` false).
+    /// Starts unpacking an entry whose data begins at `at`, packed with
+    /// `method` (deflate or bzip2), or watching a stored one or a tar
+    /// member (`STORED`).
     fn open(
         &mut self,
         at: u64,
         len: Option<u64>,
         local: Option<usize>,
-        deflated: bool,
+        method: u16,
         budget: &mut Budget,
     ) {
         if self.depth >= DEPTH || budget.bytes == 0 || len == Some(0) {
@@ -1413,10 +1480,24 @@ impl ZipWatch {
             self.found = Some(Unopened::Overlapping);
             return;
         }
+        let unpacker = match method {
+            DEFLATED => Unpacker::Inflate(InflateState::new_boxed(DataFormat::Raw)),
+            BZIP2 => match BunzipSlot::take(&budget.bunzips) {
+                Some(slot) => Unpacker::Bunzip {
+                    bunzip: Box::new(decode::Bunzip::new()),
+                    _slot: slot,
+                },
+                None => {
+                    self.found = Some(Unopened::Overlapping);
+                    return;
+                }
+            },
+            _ => Unpacker::Stored,
+        };
         budget.open += 1;
         let watch = Box::new(ZipWatch::at_depth(self.depth + 1));
         self.entries.push(Entry {
-            inflate: deflated.then(|| InflateState::new_boxed(DataFormat::Raw)),
+            unpacker,
             start: at,
             next: at,
             end: len.map(|len| at + len),
@@ -1442,7 +1523,7 @@ impl ZipWatch {
         let locals = &mut self.layout.locals;
         let closed = &mut self.closed;
         self.entries.retain_mut(|entry| {
-            if raw && entry.inflate.is_some() {
+            if raw && !entry.is_stored() {
                 return true;
             }
             let from = entry.next.max(start);
@@ -1524,13 +1605,13 @@ impl ZipWatch {
     fn open_ended(&self) -> bool {
         self.entries
             .iter()
-            .any(|e| e.inflate.is_none() && e.end.is_none())
+            .any(|e| e.is_stored() && e.end.is_none())
     }
 
     fn in_stored_entry(&self, at: u64) -> bool {
         self.entries
             .iter()
-            .any(|e| e.inflate.is_none() && e.start <= at && e.end.is_some_and(|end| at < end))
+            .any(|e| e.is_stored() && e.start <= at && e.end.is_some_and(|end| at < end))
     }
 
     /// Deflated entries being unpacked by this watch and the ones below.
@@ -2510,14 +2591,16 @@ mod tests {
     }
 
     /// A zip after `prefix`, of entries holding their data deflated at a
-    /// level (or stored: `None`), with their sizes in the header or after
-    /// the data, listed in the central directory or not.
+    /// level (or stored: `None`; packed with bzip2: `BZIP2_LEVEL`), with
+    /// their sizes in the header or after the data, listed in the central
+    /// directory or not.
     fn archive(prefix: &[u8], entries: &[(&[u8], Option<u8>, bool, bool)]) -> Vec<u8> {
         let mut zip = prefix.to_vec();
         let mut directory = Vec::new();
         let mut listed = 0u16;
         for &(data, level, sizes_after, list) in entries {
             let (method, packed) = match level {
+                Some(BZIP2_LEVEL) => (BZIP2, bz2(data)),
                 Some(level) => (DEFLATED, miniz_oxide::deflate::compress_to_vec(data, level)),
                 None => (STORED, data.to_vec()),
             };
@@ -3049,5 +3132,78 @@ mod tests {
         ] {
             assert_eq!(handed_out(&body, 7), (vec![], Some(Unopened::Bzip2Streams)));
         }
+    }
+
+    /// The level that has [`archive`] pack an entry with bzip2.
+    const BZIP2_LEVEL: u8 = 0xb2;
+
+    #[test]
+    fn a_zip_s_bzip2_entries_are_watched_unpacked() {
+        // clamd unpacks a bzip2 entry (`zip -Z bzip2`), and then does not
+        // open a ZIP64 zip in it.
+        let zip64 = body(&[local(IN_ZIP64, IN_ZIP64)]);
+        let deb = ar(&[b"2.0\n", &gzip(b"data")]);
+        for sizes_after in [false, true] {
+            let bzipped = |data: &[u8]| {
+                archive(
+                    b"",
+                    &[
+                        (b"{}", Some(BZIP2_LEVEL), sizes_after, true),
+                        (data, Some(BZIP2_LEVEL), sizes_after, true),
+                    ],
+                )
+            };
+            let inner = bzipped(&zip64);
+            for piece in [1, 7, 100, inner.len()] {
+                assert_eq!(watch(&inner, piece), Some(Unopened::Zip64Local));
+            }
+            // Two levels down, and inside a deflated entry.
+            let outer = archive(b"", &[(&inner, Some(BZIP2_LEVEL), false, true)]);
+            assert_eq!(watch(&outer, 9), Some(Unopened::Zip64Local));
+            assert_eq!(
+                watch(&zip_of(&inner, 6, false), 9),
+                Some(Unopened::Zip64Local)
+            );
+            // A .deb in one is handed out; plain data finds nothing.
+            let with_deb = bzipped(&deb);
+            for piece in [1, 7, with_deb.len()] {
+                assert_eq!(
+                    handed_out(&with_deb, piece),
+                    (vec![(deb.clone(), true)], None)
+                );
+            }
+            let plain = bzipped(&[7u8; 5000]);
+            assert_eq!(watch(&plain, 7), None);
+        }
+        // A zip stored in zips stored in a zip: each level sees the bzip2
+        // entry's header, and unpacks it, within the body's slots.
+        let mut nested = archive(b"", &[(&zip64, Some(BZIP2_LEVEL), false, true)]);
+        for _ in 0..3 {
+            nested = archive(b"", &[(&nested, None, false, true)]);
+        }
+        assert_eq!(watch(&nested, 9), Some(Unopened::Zip64Local));
+        let mut w = ZipWatch::default();
+        let mut most = 0;
+        for piece in nested.chunks(9) {
+            observe_counted(&mut w, piece);
+            most = most.max(w.budget.bunzips.load(Ordering::Relaxed));
+        }
+        assert_eq!(most, 4);
+        // Damaged bzip2 data ends the entry's watch, nothing more.
+        let mut damaged = archive(b"", &[(&[9u8; 3000], Some(BZIP2_LEVEL), false, true)]);
+        damaged[LOCAL_LEN + 20..LOCAL_LEN + 40].fill(0xff);
+        assert_eq!(watch(&damaged, 7), None);
+    }
+
+    #[test]
+    fn bzip2_slots_are_counted_for_the_body() {
+        let open = Arc::new(AtomicUsize::new(0));
+        let slots: Vec<BunzipSlot> = (0..BUNZIP_MAX)
+            .map(|_| BunzipSlot::take(&open).expect("a free slot"))
+            .collect();
+        assert!(BunzipSlot::take(&open).is_none());
+        drop(slots);
+        assert_eq!(open.load(Ordering::Relaxed), 0);
+        assert!(BunzipSlot::take(&open).is_some());
     }
 }
