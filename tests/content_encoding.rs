@@ -404,6 +404,9 @@ fn unopened_eicar() -> Vec<(&'static str, Vec<u8>)> {
         "eicar-tar-pax-size.tar",
         "eicar-tar-magic.tar",
         "eicar-tar-volume-data.tar",
+        // eicar-zip64.zip packed by 7-Zip with Deflate64, which clamd
+        // unpacks.
+        "eicar-zip64-in-deflate64.zip",
     ]
     .into_iter()
     .map(|name| (name, fixture(name)))
@@ -990,7 +993,7 @@ fn with_payload(rpm: &[u8], payload: &[u8]) -> Vec<u8> {
 /// body file, and through Squid. So has one that is a tar's member or a
 /// zip's entry, as clamd would see it (a conda package, `.conda`, stores
 /// its `.tar.zst` files in a zip), and a `.deb` there (in a zip stored,
-/// or packed by bzip2, which clamd unpacks too). A zstd file that
+/// or packed by bzip2 or Deflate64, which clamd unpacks too). A zstd file that
 /// does not unpack is undecodable, one that unpacks past the limit too
 /// large. So is a `.deb.gz`'s package, which clamd sees as an ar archive,
 /// and one in a `.tar.xz` or a `.tar.bz2`, or a `.deb.xz`. A zstd file in
@@ -1023,6 +1026,8 @@ async fn a_zstd_file_s_content_is_scanned() {
     let deb_in_tar = packed_by_python(&dir, "e.deb", &plain_deb, true);
     let deb_in_zip = packed_by_python(&dir, "e.deb", &plain_deb, false);
     let deb_bzipped = archived_by_python(&dir, "e.deb", &plain_deb, "ZIP_BZIP2");
+    // Made by 7-Zip: `7zz a -tzip -mm=Deflate64`.
+    let deb_deflate64 = fixture("eicar-deb-deflate64.zip");
     let deb_gz = gzip(&plain_deb);
     let deb_gz_in_tar = packed_by_python(&dir, "e.deb.gz", &deb_gz, true);
     let two_levels = packed_by_python(&dir, "x.tar.zst", &in_tar_zst, true);
@@ -1045,6 +1050,7 @@ async fn a_zstd_file_s_content_is_scanned() {
         ("a .deb in a tar", &deb_in_tar),
         ("a .deb in a zip", &deb_in_zip),
         ("a .deb packed by bzip2 in a zip", &deb_bzipped),
+        ("a .deb packed by Deflate64 in a zip", &deb_deflate64),
         ("a .zst in a tar", &in_tar),
         ("a .zst in a zip", &in_zip),
         ("eicar.conda", &conda),

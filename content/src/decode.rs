@@ -238,6 +238,41 @@ impl Bunzip {
     }
 }
 
+/// A zip entry's Deflate64 data (method 9), unpacked by the deflate64
+/// crate (a port of .NET's), as clamd unpacks it.
+pub(crate) struct Inflate64 {
+    library: Box<deflate64::InflaterManaged>,
+    failed: bool,
+}
+
+impl Inflate64 {
+    pub(crate) fn new() -> Inflate64 {
+        Inflate64 {
+            library: Box::new(deflate64::InflaterManaged::new()),
+            failed: false,
+        }
+    }
+
+    /// Unpacks what it can of `input`; true at the stream's end. It may
+    /// take a few bytes past the end, into its bit buffer.
+    pub(crate) fn step(&mut self, input: &[u8], output: &mut [u8]) -> Result<(Step, bool), String> {
+        if self.failed {
+            return Err("bad Deflate64 data".into());
+        }
+        let run = self.library.inflate(input, output);
+        let step = Step {
+            consumed: run.bytes_consumed,
+            produced: run.bytes_written,
+        };
+        self.failed = run.data_error;
+        match run.data_error && step.produced == 0 {
+            // What came out before the bad data goes on first.
+            false => Ok((step, self.library.finished() && !self.failed)),
+            true => Err("bad Deflate64 data".into()),
+        }
+    }
+}
+
 /// Runs miniz_oxide's inflate over `input`.
 pub(crate) fn inflate_step(
     state: &mut InflateState,

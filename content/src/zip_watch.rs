@@ -51,13 +51,15 @@
 //! the ways most archives are packed: a gzip, xz or bzip2 file (`.gz`,
 //! `.tar.gz`, `.tar.xz`, `.tar.bz2`; a tar keeps its files' bytes as they
 //! are; all of a bzip2 file's streams, and an xz file only if its
-//! dictionary is at most 8 MiB) and a zip's deflated and bzip2 entries; and a
+//! dictionary is at most 8 MiB) and a zip's deflated, Deflate64 and bzip2
+//! entries; and a
 //! zip's stored entries, a tar's or a cpio archive's members and an ISO
 //! image's files, from their start. Each is
 //! unpacked here, as it passes, into a watch of its own, down to `DEPTH`
 //! levels (a zip in a zip in a `.tar.gz`), and up to `WATCHED` unpacked
 //! bytes in all. An archive inside another that is packed any other way (a
-//! zip's deflate64 or implode entry, a 7z or rar file) is out of sight here,
+//! zip's implode entry, a Deflate64 one whose sizes follow its data, a 7z
+//! or rar file) is out of sight here,
 //! as the zips in it are out of clamd's.
 
 use std::fmt;
@@ -699,6 +701,7 @@ enum Unpacker {
     /// As it is: a stored entry's, a tar member's.
     Stored,
     Inflate(Box<InflateState>),
+    Inflate64(Box<decode::Inflate64>),
     /// Packed with bzip2 (method 12), holding one of the body's
     /// [`BUNZIP_MAX`] slots while it is.
     Bunzip {
@@ -743,7 +746,7 @@ impl Entry {
         // A few hundred bytes of bzip2 may unpack to the whole budget.
         let long = match self.unpacker {
             Unpacker::Stored => false,
-            Unpacker::Inflate(_) => data.len() >= UNPACKED_IN_PLACE,
+            Unpacker::Inflate(_) | Unpacker::Inflate64(_) => data.len() >= UNPACKED_IN_PLACE,
             Unpacker::Bunzip { .. } => true,
         };
         match long {
@@ -777,6 +780,7 @@ impl Entry {
         loop {
             let step = match &mut self.unpacker {
                 Unpacker::Inflate(inflate) => decode::inflate_step(inflate, data, piece),
+                Unpacker::Inflate64(inflate) => inflate.step(data, piece),
                 Unpacker::Bunzip { bunzip, .. } => bunzip.step(data, piece),
                 Unpacker::Stored => return false,
             };
@@ -1414,6 +1418,11 @@ impl ZipWatch {
                             .any(|e| e.start <= at && e.end.is_none_or(|end| at < end));
                     if matches!(how.method, DEFLATED | BZIP2) && !how.encrypted && !below {
                         self.open(at + data_from, len, local, how.method, budget);
+                    } else if how.method == DEFLATE64 && !how.encrypted && len.is_some() {
+                        // Its decoder may take a few bytes past the data's
+                        // end: watched to the length its header gives, and
+                        // not kept as the length of a whole stream.
+                        self.open(at + data_from, len, None, DEFLATE64, budget);
                     } else if how.method == STORED && !how.encrypted && len.is_some() {
                         self.open(at + data_from, len, None, STORED, budget);
                     } else if how.method == STORED && !how.encrypted && !self.open_ended() {
@@ -1463,8 +1472,8 @@ impl ZipWatch {
     }
 
     /// Starts unpacking an entry whose data begins at `at`, packed with
-    /// `method` (deflate or bzip2), or watching a stored one or a tar
-    /// member (`STORED`).
+    /// `method` (deflate, Deflate64 or bzip2), or watching a stored one or
+    /// a tar member (`STORED`).
     fn open(
         &mut self,
         at: u64,
@@ -1482,6 +1491,7 @@ impl ZipWatch {
         }
         let unpacker = match method {
             DEFLATED => Unpacker::Inflate(InflateState::new_boxed(DataFormat::Raw)),
+            DEFLATE64 => Unpacker::Inflate64(Box::new(decode::Inflate64::new())),
             BZIP2 => match BunzipSlot::take(&budget.bunzips) {
                 Some(slot) => Unpacker::Bunzip {
                     bunzip: Box::new(decode::Bunzip::new()),
@@ -3205,5 +3215,29 @@ mod tests {
         drop(slots);
         assert_eq!(open.load(Ordering::Relaxed), 0);
         assert!(BunzipSlot::take(&open).is_some());
+    }
+
+    #[test]
+    fn a_zip_s_deflate64_entries_are_watched_unpacked() {
+        // Made by 7-Zip (`7zz a -tzip -mm=Deflate64`): clamd unpacks the
+        // entries, and then does not open the ZIP64 zip, nor the .deb.
+        let zip64 = include_bytes!("../../tests/fixtures/eicar-zip64-in-deflate64.zip");
+        let with_deb = include_bytes!("../../tests/fixtures/eicar-deb-deflate64.zip");
+        let deb = include_bytes!("../../tests/fixtures/eicar.deb");
+        for piece in [1, 7, 100, zip64.len()] {
+            assert_eq!(watch(zip64, piece), Some(Unopened::Zip64Local));
+        }
+        for piece in [1, 7, with_deb.len()] {
+            assert_eq!(
+                handed_out(with_deb, piece),
+                (vec![(deb.to_vec(), true)], None),
+                "pieces of {piece}"
+            );
+        }
+        // Damaged data ends the entry's watch, nothing more.
+        let mut damaged = with_deb.to_vec();
+        let from = LOCAL_LEN + b"eicar.deb".len() + 10;
+        damaged[from..from + 40].fill(0xff);
+        assert_eq!(watch(&damaged, 7), None);
     }
 }
