@@ -201,40 +201,39 @@ impl Layer {
 
 /// A zip entry's bzip2 data (method 12, one stream), unpacked by
 /// libbz2-rs as clamd unpacks it.
-pub(crate) struct Bunzip {
-    library: bzip2::Decompress,
-    /// The error of a call that gave bytes, which went on first.
-    failed: Option<String>,
+pub(crate) struct Bunzip(Unpack<OneBzip2Stream>);
+
+/// libbz2-rs for one stream, and not those that may follow it.
+struct OneBzip2Stream(bzip2::Decompress);
+
+impl Library for OneBzip2Stream {
+    fn totals(&self) -> (u64, u64) {
+        self.0.totals()
+    }
+
+    fn run(&mut self, input: &[u8], output: &mut [u8]) -> Result<bool, String> {
+        self.0.run(input, output)
+    }
+
+    const STREAMS: bool = false;
+
+    fn next_stream(_: u8) -> Option<Self> {
+        None
+    }
+
+    const TRAILING_AFTER_A_STREAM: bool = false;
+    const HEAD: u64 = <bzip2::Decompress as Library>::HEAD;
 }
 
 impl Bunzip {
     pub(crate) fn new() -> Bunzip {
-        Bunzip {
-            library: bzip2::Decompress::new(false),
-            failed: None,
-        }
+        Bunzip(Unpack::new(OneBzip2Stream(bzip2::Decompress::new(false))))
     }
 
     /// Unpacks what it can of `input`; true at the stream's end.
     pub(crate) fn step(&mut self, input: &[u8], output: &mut [u8]) -> Result<(Step, bool), String> {
-        if let Some(e) = &self.failed {
-            return Err(e.clone());
-        }
-        let was = (self.library.total_in(), self.library.total_out());
-        let run = self.library.decompress(input, output);
-        let step = Step {
-            consumed: (self.library.total_in() - was.0) as usize,
-            produced: (self.library.total_out() - was.1) as usize,
-        };
-        match run {
-            Ok(status) => Ok((step, matches!(status, bzip2::Status::StreamEnd))),
-            // What came out before the bad data goes on first.
-            Err(e) if step.produced > 0 => {
-                self.failed = Some(e.to_string());
-                Ok((step, false))
-            }
-            Err(e) => Err(e.to_string()),
-        }
+        let step = self.0.step(input, output)?;
+        Ok((step, self.0.ended))
     }
 }
 
