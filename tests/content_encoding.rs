@@ -405,8 +405,10 @@ fn unopened_eicar() -> Vec<(&'static str, Vec<u8>)> {
         "eicar-tar-magic.tar",
         "eicar-tar-volume-data.tar",
         // eicar-zip64.zip packed by 7-Zip with Deflate64, which clamd
-        // unpacks.
+        // unpacks; and the same with each entry's sizes in a data
+        // descriptor after its data, as streaming writers lay them out.
         "eicar-zip64-in-deflate64.zip",
+        "eicar-zip64-in-deflate64-streamed.zip",
     ]
     .into_iter()
     .map(|name| (name, fixture(name)))
@@ -1026,8 +1028,11 @@ async fn a_zstd_file_s_content_is_scanned() {
     let deb_in_tar = packed_by_python(&dir, "e.deb", &plain_deb, true);
     let deb_in_zip = packed_by_python(&dir, "e.deb", &plain_deb, false);
     let deb_bzipped = archived_by_python(&dir, "e.deb", &plain_deb, "ZIP_BZIP2");
-    // Made by 7-Zip: `7zz a -tzip -mm=Deflate64`.
+    // Made by 7-Zip: `7zz a -tzip -mm=Deflate64`; and the same with each
+    // entry's sizes in a data descriptor (without its signature) after
+    // its data.
     let deb_deflate64 = fixture("eicar-deb-deflate64.zip");
+    let deb_deflate64_streamed = fixture("eicar-deb-deflate64-streamed.zip");
     let deb_gz = gzip(&plain_deb);
     let deb_gz_in_tar = packed_by_python(&dir, "e.deb.gz", &deb_gz, true);
     let two_levels = packed_by_python(&dir, "x.tar.zst", &in_tar_zst, true);
@@ -1051,6 +1056,10 @@ async fn a_zstd_file_s_content_is_scanned() {
         ("a .deb in a zip", &deb_in_zip),
         ("a .deb packed by bzip2 in a zip", &deb_bzipped),
         ("a .deb packed by Deflate64 in a zip", &deb_deflate64),
+        (
+            "a .deb packed by Deflate64 in a zip, sizes after the data",
+            &deb_deflate64_streamed,
+        ),
         ("a .zst in a tar", &in_tar),
         ("a .zst in a zip", &in_zip),
         ("eicar.conda", &conda),

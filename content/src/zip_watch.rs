@@ -58,8 +58,7 @@
 //! unpacked here, as it passes, into a watch of its own, down to `DEPTH`
 //! levels (a zip in a zip in a `.tar.gz`), and up to `WATCHED` unpacked
 //! bytes in all. An archive inside another that is packed any other way (a
-//! zip's implode entry, a Deflate64 one whose sizes follow its data, a 7z
-//! or rar file) is out of sight here,
+//! zip's implode entry, a 7z or rar file) is out of sight here,
 //! as the zips in it are out of clamd's.
 
 use std::fmt;
@@ -1418,10 +1417,13 @@ impl ZipWatch {
                             .any(|e| e.start <= at && e.end.is_none_or(|end| at < end));
                     if matches!(how.method, DEFLATED | BZIP2) && !how.encrypted && !below {
                         self.open(at + data_from, len, local, how.method, budget);
-                    } else if how.method == DEFLATE64 && !how.encrypted && len.is_some() {
-                        // Its decoder may take a few bytes past the data's
-                        // end: watched to the length its header gives, and
-                        // not kept as the length of a whole stream.
+                    } else if how.method == DEFLATE64 && !how.encrypted {
+                        // Watched to the length its header gives, or, when
+                        // its sizes follow its data in a descriptor (as
+                        // streaming writers lay entries out), to the
+                        // stream's end. Its decoder may take a few
+                        // bytes past that end into its bit buffer, so what
+                        // it took is not kept as the entry's length.
                         self.open(at + data_from, len, None, DEFLATE64, budget);
                     } else if how.method == STORED && !how.encrypted && len.is_some() {
                         self.open(at + data_from, len, None, STORED, budget);
@@ -3223,16 +3225,27 @@ mod tests {
         // entries, and then does not open the ZIP64 zip, nor the .deb.
         let zip64 = include_bytes!("../../tests/fixtures/eicar-zip64-in-deflate64.zip");
         let with_deb = include_bytes!("../../tests/fixtures/eicar-deb-deflate64.zip");
+        // The same as a streaming writer lays them out: each entry's
+        // sizes in a data descriptor after its data, with the
+        // descriptor's signature (the ZIP64 one) or without.
+        let zip64_streamed =
+            include_bytes!("../../tests/fixtures/eicar-zip64-in-deflate64-streamed.zip");
+        let with_deb_streamed =
+            include_bytes!("../../tests/fixtures/eicar-deb-deflate64-streamed.zip");
         let deb = include_bytes!("../../tests/fixtures/eicar.deb");
-        for piece in [1, 7, 100, zip64.len()] {
-            assert_eq!(watch(zip64, piece), Some(Unopened::Zip64Local));
+        for zip in [&zip64[..], zip64_streamed] {
+            for piece in [1, 2, 7, 100, zip.len()] {
+                assert_eq!(watch(zip, piece), Some(Unopened::Zip64Local));
+            }
         }
-        for piece in [1, 7, with_deb.len()] {
-            assert_eq!(
-                handed_out(with_deb, piece),
-                (vec![(deb.to_vec(), true)], None),
-                "pieces of {piece}"
-            );
+        for zip in [&with_deb[..], with_deb_streamed] {
+            for piece in [1, 2, 7, zip.len()] {
+                assert_eq!(
+                    handed_out(zip, piece),
+                    (vec![(deb.to_vec(), true)], None),
+                    "pieces of {piece}"
+                );
+            }
         }
         // Damaged data ends the entry's watch, nothing more.
         let mut damaged = with_deb.to_vec();
