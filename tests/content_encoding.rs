@@ -36,11 +36,13 @@ fn zstd(data: &[u8]) -> Vec<u8> {
 }
 
 /// `data` packed by a program that reads it from standard input: `xz`
-/// (with its default preset, 6) or `bzip2`.
+/// (with its default preset, 6, or another: `xz -9`) or `bzip2`.
 fn packed_by(program: &str, data: &[u8]) -> Vec<u8> {
     use std::io::Write;
     use std::process::{Command, Stdio};
-    let mut child = Command::new(program)
+    let mut words = program.split_whitespace();
+    let mut child = Command::new(words.next().unwrap())
+        .args(words)
         .arg("-c")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -998,10 +1000,10 @@ fn with_payload(rpm: &[u8], payload: &[u8]) -> Vec<u8> {
 /// or packed by bzip2 or Deflate64, which clamd unpacks too). A zstd file that
 /// does not unpack is undecodable, one that unpacks past the limit too
 /// large. So is a `.deb.gz`'s package, which clamd sees as an ar archive,
-/// and one in a `.tar.xz` or a `.tar.bz2`, or a `.deb.xz`. A zstd file in
-/// a `.tar.zst` in a tar is scanned too (the files handed out of a file
-/// handed out); one a level further (in a `.tar.zst` in a `.tar.zst` in a
-/// tar) is undecodable.
+/// and one in a `.tar.xz` (by `xz -6` or `-9`) or a `.tar.bz2`, or a
+/// `.deb.xz`. A zstd file in a `.tar.zst` in a tar is scanned too (the
+/// files handed out of a file handed out); one a level further (in a
+/// `.tar.zst` in a `.tar.zst` in a tar) is undecodable.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_zstd_file_s_content_is_scanned() {
     let clamd = ClamdProcess::start();
@@ -1066,6 +1068,10 @@ async fn a_zstd_file_s_content_is_scanned() {
         ("a .deb.gz", &deb_gz),
         ("a .deb.gz in a tar", &deb_gz_in_tar),
         ("a .deb in a .tar.xz", &packed_by("xz", &deb_in_tar)),
+        (
+            "a .deb in a .tar.xz by xz -9",
+            &packed_by("xz -9", &deb_in_tar),
+        ),
         ("a .deb in a .tar.bz2", &packed_by("bzip2", &deb_in_tar)),
         ("a .deb.xz", &packed_by("xz", &plain_deb)),
         ("a .zst in a .tar.zst in a tar", &two_levels),

@@ -14,6 +14,8 @@
 //! expands enormously (a decompression bomb) costs no more memory than any
 //! other; the scan limit then applies to the decoded size.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+
 use brotli_decompressor::{
     BrotliDecoderIsFinished, BrotliDecompressStream, BrotliResult, BrotliState, StandardAlloc,
 };
@@ -665,18 +667,96 @@ impl Zstd {
     }
 }
 
-/// A decoder of one xz stream, within [`XZ_MEMORY_MAX`].
-fn xz_decoder() -> Option<xz2::stream::Stream> {
-    xz2::stream::Stream::new_stream_decoder(XZ_MEMORY_MAX, 0).ok()
+/// A decoder of one xz stream, within [`XZ_MEMORY_MAX`] until a stream
+/// needs more.
+fn xz_decoder() -> Option<XzLibrary> {
+    Some(XzLibrary {
+        stream: xz2::stream::Stream::new_stream_decoder(XZ_MEMORY_MAX, 0).ok()?,
+        big: None,
+        head: Some(Vec::new()),
+    })
 }
+
+/// liblzma's decoder of one xz stream, and the big-dictionary slot it
+/// holds, if its stream needs one.
+struct XzLibrary {
+    stream: xz2::stream::Stream,
+    big: Option<BigXzSlot>,
+    /// The stream's bytes taken so far, until its first block begins (its
+    /// header ends at most [`XZ_HEAD_MAX`] bytes in): a block that needs a
+    /// higher limit stops liblzma (5.2) past its header for good, and
+    /// they are given again to a decoder with the higher limit.
+    head: Option<Vec<u8>>,
+}
+
+/// The stream header's 12 bytes and the longest block header.
+const XZ_HEAD_MAX: usize = 12 + 1024;
+
+/// One of the server's [`BIG_XZ_MAX`] slots for an xz stream whose
+/// dictionary is over 8 MiB (`xz -7` to `-9`), taken when its decoder first
+/// needs more than [`XZ_MEMORY_MAX`] and held until the decoder is dropped.
+pub(crate) struct BigXzSlot;
+
+/// The big-dictionary slots taken, for all bodies together.
+static BIG_XZ_TAKEN: AtomicUsize = AtomicUsize::new(0);
+
+impl BigXzSlot {
+    pub(crate) fn take() -> Option<BigXzSlot> {
+        BIG_XZ_TAKEN
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                (n < BIG_XZ_MAX).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| BigXzSlot)
+    }
+}
+
+impl Drop for BigXzSlot {
+    fn drop(&mut self) {
+        BIG_XZ_TAKEN.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl XzLibrary {
+    /// The same stream's decoder again, with the limit of a big-dictionary
+    /// slot, given the bytes the first took.
+    fn with_big_dictionary(&mut self) -> Result<(), String> {
+        let head = self
+            .head
+            .take()
+            .ok_or("an xz block over the limit, past the first")?;
+        let slot = BigXzSlot::take().ok_or("an xz dictionary over 8 MiB, and no slot free")?;
+        let mut stream = xz2::stream::Stream::new_stream_decoder(XZ_BIG_MEMORY_MAX, 0)
+            .map_err(|e| e.to_string())?;
+        let mut none = [0; 16];
+        stream
+            .process(&head, &mut none, xz2::stream::Action::Run)
+            .map_err(|e| e.to_string())?;
+        if stream.total_in() != head.len() as u64 || stream.total_out() != 0 {
+            return Err("an xz stream that did not restart where it stopped".into());
+        }
+        (self.stream, self.big) = (stream, Some(slot));
+        Ok(())
+    }
+}
+
+/// How many xz streams with a dictionary over 8 MiB are unpacked at once,
+/// server-wide. liblzma reserves the dictionary whole, but the pages hold
+/// memory only as they are written: at most the stream's unpacked size,
+/// up to 64 MiB each.
+pub(crate) const BIG_XZ_MAX: usize = 4;
+
+/// The most memory a stream in a big-dictionary slot may take: `xz -9`'s
+/// 64 MiB dictionary and the decoder's own state (`xz -lvv` says 65 MiB).
+/// A larger dictionary (`--lzma2=dict=` over 64 MiB) does not unpack here.
+const XZ_BIG_MEMORY_MAX: u64 = 65 << 20;
 
 /// How an xz stream begins (its magic's first byte).
 const XZ_MAGIC_FIRST: u8 = 0xfd;
 
-/// The most memory an xz file's decoder may take: enough for a dictionary
-/// of 8 MiB, which `xz` uses up to its default preset (`-6`). A file packed
-/// with a larger one (`xz -7` and up) does not unpack here; this bounds
-/// what one body's decoder holds, as the zstd window does.
+/// The most memory an xz file's decoder may take without a big-dictionary
+/// slot ([`BIG_XZ_MAX`]): enough for a dictionary of 8 MiB, which `xz` uses
+/// up to its default preset (`-6`).
 const XZ_MEMORY_MAX: u64 = 16 << 20;
 
 /// A packed file's streams, by a library that counts the bytes it took
@@ -721,18 +801,39 @@ trait Library: Sized {
     const HEAD: u64;
 }
 
-type Xz = Unpack<xz2::stream::Stream>;
+type Xz = Unpack<XzLibrary>;
 type Bzip2 = Unpack<bzip2::Decompress>;
 
-impl Library for xz2::stream::Stream {
+impl Library for XzLibrary {
     fn totals(&self) -> (u64, u64) {
-        (self.total_in(), self.total_out())
+        (self.stream.total_in(), self.stream.total_out())
     }
 
     fn run(&mut self, input: &[u8], output: &mut [u8]) -> Result<bool, String> {
-        let status = self.process(input, output, xz2::stream::Action::Run);
-        let status = status.map_err(|e| e.to_string())?;
-        Ok(matches!(status, xz2::stream::Status::StreamEnd))
+        let was = self.totals();
+        loop {
+            let (taken, given) = self.totals();
+            let input = &input[(taken - was.0) as usize..];
+            let status = self.stream.process(
+                input,
+                &mut output[(given - was.1) as usize..],
+                xz2::stream::Action::Run,
+            );
+            if let Some(head) = &mut self.head {
+                head.extend_from_slice(&input[..(self.stream.total_in() - taken) as usize]);
+                if head.len() > XZ_HEAD_MAX || self.stream.total_out() > 0 {
+                    self.head = None;
+                }
+            }
+            match status {
+                Ok(status) => return Ok(matches!(status, xz2::stream::Status::StreamEnd)),
+                // A block whose dictionary is over 8 MiB.
+                Err(xz2::stream::Error::MemLimit) if self.big.is_none() => {
+                    self.with_big_dictionary()?
+                }
+                Err(e) => return Err(e.to_string()),
+            }
+        }
     }
 
     const STREAMS: bool = true;

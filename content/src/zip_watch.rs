@@ -51,8 +51,9 @@
 //! the ways most archives are packed: a gzip, xz or bzip2 file (`.gz`,
 //! `.tar.gz`, `.tar.xz`, `.tar.bz2`; a tar keeps its files' bytes as they
 //! are; all of a bzip2 file's streams, and an xz file only if its
-//! dictionary is at most 8 MiB) and a zip's deflated, Deflate64 and bzip2
-//! entries; and a
+//! dictionary is at most 8 MiB, or at most 64 MiB while one of the
+//! server's `BIG_XZ_MAX` slots for those is free) and a zip's deflated,
+//! Deflate64 and bzip2 entries; and a
 //! zip's stored entries, a tar's or a cpio archive's members and an ISO
 //! image's files, from their start. Each is
 //! unpacked here, as it passes, into a watch of its own, down to `DEPTH`
@@ -2172,6 +2173,61 @@ mod tests {
         e.finish().unwrap()
     }
 
+    /// The only test that unpacks xz dictionaries over 8 MiB, as it takes
+    /// the server-wide slots for them itself.
+    #[test]
+    fn xz_dictionaries_over_8_mib_take_one_of_the_big_slots() {
+        let tar = tar_member(b"a.zip", &body(&[local(IN_ZIP64, IN_ZIP64)]));
+        // xz -7, -8 and -9: dictionaries of 16, 32 and 64 MiB.
+        for preset in [7, 8, 9] {
+            let packed = xz(&tar, preset);
+            for piece in [1, 100, packed.len()] {
+                assert_eq!(watch(&packed, piece), Some(Unopened::Zip64Local));
+            }
+            // A tar's member.
+            let member = tar_member(b"t.tar.xz", &packed);
+            assert_eq!(watch(&member, 9), Some(Unopened::Zip64Local));
+        }
+        // With every slot taken, such a file is out of sight; once one is
+        // free again, it is not.
+        let packed = xz(&tar, 9);
+        let slots: Vec<_> = std::iter::from_fn(decode::BigXzSlot::take).collect();
+        assert_eq!(slots.len(), decode::BIG_XZ_MAX);
+        assert_eq!(watch(&packed, 100), None);
+        assert_eq!(watch(&xz(&tar, 6), 100), Some(Unopened::Zip64Local));
+        drop(slots);
+        assert_eq!(watch(&packed, 100), Some(Unopened::Zip64Local));
+        // A dictionary over 64 MiB is out of sight: xz -9's block header
+        // with its LZMA2 dictionary raised from 64 to 128 MiB.
+        assert_eq!(watch(&larger_dictionary(packed), 100), None);
+    }
+
+    /// An xz file of one block, as xz2 writes it (no sizes in the block
+    /// header), with the dictionary its LZMA2 filter names doubled.
+    fn larger_dictionary(mut xz: Vec<u8>) -> Vec<u8> {
+        const BLOCK: usize = 12;
+        let header_len = (usize::from(xz[BLOCK]) + 1) * 4;
+        assert_eq!(xz[BLOCK + 1], 0, "one filter, no sizes");
+        assert_eq!(xz[BLOCK + 2..BLOCK + 4], [0x21, 1], "LZMA2");
+        xz[BLOCK + 4] += 2;
+        let crc_at = BLOCK + header_len - 4;
+        let crc = crc32(&xz[BLOCK..crc_at]);
+        xz[crc_at..crc_at + 4].copy_from_slice(&crc.to_le_bytes());
+        xz
+    }
+
+    /// CRC-32 (IEEE), bit by bit.
+    fn crc32(data: &[u8]) -> u32 {
+        let mut crc = !0u32;
+        for &b in data {
+            crc ^= u32::from(b);
+            for _ in 0..8 {
+                crc = (crc >> 1) ^ (0xedb8_8320 & (crc & 1).wrapping_neg());
+            }
+        }
+        !crc
+    }
+
     /// `data` as a bzip2 file.
     fn bz2(data: &[u8]) -> Vec<u8> {
         use std::io::Write;
@@ -2257,16 +2313,11 @@ mod tests {
             let cut = &packed[..packed.len() - 5];
             assert!(!handed_out(cut, 100).0[0].1, "not whole");
         }
-        // A dictionary over 8 MiB (xz -7 and up) is out of sight here, as
-        // are damaged streams and bytes that only begin like one.
+        // Damaged streams and bytes that only begin like one are out of
+        // sight here.
         let mut damaged = xz(&tar, 6);
         damaged[20] ^= 0xff;
-        for other in [
-            xz(&tar, 9),
-            damaged,
-            b"BZh0".to_vec(),
-            b"BZh9 no bzip2".to_vec(),
-        ] {
+        for other in [damaged, b"BZh0".to_vec(), b"BZh9 no bzip2".to_vec()] {
             assert_eq!(watch(&other, 3), None);
         }
         // Inside a tar, as clamd unpacks them too.
