@@ -391,11 +391,11 @@ pub fn prefers_json(accept: Option<&str>) -> bool {
 
 /// What a too-large body was larger than: "the 25 MiB that can be
 /// scanned for malware", or, when clamd refused it at a limit of its own
-/// (`limit` 0), "the virus scanner can take".
-fn scannable(limit: u64) -> String {
+/// (`limit` `None`), "the virus scanner can take".
+fn scannable(limit: Option<u64>) -> String {
     match limit {
-        0 => "the virus scanner can take".to_owned(),
-        n => format!("the {} that can be scanned for malware", human_size(n)),
+        None => "the virus scanner can take".to_owned(),
+        Some(n) => format!("the {} that can be scanned for malware", human_size(n)),
     }
 }
 
@@ -427,12 +427,18 @@ mod tests {
         assert!(page.html.contains("http://x/&lt;script&gt;&quot;"));
         assert!(!page.html.contains("<script>"));
         assert!(page.html.contains(id.as_str()));
-        let page = render(&BlockReason::TooLarge { limit: 25 << 20 }, "u", &id);
+        let page = render(
+            &BlockReason::TooLarge {
+                limit: Some(25 << 20),
+            },
+            "u",
+            &id,
+        );
         assert!(page
             .html
             .contains("larger than the 25 MiB that can be scanned for malware"));
         // clamd's own limit: its size is not known.
-        let page = render(&BlockReason::TooLarge { limit: 0 }, "u", &id);
+        let page = render(&BlockReason::TooLarge { limit: None }, "u", &id);
         assert_eq!(page.status, StatusCode::FORBIDDEN);
         assert!(page
             .html
@@ -508,7 +514,13 @@ mod tests {
             page.html
         );
         assert!(page.html.contains("<b></b>"), "{}", page.html);
-        let page = pages.html(&BlockReason::TooLarge { limit: 25 << 20 }, "u", &id);
+        let page = pages.html(
+            &BlockReason::TooLarge {
+                limit: Some(25 << 20),
+            },
+            "u",
+            &id,
+        );
         assert!(
             page.html
                 .contains("larger than the 25 MiB that can be scanned"),

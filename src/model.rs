@@ -227,9 +227,9 @@ pub enum Verdict {
     /// The body exceeded the scan limit, or clamd refused it as over a
     /// limit of its own.
     TooLarge {
-        /// The limit, in bytes; 0 when it was clamd's, whose size is not
-        /// known here.
-        limit: u64,
+        /// The limit, in bytes; `None` when it was clamd's, whose size is
+        /// not known here.
+        limit: Option<u64>,
     },
     /// Not scanned, on purpose.
     NotScanned(SkipReason),
@@ -282,8 +282,9 @@ pub enum BlockReason {
     Infected(Vec<String>),
     /// The body was too large to scan, and policy blocks what it cannot scan.
     TooLarge {
-        /// The limit, in bytes (0: clamd's own, size not known).
-        limit: u64,
+        /// The limit, in bytes; `None` for clamd's own, whose size is not
+        /// known here.
+        limit: Option<u64>,
     },
     /// The scanner failed, and the failure mode is closed.
     ScannerUnavailable,

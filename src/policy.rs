@@ -343,8 +343,8 @@ mod tests {
             Decision::Block(BlockReason::ScannerUnavailable)
         );
         assert_eq!(
-            p.decide(&Verdict::TooLarge { limit: 10 }),
-            Decision::Block(BlockReason::TooLarge { limit: 10 })
+            p.decide(&Verdict::TooLarge { limit: Some(10) }),
+            Decision::Block(BlockReason::TooLarge { limit: Some(10) })
         );
         let undecodable = Verdict::Undecodable {
             reason: "cut short".into(),
@@ -368,7 +368,7 @@ mod tests {
             }
         );
         assert_eq!(
-            p.decide(&Verdict::TooLarge { limit: 10 }),
+            p.decide(&Verdict::TooLarge { limit: Some(10) }),
             Decision::Allow {
                 unscanned: Some(SkipReason::TooLarge)
             }

@@ -734,7 +734,7 @@ impl<'c, S: AsyncRead + AsyncWrite + Unpin + Send> Transaction<'c, S> {
         let skip = match triage {
             Err(reason) => Verdict::NotScanned(reason),
             Ok(_) if declared_too_large => Verdict::TooLarge {
-                limit: policy.max_scan_size,
+                limit: Some(policy.max_scan_size),
             },
             Ok(priority) => {
                 return self.scan_body(priority, dec).await;
@@ -818,7 +818,7 @@ impl<'c, S: AsyncRead + AsyncWrite + Unpin + Send> Transaction<'c, S> {
                     && !self.echo.started
                 {
                     let verdict = Verdict::TooLarge {
-                        limit: policy.max_scan_size,
+                        limit: Some(policy.max_scan_size),
                     };
                     self.conn.closing = true;
                     return self.finish(verdict, false).await.map(Received::Answered);

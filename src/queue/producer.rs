@@ -596,7 +596,7 @@ impl QueuedSession {
         if self.is_too_large() {
             self.give_up("body over the scan limit").await;
             return Err(Verdict::TooLarge {
-                limit: self.producer.inner.max_scan_size,
+                limit: Some(self.producer.inner.max_scan_size),
             });
         }
         let inner = self.producer.inner.clone();

@@ -201,7 +201,7 @@ pub enum WireVerdict {
     },
     /// Over the scan limit.
     TooLarge {
-        /// The limit in bytes.
+        /// The limit in bytes; 0 for clamd's own, whose size is not known.
         limit: u64,
     },
     /// No verdict: the scan, the body or the queue failed. A body whose
@@ -223,7 +223,9 @@ impl From<&Verdict> for WireVerdict {
             Verdict::Infected { signatures } => WireVerdict::Infected {
                 signatures: signatures.clone(),
             },
-            Verdict::TooLarge { limit } => WireVerdict::TooLarge { limit: *limit },
+            Verdict::TooLarge { limit } => WireVerdict::TooLarge {
+                limit: limit.unwrap_or(0),
+            },
             // A handler never skips on purpose; say so rather than pass.
             Verdict::NotScanned(reason) => WireVerdict::Error {
                 kind: "not-scanned".into(),
@@ -247,7 +249,9 @@ impl WireVerdict {
         match self {
             WireVerdict::Clean => Verdict::Clean,
             WireVerdict::Infected { signatures } => Verdict::Infected { signatures },
-            WireVerdict::TooLarge { limit } => Verdict::TooLarge { limit },
+            WireVerdict::TooLarge { limit } => Verdict::TooLarge {
+                limit: (limit > 0).then_some(limit),
+            },
             WireVerdict::Error { kind, message } if kind == ENCODING => {
                 Verdict::Undecodable { reason: message }
             }
@@ -355,7 +359,9 @@ mod tests {
             Verdict::Infected {
                 signatures: vec!["Eicar-Test-Signature.UNOFFICIAL".into()],
             },
-            Verdict::TooLarge { limit: 7 },
+            Verdict::TooLarge { limit: Some(7) },
+            // clamd's own limit, whose size is not known.
+            Verdict::TooLarge { limit: None },
             Verdict::Error {
                 kind: "timeout",
                 message: "slow".into(),

@@ -724,7 +724,7 @@ pub fn parse_scan_reply(reply: &str) -> Result<Verdict, ScanError> {
             // clamd with AlertExceedsMax: something in the body (a file in
             // an archive, say) was past its MaxFileSize, MaxScanSize,
             // MaxFiles or MaxRecursion, and was not scanned whole.
-            return Ok(Verdict::TooLarge { limit: 0 });
+            return Ok(Verdict::TooLarge { limit: None });
         }
         return Ok(Verdict::Infected {
             signatures: vec![name.trim().to_owned()],
@@ -909,7 +909,7 @@ mod tests {
         assert_eq!(parse_scan_reply("fd[10]: OK").unwrap(), Verdict::Clean);
         assert_eq!(
             parse_scan_reply("stream: Heuristics.Limits.Exceeded.MaxFileSize FOUND").unwrap(),
-            Verdict::TooLarge { limit: 0 }
+            Verdict::TooLarge { limit: None }
         );
         assert!(matches!(
             parse_scan_reply("INSTREAM size limit exceeded. ERROR"),

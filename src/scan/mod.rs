@@ -129,7 +129,7 @@ impl Scanner {
         if len > self.max_scan_size {
             return (
                 Verdict::TooLarge {
-                    limit: self.max_scan_size,
+                    limit: Some(self.max_scan_size),
                 },
                 len,
             );
@@ -487,7 +487,9 @@ impl ScanSession {
             self.decoding = Some(d);
         }
         if self.is_too_large() {
-            return Verdict::TooLarge { limit: self.limit };
+            return Verdict::TooLarge {
+                limit: Some(self.limit),
+            };
         }
         let verdict = match self.target {
             Target::Whole(sink) => sink.finish().await,
@@ -973,7 +975,9 @@ impl Unpacking {
                 Ok([]) => return,
                 Ok(piece) if self.sink.received + piece.len() as u64 > self.sink.limit => {
                     self.sink.drop_body();
-                    self.stopped = Some(Verdict::TooLarge { limit: self.limit });
+                    self.stopped = Some(Verdict::TooLarge {
+                        limit: Some(self.limit),
+                    });
                     return;
                 }
                 Ok(piece) => self.sink.write_whole(piece).await,
@@ -1018,7 +1022,7 @@ impl Kept {
     async fn scan(self, rescan: &Rescan, spool: &Spool) -> Verdict {
         if self.too_large {
             return Verdict::TooLarge {
-                limit: rescan.limit,
+                limit: Some(rescan.limit),
             };
         }
         // Taken apart as a body; what its watch finds is handed out one
@@ -1085,7 +1089,7 @@ fn unless_unopened(verdict: Verdict, unopened: Option<zip_watch::Unopened>) -> V
 fn error_verdict(e: ScanError) -> Verdict {
     if let ScanError::SizeLimit(reply) = &e {
         tracing::warn!(clamd = %reply, "clamd refused a body as over its StreamMaxLength: keep MAX_SCAN_SIZE at or below it");
-        return Verdict::TooLarge { limit: 0 };
+        return Verdict::TooLarge { limit: None };
     }
     Verdict::Error {
         kind: e.kind(),
@@ -1110,7 +1114,7 @@ mod tests {
             message: "down".into(),
         };
         let undecodable = Verdict::Undecodable { reason: "r".into() };
-        let too_large = Verdict::TooLarge { limit: 0 };
+        let too_large = Verdict::TooLarge { limit: None };
         assert_eq!(worse(Verdict::Clean, Verdict::Clean), Verdict::Clean);
         assert_eq!(worse(Verdict::Clean, undecodable.clone()), undecodable);
         assert_eq!(worse(too_large.clone(), undecodable.clone()), too_large);
