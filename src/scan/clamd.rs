@@ -477,7 +477,7 @@ impl Clamd {
         let mut file = memfd()?;
         std::io::Write::write_all(&mut file, body)?;
         std::io::Seek::rewind(&mut file)?;
-        self.fildes_of(&file).await
+        self.fildes_file(&file).await
     }
 
     /// `FILDES` of the body in `spool`. Once clamd has answered, it has
@@ -486,7 +486,7 @@ impl Clamd {
     /// it, and it is closed instead.
     pub async fn fildes_spool(&self, mut spool: Spool) -> Result<Verdict, ScanError> {
         spool.trim()?;
-        let verdict = self.fildes_of(&spool.file).await;
+        let verdict = self.fildes_file(&spool.file).await;
         if verdict.is_ok() {
             self.keep(spool);
         }
@@ -505,14 +505,11 @@ impl Clamd {
         stream.finish().await
     }
 
-    /// `FILDES` of a body file that is already whole (the disk data
-    /// provider's): clamd reads the file itself, from its start, and no byte
-    /// passes through this process.
+    /// `FILDES` of a file that is already whole (a memory file of
+    /// [`Clamd::fildes`] or a spool, or the disk data provider's body
+    /// file): clamd reads it itself, from its start, and no byte passes
+    /// through this process.
     pub async fn fildes_file(&self, file: &std::fs::File) -> Result<Verdict, ScanError> {
-        self.fildes_of(file).await
-    }
-
-    async fn fildes_of(&self, file: &std::fs::File) -> Result<Verdict, ScanError> {
         if !self.is_unix() {
             return Err(ScanError::Protocol("FILDES needs a unix socket".into()));
         }
