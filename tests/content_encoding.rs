@@ -411,6 +411,9 @@ fn unopened_eicar() -> Vec<(&'static str, Vec<u8>)> {
         // descriptor after its data, as streaming writers lay them out.
         "eicar-zip64-in-deflate64.zip",
         "eicar-zip64-in-deflate64-streamed.zip",
+        // A ZIP64 zip of EICAR (made by `zip -fz`) imploded by hwzip 2.3
+        // (hanshq.net): PKZIP 1's method, which clamd and unzip unpack.
+        "eicar-zip64-in-implode.zip",
     ]
     .into_iter()
     .map(|name| (name, fixture(name)))
@@ -1035,6 +1038,8 @@ async fn a_zstd_file_s_content_is_scanned() {
     // its data.
     let deb_deflate64 = fixture("eicar-deb-deflate64.zip");
     let deb_deflate64_streamed = fixture("eicar-deb-deflate64-streamed.zip");
+    // Made by hwzip 2.3: a tar of eicar.deb and a text, imploded.
+    let deb_imploded = fixture("eicar-deb-implode.zip");
     let deb_gz = gzip(&plain_deb);
     let deb_gz_in_tar = packed_by_python(&dir, "e.deb.gz", &deb_gz, true);
     let two_levels = packed_by_python(&dir, "x.tar.zst", &in_tar_zst, true);
@@ -1062,6 +1067,7 @@ async fn a_zstd_file_s_content_is_scanned() {
             "a .deb packed by Deflate64 in a zip, sizes after the data",
             &deb_deflate64_streamed,
         ),
+        ("a .deb in a tar imploded in a zip", &deb_imploded),
         ("a .zst in a tar", &in_tar),
         ("a .zst in a zip", &in_zip),
         ("eicar.conda", &conda),

@@ -9,6 +9,7 @@ pub mod ar;
 mod bzip2_watch;
 mod cpio_walk;
 pub mod decode;
+mod explode;
 pub mod form;
 // The fuzz targets' entry points; the unit tests replay what they found.
 #[cfg(any(fuzzing, test))]
@@ -46,6 +47,18 @@ mod tests {
         /// Calls of [`off_the_runtime`] on this thread that moved the
         /// runtime's other tasks away.
         pub(super) static MOVED: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+    }
+
+    /// CRC-32 (IEEE), bit by bit.
+    pub(crate) fn crc32(data: &[u8]) -> u32 {
+        let mut crc = !0u32;
+        for &b in data {
+            crc ^= u32::from(b);
+            for _ in 0..8 {
+                crc = (crc >> 1) ^ (0xedb8_8320 & (crc & 1).wrapping_neg());
+            }
+        }
+        !crc
     }
 
     /// The members a walk of an archive's headers hands on when `body`

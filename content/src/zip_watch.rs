@@ -53,13 +53,14 @@
 //! are; all of a bzip2 file's streams, and an xz file only if its
 //! dictionary is at most 8 MiB, or at most 64 MiB while one of the
 //! server's `BIG_XZ_MAX` slots for those is free) and a zip's deflated,
-//! Deflate64 and bzip2 entries; and a
+//! Deflate64, bzip2 and imploded entries (implode: when the header gives
+//! the sizes, as PKZIP 1 wrote them); and a
 //! zip's stored entries, a tar's or a cpio archive's members and an ISO
 //! image's files, from their start. Each is
 //! unpacked here, as it passes, into a watch of its own, down to `DEPTH`
 //! levels (a zip in a zip in a `.tar.gz`), and up to `WATCHED` unpacked
 //! bytes in all. An archive inside another that is packed any other way (a
-//! zip's implode entry, a 7z or rar file) is out of sight here,
+//! 7z or rar file) is out of sight here,
 //! as the zips in it are out of clamd's.
 
 use std::fmt;
@@ -74,6 +75,7 @@ use super::ar::{self, ArWalk};
 use super::bzip2_watch::{self, Bzip2Watch};
 use super::cpio_walk::CpioWalk;
 use super::decode;
+use super::explode::Explode;
 use super::iso_walk::IsoWalk;
 use super::rpm;
 use super::tar_watch::TarWalk;
@@ -702,6 +704,7 @@ enum Unpacker {
     Stored,
     Inflate(Box<InflateState>),
     Inflate64(Box<decode::Inflate64>),
+    Explode(Box<Explode>),
     /// Packed with bzip2 (method 12), holding one of the body's
     /// [`BUNZIP_MAX`] slots while it is.
     Bunzip {
@@ -746,7 +749,9 @@ impl Entry {
         // A few hundred bytes of bzip2 may unpack to the whole budget.
         let long = match self.unpacker {
             Unpacker::Stored => false,
-            Unpacker::Inflate(_) | Unpacker::Inflate64(_) => data.len() >= UNPACKED_IN_PLACE,
+            Unpacker::Inflate(_) | Unpacker::Inflate64(_) | Unpacker::Explode(_) => {
+                data.len() >= UNPACKED_IN_PLACE
+            }
             Unpacker::Bunzip { .. } => true,
         };
         match long {
@@ -781,6 +786,7 @@ impl Entry {
             let step = match &mut self.unpacker {
                 Unpacker::Inflate(inflate) => decode::inflate_step(inflate, data, piece),
                 Unpacker::Inflate64(inflate) => inflate.step(data, piece),
+                Unpacker::Explode(explode) => explode.step(data, piece),
                 Unpacker::Bunzip { bunzip, .. } => bunzip.step(data, piece),
                 Unpacker::Stored => return false,
             };
@@ -933,6 +939,10 @@ enum Record {
     Local {
         data_from: u64,
         len: Option<u64>,
+        /// Its unpacked length, when the header says, and its general
+        /// purpose flags (an imploded entry's window and codes).
+        unpacked: Option<u64>,
+        flags: u16,
         how: Packing,
     },
     /// A central directory entry naming the local header at this offset
@@ -953,6 +963,21 @@ enum Record {
     /// A data descriptor giving its entry's packed length.
     Descriptor {
         len: u64,
+    },
+}
+
+/// How an entry's data reaches its watch: as it is, or unpacked.
+#[derive(Debug, Clone, Copy)]
+enum Method {
+    Stored,
+    Deflated,
+    Deflate64,
+    Bzip2,
+    /// PKZIP 1's Implode, with the entry's flags (its window and codes)
+    /// and unpacked length, where its data ends.
+    Imploded {
+        flags: u16,
+        unpacked: u64,
     },
 }
 
@@ -1185,7 +1210,7 @@ impl ZipWatch {
         // has had its bytes (and is closed) by then.
         for (at, len) in members {
             self.unpack(data, start, at, true, budget);
-            self.open(at, Some(len), None, STORED, budget);
+            self.open(at, Some(len), None, Method::Stored, budget);
         }
         if self.found.is_some() {
             return;
@@ -1389,6 +1414,8 @@ impl ZipWatch {
                 Record::Local {
                     data_from,
                     len,
+                    unpacked,
+                    flags,
                     how,
                 } => {
                     self.layout.zip_at_start |= at == 0;
@@ -1417,7 +1444,11 @@ impl ZipWatch {
                             .iter()
                             .any(|e| e.start <= at && e.end.is_none_or(|end| at < end));
                     if matches!(how.method, DEFLATED | BZIP2) && !how.encrypted && !below {
-                        self.open(at + data_from, len, local, how.method, budget);
+                        let method = match how.method {
+                            DEFLATED => Method::Deflated,
+                            _ => Method::Bzip2,
+                        };
+                        self.open(at + data_from, len, local, method, budget);
                     } else if how.method == DEFLATE64 && !how.encrypted {
                         // Watched to the length its header gives, or, when
                         // its sizes follow its data in a descriptor (as
@@ -1425,15 +1456,23 @@ impl ZipWatch {
                         // stream's end. Its decoder may take a few
                         // bytes past that end into its bit buffer, so what
                         // it took is not kept as the entry's length.
-                        self.open(at + data_from, len, None, DEFLATE64, budget);
+                        self.open(at + data_from, len, None, Method::Deflate64, budget);
+                    } else if let (IMPLODED, false, Some(_), Some(unpacked)) =
+                        (how.method, how.encrypted, len, unpacked)
+                    {
+                        // Its data ends where its unpacked size has come
+                        // out, so only one whose header gives it is
+                        // watched, to the length its header gives.
+                        let method = Method::Imploded { flags, unpacked };
+                        self.open(at + data_from, len, None, method, budget);
                     } else if how.method == STORED && !how.encrypted && len.is_some() {
-                        self.open(at + data_from, len, None, STORED, budget);
+                        self.open(at + data_from, len, None, Method::Stored, budget);
                     } else if how.method == STORED && !how.encrypted && !self.open_ended() {
                         // Its sizes come after its data (Python's zipfile
                         // writes so to a pipe): watched
                         // until a descriptor gives its length, one at a
                         // time, or to the end of the body.
-                        self.open(at + data_from, None, None, STORED, budget);
+                        self.open(at + data_from, None, None, Method::Stored, budget);
                     }
                 }
                 Record::Listed { local, len, how } => {
@@ -1474,15 +1513,14 @@ impl ZipWatch {
         }
     }
 
-    /// Starts unpacking an entry whose data begins at `at`, packed with
-    /// `method` (deflate, Deflate64 or bzip2), or watching a stored one or
-    /// a tar member (`STORED`).
+    /// Starts unpacking an entry whose data begins at `at`, packed as
+    /// `method` says, or watching a stored one or a tar member.
     fn open(
         &mut self,
         at: u64,
         len: Option<u64>,
         local: Option<usize>,
-        method: u16,
+        method: Method,
         budget: &mut Budget,
     ) {
         if self.depth >= DEPTH || budget.bytes == 0 || len == Some(0) {
@@ -1493,9 +1531,13 @@ impl ZipWatch {
             return;
         }
         let unpacker = match method {
-            DEFLATED => Unpacker::Inflate(InflateState::new_boxed(DataFormat::Raw)),
-            DEFLATE64 => Unpacker::Inflate64(Box::new(decode::Inflate64::new())),
-            BZIP2 => match BunzipSlot::take(&budget.bunzips) {
+            Method::Stored => Unpacker::Stored,
+            Method::Deflated => Unpacker::Inflate(InflateState::new_boxed(DataFormat::Raw)),
+            Method::Deflate64 => Unpacker::Inflate64(Box::new(decode::Inflate64::new())),
+            Method::Imploded { flags, unpacked } => {
+                Unpacker::Explode(Box::new(Explode::new(flags, len.unwrap_or(0), unpacked)))
+            }
+            Method::Bzip2 => match BunzipSlot::take(&budget.bunzips) {
                 Some(slot) => Unpacker::Bunzip {
                     bunzip: Box::new(decode::Bunzip::new()),
                     _slot: slot,
@@ -1505,7 +1547,6 @@ impl ZipWatch {
                     return;
                 }
             },
-            _ => Unpacker::Stored,
         };
         budget.open += 1;
         let watch = Box::new(ZipWatch::at_depth(self.depth + 1));
@@ -1758,9 +1799,12 @@ fn records(bytes: &[u8], starts: usize) -> impl Iterator<Item = (usize, Option<R
                     Record::Unopened(Unopened::Method(method))
                 } else {
                     let names = u64::from(u16_at(at + 26)) + u64::from(u16_at(at + 28));
+                    let sized = flags & SIZES_AFTER == 0;
                     Record::Local {
                         data_from: LOCAL_LEN as u64 + names,
-                        len: (flags & SIZES_AFTER == 0).then_some(u64::from(compressed)),
+                        len: sized.then_some(u64::from(compressed)),
+                        unpacked: sized.then_some(u64::from(u32_at(at + 22))),
+                        flags,
                         how: Packing {
                             method,
                             encrypted: flags & ENCRYPTED != 0,
@@ -2211,21 +2255,9 @@ mod tests {
         assert_eq!(xz[BLOCK + 2..BLOCK + 4], [0x21, 1], "LZMA2");
         xz[BLOCK + 4] += 2;
         let crc_at = BLOCK + header_len - 4;
-        let crc = crc32(&xz[BLOCK..crc_at]);
+        let crc = crate::tests::crc32(&xz[BLOCK..crc_at]);
         xz[crc_at..crc_at + 4].copy_from_slice(&crc.to_le_bytes());
         xz
-    }
-
-    /// CRC-32 (IEEE), bit by bit.
-    fn crc32(data: &[u8]) -> u32 {
-        let mut crc = !0u32;
-        for &b in data {
-            crc ^= u32::from(b);
-            for _ in 0..8 {
-                crc = (crc >> 1) ^ (0xedb8_8320 & (crc & 1).wrapping_neg());
-            }
-        }
-        !crc
     }
 
     /// `data` as a bzip2 file.
@@ -3268,6 +3300,36 @@ mod tests {
         drop(slots);
         assert_eq!(open.load(Ordering::Relaxed), 0);
         assert!(BunzipSlot::take(&open).is_some());
+    }
+
+    #[test]
+    fn a_zip_s_imploded_entries_are_watched_unpacked() {
+        // Made by hwzip 2.3 (`hwzip create -m implode`): clamd unpacks the
+        // entries, and then does not open the ZIP64 zip, nor the .deb in
+        // the tar.
+        let zip64 = include_bytes!("../../tests/fixtures/eicar-zip64-in-implode.zip");
+        let with_deb = include_bytes!("../../tests/fixtures/eicar-deb-implode.zip");
+        let deb = include_bytes!("../../tests/fixtures/eicar.deb");
+        for piece in [1, 2, 7, 100, zip64.len()] {
+            assert_eq!(watch(zip64, piece), Some(Unopened::Zip64Local));
+        }
+        for piece in [1, 7, with_deb.len()] {
+            assert_eq!(
+                handed_out(with_deb, piece),
+                (vec![(deb.to_vec(), true)], None),
+                "pieces of {piece}"
+            );
+        }
+        // Every way of imploding, clean: nothing to report.
+        let variants = include_bytes!("../../tests/fixtures/implode-variants.zip");
+        for piece in [1, 5, variants.len()] {
+            assert_eq!(watch(variants, piece), None);
+        }
+        // Damaged data ends the entry's watch, nothing more.
+        let mut damaged = zip64.to_vec();
+        let from = LOCAL_LEN + b"inner.zip".len() + 40;
+        damaged[from..from + 40].fill(0xff);
+        assert_eq!(watch(&damaged, 7), None);
     }
 
     #[test]
