@@ -1210,7 +1210,7 @@ impl ZipWatch {
         // has had its bytes (and is closed) by then.
         for (at, len) in members {
             self.unpack(data, start, at, true, budget);
-            self.open(at, Some(len), None, Method::Stored, budget);
+            self.open(at, Some(len), None, Method::Stored, true, budget);
         }
         if self.found.is_some() {
             return;
@@ -1434,21 +1434,25 @@ impl ZipWatch {
                     // not from their start, as clamd sees them unpacked: a
                     // gzip file or a tar there is judged from its start in
                     // a watch of its own.
-                    // A bzip2 entry's header in another entry's data is
-                    // unpacked by that entry's watch, from the entry's
-                    // start, rather than here too: each holds megabytes.
-                    let below = how.method == BZIP2
-                        && self.depth + 1 < DEPTH
+                    // An entry whose header is in another entry's data is
+                    // also watched by that entry's watch, from the entry's
+                    // start. Its files are handed out there only: handed
+                    // out here too, they would go out twice, or once where
+                    // the pieces fall so that the second finds the first
+                    // still going out. A bzip2 entry there is not
+                    // unpacked here at all: each holds megabytes.
+                    let inside = self.depth + 1 < DEPTH
                         && self
                             .entries
                             .iter()
                             .any(|e| e.start <= at && e.end.is_none_or(|end| at < end));
+                    let below = how.method == BZIP2 && inside;
                     if matches!(how.method, DEFLATED | BZIP2) && !how.encrypted && !below {
                         let method = match how.method {
                             DEFLATED => Method::Deflated,
                             _ => Method::Bzip2,
                         };
-                        self.open(at + data_from, len, local, method, budget);
+                        self.open(at + data_from, len, local, method, !inside, budget);
                     } else if how.method == DEFLATE64 && !how.encrypted {
                         // Watched to the length its header gives, or, when
                         // its sizes follow its data in a descriptor (as
@@ -1456,7 +1460,14 @@ impl ZipWatch {
                         // stream's end. Its decoder may take a few
                         // bytes past that end into its bit buffer, so what
                         // it took is not kept as the entry's length.
-                        self.open(at + data_from, len, None, Method::Deflate64, budget);
+                        self.open(
+                            at + data_from,
+                            len,
+                            None,
+                            Method::Deflate64,
+                            !inside,
+                            budget,
+                        );
                     } else if let (IMPLODED, false, Some(_), Some(unpacked)) =
                         (how.method, how.encrypted, len, unpacked)
                     {
@@ -1464,15 +1475,15 @@ impl ZipWatch {
                         // out, so only one whose header gives it is
                         // watched, to the length its header gives.
                         let method = Method::Imploded { flags, unpacked };
-                        self.open(at + data_from, len, None, method, budget);
+                        self.open(at + data_from, len, None, method, !inside, budget);
                     } else if how.method == STORED && !how.encrypted && len.is_some() {
-                        self.open(at + data_from, len, None, Method::Stored, budget);
+                        self.open(at + data_from, len, None, Method::Stored, !inside, budget);
                     } else if how.method == STORED && !how.encrypted && !self.open_ended() {
                         // Its sizes come after its data (Python's zipfile
                         // writes so to a pipe): watched
                         // until a descriptor gives its length, one at a
                         // time, or to the end of the body.
-                        self.open(at + data_from, None, None, Method::Stored, budget);
+                        self.open(at + data_from, None, None, Method::Stored, !inside, budget);
                     }
                 }
                 Record::Listed { local, len, how } => {
@@ -1514,13 +1525,15 @@ impl ZipWatch {
     }
 
     /// Starts unpacking an entry whose data begins at `at`, packed as
-    /// `method` says, or watching a stored one or a tar member.
+    /// `method` says, or watching a stored one or a tar member; the files
+    /// it holds are handed out from it if `hands_out`.
     fn open(
         &mut self,
         at: u64,
         len: Option<u64>,
         local: Option<usize>,
         method: Method,
+        hands_out: bool,
         budget: &mut Budget,
     ) {
         if self.depth >= DEPTH || budget.bytes == 0 || len == Some(0) {
@@ -1549,7 +1562,13 @@ impl ZipWatch {
             },
         };
         budget.open += 1;
-        let watch = Box::new(ZipWatch::at_depth(self.depth + 1));
+        let mut watch = Box::new(ZipWatch::at_depth(self.depth + 1));
+        if !hands_out {
+            // What it would hand out is handed out by the watch that
+            // sees it from its own start, and not reported here.
+            watch.zstd_scanned = true;
+            watch.ar = None;
+        }
         self.entries.push(Entry {
             unpacker,
             start: at,
@@ -1558,7 +1577,10 @@ impl ZipWatch {
             ended: false,
             local,
             watch,
-            extract: Extract::new(&budget.extraction),
+            extract: match hands_out {
+                true => Extract::new(&budget.extraction),
+                false => Extract::No,
+            },
             held: Vec::new(),
         });
     }
@@ -2612,6 +2634,26 @@ mod tests {
                 &[(&zst, None, false, true), (&deb, Some(6), false, true)],
             ),
             gzip(&tar_member(b"e.deb", &deb)),
+            // In a zip stored in a zip, whose entry both watches see: the
+            // zip's own, and the stored entry's.
+            archive(
+                b"",
+                &[(
+                    &archive(b"", &[(&deb, None, false, true)]),
+                    None,
+                    false,
+                    true,
+                )],
+            ),
+            archive(
+                b"",
+                &[(
+                    &archive(b"", &[(&deb, Some(6), false, true)]),
+                    None,
+                    true,
+                    true,
+                )],
+            ),
             gzip(&deb),
             xz(&deb, 1),
             bz2(&tar_member(b"f.deb", &deb)),
@@ -2629,11 +2671,15 @@ mod tests {
             let body: Vec<u8> = picks.iter().flat_map(|&i| fragments[i].clone()).collect();
             let whole = handed_out(&body, body.len());
             for piece in [1, 7, 100] {
-                assert_eq!(
-                    handed_out(&body, piece),
-                    whole,
-                    "pieces of {piece}: {picks:?}"
-                );
+                let cut = handed_out(&body, piece);
+                // Once something is found (two bzip2 files one after the
+                // other, say), the watch stops where it found it, which
+                // may be before or after a file began, as the pieces fall;
+                // the body is not clean either way.
+                match whole.1 {
+                    None => assert_eq!(cut, whole, "pieces of {piece}: {picks:?}"),
+                    Some(_) => assert!(cut.1.is_some(), "pieces of {piece}: {picks:?}"),
+                }
             }
             handed += whole.0.len();
         }
