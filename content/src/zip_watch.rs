@@ -335,8 +335,9 @@ pub struct ZipWatch {
     cpio: CpioWalk,
     /// Bzip2 streams in the bytes.
     bzip2: Bzip2Watch,
-    /// Where the entries closed while the last bytes were looked at had
-    /// their data, their watches having seen it.
+    /// Where the entries closed had their data (as far as their header
+    /// says, when it does), while bytes still to come may end a bzip2
+    /// stream's head in it.
     closed: Vec<(u64, u64)>,
     /// The ar archive the bytes may be, unless the scan takes it apart.
     ar: Option<ArWalk>,
@@ -1195,8 +1196,8 @@ impl ZipWatch {
         if self.found.is_some() || data.is_empty() {
             return;
         }
-        self.closed.clear();
         let start = self.at;
+        self.closed.retain(|&(_, end)| end > start);
         let mut members = Vec::new();
         if let Some(what) = self.tar.feed(data, &mut members) {
             self.found = Some(what);
@@ -1292,7 +1293,10 @@ impl ZipWatch {
                 continue;
             }
             let in_data = |start: u64, end: u64| start + before <= at && at + head <= end;
-            let entries = self.entries.iter().map(|e| (e.start, e.next));
+            let entries = self
+                .entries
+                .iter()
+                .map(|e| (e.start, e.end.map_or(e.next, |end| end.max(e.next))));
             if entries
                 .chain(self.closed.iter().copied())
                 .any(|(s, e)| in_data(s, e))
@@ -1622,7 +1626,11 @@ impl ZipWatch {
                     false => entry.watch.found,
                 };
                 *found = found.or(what);
-                closed.push((entry.start, entry.next));
+                // An entry whose unpacking failed early still had its
+                // data as far as its header says: how far its decoder got
+                // before it told depends on the pieces.
+                let end = entry.end.map_or(entry.next, |end| end.max(entry.next));
+                closed.push((entry.start, end));
                 budget.open -= 1 + entry.watch.open_entries();
                 if let Some(local) = entry.local.filter(|_| entry.ended) {
                     let seen = entry.next - entry.start;
