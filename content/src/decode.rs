@@ -257,19 +257,26 @@ impl Inflate64 {
     /// Unpacks what it can of `input`; true at the stream's end. It may
     /// take a few bytes past the end, into its bit buffer.
     pub(crate) fn step(&mut self, input: &[u8], output: &mut [u8]) -> Result<(Step, bool), String> {
-        if self.failed {
-            return Err("bad Deflate64 data".into());
-        }
+        let input = if self.failed { &[][..] } else { input };
         let run = self.library.inflate(input, output);
-        let step = Step {
+        let mut step = Step {
             consumed: run.bytes_consumed,
             produced: run.bytes_written,
         };
-        self.failed = run.data_error;
-        match run.data_error && step.produced == 0 {
-            // What came out before the bad data goes on first.
-            false => Ok((step, self.library.finished() && !self.failed)),
-            true => Err("bad Deflate64 data".into()),
+        self.failed |= run.data_error;
+        if !self.failed {
+            return Ok((step, self.library.finished()));
+        }
+        // What the library had unpacked before the bad data is still in
+        // its window, and goes on first (it gives it out again when asked
+        // with no input): in one large output it would be lost, in small
+        // ones it would not, and the pieces would change what is seen.
+        if step.produced == 0 {
+            step.produced = self.library.inflate(&[], output).bytes_written;
+        }
+        match step.produced {
+            0 => Err("bad Deflate64 data".into()),
+            _ => Ok((step, false)),
         }
     }
 }
