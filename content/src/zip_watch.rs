@@ -657,7 +657,10 @@ impl Inside {
     /// out with its content: when all of it is (a `.deb.bz2`, or since its
     /// second stream began), unless bytes that ended the file came first.
     fn hands_out_stream(&self, at: u64) -> bool {
-        let after_the_file = self.decoder.trailing_from().is_some_and(|end| end <= at);
+        // The stream where the file ended (one damaged before it gave a
+        // byte) is not after it: judged before its damage shows, in the
+        // piece its head ends in, it is the file's own.
+        let after_the_file = self.decoder.trailing_from().is_some_and(|end| end < at);
         matches!(self.extract, Extract::Yes) && !after_the_file
     }
 
