@@ -341,7 +341,38 @@ mod tests {
     use super::*;
 
     /// Undoes `packed` fed `piece` bytes at a time into outputs of
-    /// `out` bytes.
+    /// `out` bytes: what came out, and whether the data came to its end
+    /// or why not.
+    fn exploded(
+        packed: &[u8],
+        flags: u16,
+        size: u64,
+        piece: usize,
+        out: usize,
+    ) -> (Vec<u8>, Result<(), String>) {
+        let mut e = Explode::new(flags, packed.len() as u64, size);
+        let mut unpacked = Vec::new();
+        let mut buf = vec![0; out];
+        let mut rest = packed;
+        loop {
+            let n = rest.len().min(piece);
+            let (step, ended) = match e.step(&rest[..n], &mut buf) {
+                Ok(next) => next,
+                Err(e) => return (unpacked, Err(e)),
+            };
+            unpacked.extend_from_slice(&buf[..step.produced]);
+            rest = &rest[step.consumed..];
+            if ended {
+                return (unpacked, Ok(()));
+            }
+            if step.consumed == 0 && step.produced == 0 {
+                let stuck = format!("stuck after {} bytes", unpacked.len());
+                return (unpacked, Err(stuck));
+            }
+        }
+    }
+
+    /// What `packed` undoes to, when it comes to its end.
     fn explode(
         packed: &[u8],
         flags: u16,
@@ -349,22 +380,8 @@ mod tests {
         piece: usize,
         out: usize,
     ) -> Result<Vec<u8>, String> {
-        let mut e = Explode::new(flags, packed.len() as u64, size);
-        let mut unpacked = Vec::new();
-        let mut buf = vec![0; out];
-        let mut rest = packed;
-        loop {
-            let n = rest.len().min(piece);
-            let (step, ended) = e.step(&rest[..n], &mut buf)?;
-            unpacked.extend_from_slice(&buf[..step.produced]);
-            rest = &rest[step.consumed..];
-            if ended {
-                return Ok(unpacked);
-            }
-            if step.consumed == 0 && step.produced == 0 {
-                return Err(format!("stuck after {} bytes", unpacked.len()));
-            }
-        }
+        let (unpacked, end) = exploded(packed, flags, size, piece, out);
+        end.map(|()| unpacked)
     }
 
     /// The entries of a zip whose local headers give their sizes: name,
@@ -426,29 +443,6 @@ mod tests {
         assert_eq!(flags_seen, [0, 2, 4, 6]);
     }
 
-    /// What comes out of `packed` before it fails, fed `piece` bytes at
-    /// a time into outputs of `out` bytes.
-    fn out_before_failing(
-        packed: &[u8],
-        flags: u16,
-        size: u64,
-        piece: usize,
-        out: usize,
-    ) -> Vec<u8> {
-        let mut e = Explode::new(flags, packed.len() as u64, size);
-        let mut unpacked = Vec::new();
-        let mut buf = vec![0; out];
-        let mut rest = packed;
-        while let Ok((step, false)) = e.step(&rest[..rest.len().min(piece)], &mut buf) {
-            unpacked.extend_from_slice(&buf[..step.produced]);
-            rest = &rest[step.consumed..];
-            if step.consumed == 0 && step.produced == 0 {
-                break;
-            }
-        }
-        unpacked
-    }
-
     #[test]
     fn what_comes_out_before_bad_data_does_not_depend_on_the_pieces() {
         // A byte of eicar-zip64-in-implode.zip's first entry changed, as
@@ -458,10 +452,11 @@ mod tests {
         let (_, flags, packed, size, _) = entries(zip).remove(0);
         let mut damaged = packed.to_vec();
         damaged[499 - 39] = 165;
-        let whole = out_before_failing(&damaged, flags, size, damaged.len(), 64 << 10);
+        let (whole, end) = exploded(&damaged, flags, size, damaged.len(), 64 << 10);
+        assert!(end.is_err());
         assert!(!whole.is_empty() && (whole.len() as u64) < size);
         for (piece, out) in [(1, 1), (7, 100), (64, 64 << 10)] {
-            assert_eq!(out_before_failing(&damaged, flags, size, piece, out), whole);
+            assert_eq!(exploded(&damaged, flags, size, piece, out).0, whole);
         }
     }
 

@@ -764,6 +764,13 @@ impl Entry {
         }
     }
 
+    /// Where its data ends: as far as its header says when it does
+    /// (whether its decoder got there or failed first), else as far as it
+    /// was unpacked.
+    fn data_end(&self) -> u64 {
+        self.end.map_or(self.next, |end| end.max(self.next))
+    }
+
     /// Whether its data is watched as it is.
     fn is_stored(&self) -> bool {
         matches!(self.unpacker, Unpacker::Stored)
@@ -1296,10 +1303,7 @@ impl ZipWatch {
                 continue;
             }
             let in_data = |start: u64, end: u64| start + before <= at && at + head <= end;
-            let entries = self
-                .entries
-                .iter()
-                .map(|e| (e.start, e.end.map_or(e.next, |end| end.max(e.next))));
+            let entries = self.entries.iter().map(|e| (e.start, e.data_end()));
             if entries
                 .chain(self.closed.iter().copied())
                 .any(|(s, e)| in_data(s, e))
@@ -1632,8 +1636,7 @@ impl ZipWatch {
                 // An entry whose unpacking failed early still had its
                 // data as far as its header says: how far its decoder got
                 // before it told depends on the pieces.
-                let end = entry.end.map_or(entry.next, |end| end.max(entry.next));
-                closed.push((entry.start, end));
+                closed.push((entry.start, entry.data_end()));
                 budget.open -= 1 + entry.watch.open_entries();
                 if let Some(local) = entry.local.filter(|_| entry.ended) {
                     let seen = entry.next - entry.start;
